@@ -1,0 +1,86 @@
+"""Deterministic, resumable batches over in-memory arrays.
+
+Training batches are a pure function of (seed, step): epoch e's order is a permutation drawn from
+(seed, e), so every example is seen once per epoch and a resumed run sees exactly the batches the
+uninterrupted run would have. Every batch has the same shape (one compilation); the last batch
+of an epoch is padded and carries `mask` = 0 on the padding, like evaluation batches.
+
+In a multi-process job each process materialises only its own slice of every global batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+import math
+
+import numpy as np
+
+from jaxdl.errors import UserError
+
+Batch = dict[str, np.ndarray]
+
+
+def _take(arrays: dict[str, np.ndarray], idx: np.ndarray, valid: np.ndarray) -> Batch:
+  batch = {k: v[idx] for k, v in arrays.items()}
+  batch["mask"] = valid.astype(np.float32)
+  return batch
+
+
+def _local_slice(n: int, process_index: int, process_count: int) -> slice:
+  per_process = n // process_count
+  return slice(process_index * per_process, (process_index + 1) * per_process)
+
+
+class TrainBatches:
+  """Epoch-shuffled global batches of `batch_size`, addressed by step."""
+
+  def __init__(self, arrays: dict[str, np.ndarray], batch_size: int, seed: int,
+               process_index: int = 0, process_count: int = 1):
+    self.arrays = arrays
+    self.size = len(next(iter(arrays.values())))
+    if batch_size > self.size:
+      raise UserError(f"batch_size={batch_size} is larger than the training split "
+                      f"({self.size} examples)")
+    self.batch_size = batch_size
+    self.seed = seed
+    self.steps_per_epoch = math.ceil(self.size / batch_size)
+    self._local = _local_slice(batch_size, process_index, process_count)
+    self._order_epoch, self._order = -1, np.empty(0, np.int64)
+
+  def position(self, step: int) -> dict[str, int]:
+    """Where step `step` reads: saved with every checkpoint so a resume can be checked."""
+    return {"epoch": step // self.steps_per_epoch, "batch_in_epoch": step % self.steps_per_epoch,
+            "steps_per_epoch": self.steps_per_epoch, "batch_size": self.batch_size}
+
+  def check_position(self, step: int, saved: dict[str, int]) -> None:
+    if saved != self.position(step):
+      raise UserError(f"the checkpoint's data position {saved} does not match this config's "
+                      f"{self.position(step)} (batch_size or dataset changed?)")
+
+  def _epoch_order(self, epoch: int) -> np.ndarray:
+    if epoch != self._order_epoch:  # one permutation per epoch, drawn from (seed, epoch) alone
+      self._order = np.random.default_rng([self.seed, epoch]).permutation(self.size)
+      self._order_epoch = epoch
+    return self._order
+
+  def batch(self, step: int) -> Batch:
+    """This process's part of global batch `step` (padded and masked at an epoch's end)."""
+    epoch, i = divmod(step, self.steps_per_epoch)
+    order = self._epoch_order(epoch)
+    idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+    valid = np.ones(self.batch_size, bool)
+    valid[len(idx):] = False
+    idx = np.pad(idx, (0, self.batch_size - len(idx)))  # padding repeats example 0, masked out
+    return _take(self.arrays, idx[self._local], valid[self._local])
+
+
+def eval_batches(arrays: dict[str, np.ndarray], batch_size: int, process_index: int = 0,
+                 process_count: int = 1) -> Iterator[Batch]:
+  """Every example exactly once, in order; the last batch is padded and masked, never dropped."""
+  size = len(next(iter(arrays.values())))
+  local = _local_slice(batch_size, process_index, process_count)
+  for start in range(0, size, batch_size):
+    idx = np.arange(start, start + batch_size)
+    valid = idx < size
+    idx = np.where(valid, idx, 0)
+    yield _take(arrays, idx[local], valid[local])

@@ -1,0 +1,65 @@
+"""Where numbers go: console lines, WORKDIR/metrics.jsonl (one JSON object per event), JSON files.
+
+Only process 0 writes, so a multi-host job logs once.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import sys
+import tempfile
+from typing import Any
+
+import jax
+
+
+def write_json(path: str, obj: Any) -> None:
+  """Writes JSON atomically (temp file + rename): a reader never sees half a file."""
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
+  with os.fdopen(fd, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
+def format_duration(seconds: float) -> str:
+  return str(datetime.timedelta(seconds=round(seconds)))
+
+
+class Writer:
+  """Appends events to metrics.jsonl and prints console lines, on process 0 only."""
+
+  def __init__(self, workdir: str):
+    self.enabled = jax.process_index() == 0
+    self.path = os.path.join(workdir, "metrics.jsonl")
+
+  def drop_after(self, step: int) -> None:
+    """Removes events past `step`, and any 'final' event: a resumed run writes them again."""
+    if not self.enabled or not os.path.exists(self.path):
+      return
+    with open(self.path) as f:
+      lines = [line for line in f if line.strip()]
+    kept = []
+    for line in lines:
+      try:
+        event = json.loads(line)
+        if event["step"] <= step and event["event"] != "final":
+          kept.append(line)
+      except (ValueError, KeyError):
+        break  # a line cut short by a kill ends the readable part of the file
+    if len(kept) != len(lines):
+      fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.path), prefix=".tmp-")
+      with os.fdopen(fd, "w") as f:
+        f.writelines(kept)
+      os.replace(tmp, self.path)
+
+  def write(self, event: str, step: int, values: dict[str, float]) -> None:
+    if self.enabled:
+      with open(self.path, "a") as f:
+        f.write(json.dumps({"event": event, "step": step, **values}) + "\n")
+
+  def print(self, line: str) -> None:
+    if self.enabled:
+      print(line, file=sys.stdout, flush=True)

@@ -1,0 +1,38 @@
+"""optax transformation from config.opt: schedule, optimizer, clipping, weight decay."""
+
+import optax
+
+from jaxdl.errors import UserError
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "cosine")
+
+
+def schedule(opt_cfg, num_train_steps: int) -> optax.Schedule:
+  """Learning rate by step: constant, or linear warmup then cosine decay to lr * end_lr_factor."""
+  if opt_cfg.schedule == "constant":
+    return optax.constant_schedule(opt_cfg.lr)
+  if opt_cfg.schedule == "cosine":
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=opt_cfg.lr, warmup_steps=opt_cfg.warmup_steps,
+        decay_steps=max(num_train_steps, opt_cfg.warmup_steps + 1),
+        end_value=opt_cfg.lr * opt_cfg.end_lr_factor)
+  raise UserError(f"opt.schedule={opt_cfg.schedule!r} is not one of {', '.join(SCHEDULES)}")
+
+
+def make(opt_cfg, num_train_steps: int) -> optax.GradientTransformation:
+  """The optimizer config.opt names, called by its optax name, with optional global-norm clip."""
+  lr = schedule(opt_cfg, num_train_steps)
+  if opt_cfg.name == "sgd":
+    tx = optax.sgd(lr, momentum=opt_cfg.momentum or None, nesterov=opt_cfg.nesterov)
+    if opt_cfg.weight_decay:  # coupled L2, as torch.optim.SGD(weight_decay=...) does
+      tx = optax.chain(optax.add_decayed_weights(opt_cfg.weight_decay), tx)
+  elif opt_cfg.name == "adam":
+    tx = optax.adam(lr, b1=opt_cfg.b1, b2=opt_cfg.b2)
+  elif opt_cfg.name == "adamw":
+    tx = optax.adamw(lr, b1=opt_cfg.b1, b2=opt_cfg.b2, weight_decay=opt_cfg.weight_decay)
+  else:
+    raise UserError(f"opt.name={opt_cfg.name!r} is not one of {', '.join(OPTIMIZERS)}")
+  if opt_cfg.grad_clip_norm > 0:
+    tx = optax.chain(optax.clip_by_global_norm(opt_cfg.grad_clip_norm), tx)
+  return tx

@@ -1,0 +1,161 @@
+"""The training loop, top to bottom: validate, mesh, data, model, optimizer, state, restore, loop.
+
+Nothing is written to the workdir until the config, the devices and the data have all passed
+their checks, so a mistake leaves no trace.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jaxdl import checkpoint, data, metrics, models, optim, parallel, steps, validate
+from jaxdl.errors import UserError
+
+_add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b))
+
+
+def _summarise(sums: dict[str, Any]) -> dict[str, float]:
+  """Loss and accuracy means from summed metrics; `count` is the number of examples."""
+  sums = jax.device_get(sums)
+  count = float(sums["count"])
+  return {"loss": float(sums["loss_sum"]) / count, "accuracy": float(sums["correct"]) / count,
+          "count": int(count)}
+
+
+def evaluate(eval_step, state, arrays: dict[str, np.ndarray], batch_size: int,
+             mesh) -> dict[str, float]:
+  """Loss and accuracy over every example of a split exactly once (ragged end padded, masked)."""
+  sums = None
+  for batch in data.eval_batches(arrays, batch_size, jax.process_index(), jax.process_count()):
+    out = eval_step(state, parallel.global_batch(batch, mesh))
+    sums = out if sums is None else _add(sums, out)
+  return _summarise(sums)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains config's experiment in workdir, resuming from its latest checkpoint if any.
+
+  Returns the final eval metrics ('test_loss', 'test_accuracy', 'test_count').
+  """
+  validate.validate(config, workdir)
+
+  # 1. parallel: one mesh over all devices; batches split over its 'data' axis.
+  mesh = parallel.make_mesh()
+  parallel.check_batch("batch_size", config.batch_size, mesh)
+  parallel.check_batch("eval_batch_size", config.eval_batch_size, mesh)
+  replicated = parallel.replicated(mesh)
+
+  # 2. data: whole splits in host memory; train batches are a function of (seed, step).
+  splits, source = data.load_images(config.data)
+  for split, arrays in splits.items():
+    if arrays["label"].max() >= config.model.num_classes or arrays["label"].min() < 0:
+      raise UserError(f"the {split} split has labels outside 0..{config.model.num_classes - 1} "
+                      f"(config.model.num_classes={config.model.num_classes})")
+  train_batches = data.TrainBatches(splits["train"], config.batch_size, config.seed,
+                                    jax.process_index(), jax.process_count())
+  steps_per_epoch = train_batches.steps_per_epoch
+  num_steps = (config.num_train_steps if config.num_train_steps > 0
+               else config.num_epochs * steps_per_epoch)
+  eval_every = config.eval_every or steps_per_epoch
+
+  # 3. model and 4. optimizer.
+  model = models.get_model(config)
+  tx = optim.make(config.opt, num_steps)
+  lr_at = optim.schedule(config.opt, num_steps)
+
+  # 5. state: initialised directly into its replicated layout.
+  sample = parallel.global_batch(train_batches.batch(0), mesh)
+  state = jax.jit(functools.partial(steps.create_state, model, tx, seed=config.seed),
+                  out_shardings=replicated)(sample)
+  state_sharding = jax.tree.map(lambda x: x.sharding, state)
+
+  # 6. restore: the first write to the workdir happens here, after every check has passed.
+  os.makedirs(workdir, exist_ok=True)
+  writer = metrics.Writer(workdir)
+  if writer.enabled:
+    metrics.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+  ckpts = checkpoint.Checkpoints(workdir, config.keep_checkpoints)
+  interval_sums = None  # metric sums since the last train log line
+  if ckpts.latest_step() is not None:
+    state, loop = ckpts.restore(state)
+    train_batches.check_position(int(state.step), loop["data"])
+    if loop["interval_sums"] is not None:
+      interval_sums = {k: jnp.float32(v) for k, v in loop["interval_sums"].items()}
+    writer.drop_after(int(state.step))
+    writer.print(f"resumed from the checkpoint at step {int(state.step)} in {ckpts.directory}")
+  start_step = int(state.step)
+
+  train_step = jax.jit(
+      functools.partial(steps.train_step, model=model, tx=tx,
+                        label_smoothing=config.loss.label_smoothing,
+                        max_shift=config.data.random_shift),
+      out_shardings=(state_sharding, replicated), donate_argnums=0)
+  eval_step = jax.jit(functools.partial(steps.eval_step, model=model), out_shardings=replicated)
+
+  def save(step):
+    sums = None if interval_sums is None else {
+        k: float(v) for k, v in jax.device_get(interval_sums).items()}
+    ckpts.save(step, state, {"data": train_batches.position(step), "interval_sums": sums})
+
+  writer.print(
+      f"data: {source} | train {train_batches.size:,} test {len(splits['test']['label']):,} | "
+      f"{jax.device_count()} {jax.devices()[0].platform} device(s), batch {config.batch_size} "
+      f"({config.batch_size // jax.device_count()} per device) | {num_steps:,} steps "
+      f"({steps_per_epoch} per epoch)")
+
+  # 7. loop: a plain for over steps; logging, eval and checkpoints at fixed step boundaries.
+  run_start = interval_start = time.time()
+  try:
+    for step in range(start_step, num_steps):
+      state, step_sums = train_step(state, parallel.global_batch(train_batches.batch(step), mesh))
+      interval_sums = step_sums if interval_sums is None else _add(interval_sums, step_sums)
+      done = step + 1
+      if step == start_step:
+        jax.block_until_ready(state)
+        writer.print(f"first step (compilation included) took {time.time() - run_start:.1f}s")
+
+      if done % config.log_every == 0 or done == num_steps:
+        train = _summarise(interval_sums)
+        now = time.time()
+        examples_per_s = train["count"] / max(now - interval_start, 1e-9)
+        eta = (num_steps - done) * config.batch_size / max(examples_per_s, 1e-9)
+        writer.write("train", done, {"loss": train["loss"], "accuracy": train["accuracy"],
+                                     "lr": float(lr_at(step)), "examples_per_s": examples_per_s})
+        writer.print(f"step {done:>{len(str(num_steps))}}/{num_steps} | "
+                     f"epoch {done / steps_per_epoch:5.2f} | loss {train['loss']:.4f} | "
+                     f"acc {100 * train['accuracy']:6.2f}% | {examples_per_s:,.0f} ex/s | "
+                     f"ETA {metrics.format_duration(eta)}")
+        interval_sums, interval_start = None, time.time()
+
+      if done % eval_every == 0 and done != num_steps:
+        eval_start = time.time()
+        test = evaluate(eval_step, state, splits["test"], config.eval_batch_size, mesh)
+        writer.write("eval", done, {f"test_{k}": v for k, v in test.items()})
+        writer.print(f"eval at step {done}: test loss {test['loss']:.4f} | "
+                     f"test acc {100 * test['accuracy']:.2f}%")
+        interval_start += time.time() - eval_start  # train throughput excludes eval time
+
+      if done % config.checkpoint_every == 0 or done == num_steps:
+        save(done)
+
+    # 8. finish: final eval and checkpoint, summary line.
+    if ckpts.latest_step() != num_steps:  # e.g. a resumed run that had already finished
+      save(num_steps)
+    test = evaluate(eval_step, state, splits["test"], config.eval_batch_size, mesh)
+  finally:
+    ckpts.close()  # waits for the last asynchronous save: no checkpoint is left half-written
+  final = {f"test_{k}": v for k, v in test.items()}
+  writer.write("final", num_steps, final)
+  writer.print(
+      f"final: test accuracy {100 * test['accuracy']:.2f}% ({round(test['accuracy'] * test['count'])}"
+      f"/{test['count']}) | test loss {test['loss']:.4f} | {num_steps} steps, "
+      f"{time.time() - run_start:.1f}s | data: {source}")
+  return final

@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny configs derived from the real config files."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(name: str, preset: str | None = None):
+  """configs/<name>.py's get_config(preset), imported by path as config_flags does."""
+  spec = importlib.util.spec_from_file_location(f"configs_{name}", f"{REPO}/configs/{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(preset)
+
+
+@pytest.fixture
+def tiny_mnist():
+  """The real MNIST config shrunk to seconds: synthetic data, a few steps, frequent events."""
+  c = load_config("mnist")
+  c.data.source = "synthetic"
+  c.data.synthetic_size = 200
+  c.batch_size = 16
+  c.eval_batch_size = 32
+  c.num_train_steps = 24
+  c.log_every = 5
+  c.eval_every = 10
+  c.checkpoint_every = 8
+  c.opt.warmup_steps = 4
+  return c
+
+
+def run_main(*args: str, env: dict | None = None, timeout: float = 300):
+  """Runs `python -m jaxdl.main ARGS` from the repo root; returns the CompletedProcess."""
+  return subprocess.run([sys.executable, "-m", "jaxdl.main", *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=timeout,
+                        env={**os.environ, **(env or {})})

@@ -1,0 +1,173 @@
+"""Data: the IDX reader, the sources, and the batch iterators (every example exactly once)."""
+
+import functools
+import gzip
+import hashlib
+import http.server
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from jaxdl.data import images, iterator
+from jaxdl.errors import UserError
+
+
+def _write_mnist_dir(directory, n_train=30, n_test=11, gz=True):
+  rng = np.random.default_rng(0)
+  os.makedirs(directory, exist_ok=True)
+  ext = ".gz" if gz else ""
+  arrays = {}
+  for split, n, prefix in (("train", n_train, "train"), ("test", n_test, "t10k")):
+    x = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    y = rng.integers(0, 10, (n,), dtype=np.uint8)
+    images.write_idx(f"{directory}/{prefix}-images-idx3-ubyte{ext}", x)
+    images.write_idx(f"{directory}/{prefix}-labels-idx1-ubyte{ext}", y)
+    arrays[split] = (x, y)
+  return arrays
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_round_trip(tmp_path, gz):
+  arrays = _write_mnist_dir(str(tmp_path), gz=gz)
+  splits = images.load_idx_dir(str(tmp_path))
+  for split, (x, y) in arrays.items():
+    np.testing.assert_array_equal(splits[split]["image"][..., 0], x)
+    np.testing.assert_array_equal(splits[split]["label"], y)
+    assert splits[split]["image"].shape[-1] == 1 and splits[split]["label"].dtype == np.int32
+
+
+def test_idx_bad_magic_and_truncation(tmp_path):
+  path = str(tmp_path / "x-idx3-ubyte")
+  with open(path, "wb") as f:
+    f.write(b"\x12\x34\x08\x03" + bytes(20))
+  with pytest.raises(UserError, match="bad magic number 12340803"):
+    images.read_idx(path)
+  images.write_idx(path, np.zeros((4, 28, 28), np.uint8))
+  data = open(path, "rb").read()
+  with open(path, "wb") as f:
+    f.write(data[:-100])
+  with pytest.raises(UserError, match=r"x-idx3-ubyte: header says \(4, 28, 28\).*truncated"):
+    images.read_idx(path)
+  with open(path + ".gz", "wb") as f:
+    f.write(gzip.compress(data + os.urandom(4000))[:-20])  # a cut-off gzip stream
+  with pytest.raises(UserError, match="cannot read IDX file"):
+    images.read_idx(path + ".gz")
+
+
+def test_idx_count_mismatch_and_missing_file(tmp_path):
+  _write_mnist_dir(str(tmp_path))
+  images.write_idx(str(tmp_path / "t10k-labels-idx1-ubyte.gz"), np.zeros(5, np.uint8))
+  with pytest.raises(UserError, match="has 11 images but .* has 5 labels"):
+    images.load_idx_dir(str(tmp_path))
+  os.remove(tmp_path / "train-images-idx3-ubyte.gz")
+  with pytest.raises(UserError, match="no train-images-idx3-ubyte"):
+    images.load_idx_dir(str(tmp_path))
+
+
+def _data_cfg(**kw):
+  from conftest import load_config
+  cfg = load_config("mnist").data
+  for k, v in kw.items():
+    cfg[k] = v
+  return cfg
+
+
+def test_auto_prefers_the_path(tmp_path):
+  _write_mnist_dir(str(tmp_path))
+  splits, source = images.load(_data_cfg(path=str(tmp_path)))
+  assert len(splits["train"]["label"]) == 30 and str(tmp_path) in source
+
+
+def test_tfds_source_without_tensorflow():
+  import tensorflow_datasets as tfds
+  with tfds.testing.mock_data(num_examples=7):
+    splits, source = images.load(_data_cfg(source="tfds"))
+  assert splits["train"]["image"].shape == (7, 28, 28, 1) and "TFDS mnist" in source
+
+
+def test_auto_offline_falls_back_to_the_sample_with_a_warning(monkeypatch, caplog):
+  monkeypatch.setattr(images, "_tfds_prepared", lambda name, data_dir: False)
+  monkeypatch.setattr(images, "_reachable", lambda url: False)
+  splits, source = images.load(_data_cfg())
+  assert "OFFLINE SAMPLE" in source
+  assert "OFFLINE SAMPLE" in caplog.text
+  assert len(splits["train"]["label"]) == 4000 and len(splits["test"]["label"]) == 1000
+  assert np.bincount(splits["test"]["label"]).tolist() == [100] * 10
+
+
+def test_auto_with_nothing_fails_fast_listing_the_ways(monkeypatch):
+  monkeypatch.setattr(images, "_tfds_prepared", lambda name, data_dir: False)
+  monkeypatch.setattr(images, "_reachable", lambda url: False)
+  start = time.time()
+  with pytest.raises(UserError) as e:
+    images.load(_data_cfg(name="fashion_mnist", download_dir="/nonexistent-cache"))
+  assert time.time() - start < 5
+  for way in ("data.path", "TFDS", "network", "offline"):
+    assert way in str(e.value)
+
+
+def test_download_verifies_and_caches(tmp_path, monkeypatch):
+  served = tmp_path / "served"
+  _write_mnist_dir(str(served))
+  handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+  handler.log_message = lambda *a: None
+  server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+  threading.Thread(target=server.serve_forever, daemon=True).start()
+  try:
+    rows = []
+    for name in sorted(os.listdir(served)):
+      blob = (served / name).read_bytes()
+      rows.append((f"http://127.0.0.1:{server.server_port}/{name}", len(blob),
+                   hashlib.sha256(blob).hexdigest(), name))
+    monkeypatch.setattr(images, "_url_checksums", lambda name: rows)
+    monkeypatch.setattr(images, "_tfds_prepared", lambda name, data_dir: False)
+    cache = tmp_path / "cache"
+    splits, source = images.load(_data_cfg(download_dir=str(cache)))  # auto: reachable → download
+    assert "downloaded" in source and len(splits["test"]["label"]) == 11
+    assert sorted(os.listdir(cache / "mnist")) == sorted(os.listdir(served))
+    rows[0] = rows[0][:2] + ("0" * 64,) + rows[0][3:]  # a wrong checksum is refused
+    os.remove(cache / "mnist" / rows[0][3])
+    with pytest.raises(UserError, match="does not match its recorded size/sha256"):
+      images.load(_data_cfg(source="download", download_dir=str(cache)))
+    assert not [f for f in os.listdir(cache / "mnist") if f.startswith(".")]  # no temp left
+  finally:
+    server.shutdown()
+
+
+def test_train_batches_see_every_example_once_per_epoch():
+  arrays = {"x": np.arange(10), "label": np.arange(10)}
+  batches = iterator.TrainBatches(arrays, batch_size=4, seed=3)
+  assert batches.steps_per_epoch == 3
+  for epoch in range(2):
+    seen = []
+    for i in range(3):
+      b = batches.batch(epoch * 3 + i)
+      seen += b["x"][b["mask"] == 1].tolist()
+    assert sorted(seen) == list(range(10))
+  again = iterator.TrainBatches(arrays, batch_size=4, seed=3)
+  np.testing.assert_array_equal(again.batch(4)["x"], batches.batch(4)["x"])  # a pure function
+  assert not np.array_equal(batches.batch(0)["x"], batches.batch(3)["x"])  # epochs reshuffle
+
+
+def test_train_batches_split_over_processes():
+  arrays = {"x": np.arange(20)}
+  whole = iterator.TrainBatches(arrays, batch_size=8, seed=0).batch(1)
+  parts = [iterator.TrainBatches(arrays, 8, 0, process_index=p, process_count=2).batch(1)
+           for p in range(2)]
+  np.testing.assert_array_equal(np.concatenate([p["x"] for p in parts]), whole["x"])
+
+
+def test_batch_larger_than_dataset_is_refused():
+  with pytest.raises(UserError, match="batch_size=64 is larger than the training split"):
+    iterator.TrainBatches({"x": np.arange(10)}, batch_size=64, seed=0)
+
+
+def test_eval_batches_cover_a_ragged_split_exactly_once():
+  arrays = {"x": np.arange(10)}
+  batches = list(iterator.eval_batches(arrays, batch_size=4))
+  assert [len(b["x"]) for b in batches] == [4, 4, 4]
+  real = np.concatenate([b["x"][b["mask"] == 1] for b in batches])
+  np.testing.assert_array_equal(real, np.arange(10))

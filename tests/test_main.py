@@ -1,0 +1,100 @@
+"""The command line: overrides, and every bad input ending as one line, exit 1, nothing written."""
+
+import os
+
+import pytest
+
+from conftest import REPO, load_config, run_main
+from jaxdl import validate
+from jaxdl.errors import UserError
+
+
+def _assert_one_line_error(result, workdir, *needles):
+  assert result.returncode == 1, result.stderr
+  lines = [line for line in result.stderr.splitlines() if line.strip()]
+  assert len(lines) == 1, result.stderr
+  assert lines[0].startswith("jaxdl: error: "), lines[0]
+  assert "Traceback" not in result.stderr
+  for needle in needles:
+    assert needle in lines[0], lines[0]
+  assert not os.path.exists(workdir), "a failed start must write nothing"
+
+
+@pytest.mark.parametrize("override, needles", [
+    ("--config.opt.lr=abc", ["--config.opt.lr=abc"]),
+    ("--config.no_such_key=1", ["no_such_key", "valid keys"]),
+    ("--config.opt.no_such_key=1", ["opt.no_such_key"]),
+    ("--config.batch_size=1.5", ["--config.batch_size=1.5"]),
+    ("--config.batch_size=0", ["config.batch_size=0", "> 0"]),
+    ("--config.opt.lr=-0.1", ["config.opt.lr=-0.1", ">= 0"]),
+    ("--config.data.path=/nonexistent", ["config.data.path='/nonexistent'", "does not exist"]),
+    ("--config.model.name=resnet", ["model.name", "cnn"]),
+])
+def test_bad_override_is_one_line(tmp_path, override, needles):
+  workdir = str(tmp_path / "w")
+  result = run_main("--config=configs/mnist.py", f"--workdir={workdir}", override)
+  _assert_one_line_error(result, workdir, *needles)
+
+
+def test_bad_config_file_and_preset(tmp_path):
+  workdir = str(tmp_path / "w")
+  _assert_one_line_error(run_main("--config=configs/nope.py", f"--workdir={workdir}"),
+                         workdir, "configs/nope.py")
+  _assert_one_line_error(run_main("--config=configs/mnist.py:nope", f"--workdir={workdir}"),
+                         workdir, "unknown preset 'nope'")
+
+
+def test_batch_not_divisible_by_devices(tmp_path):
+  workdir = str(tmp_path / "w")
+  result = run_main("--config=configs/mnist.py", f"--workdir={workdir}", "--config.batch_size=63",
+                    "--config.data.source=synthetic",
+                    env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+  _assert_one_line_error(result, workdir, "batch_size=63", "2 devices")
+
+
+def test_unwritable_workdir(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("not a directory")
+  result = run_main("--config=configs/mnist.py", f"--workdir={blocker}/w")
+  assert result.returncode == 1 and "--workdir" in result.stderr
+
+
+def test_overrides_apply_and_presets_differ():
+  seed = load_config("mnist", "seed")
+  assert (seed.opt.name, seed.opt.lr, seed.opt.momentum, seed.batch_size, seed.num_epochs) == (
+      "sgd", 0.01, 0.0, 64, 10)
+  assert seed.model.init == "torch" and seed.opt.schedule == "constant"
+  default = load_config("mnist")
+  assert default.opt.name != "sgd"
+  with pytest.raises(AttributeError):  # locked: unknown keys are errors in code too
+    default.no_such_key = 1
+  with pytest.raises(TypeError):
+    default.batch_size = "64"
+
+
+@pytest.mark.parametrize("key, value, needle", [
+    ("eval_batch_size", 0, "eval_batch_size"),
+    ("log_every", -1, "log_every"),
+    ("opt.name", "lion", "opt.name"),
+    ("opt.schedule", "step", "opt.schedule"),
+    ("model.dropout", 1.0, "model.dropout"),
+    ("data.source", "web", "data.source"),
+])
+def test_validate_rules(tmp_path, key, value, needle):
+  config = load_config("mnist")
+  node = config
+  *parents, leaf = key.split(".")
+  for p in parents:
+    node = node[p]
+  node[leaf] = value
+  with pytest.raises(UserError, match=needle):
+    validate.validate(config, str(tmp_path / "w"))
+
+
+def test_every_config_field_has_a_comment():
+  lines = open(os.path.join(REPO, "configs", "mnist.py")).read().splitlines()
+  fields = [line for line in lines if line.strip().startswith("c.") and " = " in line
+            and "ConfigDict()" not in line and "preset ==" not in line]
+  body_start = next(i for i, line in enumerate(lines) if "if preset ==" in line)
+  declared = [line for line in fields if lines.index(line) < body_start]
+  assert declared and all("#" in line for line in declared), [l for l in declared if "#" not in l]

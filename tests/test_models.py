@@ -1,0 +1,60 @@
+"""The seed CNN: parameter count, shapes, init schemes, and the explicit model choice."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import load_config
+from jaxdl import models
+from jaxdl.errors import UserError
+from jaxdl.models.cnn import CNN
+
+
+def _params(init_scheme="flax"):
+  images = jnp.zeros((2, 28, 28, 1), jnp.uint8)
+  return CNN(init_scheme=init_scheme).init(jax.random.PRNGKey(0), images, train=False)["params"]
+
+
+def test_parameter_count_is_the_seed_models():
+  for scheme in ("flax", "torch"):
+    assert sum(x.size for x in jax.tree.leaves(_params(scheme))) == 843_658
+
+
+def test_output_shape_and_layer_shapes():
+  params = _params()
+  logits = CNN().apply({"params": params}, jnp.zeros((3, 28, 28, 1), jnp.uint8), train=False)
+  assert logits.shape == (3, 10)
+  shapes = {k: v["kernel"].shape for k, v in params.items()}
+  assert shapes == {"Conv_0": (3, 3, 1, 32), "Conv_1": (3, 3, 32, 64),
+                    "Dense_0": (1600, 512), "Dense_1": (512, 10)}
+
+
+def test_torch_init_matches_pytorch_default_bounds():
+  params = _params("torch")
+  for name, fan_in in (("Conv_0", 9), ("Conv_1", 288), ("Dense_0", 1600), ("Dense_1", 512)):
+    bound = 1 / np.sqrt(fan_in)
+    for leaf in ("kernel", "bias"):
+      x = np.asarray(params[name][leaf])
+      assert np.abs(x).max() <= bound + 1e-7
+      assert np.abs(x).max() > 0.9 * bound  # uniform over the whole range, not shrunk
+  assert np.all(np.asarray(_params("flax")["Dense_0"]["bias"]) == 0)
+
+
+def test_dropout_only_in_training():
+  model = CNN(dropout=0.5)
+  images = jax.random.randint(jax.random.PRNGKey(1), (4, 28, 28, 1), 0, 255).astype(jnp.uint8)
+  params = model.init(jax.random.PRNGKey(0), images, train=False)["params"]
+  a = model.apply({"params": params}, images, train=False)
+  b = model.apply({"params": params}, images, train=False)
+  c = model.apply({"params": params}, images, train=True, rngs={"dropout": jax.random.PRNGKey(2)})
+  np.testing.assert_array_equal(a, b)
+  assert not np.allclose(a, c)
+
+
+def test_get_model_is_explicit():
+  config = load_config("mnist")
+  assert isinstance(models.get_model(config), CNN)
+  config.model.name = "mlp"
+  with pytest.raises(UserError, match="model.name='mlp' is not one of cnn"):
+    models.get_model(config)
