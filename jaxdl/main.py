@@ -84,6 +84,10 @@ def main(argv: list[str]) -> None:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except UserError as e:
     _fail(str(e))
+  except KeyboardInterrupt:
+    print("jaxdl: interrupted; re-run the same command to resume from the newest checkpoint",
+          file=sys.stderr)
+    sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -136,6 +136,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         interval_sums, interval_start = None, time.time()
 
       if done % eval_every == 0 and done != num_steps:
+        jax.block_until_ready(state)  # queued train steps belong to the train interval's time
         eval_start = time.time()
         test = evaluate(eval_step, state, splits["test"], config.eval_batch_size, mesh)
         writer.write("eval", done, {f"test_{k}": v for k, v in test.items()})

@@ -171,3 +171,14 @@ def test_eval_batches_cover_a_ragged_split_exactly_once():
   assert [len(b["x"]) for b in batches] == [4, 4, 4]
   real = np.concatenate([b["x"][b["mask"] == 1] for b in batches])
   np.testing.assert_array_equal(real, np.arange(10))
+
+
+def test_tfds_prepared_copy_is_found_by_auto(tmp_path, monkeypatch):
+  import tensorflow_datasets as tfds
+  assert not images._tfds_prepared("mnist", str(tmp_path))
+  os.makedirs(tmp_path / "mnist" / "3.0.1")
+  (tmp_path / "mnist" / "3.0.1" / "dataset_info.json").write_text("{}")
+  assert images._tfds_prepared("mnist", str(tmp_path))
+  with tfds.testing.mock_data(num_examples=5):
+    splits, source = images.load(_data_cfg(tfds_dir=str(tmp_path)))
+  assert "TFDS mnist" in source and len(splits["test"]["label"]) == 5

@@ -98,3 +98,16 @@ def test_every_config_field_has_a_comment():
   body_start = next(i for i, line in enumerate(lines) if "if preset ==" in line)
   declared = [line for line in fields if lines.index(line) < body_start]
   assert declared and all("#" in line for line in declared), [l for l in declared if "#" not in l]
+
+
+def test_runs_on_two_devices(tmp_path):
+  """The mesh path with the batch split over 2 CPU devices, end to end from the command line."""
+  workdir = str(tmp_path / "w")
+  result = run_main("--config=configs/mnist.py", f"--workdir={workdir}",
+                    "--config.data.source=synthetic", "--config.data.synthetic_size=64",
+                    "--config.batch_size=16", "--config.eval_batch_size=16",
+                    "--config.num_train_steps=6", "--config.log_every=3",
+                    env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+  assert result.returncode == 0, result.stderr
+  assert "2 cpu device(s), batch 16 (8 per device)" in result.stdout
+  assert "final: test accuracy" in result.stdout
