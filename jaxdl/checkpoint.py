@@ -15,6 +15,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from jaxdl.errors import UserError
+
 
 class Checkpoints:
   """Save every N steps (the loop decides when), keep the last K, restore the latest."""
@@ -32,10 +34,15 @@ class Checkpoints:
     """The latest checkpoint, laid out like `like_state` (same shapes, dtypes and shardings)."""
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like_state)
-    restored = self.manager.restore(
-        self.manager.latest_step(),
-        args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                loop=ocp.args.JsonRestore()))
+    step = self.manager.latest_step()
+    try:
+      restored = self.manager.restore(
+          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                        loop=ocp.args.JsonRestore()))
+    except Exception as e:  # pylint: disable=broad-except  (Orbax raises many types)
+      first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+      raise UserError(f"the checkpoint at step {step} in {self.directory} does not fit this "
+                      f"config's model or optimizer ({first}); use a new --workdir") from None
     return restored["state"], restored["loop"]
 
   def save(self, step: int, state: Any, loop: dict) -> None:
@@ -46,3 +53,9 @@ class Checkpoints:
     """Waits for the last asynchronous save to be committed."""
     self.manager.wait_until_finished()
     self.manager.close()
+
+  def __enter__(self) -> "Checkpoints":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()

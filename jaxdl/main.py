@@ -6,7 +6,6 @@ does the rest. Every user mistake, in a flag or later, ends as one line on stder
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 
@@ -25,44 +24,45 @@ def _fail(message: str) -> None:
 
 
 def _last_line(error: BaseException) -> str:
-  """config_flags wraps a config file's exception in a traceback text; its last line says it."""
+  """The message of an error, one line: config_flags wraps a config file's exception in the
+  text of its traceback, whose last line ('ValueError: unknown preset ...') says what went wrong."""
   lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-  return lines[-1] if lines else type(error).__name__
+  line = lines[-1] if lines else type(error).__name__
+  name, sep, rest = line.partition(": ")
+  return rest if sep and name.isidentifier() and name.endswith(("Error", "Exception")) else line
 
 
-def _unknown_override(argv: list[str]) -> str | None:
-  """Names the first --config.a.b=v override whose key the config file does not define."""
-  spec = next(a[len("--config="):] for a in argv if a.startswith("--config="))
-  path, _, preset = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("jaxdl_user_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  config = module.get_config(preset or None)
-  for arg in argv[1:]:
-    if not arg.startswith("--config."):
-      continue
-    key = arg[len("--config."):].split("=", 1)[0]
-    node = config
-    for part in key.split("."):
-      if not hasattr(node, "keys") or part not in node.keys():
-        valid = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "none"
-        return f"unknown config key {key!r} in {arg} (valid keys there: {valid})"
-      node = node[part]
+def _config_file(argv: list[str]) -> str | None:
+  """The --config value, written as --config=FILE[:preset] or --config FILE[:preset]."""
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      return arg[len("--config="):]
+    if arg == "--config" and i + 1 < len(argv):
+      return argv[i + 1]
   return None
 
 
+def _unknown_key(argv: list[str], error: BaseException) -> str:
+  """config_flags names only the missing part ('zzz'); find the override that holds it."""
+  missing = str(error).strip("\"'")
+  for arg in argv[1:]:
+    if arg.startswith("--config."):
+      key = arg[len("--config."):].split("=", 1)[0]
+      if missing in key.split("."):
+        return f"unknown config key {key!r} in {arg}; the config file lists the valid keys"
+  return f"unknown config key {missing!r} in the --config.* overrides"
+
+
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl's parser, with each failure turned into one line naming the flag or key."""
-  for arg in argv[1:]:  # a missing config file would otherwise surface as an obscure error
-    if arg.startswith("--config=") and not os.path.isfile(arg[len("--config="):].split(":")[0]):
-      _fail(f"{arg}: no such config file")
+  """absl's parser, with each failure turned into one line naming the flag, key or file."""
+  config_file = _config_file(argv)
+  if config_file and not os.path.isfile(config_file.split(":")[0]):
+    _fail(f"--config={config_file}: no such config file")
   try:
     rest = flags.FLAGS(argv)
-  except flags.Error as e:
-    _fail(_last_line(e))
-  except (AttributeError, KeyError):  # config_flags reports an unknown key as either
-    _fail(_unknown_override(argv) or "unknown config key in the --config.* overrides")
-  except (TypeError, ValueError) as e:
+  except (AttributeError, KeyError) as e:  # config_flags reports an unknown key as either
+    _fail(_unknown_key(argv, e))
+  except Exception as e:  # pylint: disable=broad-except  (a bad flag, value or config file)
     _fail(_last_line(e))
   if _CONFIG.value is None:
     _fail("--config is required, e.g. --config=configs/mnist.py")

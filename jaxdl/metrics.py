@@ -24,6 +24,11 @@ def write_json(path: str, obj: Any) -> None:
   os.replace(tmp, path)
 
 
+def read_json(path: str) -> Any:
+  with open(path) as f:
+    return json.load(f)
+
+
 def format_duration(seconds: float) -> str:
   return str(datetime.timedelta(seconds=round(seconds)))
 

@@ -2,8 +2,9 @@
 
 Data parallelism: the global batch is split over the mesh's 'data' axis and the train state is
 replicated. Each process hands over only its local part of the batch, and
-`jax.make_array_from_process_local_data` assembles the global array, so the same code serves one
-CPU, one host with 8 devices, and a multi-host pod.
+`jax.make_array_from_process_local_data` assembles the global array. One CPU and one host with
+several devices work today; multi-host jobs also need jax.distributed.initialize(), which
+jaxdl does not call yet.
 """
 
 from __future__ import annotations

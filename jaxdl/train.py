@@ -30,6 +30,18 @@ def _summarise(sums: dict[str, Any]) -> dict[str, float]:
           "count": int(count)}
 
 
+def _changes(old: dict, new: dict, prefix: str = "") -> dict[str, tuple[Any, Any]]:
+  """{dotted key: (old, new)} for every leaf that differs between two config dicts."""
+  out = {}
+  for key in sorted(set(old) | set(new)):
+    a, b = old.get(key), new.get(key)
+    if isinstance(a, dict) and isinstance(b, dict):
+      out.update(_changes(a, b, f"{prefix}{key}."))
+    elif a != b:
+      out[f"{prefix}{key}"] = (a, b)
+  return out
+
+
 def evaluate(eval_step, state, arrays: dict[str, np.ndarray], batch_size: int,
              mesh) -> dict[str, float]:
   """Loss and accuracy over every example of a split exactly once (ragged end padded, masked)."""
@@ -76,23 +88,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   state = jax.jit(functools.partial(steps.create_state, model, tx, seed=config.seed),
                   out_shardings=replicated)(sample)
   state_sharding = jax.tree.map(lambda x: x.sharding, state)
-
-  # 6. restore: the first write to the workdir happens here, after every check has passed.
-  os.makedirs(workdir, exist_ok=True)
-  writer = metrics.Writer(workdir)
-  if writer.enabled:
-    metrics.write_json(os.path.join(workdir, "config.json"), config.to_dict())
-  ckpts = checkpoint.Checkpoints(workdir, config.keep_checkpoints)
-  interval_sums = None  # metric sums since the last train log line
-  if ckpts.latest_step() is not None:
-    state, loop = ckpts.restore(state)
-    train_batches.check_position(int(state.step), loop["data"])
-    if loop["interval_sums"] is not None:
-      interval_sums = {k: jnp.float32(v) for k, v in loop["interval_sums"].items()}
-    writer.drop_after(int(state.step))
-    writer.print(f"resumed from the checkpoint at step {int(state.step)} in {ckpts.directory}")
-  start_step = int(state.step)
-
   train_step = jax.jit(
       functools.partial(steps.train_step, model=model, tx=tx,
                         label_smoothing=config.loss.label_smoothing,
@@ -100,22 +95,46 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       out_shardings=(state_sharding, replicated), donate_argnums=0)
   eval_step = jax.jit(functools.partial(steps.eval_step, model=model), out_shardings=replicated)
 
-  def save(step):
-    sums = None if interval_sums is None else {
-        k: float(v) for k, v in jax.device_get(interval_sums).items()}
-    ckpts.save(step, state, {"data": train_batches.position(step), "interval_sums": sums})
+  # 6. restore: the first write to the workdir happens here, after every check has passed.
+  # Leaving the `with` (normally or by an exception) waits for the last asynchronous save.
+  os.makedirs(workdir, exist_ok=True)
+  writer = metrics.Writer(workdir)
+  with checkpoint.Checkpoints(workdir, config.keep_checkpoints) as ckpts:
+    interval_sums = None  # metric sums since the last train log line
+    if ckpts.latest_step() is not None:
+      state, loop = ckpts.restore(state)
+      train_batches.check_position(int(state.step), loop["data"])
+      if loop["interval_sums"] is not None:
+        interval_sums = {k: jnp.float32(v) for k, v in loop["interval_sums"].items()}
+      writer.print(f"resumed from the checkpoint at step {int(state.step)} in {ckpts.directory}")
+    start_step = int(state.step)
+    if start_step > num_steps:
+      raise UserError(f"the checkpoint in {ckpts.directory} is at step {start_step}, past this "
+                      f"config's {num_steps} steps (num_epochs or num_train_steps lowered?)")
+    writer.drop_after(start_step)  # events the interrupted run logged after its last checkpoint
+    config_path = os.path.join(workdir, "config.json")
+    if start_step and os.path.exists(config_path):
+      for key, (old, new) in _changes(metrics.read_json(config_path), config.to_dict()).items():
+        writer.print(f"resuming with a changed config: {key}: {old!r} -> {new!r}")
+    if writer.enabled:
+      metrics.write_json(config_path, config.to_dict())
 
-  writer.print(
-      f"data: {source} | train {train_batches.size:,} test {len(splits['test']['label']):,} | "
-      f"{jax.device_count()} {jax.devices()[0].platform} device(s), batch {config.batch_size} "
-      f"({config.batch_size // jax.device_count()} per device) | {num_steps:,} steps "
-      f"({steps_per_epoch} per epoch)")
+    def save(step):
+      sums = None if interval_sums is None else {
+          k: float(v) for k, v in jax.device_get(interval_sums).items()}
+      ckpts.save(step, state, {"data": train_batches.position(step), "interval_sums": sums})
 
-  # 7. loop: a plain for over steps; logging, eval and checkpoints at fixed step boundaries.
-  run_start = interval_start = time.time()
-  try:
+    writer.print(
+        f"data: {source} | train {train_batches.size:,} test {len(splits['test']['label']):,} | "
+        f"{jax.device_count()} {jax.devices()[0].platform} device(s), batch {config.batch_size} "
+        f"({config.batch_size // jax.device_count()} per device) | {num_steps:,} steps "
+        f"({steps_per_epoch} per epoch)")
+
+    # 7. loop: a plain for over steps; logging, eval and checkpoints at fixed step boundaries.
+    run_start = interval_start = time.time()
     for step in range(start_step, num_steps):
-      state, step_sums = train_step(state, parallel.global_batch(train_batches.batch(step), mesh))
+      batch = parallel.global_batch(train_batches.batch(step), mesh)
+      state, step_sums = train_step(state, batch)
       interval_sums = step_sums if interval_sums is None else _add(interval_sums, step_sums)
       done = step + 1
       if step == start_step:
@@ -124,8 +143,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
       if done % config.log_every == 0 or done == num_steps:
         train = _summarise(interval_sums)
-        now = time.time()
-        examples_per_s = train["count"] / max(now - interval_start, 1e-9)
+        examples_per_s = train["count"] / max(time.time() - interval_start, 1e-9)
         eta = (num_steps - done) * config.batch_size / max(examples_per_s, 1e-9)
         writer.write("train", done, {"loss": train["loss"], "accuracy": train["accuracy"],
                                      "lr": float(lr_at(step)), "examples_per_s": examples_per_s})
@@ -147,16 +165,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if done % config.checkpoint_every == 0 or done == num_steps:
         save(done)
 
-    # 8. finish: final eval and checkpoint, summary line.
-    if ckpts.latest_step() != num_steps:  # e.g. a resumed run that had already finished
-      save(num_steps)
+    # 8. finish: final eval (the last step saved the final checkpoint), summary line.
     test = evaluate(eval_step, state, splits["test"], config.eval_batch_size, mesh)
-  finally:
-    ckpts.close()  # waits for the last asynchronous save: no checkpoint is left half-written
   final = {f"test_{k}": v for k, v in test.items()}
   writer.write("final", num_steps, final)
   writer.print(
-      f"final: test accuracy {100 * test['accuracy']:.2f}% ({round(test['accuracy'] * test['count'])}"
-      f"/{test['count']}) | test loss {test['loss']:.4f} | {num_steps} steps, "
-      f"{time.time() - run_start:.1f}s | data: {source}")
+      f"final: test accuracy {100 * test['accuracy']:.2f}% "
+      f"({round(test['accuracy'] * test['count'])}/{test['count']}) | test loss "
+      f"{test['loss']:.4f} | {num_steps} steps, {time.time() - run_start:.1f}s | data: {source}")
   return final

@@ -8,12 +8,12 @@ run where those are known, still before the workdir is touched.
 
 from __future__ import annotations
 
+import math
 import os
 
 from jaxdl import models, optim
+from jaxdl.data import images
 from jaxdl.errors import UserError
-
-DATA_SOURCES = ("auto", "files", "tfds", "download", "sample", "synthetic")
 
 
 def _require(ok: bool, key: str, value, rule: str) -> None:
@@ -51,29 +51,31 @@ def validate(config, workdir: str) -> None:
            "must be >= 0 (0 evaluates once per epoch)")
 
   opt = config.opt
-  _require(opt.lr >= 0, "opt.lr", opt.lr, "must be >= 0")
-  _require(opt.name in optim.OPTIMIZERS, "opt.name", opt.name,
-           f"must be one of {', '.join(optim.OPTIMIZERS)}")
-  _require(opt.schedule in optim.SCHEDULES, "opt.schedule", opt.schedule,
-           f"must be one of {', '.join(optim.SCHEDULES)}")
-  for key in ("warmup_steps", "momentum", "weight_decay", "grad_clip_norm", "end_lr_factor"):
-    _require(opt[key] >= 0, f"opt.{key}", opt[key], "must be >= 0")
+  for key in ("lr", "warmup_steps", "momentum", "weight_decay", "grad_clip_norm", "end_lr_factor"):
+    _require(math.isfinite(opt[key]) and opt[key] >= 0, f"opt.{key}", opt[key],
+             "must be finite and >= 0")
+  for key in ("b1", "b2"):
+    _require(0 <= opt[key] < 1, f"opt.{key}", opt[key], "must be in [0, 1)")
+  _require(not opt.nesterov or opt.momentum > 0, "opt.nesterov", opt.nesterov,
+           "needs opt.momentum > 0")
+  optim.make(opt, 1)  # raises for an unknown opt.name or opt.schedule
 
   model = config.model
-  _require(model.name in models.MODEL_NAMES, "model.name", model.name,
-           f"must be one of {', '.join(models.MODEL_NAMES)}")
-  _require(model.init in models.INIT_SCHEMES, "model.init", model.init,
-           f"must be one of {', '.join(models.INIT_SCHEMES)}")
   _require(0 <= model.dropout < 1, "model.dropout", model.dropout, "must be in [0, 1)")
   _require(model.num_classes > 1, "model.num_classes", model.num_classes, "must be > 1")
+  models.get_model(config)  # raises for an unknown model.name or model.init
   _require(0 <= config.loss.label_smoothing < 1, "loss.label_smoothing",
            config.loss.label_smoothing, "must be in [0, 1)")
+  _require(config.seed >= 0, "seed", config.seed, "must be >= 0")
 
   data = config.data
-  _require(data.source in DATA_SOURCES, "data.source", data.source,
-           f"must be one of {', '.join(DATA_SOURCES)}")
+  _require(data.source in images.SOURCES, "data.source", data.source,
+           f"must be one of {', '.join(images.SOURCES)}")
   _require(data.random_shift >= 0, "data.random_shift", data.random_shift, "must be >= 0")
-  if data.path:
-    _require(os.path.exists(data.path), "data.path", data.path, "does not exist")
-    _require(os.path.isdir(data.path), "data.path", data.path, "is not a directory")
+  _require(data.synthetic_size > 0, "data.synthetic_size", data.synthetic_size, "must be > 0")
+  for key in ("path", "tfds_dir"):
+    if data[key]:
+      path = os.path.expanduser(data[key])
+      _require(os.path.exists(path), f"data.{key}", data[key], "does not exist")
+      _require(os.path.isdir(path), f"data.{key}", data[key], "is not a directory")
   _check_workdir(workdir)

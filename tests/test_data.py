@@ -55,6 +55,12 @@ def test_idx_bad_magic_and_truncation(tmp_path):
     f.write(gzip.compress(data + os.urandom(4000))[:-20])  # a cut-off gzip stream
   with pytest.raises(UserError, match="cannot read IDX file"):
     images.read_idx(path + ".gz")
+  blob = bytearray(gzip.compress(data + os.urandom(4000)))
+  blob[40:60] = bytes(20)  # corrupt deflate data inside a complete stream
+  with open(path + ".gz", "wb") as f:
+    f.write(blob)
+  with pytest.raises(UserError, match="cannot read IDX file"):
+    images.read_idx(path + ".gz")
 
 
 def test_idx_count_mismatch_and_missing_file(tmp_path):
@@ -81,8 +87,9 @@ def test_auto_prefers_the_path(tmp_path):
   assert len(splits["train"]["label"]) == 30 and str(tmp_path) in source
 
 
-def test_tfds_source_without_tensorflow():
+def test_tfds_source_without_tensorflow(monkeypatch):
   import tensorflow_datasets as tfds
+  monkeypatch.setattr(images, "_tfds_prepared", lambda name, data_dir: True)  # the mock's copy
   with tfds.testing.mock_data(num_examples=7):
     splits, source = images.load(_data_cfg(source="tfds"))
   assert splits["train"]["image"].shape == (7, 28, 28, 1) and "TFDS mnist" in source
@@ -178,6 +185,11 @@ def test_tfds_prepared_copy_is_found_by_auto(tmp_path, monkeypatch):
   assert not images._tfds_prepared("mnist", str(tmp_path))
   os.makedirs(tmp_path / "mnist" / "3.0.1")
   (tmp_path / "mnist" / "3.0.1" / "dataset_info.json").write_text("{}")
+  (tmp_path / "mnist" / "3.0.1" / "mnist-train.tfrecord-00000-of-00001").write_text("")
+  assert not images._tfds_prepared("mnist", str(tmp_path))  # TFRecord: no random access
+  with pytest.raises(UserError, match="no copy of 'mnist' in ArrayRecord format"):
+    images.load(_data_cfg(source="tfds", tfds_dir=str(tmp_path)))
+  (tmp_path / "mnist" / "3.0.1" / "mnist-train.array_record-00000-of-00001").write_text("")
   assert images._tfds_prepared("mnist", str(tmp_path))
   with tfds.testing.mock_data(num_examples=5):
     splits, source = images.load(_data_cfg(tfds_dir=str(tmp_path)))

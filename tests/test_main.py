@@ -40,8 +40,14 @@ def test_bad_config_file_and_preset(tmp_path):
   workdir = str(tmp_path / "w")
   _assert_one_line_error(run_main("--config=configs/nope.py", f"--workdir={workdir}"),
                          workdir, "configs/nope.py")
+  _assert_one_line_error(run_main("--config", "configs/nope.py", f"--workdir={workdir}"),
+                         workdir, "configs/nope.py")
+  _assert_one_line_error(run_main("--config=README.md", f"--workdir={workdir}"),
+                         workdir, "README.md")
   _assert_one_line_error(run_main("--config=configs/mnist.py:nope", f"--workdir={workdir}"),
-                         workdir, "unknown preset 'nope'")
+                         workdir, "error: unknown preset 'nope'")
+  _assert_one_line_error(run_main("--config", "configs/mnist.py", "--config.opt.zzz=1",
+                                  f"--workdir={workdir}"), workdir, "'opt.zzz'")
 
 
 def test_batch_not_divisible_by_devices(tmp_path):
@@ -78,7 +84,14 @@ def test_overrides_apply_and_presets_differ():
     ("opt.name", "lion", "opt.name"),
     ("opt.schedule", "step", "opt.schedule"),
     ("model.dropout", 1.0, "model.dropout"),
+    ("model.init", "he", "model.init"),
     ("data.source", "web", "data.source"),
+    ("opt.lr", float("inf"), "opt.lr=inf: must be finite"),
+    ("opt.b2", 1.0, "opt.b2"),
+    ("opt.nesterov", True, "needs opt.momentum > 0"),
+    ("seed", -1, "seed=-1"),
+    ("data.synthetic_size", 0, "data.synthetic_size"),
+    ("data.tfds_dir", "/nonexistent", "data.tfds_dir"),
 ])
 def test_validate_rules(tmp_path, key, value, needle):
   config = load_config("mnist")

@@ -67,17 +67,57 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_mnist, tmp_
     np.testing.assert_array_equal(a, b)  # bitwise
 
 
+def test_killed_before_the_first_checkpoint_logs_nothing_twice(tiny_mnist, tmp_path,
+                                                              monkeypatch):
+  full = str(tmp_path / "full")
+  train.train_and_evaluate(tiny_mnist, full)
+  real_batch = data.TrainBatches.batch
+  def interrupting_batch(self, step):
+    if step == 6:  # after the step-5 log line, before the step-8 checkpoint
+      raise KeyboardInterrupt
+    return real_batch(self, step)
+  monkeypatch.setattr(data.TrainBatches, "batch", interrupting_batch)
+  again = str(tmp_path / "again")
+  with pytest.raises(KeyboardInterrupt):
+    train.train_and_evaluate(tiny_mnist, again)
+  assert len(_events(again)) == 1
+  monkeypatch.undo()
+  train.train_and_evaluate(tiny_mnist, again)
+  strip = lambda events: [{k: v for k, v in e.items() if k != "examples_per_s"} for e in events]
+  assert strip(_events(again)) == strip(_events(full))
+
+
+def test_a_checkpoint_past_the_configured_end_is_refused(tiny_mnist, tmp_path):
+  workdir = str(tmp_path / "w")
+  train.train_and_evaluate(tiny_mnist, workdir)
+  tiny_mnist.num_train_steps = 12
+  with pytest.raises(train.UserError, match="at step 24, past this config's 12 steps"):
+    train.train_and_evaluate(tiny_mnist, workdir)
+
+
+def test_a_checkpoint_of_another_model_is_one_error(tiny_mnist, tmp_path):
+  workdir = str(tmp_path / "w")
+  train.train_and_evaluate(tiny_mnist, workdir)
+  config_before = open(os.path.join(workdir, "config.json")).read()
+  tiny_mnist.opt.name = "sgd"  # another optimizer state layout
+  with pytest.raises(train.UserError, match="checkpoint at step 24 .* does not fit"):
+    train.train_and_evaluate(tiny_mnist, workdir)
+  assert open(os.path.join(workdir, "config.json")).read() == config_before
+
+
 def _model_tx(config):
   from jaxdl import models, optim
   return models.get_model(config), optim.make(config.opt, config.num_train_steps)
 
 
-def test_rerunning_a_finished_run_changes_nothing(tiny_mnist, tmp_path):
+def test_rerunning_a_finished_run_changes_nothing(tiny_mnist, tmp_path, capsys):
   workdir = str(tmp_path / "w")
   first = train.train_and_evaluate(tiny_mnist, workdir)
   events = _events(workdir)
+  tiny_mnist.log_every = 6
   assert train.train_and_evaluate(tiny_mnist, workdir) == first
   assert len(_events(workdir)) == len(events)
+  assert "resuming with a changed config: log_every: 5 -> 6" in capsys.readouterr().out
 
 
 def test_evaluate_counts_a_ragged_last_batch_once(tiny_mnist):

@@ -21,6 +21,7 @@ import tempfile
 import urllib.parse
 import urllib.request
 from typing import Any
+import zlib
 
 from absl import logging
 import numpy as np
@@ -28,6 +29,7 @@ import numpy as np
 from jaxdl.errors import UserError
 
 Splits = dict[str, dict[str, np.ndarray]]
+SOURCES = ("auto", "files", "tfds", "download", "sample", "synthetic")  # config.data.source
 
 # File stems of the four IDX files, as MNIST, Fashion-MNIST and KMNIST all name them.
 _IDX_STEMS = {
@@ -50,7 +52,7 @@ def read_idx(path: str) -> np.ndarray:
     opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "rb") as f:
       raw = f.read()
-  except (OSError, EOFError, gzip.BadGzipFile) as e:
+  except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
     raise UserError(f"{path}: cannot read IDX file ({e})") from None
   if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
     raise UserError(f"{path}: not an IDX file (bad magic number {raw[:4].hex() or 'empty'})")
@@ -112,11 +114,12 @@ def load_idx_dir(directory: str) -> Splits:
 
 
 def _tfds_prepared(name: str, data_dir: str | None) -> bool:
-  """Whether TFDS has a prepared copy of `name`: a version dir with its dataset_info.json."""
+  """Whether TFDS has a copy of `name` that tfds.data_source can read (ArrayRecord files)."""
   # A glob rather than tfds.builder(...).is_prepared(): no slow import and no TFDS log chatter
-  # on the common path where no copy exists.
+  # on the common path where no copy exists, and a TFRecord-only copy (random access is not
+  # supported for it) does not count.
   root = data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
-  pattern = os.path.join(os.path.expanduser(root), name, "*", "dataset_info.json")
+  pattern = os.path.join(os.path.expanduser(root), name, "*", "*.array_record*")
   return bool(glob.glob(pattern))
 
 
@@ -188,7 +191,10 @@ def download(name: str, cache_dir: str) -> str:
   if not rows:
     raise UserError(f"data.name={name!r}: no canonical download is known for it")
   target = os.path.join(os.path.expanduser(cache_dir), name)
-  os.makedirs(target, exist_ok=True)
+  try:
+    os.makedirs(target, exist_ok=True)
+  except OSError as e:
+    raise UserError(f"data.download_dir={cache_dir!r}: cannot create {target} ({e})") from None
   for url, size, sha256, filename in rows:
     path = os.path.join(target, filename)
     if os.path.isfile(path) and os.path.getsize(path) == size and _sha256(path) == sha256:
@@ -255,19 +261,22 @@ def _ways_to_get(name: str) -> str:
 
 def load(data_cfg: Any) -> tuple[Splits, str]:
   """Loads the splits data_cfg selects; returns them and a one-line description of the source."""
-  source, name = data_cfg.source, data_cfg.name
-  if source == "files" or (source == "auto" and data_cfg.path):
-    if not data_cfg.path:
+  source, name, path = data_cfg.source, data_cfg.name, os.path.expanduser(data_cfg.path)
+  if source == "files" or (source == "auto" and path):
+    if not path:
       raise UserError("data.source='files' needs data.path")
-    return load_idx_dir(data_cfg.path), f"IDX files in {data_cfg.path}"
+    return load_idx_dir(path), f"IDX files in {path}"
   if source == "tfds" or (source == "auto" and _tfds_prepared(name, data_cfg.tfds_dir)):
-    return load_tfds(name, data_cfg.tfds_dir), f"TFDS {name} (data_dir={data_cfg.tfds_dir or 'default'})"
+    if not _tfds_prepared(name, data_cfg.tfds_dir):
+      raise UserError(f"data.source='tfds': no copy of {name!r} in ArrayRecord format under "
+                      f"data.tfds_dir={data_cfg.tfds_dir or '~/tensorflow_datasets'!r}")
+    return load_tfds(name, data_cfg.tfds_dir), f"TFDS {name} ({data_cfg.tfds_dir or 'default dir'})"
   rows = _url_checksums(name)
   if source == "download" or (source == "auto" and rows and _reachable(rows[0][0])):
     directory = download(name, data_cfg.download_dir)
     return load_idx_dir(directory), f"{name} downloaded to {directory}"
   if source == "synthetic":
-    splits = synthetic(data_cfg.synthetic_size, data_cfg.synthetic_size // 4, seed=0)
+    splits = synthetic(data_cfg.synthetic_size, max(1, data_cfg.synthetic_size // 4), seed=0)
     return splits, "SYNTHETIC random images (for tests and benchmarks only)"
   if source in ("sample", "auto") and name == "mnist":
     try:
