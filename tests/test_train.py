@@ -17,6 +17,24 @@ def _events(workdir):
     return [json.loads(line) for line in f]
 
 
+def _comparable(workdir):
+  """metrics.jsonl without the throughput, which differs from run to run."""
+  return [{k: v for k, v in e.items() if k != "examples_per_s"} for e in _events(workdir)]
+
+
+def _interrupt(config, workdir, monkeypatch, at_step):
+  """Runs config in workdir until Ctrl-C arrives as step `at_step`'s batch is fetched."""
+  real_batch = data.TrainBatches.batch
+  def interrupting_batch(self, step):
+    if step == at_step:
+      raise KeyboardInterrupt
+    return real_batch(self, step)
+  with monkeypatch.context() as patch:
+    patch.setattr(data.TrainBatches, "batch", interrupting_batch)
+    with pytest.raises(KeyboardInterrupt):
+      train.train_and_evaluate(config, workdir)
+
+
 def _final_params(workdir, like):
   ckpts = checkpoint.Checkpoints(workdir, keep=3)
   state, _ = ckpts.restore(like)
@@ -46,21 +64,12 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_mnist, tmp_
   expected = train.train_and_evaluate(tiny_mnist, full)
 
   # Interrupt the second run at step 19: its newest checkpoint is step 16, mid log interval.
-  real_batch = data.TrainBatches.batch
-  def interrupting_batch(self, step):
-    if step == 19:
-      raise KeyboardInterrupt
-    return real_batch(self, step)
-  monkeypatch.setattr(data.TrainBatches, "batch", interrupting_batch)
   resumed = str(tmp_path / "resumed")
-  with pytest.raises(KeyboardInterrupt):
-    train.train_and_evaluate(tiny_mnist, resumed)
+  _interrupt(tiny_mnist, resumed, monkeypatch, at_step=19)
   assert sorted(os.listdir(os.path.join(resumed, "checkpoints"))) == ["16", "8"]
-  monkeypatch.undo()
 
   assert train.train_and_evaluate(tiny_mnist, resumed) == expected
-  strip = lambda events: [{k: v for k, v in e.items() if k != "examples_per_s"} for e in events]
-  assert strip(_events(resumed)) == strip(_events(full))  # no step lost, none logged twice
+  assert _comparable(resumed) == _comparable(full)  # no step lost, none logged twice
   like = steps.create_state(*_model_tx(tiny_mnist), {"image": np.zeros((1, 28, 28, 1))}, 0)
   for a, b in zip(jax.tree.leaves(_final_params(full, like)),
                   jax.tree.leaves(_final_params(resumed, like))):
@@ -71,20 +80,11 @@ def test_killed_before_the_first_checkpoint_logs_nothing_twice(tiny_mnist, tmp_p
                                                               monkeypatch):
   full = str(tmp_path / "full")
   train.train_and_evaluate(tiny_mnist, full)
-  real_batch = data.TrainBatches.batch
-  def interrupting_batch(self, step):
-    if step == 6:  # after the step-5 log line, before the step-8 checkpoint
-      raise KeyboardInterrupt
-    return real_batch(self, step)
-  monkeypatch.setattr(data.TrainBatches, "batch", interrupting_batch)
   again = str(tmp_path / "again")
-  with pytest.raises(KeyboardInterrupt):
-    train.train_and_evaluate(tiny_mnist, again)
+  _interrupt(tiny_mnist, again, monkeypatch, at_step=6)  # after the step-5 log line, no ckpt yet
   assert len(_events(again)) == 1
-  monkeypatch.undo()
   train.train_and_evaluate(tiny_mnist, again)
-  strip = lambda events: [{k: v for k, v in e.items() if k != "examples_per_s"} for e in events]
-  assert strip(_events(again)) == strip(_events(full))
+  assert _comparable(again) == _comparable(full)
 
 
 def test_a_checkpoint_past_the_configured_end_is_refused(tiny_mnist, tmp_path):
