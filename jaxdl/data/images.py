@@ -266,11 +266,11 @@ def load(data_cfg: Any) -> tuple[Splits, str]:
     if not path:
       raise UserError("data.source='files' needs data.path")
     return load_idx_dir(path), f"IDX files in {path}"
-  if source == "tfds" or (source == "auto" and _tfds_prepared(name, data_cfg.tfds_dir)):
-    if not _tfds_prepared(name, data_cfg.tfds_dir):
-      raise UserError(f"data.source='tfds': no copy of {name!r} in ArrayRecord format under "
-                      f"data.tfds_dir={data_cfg.tfds_dir or '~/tensorflow_datasets'!r}")
+  if source in ("tfds", "auto") and _tfds_prepared(name, data_cfg.tfds_dir):
     return load_tfds(name, data_cfg.tfds_dir), f"TFDS {name} ({data_cfg.tfds_dir or 'default dir'})"
+  if source == "tfds":
+    raise UserError(f"data.source='tfds': no copy of {name!r} in ArrayRecord format under "
+                    f"data.tfds_dir={data_cfg.tfds_dir or '~/tensorflow_datasets'!r}")
   rows = _url_checksums(name)
   if source == "download" or (source == "auto" and rows and _reachable(rows[0][0])):
     directory = download(name, data_cfg.download_dir)
