@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from jaxdl.errors import UserError
+from jaxdl.errors import UserError, first_line
 
 
 class Checkpoints:
@@ -40,9 +40,9 @@ class Checkpoints:
           step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                         loop=ocp.args.JsonRestore()))
     except Exception as e:  # pylint: disable=broad-except  (Orbax raises many types)
-      first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
       raise UserError(f"the checkpoint at step {step} in {self.directory} does not fit this "
-                      f"config's model or optimizer ({first}); use a new --workdir") from None
+                      f"config's model or optimizer ({first_line(e)}); use a new --workdir"
+                      ) from None
     return restored["state"], restored["loop"]
 
   def save(self, step: int, state: Any, loop: dict) -> None:

@@ -112,12 +112,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       raise UserError(f"the checkpoint in {ckpts.directory} is at step {start_step}, past this "
                       f"config's {num_steps} steps (num_epochs or num_train_steps lowered?)")
     writer.drop_after(start_step)  # events the interrupted run logged after its last checkpoint
-    config_path = os.path.join(workdir, "config.json")
+    config_path, resolved = os.path.join(workdir, "config.json"), config.to_dict()
     if start_step and os.path.exists(config_path):
-      for key, (old, new) in _changes(metrics.read_json(config_path), config.to_dict()).items():
+      for key, (old, new) in _changes(metrics.read_json(config_path), resolved).items():
         writer.print(f"resuming with a changed config: {key}: {old!r} -> {new!r}")
     if writer.enabled:
-      metrics.write_json(config_path, config.to_dict())
+      metrics.write_json(config_path, resolved)
 
     def save(step):
       sums = None if interval_sums is None else {

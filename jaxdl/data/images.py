@@ -26,7 +26,7 @@ import zlib
 from absl import logging
 import numpy as np
 
-from jaxdl.errors import UserError
+from jaxdl.errors import UserError, first_line
 
 Splits = dict[str, dict[str, np.ndarray]]
 SOURCES = ("auto", "files", "tfds", "download", "sample", "synthetic")  # config.data.source
@@ -132,8 +132,7 @@ def load_tfds(name: str, data_dir: str | None) -> Splits:
       source = tfds.data_source(name, split=split, data_dir=data_dir or None, download=False)
       examples = [source[i] for i in range(len(source))]
     except Exception as e:  # pylint: disable=broad-except  (TFDS raises many types)
-      first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-      raise UserError(f"TFDS dataset {name!r} split {split!r}: {first_line}") from None
+      raise UserError(f"TFDS dataset {name!r} split {split!r}: {first_line(e)}") from None
     images = np.stack([np.asarray(ex["image"], np.uint8) for ex in examples])
     labels = np.asarray([ex["label"] for ex in examples], np.int32)
     if images.ndim == 3:
