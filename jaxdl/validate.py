@@ -73,7 +73,7 @@ def validate(config, workdir: str) -> None:
   data = config.data
   if config.task == "image_classification":
     _require(model.num_classes > 1, "model.num_classes", model.num_classes, "must be > 1")
-    models.get_model(config)  # raises for an unknown model.init
+    models.get_model(config)  # raises for an unknown model.init or model.impl
     _require(data.source in images.SOURCES, "data.source", data.source,
              f"must be one of {', '.join(images.SOURCES)}")
     _require(data.random_shift >= 0, "data.random_shift", data.random_shift, "must be >= 0")

@@ -35,7 +35,10 @@ def tiny_mnist():
 
 
 def run_main(*args: str, env: dict | None = None, timeout: float = 300):
-  """Runs `python -m jaxdl.main ARGS` from the repo root; returns the CompletedProcess."""
+  """Runs `python -m jaxdl.main ARGS` from the repo root; returns the CompletedProcess.
+
+  The persistent compilation cache is off unless `env` sets JAXDL_XLA_CACHE: tests never write
+  to the user's ~/.cache."""
   return subprocess.run([sys.executable, "-m", "jaxdl.main", *args], cwd=REPO,
                         capture_output=True, text=True, timeout=timeout,
-                        env={**os.environ, **(env or {})})
+                        env={**os.environ, "JAXDL_XLA_CACHE": "", **(env or {})})

@@ -58,3 +58,42 @@ def test_get_model_is_explicit():
   config.model.name = "mlp"
   with pytest.raises(UserError, match="model.name='mlp' is not one of cnn"):
     models.get_model(config)
+
+
+@pytest.mark.parametrize("impl", ["cpu", "cpu_im2col"])
+def test_cpu_impls_match_flax_layers(impl):
+  """Same param tree and init; logits and gradients equal to float rounding."""
+  images = jax.random.randint(jax.random.PRNGKey(1), (8, 28, 28, 1), 0, 255).astype(jnp.uint8)
+  labels = jnp.arange(8) % 10
+  ref, fast = CNN(init_scheme="torch", impl="flax"), CNN(init_scheme="torch", impl=impl)
+  params = ref.init(jax.random.PRNGKey(0), images, train=False)["params"]
+  structure = lambda t: jax.tree.map(lambda x: (x.shape, x.dtype), t)
+  fast_params = fast.init(jax.random.PRNGKey(0), images, train=False)["params"]
+  assert structure(fast_params) == structure(params)
+  jax.tree.map(np.testing.assert_array_equal, fast_params, params)
+
+  def loss(model, p):
+    logits = model.apply({"params": p}, images, train=True)
+    return -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1).mean(), logits
+
+  (l_ref, logits_ref), g_ref = jax.value_and_grad(lambda p: loss(ref, p), has_aux=True)(params)
+  (l_fast, logits_fast), g_fast = jax.value_and_grad(lambda p: loss(fast, p), has_aux=True)(params)
+  np.testing.assert_allclose(logits_fast, logits_ref, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(l_fast, l_ref, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g_fast, g_ref)
+
+
+def test_auto_impl_is_cpu_on_cpu_and_bad_impl_fails():
+  from jaxdl.models.cnn import resolve_impl
+  assert resolve_impl("auto") == ("cpu" if jax.default_backend() == "cpu" else "flax")
+  config = load_config("mnist")
+  config.model.impl = "fast"
+  with pytest.raises(UserError, match="model.impl='fast' is not one of auto, flax, cpu"):
+    models.get_model(config)
+
+
+def test_max_pool_2x2_matches_nn_max_pool_on_odd_sizes():
+  import flax.linen as nn
+  from jaxdl.models.cnn import max_pool_2x2
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 11, 11, 3))
+  np.testing.assert_array_equal(max_pool_2x2(x), nn.max_pool(x, (2, 2), strides=(2, 2)))

@@ -3,7 +3,7 @@
 import flax.linen as nn
 
 from jaxdl.errors import UserError
-from jaxdl.models.cnn import CNN
+from jaxdl.models.cnn import CNN, IMPLS
 
 MODEL_NAMES = ("cnn",)
 INIT_SCHEMES = ("flax", "torch")
@@ -15,5 +15,7 @@ def get_model(config) -> nn.Module:
   if m.init not in INIT_SCHEMES:
     raise UserError(f"model.init={m.init!r} is not one of {', '.join(INIT_SCHEMES)}")
   if m.name == "cnn":
-    return CNN(num_classes=m.num_classes, init_scheme=m.init, dropout=m.dropout)
+    if m.impl not in IMPLS:
+      raise UserError(f"model.impl={m.impl!r} is not one of {', '.join(IMPLS)}")
+    return CNN(num_classes=m.num_classes, init_scheme=m.init, dropout=m.dropout, impl=m.impl)
   raise UserError(f"model.name={m.name!r} is not one of {', '.join(MODEL_NAMES)}")
