@@ -37,6 +37,10 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.eval_every = 0            # steps between test-split evals; 0 = at every epoch's end
   c.checkpoint_every = 500    # steps between checkpoints; one is always written at the end
   c.keep_checkpoints = 3      # how many of the newest checkpoints to keep
+  c.steps_per_dispatch = 1    # train steps fused into one compiled call (lax.scan), at most;
+                              # the loop uses the largest k <= this dividing log_every, the eval
+                              # interval and checkpoint_every. 1 (one step per call) is fastest
+                              # on CPU, where a fused call compiles k unrolled copies of the step
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "cnn"        # models.get_model: 'cnn'

@@ -108,3 +108,28 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *,
   """The objective's sums over the batch's unmasked examples, without dropout or augmentation."""
   _, aux = objective(state.params, batch, jax.random.PRNGKey(0), False)  # rng unused: eval
   return aux
+
+
+def train_steps(state: TrainState, sums: dict[str, jax.Array], xs: dict[str, jax.Array],
+                arrays: dict[str, jax.Array] | None, *, objective: Objective,
+                tx: optax.GradientTransformation) -> tuple[TrainState, dict[str, jax.Array]]:
+  """len(xs) train steps in one compiled call (lax.scan): train_step after train_step.
+
+  xs holds the steps' batches stacked on a leading axis, or, when `arrays` (the training split,
+  resident on the device) is given, each step's row `index` and `mask`, gathered here exactly as
+  data.TrainBatches.batch does on the host. Each step's metric sums are added onto `sums` in
+  step order, as the loop adds them.
+  """
+  def body(carry, x):
+    state, sums = carry
+    batch = x if arrays is None else {**{k: v[x["index"]] for k, v in arrays.items()},
+                                      "mask": x["mask"]}
+    state, aux = train_step(state, batch, objective=objective, tx=tx)
+    return (state, jax.tree.map(jnp.add, sums, aux)), None
+
+  # XLA's CPU backend runs a while loop's body several times slower than the same ops at top
+  # level (measured 378 vs 58 ms per seed-CNN step, experiments/bench/README.md), so on CPU the
+  # steps are unrolled into straight-line code; accelerators keep the compact loop.
+  unroll = True if jax.default_backend() == "cpu" else 1
+  (state, sums), _ = jax.lax.scan(body, (state, sums), xs, unroll=unroll)
+  return state, sums

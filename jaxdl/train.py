@@ -7,12 +7,14 @@ their checks, so a mistake leaves no trace.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
 import ml_collections
 import numpy as np
 
@@ -20,6 +22,17 @@ from jaxdl import checkpoint, data, metrics, models, optim, parallel, steps, val
 from jaxdl.errors import UserError
 
 _add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b))
+
+# A training split up to this size is copied to the device once when steps are fused, and each
+# step's batch is gathered there; a larger one (or another iterator) is stacked on the host.
+_DEVICE_DATA_MAX_BYTES = 1 << 30
+
+
+def steps_per_dispatch(limit: int, *boundaries: int) -> int:
+  """The largest k <= limit that divides every boundary (log, eval and checkpoint intervals), so
+  dispatches of k fused steps end exactly on each of them; 1 = no fusion."""
+  g = math.gcd(*boundaries)
+  return max(k for k in range(1, max(limit, 1) + 1) if g % k == 0)
 
 
 def _changes(old: dict, new: dict, prefix: str = "") -> dict[str, tuple[Any, Any]]:
@@ -95,6 +108,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   eval_step = jax.jit(functools.partial(steps.eval_step, objective=objective),
                       out_shardings=replicated)
 
+  # Fused steps: k steps per dispatch (lax.scan), k dividing every log/eval/checkpoint interval.
+  fuse = steps_per_dispatch(config.steps_per_dispatch, config.log_every, eval_every,
+                            config.checkpoint_every)
+  train_steps = jax.jit(functools.partial(steps.train_steps, objective=objective, tx=tx),
+                        out_shardings=(state_sharding, replicated), donate_argnums=0)
+  device_arrays = None  # the training split on the device, when fused steps gather from it
+  if (fuse > 1 and isinstance(train_batches, data.TrainBatches) and jax.process_count() == 1
+      and sum(v.nbytes for v in train_batches.arrays.values()) <= _DEVICE_DATA_MAX_BYTES):
+    device_arrays = jax.device_put(train_batches.arrays, replicated)
+  stacked_sharding = NamedSharding(mesh, P(None, "data"))
+  sums_shape = jax.eval_shape(train_step, state,
+                              parallel.global_batch(train_batches.batch(0), mesh))[1]
+
+  def chunk_inputs(step: int, k: int) -> dict[str, jax.Array]:
+    """What train_steps scans over for steps step..step+k-1: indices or stacked batches."""
+    if device_arrays is not None:
+      rows = [train_batches.indices(s) for s in range(step, step + k)]
+      return jax.device_put({"index": np.stack([r[0] for r in rows]).astype(np.int32),
+                             "mask": np.stack([r[1] for r in rows]).astype(np.float32)},
+                            replicated)
+    batches = [train_batches.batch(s) for s in range(step, step + k)]
+    return {key: jax.make_array_from_process_local_data(
+        stacked_sharding, np.stack([b[key] for b in batches])) for key in batches[0]}
+
   # 6. restore: the first write to the workdir happens here, after every check has passed.
   # Leaving the `with` (normally or by an exception) waits for the last asynchronous save.
   os.makedirs(workdir, exist_ok=True)
@@ -134,17 +171,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         f"({config.batch_size // jax.device_count()} per device) | {num_steps:,} steps "
         f"({steps_per_epoch} per epoch)")
 
-    # 7. loop: a plain for over steps; logging, eval and checkpoints at fixed step boundaries.
+    # 7. loop: over dispatches of k fused steps (k = 1: one step each); logging, eval and
+    # checkpoints at fixed step boundaries, each of which ends a dispatch.
     run_start = interval_start = time.time()
-    interval_step = start_step
-    for step in range(start_step, num_steps):
-      batch = parallel.global_batch(train_batches.batch(step), mesh)
-      state, step_sums = train_step(state, batch)
-      interval_sums = step_sums if interval_sums is None else _add(interval_sums, step_sums)
-      done = step + 1
+    interval_step = step = start_step
+    while step < num_steps:
+      k = min(fuse - step % fuse, num_steps - step)  # ends on a multiple of fuse, or at the end
+      if k == 1:
+        batch = parallel.global_batch(train_batches.batch(step), mesh)
+        state, step_sums = train_step(state, batch)
+        interval_sums = step_sums if interval_sums is None else _add(interval_sums, step_sums)
+      else:
+        if interval_sums is None:  # zeros: x + 0 == x, so the sums equal the unfused loop's
+          interval_sums = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), sums_shape)
+        state, interval_sums = train_steps(state, interval_sums, chunk_inputs(step, k),
+                                           device_arrays)
+      done = step + k
       if step == start_step:
         jax.block_until_ready(state)
-        writer.print(f"first step (compilation included) took {time.time() - run_start:.1f}s")
+        writer.print(f"first {'step' if k == 1 else f'{k} steps'} (compilation included) "
+                     f"took {time.time() - run_start:.1f}s")
+      step = done
 
       if done % config.log_every == 0 or done == num_steps:
         train = metrics.summarise(interval_sums)
@@ -153,7 +200,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         per_s = train["count"] / seconds
         eta = (num_steps - done) * seconds / (done - interval_step)
         writer.write("train", done, {
-            "loss": train["loss"], "lr": float(lr_at(step)), f"{unit}_per_s": per_s,
+            "loss": train["loss"], "lr": float(lr_at(done - 1)), f"{unit}_per_s": per_s,
             **({"accuracy": train["accuracy"]} if "accuracy" in train else {})})
         acc = f"acc {100 * train['accuracy']:6.2f}% | " if "accuracy" in train else ""
         writer.print(f"step {done:>{len(str(num_steps))}}/{num_steps} | "

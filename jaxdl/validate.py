@@ -44,7 +44,7 @@ def validate(config, workdir: str) -> None:
   _require(config.task in data_lib.TASKS, "task", config.task,
            f"must be one of {', '.join(data_lib.TASKS)}")
   for key in ("batch_size", "eval_batch_size", "log_every", "checkpoint_every",
-              "keep_checkpoints"):
+              "keep_checkpoints", "steps_per_dispatch"):
     _require(config[key] > 0, key, config[key], "must be > 0")
   if config.num_train_steps <= 0:
     _require(config.num_epochs > 0, "num_epochs", config.num_epochs,

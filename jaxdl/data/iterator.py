@@ -63,14 +63,19 @@ class TrainBatches:
       self._order_epoch = epoch
     return self._order
 
-  def batch(self, step: int) -> Batch:
-    """This process's part of global batch `step` (padded and masked at an epoch's end)."""
+  def indices(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of global batch `step` (all processes) and which of them are real examples."""
     epoch, i = divmod(step, self.steps_per_epoch)
     order = self._epoch_order(epoch)
     idx = order[i * self.batch_size:(i + 1) * self.batch_size]
     valid = np.ones(self.batch_size, bool)
     valid[len(idx):] = False
     idx = np.pad(idx, (0, self.batch_size - len(idx)))  # padding repeats example 0, masked out
+    return idx, valid
+
+  def batch(self, step: int) -> Batch:
+    """This process's part of global batch `step` (padded and masked at an epoch's end)."""
+    idx, valid = self.indices(step)
     return _take(self.arrays, idx[self._local], valid[self._local])
 
 

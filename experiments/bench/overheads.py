@@ -1,0 +1,126 @@
+"""Loop overheads on the seed CNN (`:seed` preset, mnist-10k), measured in-process with jaxdl's
+own pieces: host time per step, the step-time cost of an asynchronous checkpoint, eval speed.
+
+  flock /tmp/jaxdl-cpu.lock python experiments/bench/overheads.py --data=../shared/data/mnist-10k
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib.util
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, REPO)
+
+import jax  # pylint: disable=g-import-not-at-top
+import numpy as np
+
+from jaxdl import checkpoint, data, models, optim, parallel, steps, train
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--data", required=True)
+  parser.add_argument("--steps", type=int, default=100)
+  args = parser.parse_args()
+  spec = importlib.util.spec_from_file_location("mnist_config", f"{REPO}/configs/mnist.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config("seed")
+  config.data.path = os.path.abspath(args.data)
+
+  mesh = parallel.make_mesh()
+  dataset = data.load(config, "/nonexistent")
+  batches = dataset.train
+  model = models.get_model(config)
+  tx = optim.make(config.opt, 1000)
+  objective = steps.make_objective(config, model)
+  replicated = parallel.replicated(mesh)
+  sample = parallel.global_batch(batches.batch(0), mesh)["image"]
+  state = jax.jit(functools.partial(steps.create_state, model, tx, seed=0),
+                  out_shardings=replicated)(sample)
+  train_step = jax.jit(functools.partial(steps.train_step, objective=objective, tx=tx),
+                       donate_argnums=0)
+  eval_step = jax.jit(functools.partial(steps.eval_step, objective=objective))
+  n = args.steps
+
+  # Step time with the batch already on the device, each step waited for.
+  batch = parallel.global_batch(batches.batch(0), mesh)
+  state, _ = train_step(state, batch)
+  jax.block_until_ready(state)
+  step_s = []
+  for _ in range(n):
+    t = time.perf_counter()
+    state, _ = train_step(state, batch)
+    jax.block_until_ready(state)
+    step_s.append(time.perf_counter() - t)
+  # Host work per step in the loop: build the batch, make it a device array, dispatch.
+  host_s = []
+  t_loop = time.perf_counter()
+  for s in range(n):
+    t = time.perf_counter()
+    state, _ = train_step(state, parallel.global_batch(batches.batch(s), mesh))
+    host_s.append(time.perf_counter() - t)
+  jax.block_until_ready(state)
+  loop_s = (time.perf_counter() - t_loop) / n
+  step, host = statistics.median(step_s), statistics.median(host_s)
+  print(f"device step (batch resident, waited): {1e3 * step:.2f} ms median")
+  print(f"host per step (batch build + transfer + dispatch): {1e3 * host:.3f} ms median = "
+        f"{100 * host / step:.1f}% of the step; pipelined loop {1e3 * loop_s:.2f} ms/step")
+
+  # Achieved FLOP/s against this machine's f32 matmul peak (a big jnp.dot, best of 5).
+  flops = train_step.lower(state, batch).compile().cost_analysis()["flops"]
+  a = jax.numpy.ones((2048, 2048), jax.numpy.float32)
+  dot = jax.jit(lambda x, y: x @ y)
+  jax.block_until_ready(dot(a, a))
+  best = float("inf")
+  for _ in range(5):
+    t = time.perf_counter()
+    jax.block_until_ready(dot(a, a))
+    best = min(best, time.perf_counter() - t)
+  peak = 2 * 2048**3 / best
+  print(f"FLOPs per train step (XLA cost analysis): {flops / 1e6:.1f} M; achieved "
+        f"{flops / step / 1e9:.1f} GFLOP/s = {100 * flops / step / peak:.1f}% of the measured "
+        f"f32 matmul peak {peak / 1e9:.0f} GFLOP/s (2048x2048 jnp.dot, best of 5)")
+
+  # Asynchronous checkpoints: the same steps with a save every 25.
+  with tempfile.TemporaryDirectory() as workdir:
+    with checkpoint.Checkpoints(workdir, keep=2) as ckpts:
+      timings = {}
+      for every in (0, 25, 0, 25):
+        t = time.perf_counter()
+        for s in range(n):
+          state, _ = train_step(state, batch)
+          if every and (s + 1) % every == 0:
+            ckpts.save(int(state.step), state, {"data": batches.position(s)})
+        jax.block_until_ready(state)
+        timings.setdefault(every, []).append((time.perf_counter() - t) / n)
+      ckpts.manager.wait_until_finished()
+  plain, saving = min(timings[0]), min(timings[25])
+  per_save = (saving - plain) * 25
+  print(f"async checkpoint: {1e3 * per_save:.1f} ms of step time per save "
+        f"({1e3 * plain:.2f} -> {1e3 * saving:.2f} ms/step saving every 25 steps; at the "
+        f"config's checkpoint_every={config.checkpoint_every}: "
+        f"{100 * per_save / config.checkpoint_every / plain:.2f}% of step time)")
+
+  # Eval throughput over the whole test split (batch 512, last batch padded).
+  split = dataset.evals[dataset.eval_split]
+  train.evaluate(eval_step, state, split, config.eval_batch_size, mesh)
+  eval_s = []
+  for _ in range(5):
+    t = time.perf_counter()
+    result = train.evaluate(eval_step, state, split, config.eval_batch_size, mesh)
+    eval_s.append(time.perf_counter() - t)
+  print(f"eval: {result['count'] / statistics.median(eval_s):,.0f} images/s "
+        f"({result['count']} images in {statistics.median(eval_s):.3f} s, batch "
+        f"{config.eval_batch_size})")
+
+
+if __name__ == "__main__":
+  main()
