@@ -47,13 +47,16 @@ _TMP_MARK = ".orbax-checkpoint-tmp"  # Orbax's suffix for a save still being wri
 
 
 def config_changes(old: dict, new: dict, prefix: str = "") -> dict[str, tuple[Any, Any]]:
-  """{dotted key: (old, new)} for every leaf that differs between two config dicts."""
+  """{dotted key: (old, new)} for every leaf that differs between two config dicts; a key that
+  one side lacks (a section added to the config since) shows as None on that side."""
   out = {}
   for key in sorted(set(old) | set(new)):
     a, b = old.get(key), new.get(key)
-    if isinstance(a, dict) and isinstance(b, dict):
-      out.update(config_changes(a, b, f"{prefix}{key}."))
-    elif a != b:
+    if isinstance(a, dict) or isinstance(b, dict):
+      if isinstance(a or {}, dict) and isinstance(b or {}, dict):
+        out.update(config_changes(a or {}, b or {}, f"{prefix}{key}."))
+        continue
+    if a != b:
       out[f"{prefix}{key}"] = (a, b)
   return out
 

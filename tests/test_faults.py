@@ -380,3 +380,11 @@ def test_bad_idx_from_the_command_line_is_one_line(tmp_path):
   lines = [line for line in result.stderr.splitlines() if line.strip()]
   assert len(lines) == 1 and lines[0].startswith("jaxdl: error: ") and needle in lines[0], lines
   assert not os.path.exists(workdir)
+
+
+def test_a_config_section_added_since_is_a_harmless_change():
+  """A workdir written before `train.skip_nonfinite` existed still resumes."""
+  old = {"seed": 0, "model": {"name": "cnn"}}
+  new = {"seed": 0, "model": {"name": "cnn"}, "train": {"skip_nonfinite": False}}
+  assert checkpoint.config_changes(old, new) == {"train.skip_nonfinite": (None, False)}
+  assert checkpoint.config_changes(new, old) == {"train.skip_nonfinite": (False, None)}

@@ -79,6 +79,7 @@ def interrupt_until_done(cmd: list[str], workdir: str, seed: int, kills: int = 5
   rng.shuffle(plan)
   ckpt_dir = os.path.join(workdir, "checkpoints")
   record, expect_resume, mid_save_landed, tries = [], None, False, 0
+  expect_cleanup = False  # the run after a mid-save kill must warn that it removes the leftover
   names = lambda: os.listdir(ckpt_dir) if os.path.isdir(ckpt_dir) else []
   def saves_in_progress():  # (name, inode): a new save of the same step reuses the name
     found = set()
@@ -113,6 +114,9 @@ def interrupt_until_done(cmd: list[str], workdir: str, seed: int, kills: int = 5
     if expect_resume is not None:
       assert f"resumed from the checkpoint at step {expect_resume} " in text, text
     expect_resume = None
+    if expect_cleanup:
+      assert "removing unfinished save(s) of a killed run" in text, text
+    expect_cleanup = False
     leftovers = sorted(n for n, _ in saves_in_progress() - old_leftovers)
     assert not any(n.startswith("damaged-") for n in names()), "a kill damaged a checkpoint"
     if kind in ("SIGTERM", "SIGINT"):
@@ -129,7 +133,7 @@ def interrupt_until_done(cmd: list[str], workdir: str, seed: int, kills: int = 5
               f"checkpoints {sorted(int(n) for n in names() if n.isdigit())}")
       if kind == "kill mid-save":
         if leftovers:
-          mid_save_landed = True
+          mid_save_landed = expect_cleanup = True
           line += f", unfinished save left: {leftovers}"
         elif tries < 3:  # the save finished before the kill: try again in the next run
           tries += 1
@@ -142,6 +146,7 @@ def interrupt_until_done(cmd: list[str], workdir: str, seed: int, kills: int = 5
   final = _Run(cmd, env)
   rc = final.wait()
   assert rc == 0, final.text()
+  assert not expect_cleanup or "removing unfinished save(s)" in final.text()
   if expect_resume is not None:
     assert f"resumed from the checkpoint at step {expect_resume} " in final.text()
   return record
