@@ -89,18 +89,51 @@ def make_objective(config, model: nn.Module) -> Objective:
   raise UserError(f"task={config.task!r} is not one of {', '.join(INPUT_KEYS)}")
 
 
+# aux['first_nonfinite'] of a step whose loss and gradients are finite: above any step number
+# (float32 holds step numbers exactly up to 2**24).
+NO_NONFINITE = float(2**31)
+
+
+def merge_sums(a: dict[str, jax.Array], b: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """Adds metric sums; 'first_nonfinite' (the first update with a non-finite loss) merges by
+  min. A key missing from `a` (sums restored from an older checkpoint) counts as b's value."""
+  return {k: (jnp.minimum if k == "first_nonfinite" else jnp.add)(a[k], b[k]) if k in a
+          else b[k] for k in b}
+
+
+def empty_sums(shapes: dict[str, jax.ShapeDtypeStruct]) -> dict[str, jax.Array]:
+  """The identity of merge_sums: zeros, and NO_NONFINITE for 'first_nonfinite'."""
+  return {k: jnp.full(v.shape, NO_NONFINITE if k == "first_nonfinite" else 0, v.dtype)
+          for k, v in shapes.items()}
+
+
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, objective: Objective,
-               tx: optax.GradientTransformation) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One update on one global batch; metrics are sums over its unmasked examples."""
+               tx: optax.GradientTransformation, skip_nonfinite: bool = False
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One update on one global batch; metrics are sums over its unmasked examples.
+
+  aux also counts a non-finite loss or gradient ('nonfinite': 0 or 1) and names the update it
+  happened in ('first_nonfinite': state.step + 1, else NO_NONFINITE; merged by minimum). With
+  skip_nonfinite such an update is not applied (params and optimizer state stay as they were,
+  the step still advances) and its loss sums are zeroed; the loop reads the flags only where
+  it syncs with the device anyway.
+  """
   # Every random choice of this step derives from the base key and the step number, so a
   # resumed run draws exactly what the uninterrupted one did.
   rng = jax.random.fold_in(state.rng, state.step)
   loss_fn = lambda params: objective(params, batch, rng, True)
-  (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
+      [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                        opt_state=opt_state)
-  return state, aux
+  params = optax.apply_updates(state.params, updates)
+  if skip_nonfinite:
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+    aux = jax.tree.map(lambda v: jnp.where(finite, v, jnp.zeros_like(v)), aux)
+  aux["nonfinite"] = 1.0 - finite.astype(jnp.float32)
+  aux["first_nonfinite"] = jnp.where(finite, NO_NONFINITE, (state.step + 1).astype(jnp.float32))
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), aux
 
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array], *,
@@ -112,20 +145,22 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *,
 
 def train_steps(state: TrainState, sums: dict[str, jax.Array], xs: dict[str, jax.Array],
                 arrays: dict[str, jax.Array] | None, *, objective: Objective,
-                tx: optax.GradientTransformation) -> tuple[TrainState, dict[str, jax.Array]]:
+                tx: optax.GradientTransformation, skip_nonfinite: bool = False
+                ) -> tuple[TrainState, dict[str, jax.Array]]:
   """len(xs) train steps in one compiled call (lax.scan): train_step after train_step.
 
   xs holds the steps' batches stacked on a leading axis, or, when `arrays` (the training split,
   resident on the device) is given, each step's row `index` and `mask`, gathered here exactly as
   data.TrainBatches.batch does on the host. Each step's metric sums are added onto `sums` in
-  step order, as the loop adds them.
+  step order with merge_sums, as the loop merges them.
   """
   def body(carry, x):
     state, sums = carry
     batch = x if arrays is None else {**{k: v[x["index"]] for k, v in arrays.items()},
                                       "mask": x["mask"]}
-    state, aux = train_step(state, batch, objective=objective, tx=tx)
-    return (state, jax.tree.map(jnp.add, sums, aux)), None
+    state, aux = train_step(state, batch, objective=objective, tx=tx,
+                            skip_nonfinite=skip_nonfinite)
+    return (state, merge_sums(sums, aux)), None
 
   # XLA's CPU backend runs a while loop's body several times slower than the same ops at top
   # level (measured 378 vs 58 ms per seed-CNN step, experiments/bench/README.md), so on CPU the
