@@ -126,8 +126,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       and sum(v.nbytes for v in train_batches.arrays.values()) <= _DEVICE_DATA_MAX_BYTES):
     device_arrays = jax.device_put(train_batches.arrays, replicated)
   stacked_sharding = NamedSharding(mesh, P(None, "data"))
-  sums_shape = jax.eval_shape(train_step, state,
-                              parallel.global_batch(train_batches.batch(0), mesh))[1]
+  sums_shape = None if fuse == 1 else jax.eval_shape(
+      train_step, state, parallel.global_batch(train_batches.batch(0), mesh))[1]
 
   def chunk_inputs(step: int, k: int) -> dict[str, jax.Array]:
     """What train_steps scans over for steps step..step+k-1: indices or stacked batches."""
