@@ -148,46 +148,50 @@ def test_learns_real_digits_from_the_offline_sample(tmp_path, monkeypatch):
   assert final["test_accuracy"] >= 0.95, final
 
 
-@pytest.mark.parametrize("on_device", [True, False])
-def test_fused_steps_match_one_step_per_call(tiny_mnist, tmp_path, monkeypatch, on_device):
+def test_fused_steps_match_one_step_per_call(tiny_mnist, tmp_path, monkeypatch):
   """lax.scan over k steps (batches gathered on the device, or stacked on the host) gives the
   unfused loop's events at the same steps and its params to float rounding; a fused run resumes
   bit for bit."""
-  if not on_device:
-    monkeypatch.setattr(train, "_DEVICE_DATA_MAX_BYTES", 0)
   tiny_mnist.model.dropout = 0.5
   tiny_mnist.opt.name, tiny_mnist.opt.lr = "sgd", 0.05  # Adam would blow float noise up to ~lr
   tiny_mnist.log_every, tiny_mnist.eval_every, tiny_mnist.checkpoint_every = 4, 8, 8
-  tiny_mnist.num_train_steps = 26  # 6 dispatches of 4 steps, then a tail of 2
+  tiny_mnist.num_train_steps = 18  # 4 dispatches of 4 steps, then a tail of 2
   assert train.steps_per_dispatch(25, 4, 8, 8) == 4
   tiny_mnist.steps_per_dispatch = 1
-  one, fused = str(tmp_path / "one"), str(tmp_path / "fused")
+  one = str(tmp_path / "one")
   expected = train.train_and_evaluate(tiny_mnist, one)
   tiny_mnist.steps_per_dispatch = 25
-  result = train.train_and_evaluate(tiny_mnist, fused)
-  a, b = _comparable(one), _comparable(fused)
-  assert [(e["event"], e["step"]) for e in a] == [(e["event"], e["step"]) for e in b]
-  for x, y in zip(a, b):
-    for key in set(x) - {"event"}:
-      np.testing.assert_allclose(y[key], x[key], rtol=1e-4, atol=1e-6, err_msg=key)
-  assert result["test_count"] == expected["test_count"]
   like = steps.create_state(*_model_tx(tiny_mnist), np.zeros((1, 28, 28, 1)), 0)
-  for x, y in zip(jax.tree.leaves(_final_params(one, like)),
-                  jax.tree.leaves(_final_params(fused, like))):
-    np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-6)
-  if on_device:  # interrupted while building the dispatch of steps 16-19: resumes from 16
-    resumed = str(tmp_path / "resumed")
-    real_indices = data.TrainBatches.indices
-    def interrupting(self, step):
-      if step == 19:
-        raise KeyboardInterrupt
-      return real_indices(self, step)
+  for on_device in (True, False):
+    fused = str(tmp_path / f"fused_{on_device}")
     with monkeypatch.context() as patch:
-      patch.setattr(data.TrainBatches, "indices", interrupting)
-      with pytest.raises(KeyboardInterrupt):
-        train.train_and_evaluate(tiny_mnist, resumed)
-    assert train.train_and_evaluate(tiny_mnist, resumed) == result
-    assert _comparable(resumed) == _comparable(fused)
-    for x, y in zip(jax.tree.leaves(_final_params(fused, like)),
-                    jax.tree.leaves(_final_params(resumed, like))):
-      np.testing.assert_array_equal(x, y)
+      if not on_device:
+        patch.setattr(train, "_DEVICE_DATA_MAX_BYTES", 0)
+      result = train.train_and_evaluate(tiny_mnist, fused)
+    a, b = _comparable(one), _comparable(fused)
+    assert [(e["event"], e["step"]) for e in a] == [(e["event"], e["step"]) for e in b]
+    for x, y in zip(a, b):
+      for key in set(x) - {"event"}:
+        np.testing.assert_allclose(y[key], x[key], rtol=1e-4, atol=1e-6, err_msg=key)
+    assert result["test_count"] == expected["test_count"]
+    for x, y in zip(jax.tree.leaves(_final_params(one, like)),
+                    jax.tree.leaves(_final_params(fused, like))):
+      np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-6)
+
+  # Interrupted while building the dispatch of steps 8-11: resumes from the step-8 checkpoint.
+  resumed, fused = str(tmp_path / "resumed"), str(tmp_path / "fused_True")
+  real_indices = data.TrainBatches.indices
+  def interrupting(self, step):
+    if step == 11:
+      raise KeyboardInterrupt
+    return real_indices(self, step)
+  with monkeypatch.context() as patch:
+    patch.setattr(data.TrainBatches, "indices", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+      train.train_and_evaluate(tiny_mnist, resumed)
+  assert sorted(os.listdir(os.path.join(resumed, "checkpoints"))) == ["8"]
+  train.train_and_evaluate(tiny_mnist, resumed)
+  assert _comparable(resumed) == _comparable(fused)
+  for x, y in zip(jax.tree.leaves(_final_params(fused, like)),
+                  jax.tree.leaves(_final_params(resumed, like))):
+    np.testing.assert_array_equal(x, y)
