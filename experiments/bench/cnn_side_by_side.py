@@ -47,7 +47,7 @@ def run_jaxdl(data: str, epochs: int, extra: list[str]) -> dict:
   final = next(e for e in events if e["event"] == "final")
   return {"images_per_s": len(warm) / sum(1 / x for x in warm),  # total images / total time
           "test_accuracy": final["test_accuracy"],
-          "first_step": next(l for l in out.stdout.splitlines() if l.startswith("first step"))}
+          "first_step": next(l for l in out.stdout.splitlines() if l.startswith("first "))}
 
 
 def run_torch(data: str, epochs: int, threads: int) -> dict:
