@@ -36,6 +36,8 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.eval_every = 0            # steps between test-split evals; 0 = at every epoch's end
   c.checkpoint_every = 500    # steps between checkpoints; one is always written at the end
   c.keep_checkpoints = 3      # how many of the newest checkpoints to keep
+  c.profile_steps = ""        # 'START:STOP' traces train steps START..STOP-1 into WORKDIR/profile
+                              # (jax.profiler; README "Profiling"); '' = no trace
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "cnn"        # models.get_model: 'cnn'

@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxdl import checkpoint, data, metrics, models, optim, parallel, steps, validate
+from jaxdl import (checkpoint, data, metrics, models, optim, parallel, profiler, runrecord,
+                   steps, validate)
 from jaxdl.errors import UserError
 
 _add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b))
@@ -118,6 +119,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         writer.print(f"resuming with a changed config: {key}: {old!r} -> {new!r}")
     if writer.enabled:
       metrics.write_json(config_path, resolved)
+    runrecord.begin(workdir, resolved, start_step, num_steps)  # run.json: a segment per start
 
     def save(step):
       sums = None if interval_sums is None else {
@@ -131,12 +133,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         f"({steps_per_epoch} per epoch)")
 
     # 7. loop: a plain for over steps; logging, eval and checkpoints at fixed step boundaries.
+    profile = profiler.Profiler(config.profile_steps, workdir, writer.print)
+    writer.start_progress(start_step, num_steps, steps_per_epoch)  # bar on a TTY, else lines
     run_start = interval_start = time.time()
     for step in range(start_step, num_steps):
+      profile.at(step, state)  # starts/stops the trace at config.profile_steps
       batch = parallel.global_batch(train_batches.batch(step), mesh)
-      state, step_sums = train_step(state, batch)
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        state, step_sums = train_step(state, batch)
       interval_sums = step_sums if interval_sums is None else _add(interval_sums, step_sums)
       done = step + 1
+      writer.advance(done)
       if step == start_step:
         jax.block_until_ready(state)
         writer.print(f"first step (compilation included) took {time.time() - run_start:.1f}s")
@@ -144,13 +151,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if done % config.log_every == 0 or done == num_steps:
         train = _summarise(interval_sums)
         examples_per_s = train["count"] / max(time.time() - interval_start, 1e-9)
-        eta = (num_steps - done) * config.batch_size / max(examples_per_s, 1e-9)
         writer.write("train", done, {"loss": train["loss"], "accuracy": train["accuracy"],
                                      "lr": float(lr_at(step)), "examples_per_s": examples_per_s})
-        writer.print(f"step {done:>{len(str(num_steps))}}/{num_steps} | "
-                     f"epoch {done / steps_per_epoch:5.2f} | loss {train['loss']:.4f} | "
-                     f"acc {100 * train['accuracy']:6.2f}% | {examples_per_s:,.0f} ex/s | "
-                     f"ETA {metrics.format_duration(eta)}")
         interval_sums, interval_start = None, time.time()
 
       if done % eval_every == 0 and done != num_steps:
@@ -166,6 +168,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         save(done)
 
     # 8. finish: final eval (the last step saved the final checkpoint), summary line.
+    profile.stop(state, num_steps)
     test = evaluate(eval_step, state, splits["test"], config.eval_batch_size, mesh)
   final = {f"test_{k}": v for k, v in test.items()}
   writer.write("final", num_steps, final)
@@ -173,4 +176,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       f"final: test accuracy {100 * test['accuracy']:.2f}% "
       f"({round(test['accuracy'] * test['count'])}/{test['count']}) | test loss "
       f"{test['loss']:.4f} | {num_steps} steps, {time.time() - run_start:.1f}s | data: {source}")
+  runrecord.end(workdir, num_steps, final)
+  writer.close()
   return final

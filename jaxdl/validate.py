@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 
-from jaxdl import models, optim
+from jaxdl import models, optim, profiler
 from jaxdl.data import images
 from jaxdl.errors import UserError
 
@@ -67,6 +67,7 @@ def validate(config, workdir: str) -> None:
   _require(0 <= config.loss.label_smoothing < 1, "loss.label_smoothing",
            config.loss.label_smoothing, "must be in [0, 1)")
   _require(config.seed >= 0, "seed", config.seed, "must be >= 0")
+  profiler.parse(config.profile_steps)  # raises unless '' or 'START:STOP'
 
   data = config.data
   _require(data.source in images.SOURCES, "data.source", data.source,
