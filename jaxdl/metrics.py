@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import glob
 import json
+import math
 import os
 import struct
 import sys
@@ -19,24 +20,51 @@ import time
 from typing import Any
 
 import jax
+import numpy as np
 
 EVENT_FILES = "events.out.tfevents.*"  # TensorBoard's event file names, in the workdir itself
 
 
-def replace_file(path: str, text: str) -> None:
+def summarise(sums: dict[str, Any]) -> dict[str, Any]:
+  """Means from summed metrics (see losses.py): the loss always; accuracy for a classifier;
+  per-class and macro precision/recall/F1 with a confusion matrix; perplexity and bits per
+  token for a language model (no 'correct' sum). `count` is examples (tokens for an LM)."""
+  sums = {k: np.asarray(v, np.float64) for k, v in jax.device_get(sums).items()}
+  count = float(sums["count"])
+  out: dict[str, Any] = {"loss": float(sums["loss_sum"]) / max(count, 1.0), "count": int(count)}
+  if "correct" in sums:
+    out["accuracy"] = float(sums["correct"]) / max(count, 1.0)
+  else:
+    out["perplexity"] = math.exp(min(out["loss"], 700.0))  # capped: exp overflows past ~709
+    out["bits_per_token"] = out["loss"] / math.log(2)
+  if "confusion" in sums:
+    confusion = sums["confusion"]  # rows: true class, columns: predicted class
+    tp = np.diag(confusion)
+    # An empty denominator (no predictions or no examples of a class) scores 0, as sklearn does.
+    precision = np.divide(tp, confusion.sum(0), out=np.zeros_like(tp), where=confusion.sum(0) > 0)
+    recall = np.divide(tp, confusion.sum(1), out=np.zeros_like(tp), where=confusion.sum(1) > 0)
+    pr = precision + recall
+    f1 = np.divide(2 * precision * recall, pr, out=np.zeros_like(tp), where=pr > 0)
+    out.update(precision=precision.tolist(), recall=recall.tolist(), f1=f1.tolist(),
+               macro_precision=float(precision.mean()), macro_recall=float(recall.mean()),
+               macro_f1=float(f1.mean()), confusion=confusion.astype(int).tolist())
+  return out
+
+
+def write_text(path: str, text: str) -> None:
   """Writes text atomically (temp file + rename): a reader never sees half a file."""
   fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
   umask = os.umask(0)
   os.umask(umask)
   os.fchmod(fd, 0o666 & ~umask)  # mkstemp's 0600 would hide the file from other users
-  with os.fdopen(fd, "w") as f:
+  with os.fdopen(fd, "w", encoding="utf-8") as f:
     f.write(text)
   os.replace(tmp, path)
 
 
 def write_json(path: str, obj: Any) -> None:
   """Writes JSON atomically."""
-  replace_file(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+  write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def read_json(path: str) -> Any:
@@ -126,8 +154,9 @@ class Progress:
     parts = [f"loss {values['loss']:.4f}"]
     if "accuracy" in values:
       parts.append(f"acc {100 * values['accuracy']:.2f}%")
-    if "examples_per_s" in values:
-      parts.append(f"{values['examples_per_s']:,.0f} ex/s")
+    for unit, short in (("examples", "ex"), ("tokens", "tok")):
+      if f"{unit}_per_s" in values:
+        parts.append(f"{values[unit + '_per_s']:,.0f} {short}/s")
     if self.bar is not None:
       self.advance(step)
       self.bar.set_postfix_str(" | ".join(parts))
@@ -185,7 +214,7 @@ class Writer:
       events = read_events(self.path)
       kept = [e for e in events if e["step"] <= step and e["event"] != "final"]
       if len(kept) != count:
-        replace_file(self.path, "".join(json.dumps(e) + "\n" for e in kept))
+        write_text(self.path, "".join(json.dumps(e) + "\n" for e in kept))
     self._open_tensorboard()
 
   def _open_tensorboard(self) -> None:

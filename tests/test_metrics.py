@@ -1,4 +1,4 @@
-"""metrics.jsonl and JSON files: appends, resume trimming, atomic writes."""
+"""metrics.jsonl and JSON files: appends, resume trimming, atomic writes; summarise."""
 
 import glob
 import io
@@ -6,6 +6,7 @@ import json
 import os
 import time
 
+import numpy as np
 import pytest
 
 from jaxdl import metrics
@@ -113,3 +114,29 @@ def test_only_process_0_writes_or_prints(tmp_path, monkeypatch, capsys):
     writer.write("train", 5, {"loss": 1.0})
     writer.print("hello")
   assert capsys.readouterr().out == "" and os.listdir(tmp_path) == []
+
+
+def test_summarise_a_classifier_with_a_confusion_matrix():
+  # rows = true, cols = predicted: class 0: 3 right, 1 called 1; class 1: 2 right, 2 called 0.
+  sums = {"loss_sum": 4.0, "count": 8.0, "correct": 5.0,
+          "confusion": np.array([[3, 1], [2, 2]], np.float32)}
+  m = metrics.summarise(sums)
+  assert m["loss"] == 0.5 and m["accuracy"] == 5 / 8 and m["count"] == 8
+  np.testing.assert_allclose(m["precision"], [3 / 5, 2 / 3])
+  np.testing.assert_allclose(m["recall"], [3 / 4, 2 / 4])
+  f1 = [2 * (3 / 5) * (3 / 4) / (3 / 5 + 3 / 4), 2 * (2 / 3) * (1 / 2) / (2 / 3 + 1 / 2)]
+  np.testing.assert_allclose(m["f1"], f1)
+  np.testing.assert_allclose(m["macro_f1"], sum(f1) / 2)
+  assert m["confusion"] == [[3, 1], [2, 2]]
+
+
+def test_summarise_a_class_never_predicted_scores_zero_not_nan():
+  m = metrics.summarise({"loss_sum": 1.0, "count": 2.0, "correct": 1.0,
+                         "confusion": np.array([[1, 0], [1, 0]], np.float32)})
+  assert m["precision"] == [0.5, 0.0] and m["f1"][1] == 0.0
+
+
+def test_summarise_a_language_model():
+  m = metrics.summarise({"loss_sum": np.log(4.0) * 10, "count": 10.0})
+  assert "accuracy" not in m
+  np.testing.assert_allclose([m["perplexity"], m["bits_per_token"]], [4.0, 2.0])
