@@ -12,6 +12,7 @@ import datetime
 import glob
 import json
 import math
+import io
 import os
 import struct
 import sys
@@ -141,7 +142,12 @@ class Progress:
     self.bar = None
     if self.live:
       from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-      self.bar = tqdm(total=num_steps, initial=start_step, file=self.stream, dynamic_ncols=True,
+      try:  # a pseudo-terminal may report a width of 0: then draw 100 columns
+        sized = os.get_terminal_size(self.stream.fileno()).columns > 0
+      except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        sized = False
+      self.bar = tqdm(total=num_steps, initial=start_step, file=self.stream,
+                      dynamic_ncols=sized, ncols=None if sized else 100,
                       bar_format="step {n_fmt}/{total_fmt} |{bar}| ETA {remaining}{postfix}")
 
   def advance(self, step: int) -> None:

@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-imp
 from jaxdl import report  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxdl.errors import UserError  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-SKIP = ("count", "lr", "examples_per_s")  # per-event bookkeeping, not learning curves
+SKIP = ("count", "lr", "examples_per_s", "tokens_per_s")  # bookkeeping, not learning curves
 
 
 def _eval_split(run: report.Run) -> str | None:

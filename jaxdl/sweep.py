@@ -115,8 +115,13 @@ def sweep(config_arg: str, axes: list[tuple[str, list[str]]], root: str, jobs: i
     say(f"{tag}: done in {time.time() - start:.0f}s (log: {log_path})")
     return workdir, "done"
 
-  with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+  pool = concurrent.futures.ThreadPoolExecutor(max_workers=jobs)
+  try:
     results = dict(pool.map(lambda args: one(*args), enumerate(combinations)))
+  except KeyboardInterrupt:  # Ctrl-C reached the runs too; start no new one
+    pool.shutdown(wait=True, cancel_futures=True)
+    raise
+  pool.shutdown()
   return results
 
 
@@ -148,6 +153,9 @@ def main(argv: list[str] | None = None) -> None:
   except UserError as e:
     print(f"jaxdl: error: {e}", file=sys.stderr)
     sys.exit(1)
+  except KeyboardInterrupt:
+    print("jaxdl: sweep interrupted; re-run the same command to resume it", file=sys.stderr)
+    sys.exit(130)
   failed = [w for w, r in results.items() if r == "failed"]
   if failed:
     print(f"jaxdl: {len(failed)} of {len(results)} runs failed; re-run the same command to retry "
