@@ -196,11 +196,10 @@ class Writer:
   between the two (or before tensorboardX flushed) is repaired by the next start.
   """
 
-  def __init__(self, workdir: str, tensorboard: bool = True):
+  def __init__(self, workdir: str):
     self.enabled = jax.process_index() == 0
     self.workdir = workdir
     self.path = os.path.join(workdir, "metrics.jsonl")
-    self.tensorboard = tensorboard
     self._tb = None  # tensorboardX.SummaryWriter, opened by the first write
     self.progress: Progress | None = None
 
@@ -225,7 +224,7 @@ class Writer:
 
   def _open_tensorboard(self) -> None:
     """Rebuilds the event files from metrics.jsonl (see the class docstring), once."""
-    if self._tb is not None or not self.tensorboard:
+    if self._tb is not None:
       return
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
     wall_times = {(tag, step): t for tag, step, _, t in read_tensorboard(self.workdir)}
@@ -252,8 +251,7 @@ class Writer:
     self._open_tensorboard()
     with open(self.path, "a") as f:
       f.write(json.dumps({"event": event, "step": step, **values}) + "\n")
-    if self._tb is not None:
-      self._add_scalars(event, step, values)
+    self._add_scalars(event, step, values)
     if event == "train" and self.progress is not None:
       self.progress.train(step, values)
 
