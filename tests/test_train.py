@@ -53,6 +53,7 @@ def test_tiny_run_writes_its_outputs(tiny_mnist, tmp_path, capsys):
   final = train.train_and_evaluate(tiny_mnist, workdir)
   out = capsys.readouterr().out
   assert "final: test accuracy" in out and "SYNTHETIC" in out and "ETA" in out
+  assert "\r" not in out  # not a terminal: plain lines, no progress bar
   assert final["test_count"] == 50  # synthetic test split: 200 // 4, every example once
   events = _events(workdir)
   assert [e["step"] for e in events if e["event"] == "train"] == [5, 10, 15, 20, 24]
