@@ -80,8 +80,9 @@ def plot(workdirs: list[str], out: str, metrics: list[str] | None = None,
       for kind, style in (("train", "-"), ("eval", "--")):
         if kind in run_curves.get(metric, {}):
           steps, values = run_curves[metric][kind]
+          split = "train" if kind == "train" else _eval_split(run)
           ax.plot(steps, values, style, color=colour, marker="." if kind == "eval" else None,
-                  label=f"{name} ({kind})", linewidth=1.2)
+                  label=f"{name} ({split})", linewidth=1.2)
     ax.set_title(metric)
     ax.set_xlabel("step")
     if metric in ("loss", "perplexity"):

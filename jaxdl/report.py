@@ -54,7 +54,7 @@ def load_run(workdir: str) -> Run:
     config = flatten(metrics.read_json(config_path)) if os.path.exists(config_path) else {}
   except ValueError as e:
     raise UserError(f"{config_path}: not valid JSON ({e})") from None
-  return Run(workdir, config, metrics.read_events(events_path))
+  return Run(os.path.normpath(workdir), config, metrics.read_events(events_path))
 
 
 def differing_keys(runs: list[Run]) -> list[str]:
