@@ -71,6 +71,10 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.loss = ml_collections.ConfigDict()
   c.loss.label_smoothing = 0.0  # cross-entropy label smoothing
 
+  c.train = ml_collections.ConfigDict()
+  c.train.skip_nonfinite = False  # True: skip (and count) updates with a non-finite loss or
+                                  # gradient; False: stop the run with an error naming the step
+
   if preset == "seed":
     c.num_epochs = 10
     c.model.init = "torch"

@@ -163,6 +163,8 @@ class Progress:
     for unit, short in (("examples", "ex"), ("tokens", "tok")):
       if f"{unit}_per_s" in values:
         parts.append(f"{values[unit + '_per_s']:,.0f} {short}/s")
+    if values.get("skipped_nonfinite"):
+      parts.append(f"skipped {values['skipped_nonfinite']} non-finite update(s)")
     if self.bar is not None:
       self.advance(step)
       self.bar.set_postfix_str(" | ".join(parts))

@@ -3,8 +3,9 @@
 {"config": latest resolved config, "final": latest final metrics (null until a segment ends),
  "segments": [one per start of the command: a fresh run, then each resume]}. A segment holds the
 command line, the git commit and dirty flag of the jaxdl checkout, package versions, devices,
-host, its start and end time and steps, and its config; a segment with `end_time` null was
-interrupted. Written atomically by process 0.
+host, its start and end time and steps, its final metrics and its config. `end_time` null: the
+process was killed; `end_time` set with `final` null: stopped by SIGTERM/SIGINT after saving.
+Written atomically by process 0.
 """
 
 from __future__ import annotations
@@ -85,12 +86,14 @@ def begin(workdir: str, config: dict[str, Any], start_step: int, num_steps: int)
   metrics.write_json(path, record)
 
 
-def end(workdir: str, step: int, final: dict[str, Any]) -> None:
-  """Closes the latest segment: end time and step, final metrics."""
+def end(workdir: str, step: int, final: dict[str, Any] | None) -> None:
+  """Closes the latest segment: end time and step, and the final metrics (None for a run
+  stopped by SIGTERM/SIGINT after saving its checkpoint)."""
   if jax.process_index() != 0:
     return
   path = os.path.join(workdir, "run.json")
   record = metrics.read_json(path)
   record["segments"][-1].update(end_time=_now(), end_step=step, final=final)
-  record["final"] = final
+  if final is not None:
+    record["final"] = final
   metrics.write_json(path, record)

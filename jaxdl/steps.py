@@ -89,18 +89,38 @@ def make_objective(config, model: nn.Module) -> Objective:
   raise UserError(f"task={config.task!r} is not one of {', '.join(INPUT_KEYS)}")
 
 
+# aux['first_nonfinite'] of a step whose loss and gradients are finite: above any step number
+# (float32 holds step numbers exactly up to 2**24).
+NO_NONFINITE = float(2**31)
+
+
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, objective: Objective,
-               tx: optax.GradientTransformation) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One update on one global batch; metrics are sums over its unmasked examples."""
+               tx: optax.GradientTransformation, skip_nonfinite: bool = False
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One update on one global batch; metrics are sums over its unmasked examples.
+
+  aux also counts a non-finite loss or gradient ('nonfinite': 0 or 1) and names the update it
+  happened in ('first_nonfinite': state.step + 1, else NO_NONFINITE; merged by minimum). With
+  skip_nonfinite such an update is not applied (params and optimizer state stay as they were,
+  the step still advances) and its loss sums are zeroed; the loop reads the flags only where
+  it syncs with the device anyway.
+  """
   # Every random choice of this step derives from the base key and the step number, so a
   # resumed run draws exactly what the uninterrupted one did.
   rng = jax.random.fold_in(state.rng, state.step)
   loss_fn = lambda params: objective(params, batch, rng, True)
-  (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
+      [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                        opt_state=opt_state)
-  return state, aux
+  params = optax.apply_updates(state.params, updates)
+  if skip_nonfinite:
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+    aux = jax.tree.map(lambda v: jnp.where(finite, v, jnp.zeros_like(v)), aux)
+  aux["nonfinite"] = 1.0 - finite.astype(jnp.float32)
+  aux["first_nonfinite"] = jnp.where(finite, NO_NONFINITE, (state.step + 1).astype(jnp.float32))
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), aux
 
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array], *,

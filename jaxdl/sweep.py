@@ -79,7 +79,10 @@ def status(workdir: str) -> str:
 
 def sweep(config_arg: str, axes: list[tuple[str, list[str]]], root: str, jobs: int = 1,
           out=None) -> dict[str, str]:
-  """Runs every combination not yet finished; returns {workdir: 'skipped'|'done'|'failed'}."""
+  """Runs every combination not yet finished.
+
+  Returns {workdir: 'skipped' | 'done' | 'failed' | 'stopped'} ('stopped': SIGTERM, resumable).
+  """
   out = out or sys.stdout
   combinations = [dict(zip([k for k, _ in axes], values))
                   for values in itertools.product(*[v for _, v in axes])]
@@ -112,6 +115,9 @@ def sweep(config_arg: str, axes: list[tuple[str, list[str]]], root: str, jobs: i
         last = [line.strip() for line in log if line.strip()][-1:]
       say(f"{tag}: FAILED (exit {code}): {last[0] if last else ''} (log: {log_path})")
       return workdir, "failed"
+    if status(workdir) != "finished":  # exit 0 without a final event: stopped by SIGTERM
+      say(f"{tag}: stopped before its end (log: {log_path}); re-run the sweep to resume it")
+      return workdir, "stopped"
     say(f"{tag}: done in {time.time() - start:.0f}s (log: {log_path})")
     return workdir, "done"
 
@@ -156,10 +162,10 @@ def main(argv: list[str] | None = None) -> None:
   except KeyboardInterrupt:
     print("jaxdl: sweep interrupted; re-run the same command to resume it", file=sys.stderr)
     sys.exit(130)
-  failed = [w for w, r in results.items() if r == "failed"]
+  failed = [w for w, r in results.items() if r in ("failed", "stopped")]
   if failed:
-    print(f"jaxdl: {len(failed)} of {len(results)} runs failed; re-run the same command to retry "
-          "them", file=sys.stderr)
+    print(f"jaxdl: {len(failed)} of {len(results)} runs failed or stopped; re-run the same "
+          "command to retry or resume them", file=sys.stderr)
     sys.exit(1)
 
 

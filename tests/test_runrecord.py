@@ -27,6 +27,18 @@ def test_segments_are_appended_and_closed(tmp_path):
   assert second["process_count"] == 1 and second["host"]
 
 
+def test_a_stopped_segment_has_an_end_but_keeps_the_last_final(tmp_path):
+  workdir = str(tmp_path)
+  runrecord.begin(workdir, {}, start_step=0, num_steps=10)
+  runrecord.end(workdir, 10, {"test_accuracy": 0.5})
+  runrecord.begin(workdir, {}, start_step=10, num_steps=20)  # num_train_steps raised
+  runrecord.end(workdir, 14, None)  # SIGTERM at step 14, after saving it
+  record = json.load(open(os.path.join(workdir, "run.json")))
+  assert record["segments"][1]["end_step"] == 14 and record["segments"][1]["final"] is None
+  assert record["segments"][1]["end_time"] is not None
+  assert record["final"] == {"test_accuracy": 0.5}
+
+
 def test_git_state_outside_a_checkout_is_null(tmp_path):
   assert runrecord.git_state(str(tmp_path)) == {"commit": None, "dirty": None}
 
