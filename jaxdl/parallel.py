@@ -2,18 +2,22 @@
 
 Data parallelism: the global batch is split over the mesh's 'data' axis and the train state is
 replicated. Each process hands over only its local part of the batch, and
-`jax.make_array_from_process_local_data` assembles the global array. One CPU and one host with
-several devices work today; multi-host jobs also need jax.distributed.initialize(), which
-jaxdl does not call yet.
+`jax.make_array_from_process_local_data` assembles the global array.
+
+Multi-process jobs (a TPU pod slice, several GPU hosts, or several CPU processes on one machine)
+start with `initialize`, which main.py calls before anything touches a device.
 """
 
 from __future__ import annotations
 
+import os
+
 import jax
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
-from jaxdl.errors import UserError
+from jaxdl.errors import UserError, first_line
 
 
 def make_mesh() -> Mesh:
@@ -43,3 +47,76 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, ja
   """This process's rows → global arrays sharded over 'data' (no copy between hosts)."""
   sharding = batch_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
+
+
+def _on_cloud_tpu_vm() -> bool:
+  """True on a Cloud TPU VM (TPU chips on the PCI bus and libtpu installed).
+
+  JAX decides this when it is imported; the flag is private, so a JAX without it counts as
+  'not a TPU VM' (a TPU VM then needs an explicit coordinator).
+  """
+  try:
+    from jax._src import cloud_tpu_init  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return False
+  return bool(getattr(cloud_tpu_init, "running_in_cloud_tpu_vm", False))
+
+
+def initialize(coordinator_address: str = "", num_processes: int = 0,
+               process_id: int = -1) -> None:
+  """Joins the multi-process job when one is configured; does nothing for a lone process.
+
+  A job is configured by the arguments (main.py's --coordinator_address, --num_processes,
+  --process_id), else by JAX's JAX_COORDINATOR_ADDRESS environment variable (the process count and
+  id then come from the arguments or JAX's cluster detection: Slurm, Open MPI, Kubernetes), or by
+  running on a Cloud TPU VM, where JAX finds every value itself. Must run before any JAX
+  computation.
+  """
+  address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
+  source = "--coordinator_address" if coordinator_address else "JAX_COORDINATOR_ADDRESS"
+  if not address:
+    if num_processes > 0 or process_id >= 0:
+      raise UserError("--num_processes and --process_id need --coordinator_address=HOST:PORT "
+                      "(the address of process 0)")
+    if not _on_cloud_tpu_vm():
+      return  # one process: nothing to join
+    jax.distributed.initialize()  # a TPU VM: JAX reads the slice's workers from its metadata
+    _check_devices()
+    return
+
+  host, _, port = address.rpartition(":")
+  if not host or not port.isdigit():
+    raise UserError(f"{source}={address}: must be HOST:PORT, e.g. 127.0.0.1:12345")
+  if (num_processes > 0) != (process_id >= 0):
+    raise UserError("--num_processes and --process_id go together (or neither, for JAX's "
+                    "cluster detection)")
+  if num_processes > 0 and not 0 <= process_id < num_processes:
+    raise UserError(f"--process_id={process_id}: must be in 0..{num_processes - 1} "
+                    f"(--num_processes={num_processes})")
+  # Cross-process collectives on CPU (localhost jobs, tests) go through gloo; TPU and GPU use
+  # their own interconnect and ignore this.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  try:
+    jax.distributed.initialize(address, num_processes if num_processes > 0 else None,
+                               process_id if process_id >= 0 else None)
+  except (ValueError, RuntimeError) as e:
+    raise UserError(f"cannot join the job at {source}={address}: {first_line(e)} (pass "
+                    f"--num_processes and --process_id)") from None
+  # The coordinator (process 0) fixes the job's size and a process told another size joins
+  # anyway (JAX does not compare). Every process shares the size it was given, so all of them
+  # stop with the same line instead of the right ones waiting for a peer that left.
+  if num_processes > 0:
+    given = multihost_utils.process_allgather(np.int32(num_processes))
+    for index, count in enumerate(given.tolist()):
+      if count != jax.process_count():
+        raise UserError(f"process {index} has --num_processes={count}, which disagrees with the "
+                        f"coordinator at {address}, whose job has {jax.process_count()} processes")
+  _check_devices()
+
+
+def _check_devices() -> None:
+  """Every process must hold as many devices as every other: each feeds an equal batch slice."""
+  if jax.device_count() != jax.local_device_count() * jax.process_count():
+    raise UserError(f"process {jax.process_index()} has {jax.local_device_count()} devices but "
+                    f"the job's {jax.process_count()} processes have {jax.device_count()} in "
+                    f"all; give every process the same number of devices")

@@ -126,7 +126,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     writer.print(
         f"data: {source} | train {train_batches.size:,} test {len(splits['test']['label']):,} | "
-        f"{jax.device_count()} {jax.devices()[0].platform} device(s), batch {config.batch_size} "
+        f"{jax.device_count()} {jax.devices()[0].platform} device(s)"
+        f"{f' in {jax.process_count()} processes' if jax.process_count() > 1 else ''}, "
+        f"batch {config.batch_size} "
         f"({config.batch_size // jax.device_count()} per device) | {num_steps:,} steps "
         f"({steps_per_epoch} per epoch)")
 
