@@ -1,16 +1,26 @@
-"""The device Mesh and how arrays are laid out on it.
+"""The device Mesh, how arrays are laid out on it, the pmap path, and multi-process start-up.
 
-Data parallelism: the global batch is split over the mesh's 'data' axis and the train state is
-replicated. Each process hands over only its local part of the batch, and
-`jax.make_array_from_process_local_data` assembles the global array.
+Three ways to run the same pure train step (config.parallel):
+  jit (default)  one program over a 1-D Mesh: the global batch is split over its 'data' axis and
+                 the train state is replicated; XLA (GSPMD) inserts the gradient all-reduce.
+  jit + fsdp     the same, with params and optimizer state sharded over 'data' as well (ZeRO-3):
+                 each array's largest divisible dimension is split, small arrays are replicated.
+  pmap           jax.pmap over the devices, with the gradient averaged by lax.pmean inside the
+                 step (steps.train_step's axis_name): the classic replicated data parallelism.
+In every mode the state outside the step is the same pytree of global arrays, so checkpoints,
+evaluation and resumes do not care which mode wrote them (Orbax reshards on restore).
 
-Multi-process jobs (a TPU pod slice, several GPU hosts, or several CPU processes on one machine)
-start with `initialize`, which main.py calls before anything touches a device.
+Each process hands over only its local part of the batch; `jax.make_array_from_process_local_data`
+assembles the global array. Multi-process jobs (a TPU pod slice, several GPU hosts, or several CPU
+processes on one machine) start with `initialize`, which main.py calls before anything touches a
+device.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+from typing import Any, Callable
 
 import jax
 from jax.experimental import multihost_utils
@@ -20,8 +30,12 @@ import numpy as np
 from jaxdl.errors import UserError, first_line
 
 
-def make_mesh() -> Mesh:
-  """A 1-D mesh over every device of the job, on the 'data' axis."""
+def make_mesh(mesh_shape: tuple[int, ...] = (-1,)) -> Mesh:
+  """A 1-D mesh over every device of the job, on the 'data' axis; -1 means all devices."""
+  (size,) = mesh_shape
+  if size not in (-1, jax.device_count()):
+    raise UserError(f"config.parallel.mesh_shape={tuple(mesh_shape)} does not match the job's "
+                    f"{jax.device_count()} devices (use ({jax.device_count()},) or (-1,))")
   # Auto axes: jit propagates shardings from the inputs (classic GSPMD). make_mesh defaults to
   # Explicit axes, whose sharding-in-types rules this code does not need.
   return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(AxisType.Auto,))
@@ -41,6 +55,69 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P("data"))
+
+
+def state_shardings(abstract_state: Any, mesh: Mesh, fsdp: bool, min_size: int) -> Any:
+  """The train state's layout: replicated, or (fsdp) each large array split over 'data'.
+
+  FSDP splits an array along its largest dimension that the 'data' axis divides, so each
+  device holds 1/n of it; arrays under `min_size` elements (biases, norms, scalars such as
+  the step and Adam's count) and arrays with no divisible dimension stay replicated. XLA
+  all-gathers the params where the step needs them whole.
+  """
+  n = mesh.shape["data"]
+
+  def layout(x):
+    if fsdp and x.size >= min_size:
+      for dim in sorted(range(x.ndim), key=lambda d: -x.shape[d]):
+        if x.shape[dim] % n == 0:
+          return NamedSharding(mesh, P(*[None] * dim, "data"))
+    return replicated(mesh)
+
+  return jax.tree.map(layout, abstract_state)
+
+
+def sharded_bytes_per_device(state: Any) -> int:
+  """Bytes of `state` that one device holds (the largest share over the devices)."""
+  per_device = {}
+  for x in jax.tree.leaves(state):
+    for shard in x.addressable_shards:
+      per_device[shard.device] = per_device.get(shard.device, 0) + shard.data.nbytes
+  return max(per_device.values())
+
+
+def pmap_train_step(step: Callable, mesh: Mesh) -> Callable:
+  """`step(state, batch, axis_name=...)` under jax.pmap, called like the jit step.
+
+  The state goes in and comes out as the same replicated global arrays as in jit mode
+  (in_axes/out_axes None); the batch, this process's rows, is split into one slice per local
+  device. pmap returns arrays on this process's devices only, so they are re-assembled into
+  global arrays on the mesh (no copy), which keeps checkpoints and evaluation mode-agnostic.
+  """
+  pmapped = jax.pmap(functools.partial(step, axis_name="data"), axis_name="data",
+                     in_axes=(None, 0), out_axes=(None, None), donate_argnums=0)
+  n_local = jax.local_device_count()
+
+  def run(state, local_batch: dict[str, np.ndarray]):
+    per_device = {k: v.reshape(n_local, v.shape[0] // n_local, *v.shape[1:])
+                  for k, v in local_batch.items()}
+    state, sums = pmapped(state, per_device)
+    return to_global(state, mesh), to_global(sums, mesh)
+
+  return run
+
+
+def to_global(tree: Any, mesh: Mesh) -> Any:
+  """Replicated arrays on this process's devices → replicated global arrays on `mesh`."""
+  sharding = replicated(mesh)
+
+  def glob(x):
+    if x.sharding == sharding:
+      return x
+    return jax.make_array_from_single_device_arrays(
+        x.shape, sharding, [shard.data for shard in x.addressable_shards])
+
+  return jax.tree.map(glob, tree)
 
 
 def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

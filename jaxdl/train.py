@@ -27,6 +27,7 @@ def _changes(old: dict, new: dict, prefix: str = "") -> dict[str, tuple[Any, Any
   out = {}
   for key in sorted(set(old) | set(new)):
     a, b = old.get(key), new.get(key)
+    b = list(b) if isinstance(b, tuple) else b  # config.json holds tuples as JSON lists
     if isinstance(a, dict) and isinstance(b, dict):
       out.update(_changes(a, b, f"{prefix}{key}."))
     elif a != b:
@@ -45,6 +46,14 @@ def _brief(split: str, m: dict[str, Any]) -> str:
   if "perplexity" in m:
     line += f" | {split} ppl {m['perplexity']:.2f} | {m['bits_per_token']:.3f} bits/token"
   return line
+
+
+def _layout(config: ml_collections.ConfigDict, state) -> str:
+  """How the step runs and what the state costs each device: 'jit+fsdp, state 1.2 of 9.6 MB'."""
+  mode = config.parallel.mode + ("+fsdp" if config.parallel.fsdp else "")
+  total = sum(x.nbytes for x in jax.tree.leaves(state)) / 1e6
+  per_device = parallel.sharded_bytes_per_device(state) / 1e6
+  return f"{mode}, state {per_device:.3g} of {total:.3g} MB per device"
 
 
 def evaluate(eval_step, state, arrays: dict[str, np.ndarray], batch_size: int,
@@ -66,7 +75,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   validate.validate(config, workdir)
 
   # 1. parallel: one mesh over all devices; batches split over its 'data' axis.
-  mesh = parallel.make_mesh()
+  mesh = parallel.make_mesh(config.parallel.mesh_shape)
   parallel.check_batch("batch_size", config.batch_size, mesh)
   parallel.check_batch("eval_batch_size", config.eval_batch_size, mesh)
   replicated = parallel.replicated(mesh)
@@ -85,13 +94,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   lr_at = optim.schedule(config.opt, num_steps)
   objective = steps.make_objective(config, model)
 
-  # 5. state: initialised directly into its replicated layout.
+  # 5. state: initialised directly into its layout (replicated, or sharded by fsdp). The
+  # train step is the same pure function in every mode: compiled for the mesh by jax.jit, or
+  # run per device by jax.pmap on this process's rows of the batch.
   sample = parallel.global_batch(train_batches.batch(0), mesh)[steps.INPUT_KEYS[config.task]]
-  state = jax.jit(functools.partial(steps.create_state, model, tx, seed=config.seed),
-                  out_shardings=replicated)(sample)
-  state_sharding = jax.tree.map(lambda x: x.sharding, state)
-  train_step = jax.jit(functools.partial(steps.train_step, objective=objective, tx=tx),
-                       out_shardings=(state_sharding, replicated), donate_argnums=0)
+  create = functools.partial(steps.create_state, model, tx, seed=config.seed)
+  state_sharding = parallel.state_shardings(jax.eval_shape(create, sample), mesh,
+                                            config.parallel.fsdp, config.parallel.fsdp_min_size)
+  state = jax.jit(create, out_shardings=state_sharding)(sample)
+  step = functools.partial(steps.train_step, objective=objective, tx=tx)
+  if config.parallel.mode == "pmap":
+    train_step = parallel.pmap_train_step(step, mesh)
+  else:
+    train_step = jax.jit(step, out_shardings=(state_sharding, replicated), donate_argnums=0)
   eval_step = jax.jit(functools.partial(steps.eval_step, objective=objective),
                       out_shardings=replicated)
 
@@ -133,14 +148,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         f"{jax.device_count()} {jax.devices()[0].platform} device(s)"
         f"{f' in {jax.process_count()} processes' if jax.process_count() > 1 else ''}, "
         f"batch {config.batch_size} "
-        f"({config.batch_size // jax.device_count()} per device) | {num_steps:,} steps "
-        f"({steps_per_epoch} per epoch)")
+        f"({config.batch_size // jax.device_count()} per device) | {_layout(config, state)} | "
+        f"{num_steps:,} steps ({steps_per_epoch} per epoch)")
 
     # 7. loop: a plain for over steps; logging, eval and checkpoints at fixed step boundaries.
     run_start = interval_start = time.time()
     interval_step = start_step
     for step in range(start_step, num_steps):
-      batch = parallel.global_batch(train_batches.batch(step), mesh)
+      batch = train_batches.batch(step)  # this process's rows of global batch `step`
+      if config.parallel.mode == "jit":
+        batch = parallel.global_batch(batch, mesh)
       state, step_sums = train_step(state, batch)
       interval_sums = step_sums if interval_sums is None else _add(interval_sums, step_sums)
       done = step + 1

@@ -70,6 +70,16 @@ def validate(config, workdir: str) -> None:
            config.loss.label_smoothing, "must be in [0, 1)")
   _require(config.seed >= 0, "seed", config.seed, "must be >= 0")
 
+  par = config.parallel
+  _require(par.mode in ("jit", "pmap"), "parallel.mode", par.mode, "must be one of jit, pmap")
+  _require(not (par.fsdp and par.mode == "pmap"), "parallel.fsdp", par.fsdp,
+           "needs parallel.mode='jit' (pmap keeps a full copy of the state on every device)")
+  _require(par.fsdp_min_size >= 0, "parallel.fsdp_min_size", par.fsdp_min_size, "must be >= 0")
+  _require(len(par.mesh_shape) == 1 and all(isinstance(n, int) and (n > 0 or n == -1)
+                                            for n in par.mesh_shape),
+           "parallel.mesh_shape", par.mesh_shape,
+           "must be one device count (or -1) for the one mesh axis, 'data', e.g. (8,)")
+
   data = config.data
   if config.task == "image_classification":
     _require(model.num_classes > 1, "model.num_classes", model.num_classes, "must be > 1")

@@ -10,7 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, run_main
+from conftest import REPO, load_config, run_main
+from jaxdl import parallel, train
+from jaxdl.errors import UserError
 
 # Tiny synthetic MNIST; a constant learning rate so that the 8-step job and a 12-step run follow
 # the same schedule.
@@ -52,6 +54,20 @@ def _job(port, num_processes, process_id):
           f"--process_id={process_id}"]
 
 
+def _config_from_args(args):
+  """configs/mnist.py with ARGS' --config.k=v overrides applied, as config_flags would."""
+  config = load_config("mnist")
+  for arg in args:
+    if arg.startswith("--config."):
+      key, value = arg[len("--config."):].split("=", 1)
+      *parents, leaf = key.split(".")
+      node = config
+      for p in parents:
+        node = node[p]
+      node[leaf] = type(node[leaf])(value)
+  return config
+
+
 def _events(workdir):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     return [{k: v for k, v in json.loads(line).items() if k != "examples_per_s"} for line in f]
@@ -67,7 +83,7 @@ def _assert_close(events, expected, rtol):
         assert got[key] == value, (got, want)
 
 
-def test_two_processes_match_one_process_and_resume_on_one_device(tmp_path):
+def test_two_processes_match_one_process_and_resume_on_one_device(tmp_path, capsys):
   job_dir, ref_dir = str(tmp_path / "job"), str(tmp_path / "ref")
   port = _free_port()
   # The 2-process job (8 steps) and the 1-process, 4-device reference (12 steps) run together.
@@ -91,11 +107,10 @@ def test_two_processes_match_one_process_and_resume_on_one_device(tmp_path):
 
   # The job's 4-device checkpoint restores in one process with one device (Orbax reshards) and
   # continues as the reference did; a 1-device batch mean sums in another order (rtol 1e-5).
-  resumed = run_main(*ARGS, "--config.num_train_steps=12", f"--workdir={job_dir}",
-                     env={"JAX_NUM_CPU_DEVICES": "1"})
-  assert resumed.returncode == 0, resumed.stderr
-  assert "resumed from the checkpoint at step 8" in resumed.stdout
-  assert "1 cpu device(s), batch 16 (16 per device)" in resumed.stdout
+  # (This pytest process is that single process: one CPU device.)
+  config = _config_from_args(ARGS + ["--config.num_train_steps=12"])
+  train.train_and_evaluate(config, job_dir)
+  assert "resumed from the checkpoint at step 8" in capsys.readouterr().out
   _assert_close(_events(job_dir), ref, rtol=1e-5)
 
 
@@ -113,17 +128,20 @@ def test_a_process_count_that_disagrees_with_the_coordinator(tmp_path):
   assert not os.path.exists(workdir)
 
 
-@pytest.mark.parametrize("flags, needle", [
-    (["--num_processes=2", "--process_id=0"], "need --coordinator_address"),
-    (["--coordinator_address=127.0.0.1", "--num_processes=2", "--process_id=0"],
-     "must be HOST:PORT"),
-    (["--coordinator_address=127.0.0.1:1", "--num_processes=2", "--process_id=2"],
-     "--process_id=2: must be in 0..1"),
-    (["--coordinator_address=127.0.0.1:1", "--num_processes=2"], "go together"),
-])
-def test_bad_job_flags_are_one_line(tmp_path, flags, needle):
+def test_job_flags_without_a_coordinator_are_one_line(tmp_path):
   workdir = str(tmp_path / "w")
-  result = run_main(*ARGS, f"--workdir={workdir}", *flags)
-  assert result.returncode == 1
-  assert result.stderr.strip().count("\n") == 0 and needle in result.stderr, result.stderr
-  assert not os.path.exists(workdir)
+  result = run_main(*ARGS, f"--workdir={workdir}", "--num_processes=2", "--process_id=0")
+  assert result.returncode == 1 and not os.path.exists(workdir)
+  assert result.stderr == ("jaxdl: error: --num_processes and --process_id need "
+                           "--coordinator_address=HOST:PORT (the address of process 0)\n")
+
+
+@pytest.mark.parametrize("address, num_processes, process_id, needle", [
+    ("127.0.0.1", 2, 0, "--coordinator_address=127.0.0.1: must be HOST:PORT"),
+    ("127.0.0.1:1", 2, 2, "--process_id=2: must be in 0..1"),
+    ("127.0.0.1:1", 2, -1, "go together"),
+    ("", 0, 1, "need --coordinator_address"),
+])
+def test_bad_job_flags(address, num_processes, process_id, needle):
+  with pytest.raises(UserError, match=needle):  # all raised before jax.distributed is touched
+    parallel.initialize(address, num_processes, process_id)
