@@ -15,6 +15,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from jaxdl import metrics
 from jaxdl.errors import UserError, first_line
 
 
@@ -24,7 +25,8 @@ class Checkpoints:
   def __init__(self, workdir: str, keep: int):
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=True)
-    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    root = workdir if metrics.is_url(workdir) else os.path.abspath(workdir)  # gs:// as it is
+    self.directory = os.path.join(root, "checkpoints")
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self) -> int | None:

@@ -112,7 +112,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # 6. restore: the first write to the workdir happens here, after every check has passed.
   # Leaving the `with` (normally or by an exception) waits for the last asynchronous save.
-  os.makedirs(workdir, exist_ok=True)
+  if not metrics.is_url(workdir):  # object stores (gs://) have no directories to make
+    os.makedirs(workdir, exist_ok=True)
   writer = metrics.Writer(workdir)
   with checkpoint.Checkpoints(workdir, config.keep_checkpoints) as ckpts:
     interval_sums = None  # metric sums since the last train log line
@@ -128,14 +129,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                       f"config's {num_steps} steps (num_epochs or num_train_steps lowered?)")
     writer.drop_after(start_step)  # events the interrupted run logged after its last checkpoint
     config_path, resolved = os.path.join(workdir, "config.json"), config.to_dict()
-    if start_step and os.path.exists(config_path):
+    if start_step and metrics.exists(config_path):
       for key, (old, new) in _changes(metrics.read_json(config_path), resolved).items():
         writer.print(f"resuming with a changed config: {key}: {old!r} -> {new!r}")
     if writer.enabled:
       metrics.write_json(config_path, resolved)
       for name, text in dataset.files.items():  # e.g. the vocabulary, kept beside checkpoints
         path = os.path.join(workdir, name)
-        if not os.path.exists(path):
+        if not metrics.exists(path):
           metrics.write_text(path, text)
 
     def save(step):

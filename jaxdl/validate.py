@@ -25,6 +25,8 @@ def _check_workdir(workdir: str) -> None:
   """The workdir is a writable directory, or can be created as one; nothing is created here."""
   if not workdir:
     raise UserError("--workdir is required")
+  if "://" in workdir:
+    return  # gs://bucket/run: Orbax and etils.epath write there; access shows at the first write
   path = os.path.abspath(workdir)
   if os.path.exists(path):
     if not os.path.isdir(path):
