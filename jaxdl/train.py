@@ -102,11 +102,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   state_sharding = parallel.state_shardings(jax.eval_shape(create, sample), mesh,
                                             config.parallel.fsdp, config.parallel.fsdp_min_size)
   state = jax.jit(create, out_shardings=state_sharding)(sample)
-  step = functools.partial(steps.train_step, objective=objective, tx=tx)
+  step_fn = functools.partial(steps.train_step, objective=objective, tx=tx)
   if config.parallel.mode == "pmap":
-    train_step = parallel.pmap_train_step(step, mesh)
+    train_step = parallel.pmap_train_step(step_fn, mesh)
   else:
-    train_step = jax.jit(step, out_shardings=(state_sharding, replicated), donate_argnums=0)
+    train_step = jax.jit(step_fn, out_shardings=(state_sharding, replicated), donate_argnums=0)
   eval_step = jax.jit(functools.partial(steps.eval_step, objective=objective),
                       out_shardings=replicated)
 
