@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from typing import Any, Callable
 
 import jax
@@ -171,8 +172,11 @@ def initialize(coordinator_address: str = "", num_processes: int = 0,
     raise UserError(f"--process_id={process_id}: must be in 0..{num_processes - 1} "
                     f"(--num_processes={num_processes})")
   # Cross-process collectives on CPU (localhost jobs, tests) go through gloo; TPU and GPU use
-  # their own interconnect and ignore this.
+  # their own interconnect and ignore this. A gloo all-reduce holds a thread of XLA:CPU's pool
+  # until every device has joined, and the pool has one thread per core: with fewer cores than
+  # local devices (plus the next step's dispatch), the job deadlocks. PJRT_NPROC sizes that pool.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  os.environ.setdefault("PJRT_NPROC", str(max(os.cpu_count() or 1, 2 * _cpu_devices() + 1)))
   try:
     jax.distributed.initialize(address, num_processes if num_processes > 0 else None,
                                process_id if process_id >= 0 else None)
@@ -189,6 +193,15 @@ def initialize(coordinator_address: str = "", num_processes: int = 0,
         raise UserError(f"process {index} has --num_processes={count}, which disagrees with the "
                         f"coordinator at {address}, whose job has {jax.process_count()} processes")
   _check_devices()
+
+
+def _cpu_devices() -> int:
+  """The CPU devices this process will have (jax_num_cpu_devices, else XLA_FLAGS, else 1)."""
+  if jax.config.jax_num_cpu_devices > 0:
+    return jax.config.jax_num_cpu_devices
+  match = re.search(r"--xla_force_host_platform_device_count=(\d+)",
+                    os.environ.get("XLA_FLAGS", ""))
+  return int(match.group(1)) if match else 1
 
 
 def _check_devices() -> None:
