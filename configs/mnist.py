@@ -69,6 +69,10 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.loss = ml_collections.ConfigDict()
   c.loss.label_smoothing = 0.0  # cross-entropy label smoothing
 
+  c.train = ml_collections.ConfigDict()
+  c.train.skip_nonfinite = False  # True: skip (and count) updates with a non-finite loss or
+                                  # gradient; False: stop the run with an error naming the step
+
   c.parallel = ml_collections.ConfigDict()
   c.parallel.mode = "jit"       # jit: one program on a device Mesh | pmap: jax.pmap + lax.pmean
   c.parallel.fsdp = False       # jit: shard params + optimizer state over 'data' (ZeRO-3)

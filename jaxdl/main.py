@@ -7,6 +7,7 @@ does the rest. Every user mistake, in a flag or later, ends as one line on stder
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 from absl import app, flags, logging
@@ -85,13 +86,15 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     _fail(f"unexpected arguments: {' '.join(argv[1:])}")
   # Imported here so that flag errors are reported before the slower jax/flax/orbax imports.
-  from jaxdl import parallel, train  # pylint: disable=g-import-not-at-top
+  from jaxdl import checkpoint, parallel, train  # pylint: disable=g-import-not-at-top
   from jaxdl.errors import UserError  # pylint: disable=g-import-not-at-top
   try:
     parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except UserError as e:
     _fail(str(e))
+  except checkpoint.Stopped as e:  # the step is saved: 0 for SIGTERM (preemption), 130 for ^C
+    sys.exit(0 if e.signum == signal.SIGTERM else 130)
   except KeyboardInterrupt:
     print("jaxdl: interrupted; re-run the same command to resume from the newest checkpoint",
           file=sys.stderr)
