@@ -27,7 +27,7 @@ def test_validate_accepts_a_gs_workdir():
 def test_checkpoint_directory_stays_a_url(monkeypatch):
   created = {}
   monkeypatch.setattr(checkpoint.ocp, "CheckpointManager",
-                      lambda directory, options: created.setdefault("dir", directory))
+                      lambda directory, **kwargs: created.setdefault("dir", directory))
   assert checkpoint.Checkpoints("gs://bucket/runs/r1", 2).directory == (
       "gs://bucket/runs/r1/checkpoints")
   assert created["dir"] == "gs://bucket/runs/r1/checkpoints"
