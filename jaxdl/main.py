@@ -17,6 +17,13 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "experiment config file, optionally with a preset: configs/mnist.py:seed",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints and metrics")
+# Multi-process jobs (see parallel.initialize). A Cloud TPU VM needs none of these, and neither
+# does a cluster that sets JAX_COORDINATOR_ADDRESS and is detected by JAX (Slurm, Open MPI).
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", "", "HOST:PORT of process 0, where the job's processes meet")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "processes in the job (0 = one, or "
+                                      "detected)")
+_PROCESS_ID = flags.DEFINE_integer("process_id", -1, "this process's index, 0..num_processes-1")
 
 
 def _fail(message: str) -> None:
@@ -79,9 +86,10 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     _fail(f"unexpected arguments: {' '.join(argv[1:])}")
   # Imported here so that flag errors are reported before the slower jax/flax/orbax imports.
-  from jaxdl import checkpoint, train  # pylint: disable=g-import-not-at-top
+  from jaxdl import checkpoint, parallel, train  # pylint: disable=g-import-not-at-top
   from jaxdl.errors import UserError  # pylint: disable=g-import-not-at-top
   try:
+    parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except UserError as e:
     _fail(str(e))

@@ -20,6 +20,7 @@ import tempfile
 import time
 from typing import Any
 
+from etils import epath
 import jax
 import numpy as np
 
@@ -52,8 +53,21 @@ def summarise(sums: dict[str, Any]) -> dict[str, Any]:
   return out
 
 
+def write_json(path: str, obj: Any) -> None:
+  """Writes JSON atomically (temp file + rename): a reader never sees half a file."""
+  write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def is_url(path: str) -> bool:
+  """A workdir such as gs://bucket/run: files go through etils.epath (fsspec, gcsfs for GCS)."""
+  return "://" in path
+
+
 def write_text(path: str, text: str) -> None:
-  """Writes text atomically (temp file + rename): a reader never sees half a file."""
+  """Writes text atomically, like write_json (a GCS object write is atomic by itself)."""
+  if is_url(path):
+    epath.Path(path).write_text(text)
+    return
   fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
   umask = os.umask(0)
   os.umask(umask)
@@ -63,31 +77,28 @@ def write_text(path: str, text: str) -> None:
   os.replace(tmp, path)
 
 
-def write_json(path: str, obj: Any) -> None:
-  """Writes JSON atomically."""
-  write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
 def read_json(path: str) -> Any:
-  with open(path) as f:
-    return json.load(f)
+  return json.loads(epath.Path(path).read_text())
+
+
+def exists(path: str) -> bool:
+  return epath.Path(path).exists()
 
 
 def read_events(path: str) -> list[dict[str, Any]]:
   """The events of a metrics.jsonl file, up to a line cut short by a kill ([] if no file)."""
-  if not os.path.exists(path):
+  if not exists(path):
     return []
   events = []
-  with open(path) as f:
-    for line in f:
-      if not line.strip():
-        continue
-      try:
-        event = json.loads(line)
-        event["event"], event["step"]  # pylint: disable=pointless-statement
-      except (ValueError, KeyError, TypeError):
-        break
-      events.append(event)
+  for line in epath.Path(path).read_text().splitlines():
+    if not line.strip():
+      continue
+    try:
+      event = json.loads(line)
+      event["event"], event["step"]  # pylint: disable=pointless-statement
+    except (ValueError, KeyError, TypeError):
+      break
+    events.append(event)
   return events
 
 
@@ -215,18 +226,16 @@ class Writer:
     """Removes events past `step`, and any 'final' event: a resumed run writes them again."""
     if not self.enabled:
       return
-    if os.path.exists(self.path):
-      with open(self.path) as f:
-        count = sum(1 for line in f if line.strip())
-      events = read_events(self.path)
-      kept = [e for e in events if e["step"] <= step and e["event"] != "final"]
+    if exists(self.path):
+      count = sum(1 for line in epath.Path(self.path).read_text().splitlines() if line.strip())
+      kept = [e for e in read_events(self.path) if e["step"] <= step and e["event"] != "final"]
       if len(kept) != count:
         write_text(self.path, "".join(json.dumps(e) + "\n" for e in kept))
     self._open_tensorboard()
 
   def _open_tensorboard(self) -> None:
     """Rebuilds the event files from metrics.jsonl (see the class docstring), once."""
-    if self._tb is not None:
+    if self._tb is not None or is_url(self.workdir):  # no TensorBoard files on gs:// (yet)
       return
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
     wall_times = {(tag, step): t for tag, step, _, t in read_tensorboard(self.workdir)}
@@ -251,9 +260,15 @@ class Writer:
     if not self.enabled:
       return
     self._open_tensorboard()
-    with open(self.path, "a") as f:
-      f.write(json.dumps({"event": event, "step": step, **values}) + "\n")
-    self._add_scalars(event, step, values)
+    line = json.dumps({"event": event, "step": step, **values}) + "\n"
+    if is_url(self.path):  # a GCS object cannot be appended to: rewrite it (it is small)
+      old = epath.Path(self.path).read_text() if exists(self.path) else ""
+      write_text(self.path, old + line)
+    else:
+      with open(self.path, "a") as f:
+        f.write(line)
+    if self._tb is not None:
+      self._add_scalars(event, step, values)
     if event == "train" and self.progress is not None:
       self.progress.train(step, values)
 

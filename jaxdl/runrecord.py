@@ -66,7 +66,7 @@ def begin(workdir: str, config: dict[str, Any], start_step: int, num_steps: int)
   if jax.process_index() != 0:
     return
   path = os.path.join(workdir, "run.json")
-  record = metrics.read_json(path) if os.path.exists(path) else {"segments": []}
+  record = metrics.read_json(path) if metrics.exists(path) else {"segments": []}
   device = jax.devices()[0]
   record["config"] = config
   record["segments"].append({

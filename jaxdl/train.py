@@ -55,6 +55,14 @@ def _brief(split: str, m: dict[str, Any]) -> str:
   return line
 
 
+def _layout(config: ml_collections.ConfigDict, state) -> str:
+  """How the step runs and what the state costs each device: 'jit+fsdp, state 1.2 of 9.6 MB'."""
+  mode = config.parallel.mode + ("+fsdp" if config.parallel.fsdp else "")
+  total = sum(x.nbytes for x in jax.tree.leaves(state)) / 1e6
+  per_device = parallel.sharded_bytes_per_device(state) / 1e6
+  return f"{mode}, state {per_device:.3g} of {total:.3g} MB per device"
+
+
 def evaluate(eval_step, state, arrays: dict[str, np.ndarray], batch_size: int,
              mesh) -> dict[str, Any]:
   """metrics.summarise of every example of a split exactly once (ragged end padded, masked)."""
@@ -77,7 +85,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   skip_nonfinite = config.train.skip_nonfinite
 
   # 1. parallel: one mesh over all devices; batches split over its 'data' axis.
-  mesh = parallel.make_mesh()
+  mesh = parallel.make_mesh(config.parallel.mesh_shape)
   parallel.check_batch("batch_size", config.batch_size, mesh)
   parallel.check_batch("eval_batch_size", config.eval_batch_size, mesh)
   replicated = parallel.replicated(mesh)
@@ -96,20 +104,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   lr_at = optim.schedule(config.opt, num_steps)
   objective = steps.make_objective(config, model)
 
-  # 5. state: initialised directly into its replicated layout.
+  # 5. state: initialised directly into its layout (replicated, or sharded by fsdp). The
+  # train step is the same pure function in every mode: compiled for the mesh by jax.jit, or
+  # run per device by jax.pmap on this process's rows of the batch.
   sample = parallel.global_batch(train_batches.batch(0), mesh)[steps.INPUT_KEYS[config.task]]
-  state = jax.jit(functools.partial(steps.create_state, model, tx, seed=config.seed),
-                  out_shardings=replicated)(sample)
-  state_sharding = jax.tree.map(lambda x: x.sharding, state)
-  train_step = jax.jit(functools.partial(steps.train_step, objective=objective, tx=tx,
-                                         skip_nonfinite=skip_nonfinite),
-                       out_shardings=(state_sharding, replicated), donate_argnums=0)
+  create = functools.partial(steps.create_state, model, tx, seed=config.seed)
+  state_sharding = parallel.state_shardings(jax.eval_shape(create, sample), mesh,
+                                            config.parallel.fsdp, config.parallel.fsdp_min_size)
+  state = jax.jit(create, out_shardings=state_sharding)(sample)
+  step_fn = functools.partial(steps.train_step, objective=objective, tx=tx,
+                            skip_nonfinite=skip_nonfinite)
+  if config.parallel.mode == "pmap":
+    train_step = parallel.pmap_train_step(step_fn, mesh)
+  else:
+    train_step = jax.jit(step_fn, out_shardings=(state_sharding, replicated), donate_argnums=0)
   eval_step = jax.jit(functools.partial(steps.eval_step, objective=objective),
                       out_shardings=replicated)
 
   # 6. restore: the first write to the workdir happens here, after every check has passed.
   # Leaving the `with` (normally or by an exception) waits for the last asynchronous save.
-  os.makedirs(workdir, exist_ok=True)
+  if not metrics.is_url(workdir):  # object stores (gs://) have no directories to make
+    os.makedirs(workdir, exist_ok=True)
   writer = metrics.Writer(workdir)
   # From here SIGTERM/SIGINT only set a flag (checkpoint.StopSignals), read after each step.
   with (checkpoint.Checkpoints(workdir, config.keep_checkpoints) as ckpts,
@@ -134,7 +149,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       metrics.write_json(os.path.join(workdir, "config.json"), resolved)
       for name, text in dataset.files.items():  # e.g. the vocabulary, kept beside checkpoints
         path = os.path.join(workdir, name)
-        if not os.path.exists(path):
+        if not metrics.exists(path):
           metrics.write_text(path, text)
     runrecord.begin(workdir, resolved, start_step, num_steps)  # run.json: a segment per start
 
@@ -146,9 +161,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     writer.print(
         f"data: {dataset.source} | {dataset.describe} | "
-        f"{jax.device_count()} {jax.devices()[0].platform} device(s), batch {config.batch_size} "
-        f"({config.batch_size // jax.device_count()} per device) | {num_steps:,} steps "
-        f"({steps_per_epoch} per epoch)")
+        f"{jax.device_count()} {jax.devices()[0].platform} device(s)"
+        f"{f' in {jax.process_count()} processes' if jax.process_count() > 1 else ''}, "
+        f"batch {config.batch_size} "
+        f"({config.batch_size // jax.device_count()} per device) | {_layout(config, state)} | "
+        f"{num_steps:,} steps ({steps_per_epoch} per epoch)")
 
     # 7. loop: a plain for over steps; logging, eval and checkpoints at fixed step boundaries.
     profile = profiler.Profiler(config.profile_steps, workdir, writer.print)
@@ -156,7 +173,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     run_start = interval_start = time.time()
     for step in range(start_step, num_steps):
       profile.at(step, state)  # starts/stops the trace at config.profile_steps
-      batch = parallel.global_batch(train_batches.batch(step), mesh)
+      batch = train_batches.batch(step)  # this process's rows of global batch `step`
+      if config.parallel.mode == "jit":
+        batch = parallel.global_batch(batch, mesh)
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
         state, step_sums = train_step(state, batch)
       interval_sums = step_sums if interval_sums is None else _add(interval_sums, step_sums)
