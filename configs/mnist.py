@@ -41,6 +41,8 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
                               # the loop uses the largest k <= this dividing log_every, the eval
                               # interval and checkpoint_every. 1 (one step per call) is fastest
                               # on CPU, where a fused call compiles k unrolled copies of the step
+  c.profile_steps = ""        # 'START:STOP' traces train steps START..STOP-1 into WORKDIR/profile
+                              # (jax.profiler; README "Profiling"); '' = no trace
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "cnn"        # models.get_model: 'cnn'
@@ -78,6 +80,12 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict()
   c.train.skip_nonfinite = False  # True: skip (and count) updates with a non-finite loss or
                                   # gradient; False: stop the run with an error naming the step
+
+  c.parallel = ml_collections.ConfigDict()
+  c.parallel.mode = "jit"       # jit: one program on a device Mesh | pmap: jax.pmap + lax.pmean
+  c.parallel.fsdp = False       # jit: shard params + optimizer state over 'data' (ZeRO-3)
+  c.parallel.fsdp_min_size = 1024  # fsdp: arrays with fewer elements stay replicated
+  c.parallel.mesh_shape = (-1,)  # devices per mesh axis ('data',); -1 = all the job's devices
 
   if preset == "seed":
     c.num_epochs = 10

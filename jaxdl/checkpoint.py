@@ -33,6 +33,7 @@ from absl import logging
 import jax
 import orbax.checkpoint as ocp
 
+from jaxdl import metrics
 from jaxdl.errors import UserError, first_line
 
 # Config keys a resumed run may change: they decide how long and how verbosely the run goes on,
@@ -42,7 +43,9 @@ from jaxdl.errors import UserError, first_line
 # loss.*, ...) is refused. Changing the run length also stretches the lr schedule.
 HARMLESS_KEYS = ("num_train_steps", "num_epochs", "log_every", "eval_every", "checkpoint_every",
                  "keep_checkpoints", "eval_batch_size", "data.download_dir",
-                 "train.skip_nonfinite", "steps_per_dispatch", "model.impl")
+                 "train.skip_nonfinite", "parallel.mode", "parallel.fsdp",
+                 "parallel.fsdp_min_size", "parallel.mesh_shape",  # Orbax reshards on restore
+                 "steps_per_dispatch", "model.impl")
 
 _TMP_MARK = ".orbax-checkpoint-tmp"  # Orbax's suffix for a save still being written
 
@@ -53,6 +56,7 @@ def config_changes(old: dict, new: dict, prefix: str = "") -> dict[str, tuple[An
   out = {}
   for key in sorted(set(old) | set(new)):
     a, b = old.get(key), new.get(key)
+    b = list(b) if isinstance(b, tuple) else b  # config.json holds tuples as JSON lists
     if isinstance(a, dict) or isinstance(b, dict):
       if isinstance(a or {}, dict) and isinstance(b or {}, dict):
         out.update(config_changes(a or {}, b or {}, f"{prefix}{key}."))
@@ -107,7 +111,8 @@ class Checkpoints:
   """Save every N steps (the loop decides when), keep the last K, restore the newest intact."""
 
   def __init__(self, workdir: str, keep: int):
-    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    root = workdir if metrics.is_url(workdir) else os.path.abspath(workdir)  # gs:// as it is
+    self.directory = os.path.join(root, "checkpoints")
     unfinished = sorted(n for n in os.listdir(self.directory) if _TMP_MARK in n
                         ) if os.path.isdir(self.directory) else []
     if unfinished and jax.process_index() == 0:

@@ -21,6 +21,13 @@ _XLA_CACHE = flags.DEFINE_string(
     "xla_cache_dir", os.environ.get("JAXDL_XLA_CACHE", "~/.cache/jaxdl/xla"),
     "JAX's persistent compilation cache: compiled steps are reused by later runs of the same "
     "program (default $JAXDL_XLA_CACHE, else ~/.cache/jaxdl/xla); '' turns it off")
+# Multi-process jobs (see parallel.initialize). A Cloud TPU VM needs none of these, and neither
+# does a cluster that sets JAX_COORDINATOR_ADDRESS and is detected by JAX (Slurm, Open MPI).
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", "", "HOST:PORT of process 0, where the job's processes meet")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "processes in the job (0 = one, or "
+                                      "detected)")
+_PROCESS_ID = flags.DEFINE_integer("process_id", -1, "this process's index, 0..num_processes-1")
 
 
 def _fail(message: str) -> None:
@@ -97,9 +104,10 @@ def main(argv: list[str]) -> None:
   if _XLA_CACHE.value:
     enable_compilation_cache(_XLA_CACHE.value)
   # Imported here so that flag errors are reported before the slower jax/flax/orbax imports.
-  from jaxdl import checkpoint, train  # pylint: disable=g-import-not-at-top
+  from jaxdl import checkpoint, parallel, train  # pylint: disable=g-import-not-at-top
   from jaxdl.errors import UserError  # pylint: disable=g-import-not-at-top
   try:
+    parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except UserError as e:
     _fail(str(e))

@@ -1,20 +1,30 @@
-"""Where numbers go: console lines, WORKDIR/metrics.jsonl (one JSON object per event), JSON files.
+"""Where numbers go: WORKDIR/metrics.jsonl, TensorBoard event files, the console, JSON files.
 
-Only process 0 writes, so a multi-host job logs once.
+metrics.jsonl (one JSON object per event) is the record that plot, report and sweep read. The
+TensorBoard event files in the workdir mirror it: each event's numbers become scalars tagged
+'<event>/<key>' ('train/loss', 'eval/test_accuracy', 'final/test_accuracy'). Only process 0
+writes, so a multi-host job logs once.
 """
 
 from __future__ import annotations
 
 import datetime
+import glob
 import json
 import math
+import io
 import os
+import struct
 import sys
 import tempfile
+import time
 from typing import Any
 
+from etils import epath
 import jax
 import numpy as np
+
+EVENT_FILES = "events.out.tfevents.*"  # TensorBoard's event file names, in the workdir itself
 
 
 def summarise(sums: dict[str, Any]) -> dict[str, Any]:
@@ -48,55 +58,242 @@ def write_json(path: str, obj: Any) -> None:
   write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def is_url(path: str) -> bool:
+  """A workdir such as gs://bucket/run: files go through etils.epath (fsspec, gcsfs for GCS)."""
+  return "://" in path
+
+
 def write_text(path: str, text: str) -> None:
-  """Writes text atomically, like write_json."""
+  """Writes text atomically, like write_json (a GCS object write is atomic by itself)."""
+  if is_url(path):
+    epath.Path(path).write_text(text)
+    return
   fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
+  umask = os.umask(0)
+  os.umask(umask)
+  os.fchmod(fd, 0o666 & ~umask)  # mkstemp's 0600 would hide the file from other users
   with os.fdopen(fd, "w", encoding="utf-8") as f:
     f.write(text)
   os.replace(tmp, path)
 
 
 def read_json(path: str) -> Any:
-  with open(path) as f:
-    return json.load(f)
+  return json.loads(epath.Path(path).read_text())
+
+
+def exists(path: str) -> bool:
+  return epath.Path(path).exists()
+
+
+def read_events(path: str) -> list[dict[str, Any]]:
+  """The events of a metrics.jsonl file, up to a line cut short by a kill ([] if no file)."""
+  if not exists(path):
+    return []
+  events = []
+  for line in epath.Path(path).read_text().splitlines():
+    if not line.strip():
+      continue
+    try:
+      event = json.loads(line)
+      event["event"], event["step"]  # pylint: disable=pointless-statement
+    except (ValueError, KeyError, TypeError):
+      break
+    events.append(event)
+  return events
 
 
 def format_duration(seconds: float) -> str:
   return str(datetime.timedelta(seconds=round(seconds)))
 
 
+def _scalars(values: dict[str, Any]) -> dict[str, float]:
+  """The plain numbers among an event's values (lists such as a confusion matrix are left out)."""
+  return {k: float(v) for k, v in values.items()
+          if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def read_tensorboard(directory: str) -> list[tuple[str, int, float, float]]:
+  """(tag, step, value, wall_time) of every scalar in directory's event files, in file order.
+
+  Event files are TFRecord files (little-endian u64 length, u32 crc, payload, u32 crc) of
+  `Event` protos; a record cut short by a kill ends a file. tensorboardX has no reader and
+  TensorBoard's needs its server package, hence these few lines.
+  """
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  scalars = []
+  for path in sorted(glob.glob(os.path.join(directory, EVENT_FILES))):
+    with open(path, "rb") as f:
+      data = f.read()
+    pos = 0
+    while pos + 12 <= len(data):
+      (length,) = struct.unpack("<Q", data[pos:pos + 8])
+      if pos + 12 + length + 4 > len(data):
+        break
+      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+      pos += 12 + length + 4
+      for value in event.summary.value:
+        scalars.append((value.tag, event.step, value.simple_value, event.wall_time))
+  return scalars
+
+
+class Progress:
+  """The console view of training, on process 0 only.
+
+  On a terminal: a live bar (tqdm) with step, ETA, loss and throughput, redrawn in place.
+  Written to a file or a pipe (a log on a TPU VM, `nohup`, CI): one plain line per train event,
+  never a carriage return.
+  """
+
+  def __init__(self, start_step: int, num_steps: int, steps_per_epoch: int,
+               live: bool | None = None, stream=None):
+    self.stream = stream or sys.stdout
+    self.live = self.stream.isatty() if live is None else live
+    self.num_steps, self.steps_per_epoch = num_steps, steps_per_epoch
+    self.last_step, self.last_time = start_step, time.time()
+    self.bar = None
+    if self.live:
+      from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+      try:  # a pseudo-terminal may report a width of 0: then draw 100 columns
+        sized = os.get_terminal_size(self.stream.fileno()).columns > 0
+      except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        sized = False
+      self.bar = tqdm(total=num_steps, initial=start_step, file=self.stream,
+                      dynamic_ncols=sized, ncols=None if sized else 100,
+                      bar_format="step {n_fmt}/{total_fmt} |{bar}| ETA {remaining}{postfix}")
+
+  def advance(self, step: int) -> None:
+    """Moves the bar to `step` (cheap: tqdm redraws at most 10 times a second)."""
+    if self.bar is not None:
+      self.bar.update(step - self.bar.n)
+
+  def train(self, step: int, values: dict[str, Any]) -> None:
+    """Shows a train event: the bar's numbers, or one plain line with an ETA."""
+    parts = [f"loss {values['loss']:.4f}"]
+    if "accuracy" in values:
+      parts.append(f"acc {100 * values['accuracy']:.2f}%")
+    for unit, short in (("examples", "ex"), ("tokens", "tok")):
+      if f"{unit}_per_s" in values:
+        parts.append(f"{values[unit + '_per_s']:,.0f} {short}/s")
+    if values.get("skipped_nonfinite"):
+      parts.append(f"skipped {values['skipped_nonfinite']} non-finite update(s)")
+    if self.bar is not None:
+      self.advance(step)
+      self.bar.set_postfix_str(" | ".join(parts))
+      return
+    now = time.time()
+    seconds_per_step = (now - self.last_time) / max(step - self.last_step, 1)
+    self.last_step, self.last_time = step, now
+    eta = format_duration((self.num_steps - step) * seconds_per_step)
+    self.print(f"step {step:>{len(str(self.num_steps))}}/{self.num_steps} | "
+               f"epoch {step / self.steps_per_epoch:5.2f} | " + " | ".join(parts) + f" | ETA {eta}")
+
+  def print(self, line: str) -> None:
+    if self.bar is not None:
+      self.bar.write(line, file=self.stream)  # clears the bar, prints, redraws it
+    else:
+      print(line, file=self.stream, flush=True)
+
+  def close(self) -> None:
+    if self.bar is not None:
+      self.bar.close()
+      self.bar = None
+
+
 class Writer:
-  """Appends events to metrics.jsonl and prints console lines, on process 0 only."""
+  """Appends events to metrics.jsonl and TensorBoard, and prints console lines, on process 0.
+
+  TensorBoard and resumes: a resumed run re-does the steps after its last checkpoint, so the
+  first write (or `drop_after`) rebuilds the event files from metrics.jsonl: the old files are
+  read for their wall times, deleted, and the surviving events written to one new file. So
+  TensorBoard never shows a step twice, whatever its loader does with restarts, and a kill
+  between the two (or before tensorboardX flushed) is repaired by the next start.
+  """
 
   def __init__(self, workdir: str):
     self.enabled = jax.process_index() == 0
+    self.workdir = workdir
     self.path = os.path.join(workdir, "metrics.jsonl")
+    self._tb = None  # tensorboardX.SummaryWriter, opened by the first write
+    self.progress: Progress | None = None
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
 
   def drop_after(self, step: int) -> None:
     """Removes events past `step`, and any 'final' event: a resumed run writes them again."""
-    if not self.enabled or not os.path.exists(self.path):
+    if not self.enabled:
       return
-    with open(self.path) as f:
-      lines = [line for line in f if line.strip()]
-    kept = []
-    for line in lines:
-      try:
-        event = json.loads(line)
-        if event["step"] <= step and event["event"] != "final":
-          kept.append(line)
-      except (ValueError, KeyError):
-        break  # a line cut short by a kill ends the readable part of the file
-    if len(kept) != len(lines):
-      fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.path), prefix=".tmp-")
-      with os.fdopen(fd, "w") as f:
-        f.writelines(kept)
-      os.replace(tmp, self.path)
+    if exists(self.path):
+      count = sum(1 for line in epath.Path(self.path).read_text().splitlines() if line.strip())
+      kept = [e for e in read_events(self.path) if e["step"] <= step and e["event"] != "final"]
+      if len(kept) != count:
+        write_text(self.path, "".join(json.dumps(e) + "\n" for e in kept))
+    self._open_tensorboard()
 
-  def write(self, event: str, step: int, values: dict[str, float]) -> None:
-    if self.enabled:
+  def _open_tensorboard(self) -> None:
+    """Rebuilds the event files from metrics.jsonl (see the class docstring), once."""
+    if self._tb is not None or is_url(self.workdir):  # no TensorBoard files on gs:// (yet)
+      return
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    wall_times = {(tag, step): t for tag, step, _, t in read_tensorboard(self.workdir)}
+    for path in glob.glob(os.path.join(self.workdir, EVENT_FILES)):
+      os.remove(path)
+    # flush_secs: tensorboardX writes from a thread; events reach the file within 5 s.
+    self._tb = SummaryWriter(self.workdir, flush_secs=5)
+    for event in read_events(self.path):
+      self._add_scalars(event["event"], event["step"], event, wall_times)
+
+  def _add_scalars(self, event: str, step: int, values: dict[str, Any],
+                   wall_times: dict | None = None) -> None:
+    now = time.time()
+    for key, value in _scalars(values).items():
+      if key == "step" or key.endswith("count"):  # the replayed event's step; example counts
+        continue
+      tag = f"{event}/{key}"
+      self._tb.add_scalar(tag, value, step, walltime=(wall_times or {}).get((tag, step), now))
+
+  def write(self, event: str, step: int, values: dict[str, Any]) -> None:
+    """One event: a metrics.jsonl line, TensorBoard scalars, and for 'train' the progress view."""
+    if not self.enabled:
+      return
+    self._open_tensorboard()
+    line = json.dumps({"event": event, "step": step, **values}) + "\n"
+    if is_url(self.path):  # a GCS object cannot be appended to: rewrite it (it is small)
+      old = epath.Path(self.path).read_text() if exists(self.path) else ""
+      write_text(self.path, old + line)
+    else:
       with open(self.path, "a") as f:
-        f.write(json.dumps({"event": event, "step": step, **values}) + "\n")
+        f.write(line)
+    if self._tb is not None:
+      self._add_scalars(event, step, values)
+    if event == "train" and self.progress is not None:
+      self.progress.train(step, values)
+
+  def start_progress(self, start_step: int, num_steps: int, steps_per_epoch: int) -> None:
+    """From here on, train events show as a live bar (terminal) or plain lines (log file)."""
+    if self.enabled:
+      self.progress = Progress(start_step, num_steps, steps_per_epoch)
+
+  def advance(self, step: int) -> None:
+    if self.progress is not None:
+      self.progress.advance(step)
 
   def print(self, line: str) -> None:
-    if self.enabled:
+    if not self.enabled:
+      return
+    if self.progress is not None:
+      self.progress.print(line)
+    else:
       print(line, file=sys.stdout, flush=True)
+
+  def close(self) -> None:
+    """Ends the progress bar and writes out every queued TensorBoard event."""
+    if self.progress is not None:
+      self.progress.close()
+      self.progress = None
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None

@@ -108,9 +108,12 @@ def empty_sums(shapes: dict[str, jax.ShapeDtypeStruct]) -> dict[str, jax.Array]:
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, objective: Objective,
-               tx: optax.GradientTransformation, skip_nonfinite: bool = False
-               ) -> tuple[TrainState, dict[str, jax.Array]]:
+               tx: optax.GradientTransformation, skip_nonfinite: bool = False,
+               axis_name: str | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
   """One update on one global batch; metrics are sums over its unmasked examples.
+
+  Under jax.jit the batch is the global batch. Under jax.pmap (`axis_name` names the device
+  axis) it is one device's slice, and the gradient and sums are combined across the axis.
 
   aux also counts a non-finite loss or gradient ('nonfinite': 0 or 1) and names the update it
   happened in ('first_nonfinite': state.step + 1, else NO_NONFINITE; merged by minimum). With
@@ -121,8 +124,19 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, objective: Obj
   # Every random choice of this step derives from the base key and the step number, so a
   # resumed run draws exactly what the uninterrupted one did.
   rng = jax.random.fold_in(state.rng, state.step)
+  if axis_name is not None:  # pmap: each device draws its own dropout and augmentation
+    rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
   loss_fn = lambda params: objective(params, batch, rng, True)
   (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  if axis_name is not None:
+    # Each device's loss is the mean over its own rows. Weighting its gradient by its row count
+    # (pmean(count * g) / pmean(count)) gives the gradient of the global-batch mean, as under
+    # jit, even when an epoch's padded last batch leaves the devices unequal counts.
+    count = aux["count"]
+    mean_count = jnp.maximum(jax.lax.pmean(count, axis_name), 1e-9)
+    grads = jax.tree.map(lambda g: jax.lax.pmean(count * g, axis_name) / mean_count, grads)
+    aux = jax.lax.psum(aux, axis_name)
+    loss = aux["loss_sum"] / jnp.maximum(aux["count"], 1.0)  # the global batch's, as under jit
   finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
       [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
   updates, opt_state = tx.update(grads, state.opt_state, state.params)

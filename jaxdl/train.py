@@ -19,7 +19,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import ml_collections
 import numpy as np
 
-from jaxdl import checkpoint, data, metrics, models, optim, parallel, steps, validate
+from jaxdl import (checkpoint, data, metrics, models, optim, parallel, profiler, runrecord,
+                   steps, validate)
 from jaxdl.errors import UserError
 
 _add = jax.jit(steps.merge_sums)
@@ -63,6 +64,14 @@ def _brief(split: str, m: dict[str, Any]) -> str:
   return line
 
 
+def _layout(config: ml_collections.ConfigDict, state) -> str:
+  """How the step runs and what the state costs each device: 'jit+fsdp, state 1.2 of 9.6 MB'."""
+  mode = config.parallel.mode + ("+fsdp" if config.parallel.fsdp else "")
+  total = sum(x.nbytes for x in jax.tree.leaves(state)) / 1e6
+  per_device = parallel.sharded_bytes_per_device(state) / 1e6
+  return f"{mode}, state {per_device:.3g} of {total:.3g} MB per device"
+
+
 def evaluate(eval_step, state, arrays: dict[str, np.ndarray], batch_size: int,
              mesh) -> dict[str, Any]:
   """metrics.summarise of every example of a split exactly once (ragged end padded, masked)."""
@@ -85,7 +94,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   skip_nonfinite = config.train.skip_nonfinite
 
   # 1. parallel: one mesh over all devices; batches split over its 'data' axis.
-  mesh = parallel.make_mesh()
+  mesh = parallel.make_mesh(config.parallel.mesh_shape)
   parallel.check_batch("batch_size", config.batch_size, mesh)
   parallel.check_batch("eval_batch_size", config.eval_batch_size, mesh)
   replicated = parallel.replicated(mesh)
@@ -104,20 +113,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   lr_at = optim.schedule(config.opt, num_steps)
   objective = steps.make_objective(config, model)
 
-  # 5. state: initialised directly into its replicated layout.
+  # 5. state: initialised directly into its layout (replicated, or sharded by fsdp). The
+  # train step is the same pure function in every mode: compiled for the mesh by jax.jit, or
+  # run per device by jax.pmap on this process's rows of the batch.
   sample = parallel.global_batch(train_batches.batch(0), mesh)[steps.INPUT_KEYS[config.task]]
-  state = jax.jit(functools.partial(steps.create_state, model, tx, seed=config.seed),
-                  out_shardings=replicated)(sample)
-  state_sharding = jax.tree.map(lambda x: x.sharding, state)
-  train_step = jax.jit(functools.partial(steps.train_step, objective=objective, tx=tx,
-                                         skip_nonfinite=skip_nonfinite),
-                       out_shardings=(state_sharding, replicated), donate_argnums=0)
+  create = functools.partial(steps.create_state, model, tx, seed=config.seed)
+  state_sharding = parallel.state_shardings(jax.eval_shape(create, sample), mesh,
+                                            config.parallel.fsdp, config.parallel.fsdp_min_size)
+  state = jax.jit(create, out_shardings=state_sharding)(sample)
+  step_fn = functools.partial(steps.train_step, objective=objective, tx=tx,
+                            skip_nonfinite=skip_nonfinite)
+  if config.parallel.mode == "pmap":
+    train_step = parallel.pmap_train_step(step_fn, mesh)
+  else:
+    train_step = jax.jit(step_fn, out_shardings=(state_sharding, replicated), donate_argnums=0)
   eval_step = jax.jit(functools.partial(steps.eval_step, objective=objective),
                       out_shardings=replicated)
 
   # Fused steps: k steps per dispatch (lax.scan), k dividing every log/eval/checkpoint interval.
-  fuse = steps_per_dispatch(config.steps_per_dispatch, config.log_every, eval_every,
-                            config.checkpoint_every)
+  fuse = 1 if config.parallel.mode == "pmap" else steps_per_dispatch(
+      config.steps_per_dispatch, config.log_every, eval_every, config.checkpoint_every)
   train_steps = jax.jit(functools.partial(steps.train_steps, objective=objective, tx=tx,
                                           skip_nonfinite=skip_nonfinite),
                         out_shardings=(state_sharding, replicated), donate_argnums=0)
@@ -142,7 +157,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # 6. restore: the first write to the workdir happens here, after every check has passed.
   # Leaving the `with` (normally or by an exception) waits for the last asynchronous save.
-  os.makedirs(workdir, exist_ok=True)
+  if not metrics.is_url(workdir):  # object stores (gs://) have no directories to make
+    os.makedirs(workdir, exist_ok=True)
   writer = metrics.Writer(workdir)
   # From here SIGTERM/SIGINT only set a flag (checkpoint.StopSignals), read after each step.
   with (checkpoint.Checkpoints(workdir, config.keep_checkpoints) as ckpts,
@@ -167,8 +183,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       metrics.write_json(os.path.join(workdir, "config.json"), resolved)
       for name, text in dataset.files.items():  # e.g. the vocabulary, kept beside checkpoints
         path = os.path.join(workdir, name)
-        if not os.path.exists(path):
+        if not metrics.exists(path):
           metrics.write_text(path, text)
+    runrecord.begin(workdir, resolved, start_step, num_steps)  # run.json: a segment per start
 
     def save(step):
       _check_finite(interval_sums, skip_nonfinite, ckpts)  # never save a diverged state
@@ -178,26 +195,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     writer.print(
         f"data: {dataset.source} | {dataset.describe} | "
-        f"{jax.device_count()} {jax.devices()[0].platform} device(s), batch {config.batch_size} "
-        f"({config.batch_size // jax.device_count()} per device) | {num_steps:,} steps "
-        f"({steps_per_epoch} per epoch)")
+        f"{jax.device_count()} {jax.devices()[0].platform} device(s)"
+        f"{f' in {jax.process_count()} processes' if jax.process_count() > 1 else ''}, "
+        f"batch {config.batch_size} "
+        f"({config.batch_size // jax.device_count()} per device) | {_layout(config, state)} | "
+        f"{num_steps:,} steps ({steps_per_epoch} per epoch)")
 
     # 7. loop: over dispatches of k fused steps (k = 1: one step each); logging, eval and
     # checkpoints at fixed step boundaries, each of which ends a dispatch.
+    profile = profiler.Profiler(config.profile_steps, workdir, writer.print)
+    writer.start_progress(start_step, num_steps, steps_per_epoch)  # bar on a TTY, else lines
     run_start = interval_start = time.time()
-    interval_step = step = start_step
+    step = start_step
     while step < num_steps:
+      profile.at(step, state)  # starts/stops the trace at config.profile_steps
       k = min(fuse - step % fuse, num_steps - step)  # ends on a multiple of fuse, or at the end
       if k == 1:
-        batch = parallel.global_batch(train_batches.batch(step), mesh)
-        state, step_sums = train_step(state, batch)
+        batch = train_batches.batch(step)  # this process's rows of global batch `step`
+        if config.parallel.mode == "jit":
+          batch = parallel.global_batch(batch, mesh)
+        with jax.profiler.StepTraceAnnotation("train", step_num=step):
+          state, step_sums = train_step(state, batch)
         interval_sums = step_sums if interval_sums is None else _add(interval_sums, step_sums)
       else:
         if interval_sums is None:  # merge_sums(empty, x) == x exactly: the unfused loop's sums
           interval_sums = steps.empty_sums(sums_shape)
-        state, interval_sums = train_steps(state, interval_sums, chunk_inputs(step, k),
-                                           device_arrays)
+        with jax.profiler.StepTraceAnnotation("train", step_num=step):
+          state, interval_sums = train_steps(state, interval_sums, chunk_inputs(step, k),
+                                             device_arrays)
       done = step + k
+      writer.advance(done)
       if step == start_step:
         jax.block_until_ready(state)
         writer.print(f"first {'step' if k == 1 else f'{k} steps'} (compilation included) "
@@ -210,18 +237,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         skipped = int(interval_sums["nonfinite"]) if skip_nonfinite else 0
         seconds = max(time.time() - interval_start, 1e-9)
         unit = "examples" if "accuracy" in train else "tokens"
-        per_s = train["count"] / seconds
-        eta = (num_steps - done) * seconds / (done - interval_step)
+        # One event: a metrics.jsonl line, TensorBoard scalars, the progress bar or line.
         writer.write("train", done, {
-            "loss": train["loss"], "lr": float(lr_at(done - 1)), f"{unit}_per_s": per_s,
+            "loss": train["loss"], "lr": float(lr_at(done - 1)),
+            f"{unit}_per_s": train["count"] / seconds,
             **({"accuracy": train["accuracy"]} if "accuracy" in train else {}),
             **({"skipped_nonfinite": skipped} if skip_nonfinite else {})})
-        acc = f"acc {100 * train['accuracy']:6.2f}% | " if "accuracy" in train else ""
-        writer.print(f"step {done:>{len(str(num_steps))}}/{num_steps} | "
-                     f"epoch {done / steps_per_epoch:5.2f} | loss {train['loss']:.4f} | {acc}"
-                     f"{per_s:,.0f} {unit}/s | ETA {metrics.format_duration(eta)}"
-                     f"{f' | skipped {skipped} non-finite update(s)' if skipped else ''}")
-        interval_sums, interval_start, interval_step = None, time.time(), done
+        interval_sums, interval_start = None, time.time()
 
       if done % eval_every == 0 and done != num_steps:
         _check_finite(interval_sums, skip_nonfinite, ckpts)
@@ -241,13 +263,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         signum = signals.signum or signal.SIGTERM  # None: a multi-host preemption notice
         writer.print(f"{signal.Signals(signum).name}: saved the checkpoint at step {done} and "
                      f"waited for it to reach the disk; re-run the same command to resume")
+        runrecord.end(workdir, done, None)  # a clean stop: end time, no final metrics
+        writer.close()
         raise checkpoint.Stopped(signum, done)
 
     # 8. finish: final evals (the last step saved the final checkpoint), summary line.
+    profile.stop(state, num_steps)
     results = {split: evaluate(eval_step, state, dataset.evals[split], config.eval_batch_size,
                                mesh) for split in dataset.final_splits}
   final = {f"{split}_{k}": v for split, result in results.items() for k, v in result.items()}
   writer.write("final", num_steps, final)
   writer.print(f"final: {' | '.join(_brief(s, r) for s, r in results.items())} | "
                f"{num_steps} steps, {time.time() - run_start:.1f}s | data: {dataset.source}")
+  runrecord.end(workdir, num_steps, final)
+  writer.close()
   return final

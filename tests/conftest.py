@@ -42,3 +42,29 @@ def run_main(*args: str, env: dict | None = None, timeout: float = 300):
   return subprocess.run([sys.executable, "-m", "jaxdl.main", *args], cwd=REPO,
                         capture_output=True, text=True, timeout=timeout,
                         env={**os.environ, "JAXDL_XLA_CACHE": "", **(env or {})})
+
+
+# The tiny MNIST settings as sweep overrides, plus a profile of two steps.
+TINY_OVERRIDES = ("data.source=synthetic", "data.synthetic_size=200", "batch_size=16",
+                  "eval_batch_size=32", "num_train_steps=8", "log_every=2", "eval_every=4",
+                  "checkpoint_every=4", "opt.warmup_steps=2", "profile_steps=2:4")
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(tmp_path_factory):
+  """Two tiny runs that differ only in opt.lr, run once per session by jaxdl.sweep (2 at a time).
+
+  Returns (root, axes, {workdir: result}, printed output).
+  """
+  import io  # pylint: disable=g-import-not-at-top
+  from jaxdl import sweep  # pylint: disable=g-import-not-at-top
+  root = str(tmp_path_factory.mktemp("sweep"))
+  axes = sweep.parse_axes(["opt.lr=0.01,0.003", *TINY_OVERRIDES])
+  out = io.StringIO()
+  cwd = os.getcwd()
+  os.chdir(REPO)  # the runs are `python -m jaxdl.main` from the repo root, as experiments/sweep.sh
+  try:
+    results = sweep.sweep("configs/mnist.py", axes, root, jobs=2, out=out)
+  finally:
+    os.chdir(cwd)
+  return root, axes, results, out.getvalue()

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxdl import checkpoint, data, steps, train
+from jaxdl import checkpoint, data, metrics, steps, train
 from jaxdl.data import images
 
 
@@ -20,6 +20,12 @@ def _events(workdir):
 def _comparable(workdir):
   """metrics.jsonl without the throughput, which differs from run to run."""
   return [{k: v for k, v in e.items() if k != "examples_per_s"} for e in _events(workdir)]
+
+
+def _tensorboard(workdir):
+  """The event files' scalars without throughput and wall times, which differ between runs."""
+  return [(tag, step, value) for tag, step, value, _ in metrics.read_tensorboard(workdir)
+          if tag != "train/examples_per_s"]
 
 
 def _interrupt(config, workdir, monkeypatch, at_step):
@@ -47,6 +53,7 @@ def test_tiny_run_writes_its_outputs(tiny_mnist, tmp_path, capsys):
   final = train.train_and_evaluate(tiny_mnist, workdir)
   out = capsys.readouterr().out
   assert "final: test accuracy" in out and "SYNTHETIC" in out and "ETA" in out
+  assert "\r" not in out  # not a terminal: plain lines, no progress bar
   assert final["test_count"] == 50  # synthetic test split: 200 // 4, every example once
   events = _events(workdir)
   assert [e["step"] for e in events if e["event"] == "train"] == [5, 10, 15, 20, 24]
@@ -55,6 +62,25 @@ def test_tiny_run_writes_its_outputs(tiny_mnist, tmp_path, capsys):
   saved = json.load(open(os.path.join(workdir, "config.json")))
   assert saved["batch_size"] == 16 and saved["data"]["source"] == "synthetic"
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["16", "24", "8"]
+  # TensorBoard: the same events as scalars, read back from the event files.
+  scalars = {}
+  for tag, step, _, _ in metrics.read_tensorboard(workdir):
+    scalars.setdefault(tag, []).append(step)
+  assert scalars == {**{f"train/{k}": [5, 10, 15, 20, 24]
+                        for k in ("loss", "accuracy", "lr", "examples_per_s")},
+                     "eval/test_loss": [10, 20], "eval/test_accuracy": [10, 20],
+                     "final/test_loss": [24], "final/test_accuracy": [24]}
+  # run.json: one segment with every field, closed with the final metrics.
+  record = json.load(open(os.path.join(workdir, "run.json")))
+  assert record["config"] == saved and record["final"] == final
+  (segment,) = record["segments"]
+  assert set(segment) == {"command", "cwd", "git", "versions", "devices", "process_count",
+                          "host", "start_time", "end_time", "start_step", "end_step",
+                          "num_steps", "final", "config"}
+  assert segment["start_step"] == 0 and segment["end_step"] == 24 and segment["final"] == final
+  assert segment["start_time"] <= segment["end_time"]
+  assert set(segment["git"]) == {"commit", "dirty"}
+  assert segment["devices"]["count"] == jax.device_count() and segment["process_count"] == 1
 
 
 def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_mnist, tmp_path,
@@ -70,6 +96,10 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_mnist, tmp_
 
   assert train.train_and_evaluate(tiny_mnist, resumed) == expected
   assert _comparable(resumed) == _comparable(full)  # no step lost, none logged twice
+  assert _tensorboard(resumed) == _tensorboard(full)  # in TensorBoard too
+  segments = json.load(open(os.path.join(resumed, "run.json")))["segments"]
+  assert [(s["start_step"], s["end_step"]) for s in segments] == [(0, None), (16, 24)]
+  assert segments[1]["final"] == expected
   like = steps.create_state(*_model_tx(tiny_mnist), np.zeros((1, 28, 28, 1)), 0)
   for a, b in zip(jax.tree.leaves(_final_params(full, like)),
                   jax.tree.leaves(_final_params(resumed, like))):

@@ -1,0 +1,119 @@
+"""python -m jaxdl.plot WORKDIR [WORKDIR ...] --out=curves.png: train and eval curves of runs.
+
+One panel per metric (default: loss, and accuracy or perplexity when the runs log them); in
+each, every run's train curve is solid and its eval curve (the eval split's `eval` events plus
+its `final` event) dashed, in the run's colour. Runs are labelled by the config keys on which
+they differ (from WORKDIR/config.json). Drawn with matplotlib's Agg backend: no display needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from jaxdl import report  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jaxdl.errors import UserError  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+SKIP = ("count", "lr", "examples_per_s", "tokens_per_s")  # bookkeeping, not learning curves
+
+
+def _eval_split(run: report.Run) -> str | None:
+  """The split the run evaluates every eval_every steps: the prefix of its `eval` keys (or,
+  with no eval event, of the first `final` loss)."""
+  for kind in ("eval", "final"):
+    for event in run.events:
+      if event["event"] == kind:
+        for key in event:
+          if key.endswith("_loss"):
+            return key[:-len("_loss")]
+  return None
+
+
+def curves(run: report.Run) -> dict[str, dict[str, tuple[list[int], list[float]]]]:
+  """{metric: {'train' | 'eval': (steps, values)}} of one run."""
+  split = _eval_split(run)
+  out: dict[str, dict[str, tuple[list[int], list[float]]]] = {}
+  def add(metric, kind, step, value):
+    steps, values = out.setdefault(metric, {}).setdefault(kind, ([], []))
+    steps.append(step)
+    values.append(float(value))
+  for event in run.events:
+    for key, value in event.items():
+      if key in ("event", "step") or not isinstance(value, (int, float)):
+        continue
+      if event["event"] == "train" and key not in SKIP:
+        add(key, "train", event["step"], value)
+      elif event["event"] in ("eval", "final") and split and key.startswith(split + "_"):
+        metric = key[len(split) + 1:]
+        if metric not in SKIP:
+          add(metric, "eval", event["step"], value)
+  return out
+
+
+def default_metrics(all_curves: list[dict]) -> list[str]:
+  present = set().union(*all_curves) if all_curves else set()
+  return ["loss"] + [m for m in ("accuracy", "perplexity") if m in present][:1]
+
+
+def plot(workdirs: list[str], out: str, metrics: list[str] | None = None,
+         title: str | None = None) -> str:
+  """Draws the runs' curves into the PNG `out`; returns its path."""
+  runs = [report.load_run(w) for w in workdirs]
+  keys = report.differing_keys(runs)
+  all_curves = [curves(r) for r in runs]
+  metrics = metrics or default_metrics(all_curves)
+  present = set().union(*all_curves)
+  for metric in metrics:
+    if metric not in present:
+      raise UserError(f"--metrics: no run logs {metric!r}; these do: {', '.join(sorted(present))}")
+  fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.8), squeeze=False)
+  for ax, metric in zip(axes[0], metrics):
+    for i, (run, run_curves) in enumerate(zip(runs, all_curves)):
+      colour = f"C{i % 10}"
+      name = report.label(run, keys)
+      for kind, style in (("train", "-"), ("eval", "--")):
+        if kind in run_curves.get(metric, {}):
+          steps, values = run_curves[metric][kind]
+          split = "train" if kind == "train" else _eval_split(run)
+          ax.plot(steps, values, style, color=colour, marker="." if kind == "eval" else None,
+                  label=f"{name} ({split})", linewidth=1.2)
+    ax.set_title(metric)
+    ax.set_xlabel("step")
+    if metric in ("loss", "perplexity"):
+      ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+  if title:
+    fig.suptitle(title)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  fig.savefig(out, dpi=90)
+  plt.close(fig)
+  return out
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(prog="python -m jaxdl.plot", description=__doc__.split("\n")[0])
+  parser.add_argument("workdirs", nargs="+", metavar="WORKDIR")
+  parser.add_argument("--out", default="curves.png", help="the PNG to write (curves.png)")
+  parser.add_argument("--metrics", default="",
+                      help="comma-separated panels, e.g. loss,accuracy (default: loss and "
+                           "accuracy or perplexity)")
+  parser.add_argument("--title", default=None, help="a title above the panels")
+  args = parser.parse_args(argv)
+  try:
+    metrics = [m for m in args.metrics.split(",") if m] or None
+    print(plot(args.workdirs, args.out, metrics, args.title))
+  except UserError as e:
+    print(f"jaxdl: error: {e}", file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  main()

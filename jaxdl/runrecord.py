@@ -1,0 +1,99 @@
+"""WORKDIR/run.json: what ran, where, with which code, from when to when, and what it reached.
+
+{"config": latest resolved config, "final": latest final metrics (null until a segment ends),
+ "segments": [one per start of the command: a fresh run, then each resume]}. A segment holds the
+command line, the git commit and dirty flag of the jaxdl checkout, package versions, devices,
+host, its start and end time and steps, its final metrics and its config. `end_time` null: the
+process was killed; `end_time` set with `final` null: stopped by SIGTERM/SIGINT after saving.
+Written atomically by process 0.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import os
+import platform
+import shlex
+import socket
+import subprocess
+import sys
+from typing import Any
+
+import jax
+
+from jaxdl import metrics
+
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")
+
+
+def _now() -> str:
+  return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def command_line(argv: list[str] | None = None) -> str:
+  """The command as typed: `python -m jaxdl.main ...` when run as a module, else argv joined."""
+  argv = list(sys.argv if argv is None else argv)
+  if argv and argv[0].endswith(os.path.join("jaxdl", "main.py")):
+    argv = ["python", "-m", "jaxdl.main", *argv[1:]]
+  return shlex.join(argv)
+
+
+def git_state(directory: str | None = None) -> dict[str, Any]:
+  """{'commit': sha, 'dirty': bool} of the checkout holding jaxdl; nulls outside a git checkout."""
+  directory = directory or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  def git(*args):
+    return subprocess.run(["git", "-C", directory, *args], capture_output=True, text=True,
+                          timeout=10, check=True).stdout.strip()
+  try:
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
+  except (OSError, subprocess.SubprocessError):  # no git, not a checkout, or too slow
+    return {"commit": None, "dirty": None}
+
+
+def versions() -> dict[str, str | None]:
+  out = {"python": platform.python_version()}
+  for name in PACKAGES:
+    try:
+      out[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      out[name] = None
+  return out
+
+
+def begin(workdir: str, config: dict[str, Any], start_step: int, num_steps: int) -> None:
+  """Appends this run's segment (a fresh run or a resume) to WORKDIR/run.json."""
+  if jax.process_index() != 0:
+    return
+  path = os.path.join(workdir, "run.json")
+  record = metrics.read_json(path) if metrics.exists(path) else {"segments": []}
+  device = jax.devices()[0]
+  record["config"] = config
+  record["segments"].append({
+      "command": command_line(),
+      "cwd": os.getcwd(),
+      "git": git_state(),
+      "versions": versions(),
+      "devices": {"kind": device.device_kind, "platform": device.platform,
+                  "count": jax.device_count(), "local_count": jax.local_device_count()},
+      "process_count": jax.process_count(),
+      "host": socket.gethostname(),
+      "start_time": _now(), "start_step": start_step, "num_steps": num_steps,
+      "end_time": None, "end_step": None, "final": None,
+      "config": config,
+  })
+  record.setdefault("final", None)
+  metrics.write_json(path, record)
+
+
+def end(workdir: str, step: int, final: dict[str, Any] | None) -> None:
+  """Closes the latest segment: end time and step, and the final metrics (None for a run
+  stopped by SIGTERM/SIGINT after saving its checkpoint)."""
+  if jax.process_index() != 0:
+    return
+  path = os.path.join(workdir, "run.json")
+  record = metrics.read_json(path)
+  record["segments"][-1].update(end_time=_now(), end_step=step, final=final)
+  if final is not None:
+    record["final"] = final
+  metrics.write_json(path, record)
