@@ -3,6 +3,9 @@
 import json
 import os
 
+import numpy as np
+import pytest
+
 from jaxdl import metrics
 
 
@@ -24,3 +27,27 @@ def test_write_json_leaves_no_temp_files(tmp_path):
   metrics.write_json(path, {"b": 2})
   assert json.load(open(path)) == {"b": 2}
   assert os.listdir(tmp_path) == ["config.json"]
+
+
+def test_classification_report_matches_a_hand_computed_binary_confusion():
+  # rows = true, cols = predicted: 5 TN, 2 FP, 1 FN, 4 TP.
+  report = metrics.classification_report([[5, 2], [1, 4]])
+  # class 0: precision 5/6, recall 5/7; class 1: precision 4/6, recall 4/5.
+  assert report["precision"] == pytest.approx([5 / 6, 4 / 6])
+  assert report["recall"] == pytest.approx([5 / 7, 4 / 5])
+  f1 = [2 * (5 / 6) * (5 / 7) / (5 / 6 + 5 / 7), 2 * (4 / 6) * (4 / 5) / (4 / 6 + 4 / 5)]
+  assert report["f1"] == pytest.approx(f1)
+  assert report["macro_f1"] == pytest.approx(sum(f1) / 2)
+  assert report["macro_precision"] == pytest.approx((5 / 6 + 4 / 6) / 2)
+  assert report["confusion"] == [[5, 2], [1, 4]]
+
+
+def test_classification_report_three_classes_with_an_unpredicted_class():
+  # Class 2 is never predicted (column of zeros) and class 1 never predicted correctly.
+  confusion = np.array([[3, 1, 0], [2, 0, 0], [1, 1, 0]], np.float32)
+  report = metrics.classification_report(confusion)
+  assert report["precision"] == pytest.approx([3 / 6, 0.0, 0.0])
+  assert report["recall"] == pytest.approx([3 / 4, 0.0, 0.0])
+  assert report["f1"] == pytest.approx([2 * 0.5 * 0.75 / 1.25, 0.0, 0.0])
+  assert report["macro_recall"] == pytest.approx(0.75 / 3)
+  assert report["confusion"] == [[3, 1, 0], [2, 0, 0], [1, 1, 0]]
