@@ -101,24 +101,3 @@ class Writer:
     if self.enabled:
       print(line, file=sys.stdout, flush=True)
 
-
-def classification_report(confusion_CxC) -> dict[str, Any]:
-  """Precision, recall and F1 per class and their macro means, from a confusion matrix whose rows
-  are true classes and columns predicted ones. A class never predicted (or never present) gets
-  precision (recall) 0, as scikit-learn's zero_division=0 does."""
-  confusion = [[float(v) for v in row] for row in jax.device_get(confusion_CxC)]
-  num_classes = len(confusion)
-  true_c = [sum(row) for row in confusion]
-  predicted_c = [sum(row[c] for row in confusion) for c in range(num_classes)]
-  precision, recall, f1 = [], [], []
-  for c in range(num_classes):
-    tp = confusion[c][c]
-    p = tp / predicted_c[c] if predicted_c[c] else 0.0
-    r = tp / true_c[c] if true_c[c] else 0.0
-    precision.append(p)
-    recall.append(r)
-    f1.append(2 * p * r / (p + r) if p + r else 0.0)
-  return {"precision": precision, "recall": recall, "f1": f1,
-          "macro_precision": sum(precision) / num_classes,
-          "macro_recall": sum(recall) / num_classes, "macro_f1": sum(f1) / num_classes,
-          "confusion": [[int(round(v)) for v in row] for row in confusion]}

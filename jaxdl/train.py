@@ -7,6 +7,7 @@ their checks, so a mistake leaves no trace.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import time
 from typing import Any
@@ -112,7 +113,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       raise UserError(f"the checkpoint in {ckpts.directory} is at step {start_step}, past this "
                       f"config's {num_steps} steps (num_epochs or num_train_steps lowered?)")
     writer.drop_after(start_step)  # events the interrupted run logged after its last checkpoint
-    config_path, resolved = os.path.join(workdir, "config.json"), config.to_dict()
+    config_path = os.path.join(workdir, "config.json")
+    resolved = json.loads(json.dumps(config.to_dict()))  # as config.json holds it: tuples → lists
     if start_step and os.path.exists(config_path):
       for key, (old, new) in _changes(metrics.read_json(config_path), resolved).items():
         writer.print(f"resuming with a changed config: {key}: {old!r} -> {new!r}")

@@ -29,9 +29,10 @@ def test_write_json_leaves_no_temp_files(tmp_path):
   assert os.listdir(tmp_path) == ["config.json"]
 
 
-def test_classification_report_matches_a_hand_computed_binary_confusion():
+def test_summarise_matches_a_hand_computed_binary_confusion():
   # rows = true, cols = predicted: 5 TN, 2 FP, 1 FN, 4 TP.
-  report = metrics.classification_report([[5, 2], [1, 4]])
+  report = metrics.summarise({"loss_sum": 6.0, "count": 12.0, "correct": 9.0,
+                               "confusion": np.array([[5, 2], [1, 4]], np.float32)})
   # class 0: precision 5/6, recall 5/7; class 1: precision 4/6, recall 4/5.
   assert report["precision"] == pytest.approx([5 / 6, 4 / 6])
   assert report["recall"] == pytest.approx([5 / 7, 4 / 5])
@@ -39,13 +40,14 @@ def test_classification_report_matches_a_hand_computed_binary_confusion():
   assert report["f1"] == pytest.approx(f1)
   assert report["macro_f1"] == pytest.approx(sum(f1) / 2)
   assert report["macro_precision"] == pytest.approx((5 / 6 + 4 / 6) / 2)
-  assert report["confusion"] == [[5, 2], [1, 4]]
+  assert report["confusion"] == [[5, 2], [1, 4]] and report["accuracy"] == 9 / 12
 
 
-def test_classification_report_three_classes_with_an_unpredicted_class():
+def test_summarise_three_classes_with_an_unpredicted_class():
   # Class 2 is never predicted (column of zeros) and class 1 never predicted correctly.
   confusion = np.array([[3, 1, 0], [2, 0, 0], [1, 1, 0]], np.float32)
-  report = metrics.classification_report(confusion)
+  report = metrics.summarise({"loss_sum": 1.0, "count": 8.0, "correct": 3.0,
+                               "confusion": confusion})
   assert report["precision"] == pytest.approx([3 / 6, 0.0, 0.0])
   assert report["recall"] == pytest.approx([3 / 4, 0.0, 0.0])
   assert report["f1"] == pytest.approx([2 * 0.5 * 0.75 / 1.25, 0.0, 0.0])
