@@ -85,6 +85,7 @@ def test_load_dir_finds_splits_and_rejects_ambiguity(tmp_path):
 def test_tokenize_lowercases_and_splits_punctuation():
   assert text.tokenize("It 's a Crème-brûlée, isn't it?!") == [
       "it", "'s", "a", "crème", "-", "brûlée", ",", "isn't", "it", "?", "!"]
+  assert text.tokenize("a -LRB- good -rrb- film") == ["a", "(", "good", ")", "film"]
 
 
 def test_vocab_round_trip_and_encoding():

@@ -1,6 +1,8 @@
 """The text classifier end to end on tiny made-up data: outputs, exact resume, the saved
 vocabulary, TFDS and offline sources, the confusion sums, and the predict CLI."""
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -43,8 +45,7 @@ def sst_dir(tmp_path_factory):
   return str(directory)
 
 
-@pytest.fixture
-def tiny_text(sst_dir):
+def _tiny_config(sst_dir):
   """configs/text_classifier.py shrunk to seconds: a CNN, a few steps, frequent events."""
   c = load_config("text_classifier")
   c.data.path = sst_dir
@@ -64,23 +65,40 @@ def tiny_text(sst_dir):
   return c
 
 
+@pytest.fixture
+def tiny_text(sst_dir):
+  return _tiny_config(sst_dir)
+
+
 def _events(workdir):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     return [{k: v for k, v in json.loads(line).items() if k != "examples_per_s"} for line in f]
 
 
-def test_tiny_run_reports_classification_metrics_and_saves_the_vocab(tiny_text, tmp_path,
-                                                                     capsys):
-  workdir = str(tmp_path / "w")
-  final = train.train_and_evaluate(tiny_text, workdir)
-  out = capsys.readouterr().out
+@pytest.fixture(scope="module")
+def trained(sst_dir, tmp_path_factory):
+  """One tiny run shared by the output and predict tests: (workdir, final metrics, console)."""
+  config = _tiny_config(sst_dir)
+  config.num_train_steps = 60  # long enough to learn that the sentiment word decides
+  config.model.dropout = config.model.embed_dropout = config.model.word_dropout = 0.0
+  workdir = str(tmp_path_factory.mktemp("trained") / "w")
+  with contextlib.redirect_stdout(io.StringIO()) as out:
+    final = train.train_and_evaluate(config, workdir)
+  return workdir, final, out.getvalue()
+
+
+def test_tiny_run_reports_classification_metrics_and_saves_the_vocab(trained):
+  workdir, final, out = trained
   assert "train 320 | dev 40 | test 30 | 2 classes" in out
   assert "max_len 16 truncated 0 train, 0 dev, 0 test" in out
   assert final["dev_count"] == 40 and final["test_count"] == 30
+  assert final["dev_accuracy"] == 1.0  # the label word alone decides: an easy task
+  assert final["dev_confusion"] == [[final["dev_confusion"][0][0], 0],
+                                    [0, final["dev_confusion"][1][1]]]
   assert np.sum(final["dev_confusion"]) == 40 and len(final["test_f1"]) == 2
-  assert final["dev_accuracy"] > 0.8  # the label word alone decides: an easy task
+  assert final["dev_macro_f1"] == 1.0 and "test_macro_precision" in final
   evals = [e for e in _events(workdir) if e["event"] == "eval"]
-  assert [e["step"] for e in evals] == [10, 20] and "dev_macro_f1" in evals[0]
+  assert [e["step"] for e in evals] == [10, 20, 30, 40, 50] and "dev_confusion" in evals[0]
   vocab = text.Vocab.from_json(open(os.path.join(workdir, "vocab.json")).read(), "vocab.json")
   assert vocab.words[:2] == ["<pad>", "<oov>"] and set(POS + NEG) <= set(vocab.words)
 
@@ -193,11 +211,8 @@ def test_model_and_task_must_agree(tiny_text, tmp_path):
     validate.validate(tiny_text, str(tmp_path / "w"))
 
 
-def test_predict_cli_from_arguments_and_stdin(tiny_text, tmp_path):
-  workdir = str(tmp_path / "w")
-  tiny_text.num_train_steps = 60  # long enough to learn that the sentiment word decides
-  tiny_text.model.dropout = tiny_text.model.embed_dropout = tiny_text.model.word_dropout = 0.0
-  assert train.train_and_evaluate(tiny_text, workdir)["dev_accuracy"] == 1.0
+def test_predict_cli_from_arguments_and_stdin(trained, tmp_path):
+  workdir = trained[0]
   run = lambda *args, stdin=None: subprocess.run(
       [sys.executable, "-m", "jaxdl.predict", f"--workdir={workdir}", *args], cwd=REPO,
       input=stdin, capture_output=True, text=True, timeout=120)
@@ -214,3 +229,11 @@ def test_predict_cli_from_arguments_and_stdin(tiny_text, tmp_path):
       capture_output=True, text=True, timeout=120)
   assert result.returncode == 1 and result.stderr.count("\n") == 1
   assert "config.json: not found" in result.stderr
+
+
+def test_every_text_config_field_has_a_comment():
+  lines = open(os.path.join(REPO, "configs", "text_classifier.py")).read().splitlines()
+  fields = [line for line in lines if line.strip().startswith("c.") and " = " in line
+            and "ConfigDict()" not in line]
+  assert len(fields) > 30 and all("#" in line for line in fields), [
+      line for line in fields if "#" not in line]

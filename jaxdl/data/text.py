@@ -52,6 +52,10 @@ SPLIT_FILES = {"train": ("train",), "dev": ("dev", "validation", "valid", "val")
 TFDS_SPLITS = {"train": "train", "dev": "validation", "test": "test"}
 
 _WORD_RE = re.compile(r"[\w'’]+|[^\w\s]")  # words (with inner apostrophes) or one punctuation mark
+# Penn Treebank escapes, as SST-2's dev and test sets write brackets (its train set has "(").
+_PTB_ESCAPES = {"-lrb-": "(", "-rrb-": ")", "-lsb-": "[", "-rsb-": "]", "-lcb-": "{",
+                "-rcb-": "}"}
+_PTB_RE = re.compile("|".join(_PTB_ESCAPES))
 
 
 @dataclasses.dataclass
@@ -269,8 +273,9 @@ def load_splits(data_cfg) -> tuple[dict[str, TextSplit], list[str], str]:
 
 
 def tokenize(text: str) -> list[str]:
-  """Lower-cased words (keeping inner apostrophes: "n't", "'s") and single punctuation marks."""
-  return _WORD_RE.findall(text.lower())
+  """Lower-cased words (keeping inner apostrophes: "n't", "'s") and single punctuation marks;
+  Penn Treebank bracket escapes (-LRB-) become the brackets."""
+  return _WORD_RE.findall(_PTB_RE.sub(lambda m: _PTB_ESCAPES[m.group()], text.lower()))
 
 
 @dataclasses.dataclass
