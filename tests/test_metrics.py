@@ -1,4 +1,4 @@
-"""metrics.jsonl and JSON files: appends, resume trimming, atomic writes."""
+"""metrics.jsonl and JSON files: appends, resume trimming, atomic writes; summarise."""
 
 import json
 import os
@@ -29,20 +29,6 @@ def test_write_json_leaves_no_temp_files(tmp_path):
   assert os.listdir(tmp_path) == ["config.json"]
 
 
-def test_summarise_matches_a_hand_computed_binary_confusion():
-  # rows = true, cols = predicted: 5 TN, 2 FP, 1 FN, 4 TP.
-  report = metrics.summarise({"loss_sum": 6.0, "count": 12.0, "correct": 9.0,
-                               "confusion": np.array([[5, 2], [1, 4]], np.float32)})
-  # class 0: precision 5/6, recall 5/7; class 1: precision 4/6, recall 4/5.
-  assert report["precision"] == pytest.approx([5 / 6, 4 / 6])
-  assert report["recall"] == pytest.approx([5 / 7, 4 / 5])
-  f1 = [2 * (5 / 6) * (5 / 7) / (5 / 6 + 5 / 7), 2 * (4 / 6) * (4 / 5) / (4 / 6 + 4 / 5)]
-  assert report["f1"] == pytest.approx(f1)
-  assert report["macro_f1"] == pytest.approx(sum(f1) / 2)
-  assert report["macro_precision"] == pytest.approx((5 / 6 + 4 / 6) / 2)
-  assert report["confusion"] == [[5, 2], [1, 4]] and report["accuracy"] == 9 / 12
-
-
 def test_summarise_three_classes_with_an_unpredicted_class():
   # Class 2 is never predicted (column of zeros) and class 1 never predicted correctly.
   confusion = np.array([[3, 1, 0], [2, 0, 0], [1, 1, 0]], np.float32)
@@ -53,3 +39,29 @@ def test_summarise_three_classes_with_an_unpredicted_class():
   assert report["f1"] == pytest.approx([2 * 0.5 * 0.75 / 1.25, 0.0, 0.0])
   assert report["macro_recall"] == pytest.approx(0.75 / 3)
   assert report["confusion"] == [[3, 1, 0], [2, 0, 0], [1, 1, 0]]
+
+
+def test_summarise_a_classifier_with_a_confusion_matrix():
+  # rows = true, cols = predicted: class 0: 3 right, 1 called 1; class 1: 2 right, 2 called 0.
+  sums = {"loss_sum": 4.0, "count": 8.0, "correct": 5.0,
+          "confusion": np.array([[3, 1], [2, 2]], np.float32)}
+  m = metrics.summarise(sums)
+  assert m["loss"] == 0.5 and m["accuracy"] == 5 / 8 and m["count"] == 8
+  np.testing.assert_allclose(m["precision"], [3 / 5, 2 / 3])
+  np.testing.assert_allclose(m["recall"], [3 / 4, 2 / 4])
+  f1 = [2 * (3 / 5) * (3 / 4) / (3 / 5 + 3 / 4), 2 * (2 / 3) * (1 / 2) / (2 / 3 + 1 / 2)]
+  np.testing.assert_allclose(m["f1"], f1)
+  np.testing.assert_allclose(m["macro_f1"], sum(f1) / 2)
+  assert m["confusion"] == [[3, 1], [2, 2]]
+
+
+def test_summarise_a_class_never_predicted_scores_zero_not_nan():
+  m = metrics.summarise({"loss_sum": 1.0, "count": 2.0, "correct": 1.0,
+                         "confusion": np.array([[1, 0], [1, 0]], np.float32)})
+  assert m["precision"] == [0.5, 0.0] and m["f1"][1] == 0.0
+
+
+def test_summarise_a_language_model():
+  m = metrics.summarise({"loss_sum": np.log(4.0) * 10, "count": 10.0})
+  assert "accuracy" not in m
+  np.testing.assert_allclose([m["perplexity"], m["bits_per_token"]], [4.0, 2.0])
