@@ -160,8 +160,8 @@ def test_length_grouped_batches_cover_each_example_once(tiny_text):
     rows += [tuple(r) for r, m in zip(batch["tokens"], batch["mask"]) if m]
   every = dataset.train.arrays["tokens"]
   assert len(rows) == len(every) == 320 and widths <= {8, 16}
-  assert sorted(tuple(r[:len(t)]) + (0,) * (16 - len(t)) for r, t in
-                zip(rows, rows)) == sorted(tuple(r) for r in every)
+  padded = [r + (0,) * (16 - len(r)) for r in rows]  # each row back at max_len
+  assert sorted(padded) == sorted(tuple(r) for r in every)  # every example exactly once
 
 
 def test_offline_without_data_is_one_line_listing_the_ways(tiny_text, tmp_path):
@@ -237,3 +237,11 @@ def test_every_text_config_field_has_a_comment():
             and "ConfigDict()" not in line]
   assert len(fields) > 30 and all("#" in line for line in fields), [
       line for line in fields if "#" not in line]
+
+
+def test_resuming_with_another_length_grouping_is_refused(tiny_text):
+  dataset = text.load_dataset(tiny_text, "/nonexistent")
+  saved = dataset.train.position(7)
+  tiny_text.data.sort_pool = 3
+  with pytest.raises(UserError, match="data position"):
+    text.load_dataset(tiny_text, "/nonexistent").train.check_position(7, saved)

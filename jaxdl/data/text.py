@@ -359,6 +359,10 @@ class TextBatches(TrainBatches):
     self.bucket, self.sort_pool = bucket, sort_pool
     self.lengths = (arrays["tokens"] != 0).sum(1)
 
+  def position(self, step: int) -> dict[str, int]:
+    # The length grouping decides which examples a step reads: a resume must keep it.
+    return {**super().position(step), "sort_pool": self.sort_pool}
+
   def _epoch_order(self, epoch: int) -> np.ndarray:
     if epoch == self._order_epoch or not self.sort_pool:
       return super()._epoch_order(epoch)
