@@ -41,12 +41,15 @@ def test_a_split_without_labels_is_unlabelled(tmp_path):
 
 @pytest.mark.parametrize("name,content,message", [
     ("train.tsv", "sentence\tlabel\ngood\t1\nno tab here\n", r"train\.tsv:3: 1 fields"),
-    ("train.tsv", "sentence\tlabel\ngood\t1\nbad\tneg\n", r"train\.tsv:3: label 'neg' is not an integer"),
+    ("train.tsv", "sentence\tlabel\ngood\t1\nbad\tneg\n",
+     r"train\.tsv:3: label 'neg' is not an integer"),
     ("train.tsv", "words\tlabel\ngood\t1\n", r"train\.tsv:1: no 'sentence' or 'text' column"),
     ("train.tsv", "sentence\tlabel\ngood\t-3\n", r"train\.tsv:2: label -3 is negative"),
-    ("train.csv", 'text,label\n"a",1\n"b",1.5\n', r"train\.csv:3: label '1\.5' is not an integer"),
+    ("train.csv", 'text,label\n"a",1\n"b",1.5\n',
+     r"train\.csv:3: label '1\.5' is not an integer"),
     ("train.csv", 'text,label\n"a",1\n"b"\n', r"train\.csv:3: 1 fields"),
-    ("train.jsonl", '{"text": "a", "label": 1}\n{"text": "b"}\n', r"train\.jsonl:2: no 'label' field"),
+    ("train.jsonl", '{"text": "a", "label": 1}\n{"text": "b"}\n',
+     r"train\.jsonl:2: no 'label' field"),
     ("train.jsonl", '{"text": "a", "label": 1}\n{"text": "b", "label": "x"}\n',
      r"train\.jsonl:2: label 'x' is not an integer"),
     ("train.jsonl", '{"text": "a", "label": 1}\n{"text": "b", "label": true}\n',

@@ -51,7 +51,7 @@ SPLIT_FILES = {"train": ("train",), "dev": ("dev", "validation", "valid", "val")
                "test": ("test",)}
 TFDS_SPLITS = {"train": "train", "dev": "validation", "test": "test"}
 
-_WORD_RE = re.compile(r"[\w'’]+|[^\w\s]")  # words (with inner apostrophes) or one punctuation mark
+_WORD_RE = re.compile(r"[\w'’]+|[^\w\s]")  # a word (inner apostrophes kept) or a punctuation mark
 # Penn Treebank escapes, as SST-2's dev and test sets write brackets (its train set has "(").
 _PTB_ESCAPES = {"-lrb-": "(", "-rrb-": ")", "-lsb-": "[", "-rsb-": "]", "-lcb-": "{",
                 "-rcb-": "}"}
@@ -210,7 +210,8 @@ def load_dir(directory: str) -> dict[str, TextSplit]:
 
 def tfds_prepared(name: str, data_dir: str | None) -> bool:
   """Whether a readable copy exists; names without a config (imdb_reviews) have one more dir."""
-  return images._tfds_prepared(name, data_dir) or images._tfds_prepared(name + "/*", data_dir)  # pylint: disable=protected-access
+  prepared = images._tfds_prepared  # pylint: disable=protected-access  (shared, not copied)
+  return prepared(name, data_dir) or prepared(name + "/*", data_dir)
 
 
 def load_tfds(name: str, data_dir: str | None) -> tuple[dict[str, TextSplit], list[str]]:

@@ -67,7 +67,7 @@ class _Head(nn.Module):
 
 
 class TextClassifier(nn.Module):
-  """tokens int32[B,L] → logits float32[B,num_classes], with encoder 'lstm', 'cnn' or 'transformer'.
+  """tokens int32[B,L] → logits float32[B,num_classes]; encoder 'lstm', 'cnn' or 'transformer'.
 
   Attributes:
     encoder: which middle to use (see the module docstring).
