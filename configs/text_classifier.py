@@ -4,7 +4,10 @@
       --config.data.path=../shared/data/sst2
   python -m jaxdl.predict --workdir=runs/sst2 "a gorgeous , witty , seductive movie ."
 
-RESULT_PLACEHOLDER
+Measured on ../shared/data/sst2 (2 CPU cores shared with other jobs; experiments/
+text_classifier): 84.17% and 83.49% dev, 83.80% and 83.31% test accuracy for seeds 0 and 1, in
+7-8 minutes each (8 epochs). That is BELOW the 85.5% dev target (Flax's bi-LSTM example
+reports 85.2%); the experiment README lists what was tried.
 
 Data: data.path (a directory of train/dev[/test] .tsv, .csv or .jsonl files), else a prepared
 TFDS copy of data.name (glue/sst2, imdb_reviews, ...); offline with neither, it stops with the
@@ -34,7 +37,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.seed = 0                  # init, shuffling and dropout all derive from it
   c.batch_size = 64           # global batch, split evenly over all devices
   c.eval_batch_size = 256     # global eval batch; the last one is padded and masked
-  c.num_epochs = 3            # passes over the training split
+  c.num_epochs = 8            # passes over the training split
   c.num_train_steps = -1      # if > 0, the run length in steps, overriding num_epochs
   c.log_every = 200           # steps between train lines on the console and in metrics.jsonl
   c.eval_every = 0            # steps between dev evals; 0 = at every epoch's end
@@ -65,16 +68,16 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.data.sort_pool = 50       # batches per pool sorted by length (similar lengths batch together)
 
   c.opt = ml_collections.ConfigDict()
-  c.opt.name = "adamw"        # sgd | adam | adamw (optax names)
-  c.opt.lr = 1e-3             # peak learning rate
+  c.opt.name = "sgd"          # sgd | adam | adamw (optax names); SGD beat AdamW here (README)
+  c.opt.lr = 0.1              # peak learning rate
   c.opt.schedule = "cosine"   # constant | cosine (linear warmup, cosine decay)
   c.opt.warmup_steps = 200    # steps of linear warmup from 0 (cosine schedule only)
   c.opt.end_lr_factor = 0.0   # final lr = lr * end_lr_factor (cosine schedule only)
-  c.opt.momentum = 0.0        # sgd momentum; 0 = plain SGD
+  c.opt.momentum = 0.9        # sgd momentum; 0 = plain SGD
   c.opt.nesterov = False      # sgd: Nesterov momentum
   c.opt.b1 = 0.9              # adam/adamw first-moment decay
   c.opt.b2 = 0.999            # adam/adamw second-moment decay
-  c.opt.weight_decay = 1e-2   # adamw: decoupled decay; sgd: L2 added to the gradient
+  c.opt.weight_decay = 3e-6   # adamw: decoupled decay; sgd: L2 added to the gradient
   c.opt.grad_clip_norm = 1.0  # clip gradients to this global norm; 0 = off
 
   c.loss = ml_collections.ConfigDict()
