@@ -128,7 +128,7 @@ def test_resume_is_exact_and_reuses_the_saved_vocab(tiny_text, tmp_path, monkeyp
   params = []
   for workdir in (full, resumed):
     with checkpoint.Checkpoints(workdir, keep=3) as ckpts:
-      params.append(jax.tree.leaves(ckpts.restore(like)[0].params))
+      params.append(jax.tree.leaves(ckpts.restore_latest(like)[0].params))
   for a, b in zip(*params):
     np.testing.assert_array_equal(a, b)  # bitwise
 
