@@ -27,6 +27,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     raise ValueError(f"unknown preset {preset!r} for configs/mnist.py; valid: "
                      f"{', '.join(repr(p) for p in PRESETS)}")
   c = ml_collections.ConfigDict()
+  c.task = "image_classification"  # data.load / steps.make_objective pick the loader and loss
   c.seed = 0                  # init, shuffling, dropout and augmentation all derive from it
   c.batch_size = 64           # global batch, split evenly over all devices
   c.eval_batch_size = 512     # global eval batch; the last one is padded and masked

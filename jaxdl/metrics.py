@@ -7,20 +7,52 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import sys
 import tempfile
 from typing import Any
 
 import jax
+import numpy as np
+
+
+def summarise(sums: dict[str, Any]) -> dict[str, Any]:
+  """Means from summed metrics (see losses.py): the loss always; accuracy for a classifier;
+  per-class and macro precision/recall/F1 with a confusion matrix; perplexity and bits per
+  token for a language model (no 'correct' sum). `count` is examples (tokens for an LM)."""
+  sums = {k: np.asarray(v, np.float64) for k, v in jax.device_get(sums).items()}
+  count = float(sums["count"])
+  out: dict[str, Any] = {"loss": float(sums["loss_sum"]) / max(count, 1.0), "count": int(count)}
+  if "correct" in sums:
+    out["accuracy"] = float(sums["correct"]) / max(count, 1.0)
+  else:
+    out["perplexity"] = math.exp(min(out["loss"], 700.0))  # capped: exp overflows past ~709
+    out["bits_per_token"] = out["loss"] / math.log(2)
+  if "confusion" in sums:
+    confusion = sums["confusion"]  # rows: true class, columns: predicted class
+    tp = np.diag(confusion)
+    # An empty denominator (no predictions or no examples of a class) scores 0, as sklearn does.
+    precision = np.divide(tp, confusion.sum(0), out=np.zeros_like(tp), where=confusion.sum(0) > 0)
+    recall = np.divide(tp, confusion.sum(1), out=np.zeros_like(tp), where=confusion.sum(1) > 0)
+    pr = precision + recall
+    f1 = np.divide(2 * precision * recall, pr, out=np.zeros_like(tp), where=pr > 0)
+    out.update(precision=precision.tolist(), recall=recall.tolist(), f1=f1.tolist(),
+               macro_precision=float(precision.mean()), macro_recall=float(recall.mean()),
+               macro_f1=float(f1.mean()), confusion=confusion.astype(int).tolist())
+  return out
 
 
 def write_json(path: str, obj: Any) -> None:
   """Writes JSON atomically (temp file + rename): a reader never sees half a file."""
+  write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_text(path: str, text: str) -> None:
+  """Writes text atomically, like write_json."""
   fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
-  with os.fdopen(fd, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-    f.write("\n")
+  with os.fdopen(fd, "w", encoding="utf-8") as f:
+    f.write(text)
   os.replace(tmp, path)
 
 

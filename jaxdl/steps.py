@@ -1,12 +1,14 @@
-"""The train state and the two pure steps: (state, batch) → (state, metrics) and → sums.
+"""The train state, the objectives, and the two pure steps: (state, batch) → (state, metrics).
 
-Both are plain top-level functions; `train.py` binds the model and optimizer with
-functools.partial and compiles them with jax.jit, donating the state.
+An objective is `(params, batch, rng, train) -> (loss, aux sums)`: the forward pass and the loss
+of one task. `make_objective` picks it from config.task (an explicit choice); train.py binds it
+and the optimizer with functools.partial and compiles the steps with jax.jit, donating the state.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, Callable
 
 import flax
 import flax.linen as nn
@@ -16,6 +18,13 @@ import optax
 
 from jaxdl import losses
 from jaxdl.data.augment import random_shift
+from jaxdl.errors import UserError
+
+Objective = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
+
+# The model input each task feeds the model (the rest of the batch is labels and mask).
+INPUT_KEYS = {"image_classification": "image", "text_classification": "tokens",
+              "language_model": "inputs"}
 
 
 @flax.struct.dataclass
@@ -27,31 +36,66 @@ class TrainState:
   rng: jax.Array        # uint32[2]: the run's base key; step t uses fold_in(rng, t)
 
 
-def create_state(model: nn.Module, tx: optax.GradientTransformation, sample_batch: dict,
+def create_state(model: nn.Module, tx: optax.GradientTransformation, sample_inputs: jax.Array,
                  seed: int) -> TrainState:
-  """Initialises params from `seed`; the sample batch only fixes shapes."""
+  """Initialises params from `seed`; the sample inputs only fix shapes."""
   # A raw uint32 key (not a typed key array) so Orbax stores it as an ordinary array.
   init_rng, base_rng = jax.random.split(jax.random.PRNGKey(seed))
-  params = model.init({"params": init_rng}, sample_batch["image"], train=False)["params"]
+  params = model.init({"params": init_rng}, sample_inputs, train=False)["params"]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                     rng=base_rng)
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
-               tx: optax.GradientTransformation, label_smoothing: float,
-               max_shift: int) -> tuple[TrainState, dict[str, jax.Array]]:
+def classify_images(params, batch, rng, train, *, model: nn.Module, label_smoothing: float,
+                    max_shift: int):
+  """Softmax cross-entropy of an image classifier; training images are randomly shifted."""
+  images = batch["image"]
+  if train:
+    shift_rng, rng = jax.random.split(rng)
+    images = random_shift(images, shift_rng, max_shift)
+  logits_BxC = model.apply({"params": params}, images, train=train, rngs={"dropout": rng})
+  return losses.softmax_cross_entropy(logits_BxC, batch["label"], batch["mask"],
+                                      label_smoothing if train else 0.0)
+
+
+def classify_text(params, batch, rng, train, *, model: nn.Module, label_smoothing: float):
+  """Softmax cross-entropy of a sentence classifier, plus the confusion matrix."""
+  logits_BxC = model.apply({"params": params}, batch["tokens"], train=train,
+                           rngs={"dropout": rng})
+  loss, aux = losses.softmax_cross_entropy(logits_BxC, batch["label"], batch["mask"],
+                                           label_smoothing if train else 0.0)
+  aux["confusion"] = losses.confusion_matrix(logits_BxC, batch["label"], batch["mask"])
+  return loss, aux
+
+
+def predict_next_token(params, batch, rng, train, *, model: nn.Module):
+  """Next-token cross-entropy of a language model over whole windows."""
+  logits_BxLxV = model.apply({"params": params}, batch["inputs"], train=train,
+                             rngs={"dropout": rng})
+  return losses.next_token_cross_entropy(logits_BxLxV, batch["targets"], batch["mask"])
+
+
+def make_objective(config, model: nn.Module) -> Objective:
+  """The objective of config.task, with the model and the config's loss options bound."""
+  if config.task == "image_classification":
+    return functools.partial(classify_images, model=model,
+                             label_smoothing=config.loss.label_smoothing,
+                             max_shift=config.data.random_shift)
+  if config.task == "text_classification":
+    return functools.partial(classify_text, model=model,
+                             label_smoothing=config.loss.label_smoothing)
+  if config.task == "language_model":
+    return functools.partial(predict_next_token, model=model)
+  raise UserError(f"task={config.task!r} is not one of {', '.join(INPUT_KEYS)}")
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, objective: Objective,
+               tx: optax.GradientTransformation) -> tuple[TrainState, dict[str, jax.Array]]:
   """One update on one global batch; metrics are sums over its unmasked examples."""
   # Every random choice of this step derives from the base key and the step number, so a
   # resumed run draws exactly what the uninterrupted one did.
-  shift_rng, dropout_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
-  images = random_shift(batch["image"], shift_rng, max_shift)
-
-  def loss_fn(params):
-    logits_BxC = model.apply({"params": params}, images, train=True,
-                             rngs={"dropout": dropout_rng})
-    return losses.softmax_cross_entropy(logits_BxC, batch["label"], batch["mask"],
-                                        label_smoothing)
-
+  rng = jax.random.fold_in(state.rng, state.step)
+  loss_fn = lambda params: objective(params, batch, rng, True)
   (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
@@ -60,8 +104,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
 
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array], *,
-              model: nn.Module) -> dict[str, jax.Array]:
-  """Sums of loss, correct predictions and count over the batch's unmasked examples."""
-  logits_BxC = model.apply({"params": state.params}, batch["image"], train=False)
-  _, aux = losses.softmax_cross_entropy(logits_BxC, batch["label"], batch["mask"])
+              objective: Objective) -> dict[str, jax.Array]:
+  """The objective's sums over the batch's unmasked examples, without dropout or augmentation."""
+  _, aux = objective(state.params, batch, jax.random.PRNGKey(0), False)  # rng unused: eval
   return aux

@@ -22,14 +22,6 @@ from jaxdl.errors import UserError
 _add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b))
 
 
-def _summarise(sums: dict[str, Any]) -> dict[str, float]:
-  """Loss and accuracy means from summed metrics; `count` is the number of examples."""
-  sums = jax.device_get(sums)
-  count = float(sums["count"])
-  return {"loss": float(sums["loss_sum"]) / count, "accuracy": float(sums["correct"]) / count,
-          "count": int(count)}
-
-
 def _changes(old: dict, new: dict, prefix: str = "") -> dict[str, tuple[Any, Any]]:
   """{dotted key: (old, new)} for every leaf that differs between two config dicts."""
   out = {}
@@ -42,20 +34,34 @@ def _changes(old: dict, new: dict, prefix: str = "") -> dict[str, tuple[Any, Any
   return out
 
 
+def _brief(split: str, m: dict[str, Any]) -> str:
+  """A split's metrics for console lines: 'test accuracy 98.20% (982/1000) | test loss 0.0500'."""
+  line = f"{split} loss {m['loss']:.4f}"
+  if "accuracy" in m:
+    line = (f"{split} accuracy {100 * m['accuracy']:.2f}% "
+            f"({round(m['accuracy'] * m['count'])}/{m['count']}) | {line}")
+  if "macro_f1" in m:
+    line += f" | {split} macro-F1 {100 * m['macro_f1']:.2f}%"
+  if "perplexity" in m:
+    line += f" | {split} ppl {m['perplexity']:.2f} | {m['bits_per_token']:.3f} bits/token"
+  return line
+
+
 def evaluate(eval_step, state, arrays: dict[str, np.ndarray], batch_size: int,
-             mesh) -> dict[str, float]:
-  """Loss and accuracy over every example of a split exactly once (ragged end padded, masked)."""
+             mesh) -> dict[str, Any]:
+  """metrics.summarise of every example of a split exactly once (ragged end padded, masked)."""
   sums = None
   for batch in data.eval_batches(arrays, batch_size, jax.process_index(), jax.process_count()):
     out = eval_step(state, parallel.global_batch(batch, mesh))
     sums = out if sums is None else _add(sums, out)
-  return _summarise(sums)
+  return metrics.summarise(sums)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains config's experiment in workdir, resuming from its latest checkpoint if any.
 
-  Returns the final eval metrics ('test_loss', 'test_accuracy', 'test_count').
+  Returns the final eval metrics, f"{split}_{name}" for each of the dataset's final splits
+  (MNIST: 'test_loss', 'test_accuracy', 'test_count').
   """
   validate.validate(config, workdir)
 
@@ -66,34 +72,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   replicated = parallel.replicated(mesh)
 
   # 2. data: whole splits in host memory; train batches are a function of (seed, step).
-  splits, source = data.load_images(config.data)
-  for split, arrays in splits.items():
-    if arrays["label"].max() >= config.model.num_classes or arrays["label"].min() < 0:
-      raise UserError(f"the {split} split has labels outside 0..{config.model.num_classes - 1} "
-                      f"(config.model.num_classes={config.model.num_classes})")
-  train_batches = data.TrainBatches(splits["train"], config.batch_size, config.seed,
-                                    jax.process_index(), jax.process_count())
+  dataset = data.load(config, workdir)
+  train_batches = dataset.train
   steps_per_epoch = train_batches.steps_per_epoch
   num_steps = (config.num_train_steps if config.num_train_steps > 0
                else config.num_epochs * steps_per_epoch)
   eval_every = config.eval_every or steps_per_epoch
 
   # 3. model and 4. optimizer.
-  model = models.get_model(config)
+  model = models.get_model(config, **dataset.model_info)
   tx = optim.make(config.opt, num_steps)
   lr_at = optim.schedule(config.opt, num_steps)
+  objective = steps.make_objective(config, model)
 
   # 5. state: initialised directly into its replicated layout.
-  sample = parallel.global_batch(train_batches.batch(0), mesh)
+  sample = parallel.global_batch(train_batches.batch(0), mesh)[steps.INPUT_KEYS[config.task]]
   state = jax.jit(functools.partial(steps.create_state, model, tx, seed=config.seed),
                   out_shardings=replicated)(sample)
   state_sharding = jax.tree.map(lambda x: x.sharding, state)
-  train_step = jax.jit(
-      functools.partial(steps.train_step, model=model, tx=tx,
-                        label_smoothing=config.loss.label_smoothing,
-                        max_shift=config.data.random_shift),
-      out_shardings=(state_sharding, replicated), donate_argnums=0)
-  eval_step = jax.jit(functools.partial(steps.eval_step, model=model), out_shardings=replicated)
+  train_step = jax.jit(functools.partial(steps.train_step, objective=objective, tx=tx),
+                       out_shardings=(state_sharding, replicated), donate_argnums=0)
+  eval_step = jax.jit(functools.partial(steps.eval_step, objective=objective),
+                      out_shardings=replicated)
 
   # 6. restore: the first write to the workdir happens here, after every check has passed.
   # Leaving the `with` (normally or by an exception) waits for the last asynchronous save.
@@ -105,7 +105,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       state, loop = ckpts.restore(state)
       train_batches.check_position(int(state.step), loop["data"])
       if loop["interval_sums"] is not None:
-        interval_sums = {k: jnp.float32(v) for k, v in loop["interval_sums"].items()}
+        interval_sums = {k: jnp.asarray(v, jnp.float32) for k, v in loop["interval_sums"].items()}
       writer.print(f"resumed from the checkpoint at step {int(state.step)} in {ckpts.directory}")
     start_step = int(state.step)
     if start_step > num_steps:
@@ -118,20 +118,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         writer.print(f"resuming with a changed config: {key}: {old!r} -> {new!r}")
     if writer.enabled:
       metrics.write_json(config_path, resolved)
+      for name, text in dataset.files.items():  # e.g. the vocabulary, kept beside checkpoints
+        path = os.path.join(workdir, name)
+        if not os.path.exists(path):
+          metrics.write_text(path, text)
 
     def save(step):
       sums = None if interval_sums is None else {
-          k: float(v) for k, v in jax.device_get(interval_sums).items()}
+          k: np.asarray(v).tolist() for k, v in jax.device_get(interval_sums).items()}
       ckpts.save(step, state, {"data": train_batches.position(step), "interval_sums": sums})
 
     writer.print(
-        f"data: {source} | train {train_batches.size:,} test {len(splits['test']['label']):,} | "
+        f"data: {dataset.source} | {dataset.describe} | "
         f"{jax.device_count()} {jax.devices()[0].platform} device(s), batch {config.batch_size} "
         f"({config.batch_size // jax.device_count()} per device) | {num_steps:,} steps "
         f"({steps_per_epoch} per epoch)")
 
     # 7. loop: a plain for over steps; logging, eval and checkpoints at fixed step boundaries.
     run_start = interval_start = time.time()
+    interval_step = start_step
     for step in range(start_step, num_steps):
       batch = parallel.global_batch(train_batches.batch(step), mesh)
       state, step_sums = train_step(state, batch)
@@ -142,35 +147,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         writer.print(f"first step (compilation included) took {time.time() - run_start:.1f}s")
 
       if done % config.log_every == 0 or done == num_steps:
-        train = _summarise(interval_sums)
-        examples_per_s = train["count"] / max(time.time() - interval_start, 1e-9)
-        eta = (num_steps - done) * config.batch_size / max(examples_per_s, 1e-9)
-        writer.write("train", done, {"loss": train["loss"], "accuracy": train["accuracy"],
-                                     "lr": float(lr_at(step)), "examples_per_s": examples_per_s})
+        train = metrics.summarise(interval_sums)
+        seconds = max(time.time() - interval_start, 1e-9)
+        unit = "examples" if "accuracy" in train else "tokens"
+        per_s = train["count"] / seconds
+        eta = (num_steps - done) * seconds / (done - interval_step)
+        writer.write("train", done, {
+            "loss": train["loss"], "lr": float(lr_at(step)), f"{unit}_per_s": per_s,
+            **({"accuracy": train["accuracy"]} if "accuracy" in train else {})})
+        acc = f"acc {100 * train['accuracy']:6.2f}% | " if "accuracy" in train else ""
         writer.print(f"step {done:>{len(str(num_steps))}}/{num_steps} | "
-                     f"epoch {done / steps_per_epoch:5.2f} | loss {train['loss']:.4f} | "
-                     f"acc {100 * train['accuracy']:6.2f}% | {examples_per_s:,.0f} ex/s | "
-                     f"ETA {metrics.format_duration(eta)}")
-        interval_sums, interval_start = None, time.time()
+                     f"epoch {done / steps_per_epoch:5.2f} | loss {train['loss']:.4f} | {acc}"
+                     f"{per_s:,.0f} {unit}/s | ETA {metrics.format_duration(eta)}")
+        interval_sums, interval_start, interval_step = None, time.time(), done
 
       if done % eval_every == 0 and done != num_steps:
         jax.block_until_ready(state)  # queued train steps belong to the train interval's time
         eval_start = time.time()
-        test = evaluate(eval_step, state, splits["test"], config.eval_batch_size, mesh)
-        writer.write("eval", done, {f"test_{k}": v for k, v in test.items()})
-        writer.print(f"eval at step {done}: test loss {test['loss']:.4f} | "
-                     f"test acc {100 * test['accuracy']:.2f}%")
+        split = dataset.eval_split
+        result = evaluate(eval_step, state, dataset.evals[split], config.eval_batch_size, mesh)
+        writer.write("eval", done, {f"{split}_{k}": v for k, v in result.items()})
+        writer.print(f"eval at step {done}: {_brief(split, result)}")
         interval_start += time.time() - eval_start  # train throughput excludes eval time
 
       if done % config.checkpoint_every == 0 or done == num_steps:
         save(done)
 
-    # 8. finish: final eval (the last step saved the final checkpoint), summary line.
-    test = evaluate(eval_step, state, splits["test"], config.eval_batch_size, mesh)
-  final = {f"test_{k}": v for k, v in test.items()}
+    # 8. finish: final evals (the last step saved the final checkpoint), summary line.
+    results = {split: evaluate(eval_step, state, dataset.evals[split], config.eval_batch_size,
+                               mesh) for split in dataset.final_splits}
+  final = {f"{split}_{k}": v for split, result in results.items() for k, v in result.items()}
   writer.write("final", num_steps, final)
-  writer.print(
-      f"final: test accuracy {100 * test['accuracy']:.2f}% "
-      f"({round(test['accuracy'] * test['count'])}/{test['count']}) | test loss "
-      f"{test['loss']:.4f} | {num_steps} steps, {time.time() - run_start:.1f}s | data: {source}")
+  writer.print(f"final: {' | '.join(_brief(s, r) for s, r in results.items())} | "
+               f"{num_steps} steps, {time.time() - run_start:.1f}s | data: {dataset.source}")
   return final

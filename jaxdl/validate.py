@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 
-from jaxdl import models, optim
+from jaxdl import data as data_lib, models, optim
 from jaxdl.data import images
 from jaxdl.errors import UserError
 
@@ -41,6 +41,8 @@ def _check_workdir(workdir: str) -> None:
 
 def validate(config, workdir: str) -> None:
   """Raises UserError for the first config value or workdir that cannot work."""
+  _require(config.task in data_lib.TASKS, "task", config.task,
+           f"must be one of {', '.join(data_lib.TASKS)}")
   for key in ("batch_size", "eval_batch_size", "log_every", "checkpoint_every",
               "keep_checkpoints"):
     _require(config[key] > 0, key, config[key], "must be > 0")
@@ -62,20 +64,24 @@ def validate(config, workdir: str) -> None:
 
   model = config.model
   _require(0 <= model.dropout < 1, "model.dropout", model.dropout, "must be in [0, 1)")
-  _require(model.num_classes > 1, "model.num_classes", model.num_classes, "must be > 1")
-  models.get_model(config)  # raises for an unknown model.name or model.init
+  _require(model.name in models.MODEL_NAMES, "model.name", model.name,
+           f"must be one of {', '.join(models.MODEL_NAMES)}")
   _require(0 <= config.loss.label_smoothing < 1, "loss.label_smoothing",
            config.loss.label_smoothing, "must be in [0, 1)")
   _require(config.seed >= 0, "seed", config.seed, "must be >= 0")
 
   data = config.data
-  _require(data.source in images.SOURCES, "data.source", data.source,
-           f"must be one of {', '.join(images.SOURCES)}")
-  _require(data.random_shift >= 0, "data.random_shift", data.random_shift, "must be >= 0")
-  _require(data.synthetic_size > 0, "data.synthetic_size", data.synthetic_size, "must be > 0")
+  if config.task == "image_classification":
+    _require(model.num_classes > 1, "model.num_classes", model.num_classes, "must be > 1")
+    models.get_model(config)  # raises for an unknown model.init
+    _require(data.source in images.SOURCES, "data.source", data.source,
+             f"must be one of {', '.join(images.SOURCES)}")
+    _require(data.random_shift >= 0, "data.random_shift", data.random_shift, "must be >= 0")
+    _require(data.synthetic_size > 0, "data.synthetic_size", data.synthetic_size, "must be > 0")
   for key in ("path", "tfds_dir"):
-    if data[key]:
+    if data.get(key):
       path = os.path.expanduser(data[key])
       _require(os.path.exists(path), f"data.{key}", data[key], "does not exist")
-      _require(os.path.isdir(path), f"data.{key}", data[key], "is not a directory")
+      if key == "tfds_dir" or config.task == "image_classification":  # text may be one file
+        _require(os.path.isdir(path), f"data.{key}", data[key], "is not a directory")
   _check_workdir(workdir)

@@ -11,7 +11,7 @@ from jaxdl.models.cnn import CNN
 
 def test_state_and_loop_round_trip(tmp_path):
   tx = optax.adamw(1e-3)
-  state = steps.create_state(CNN(), tx, {"image": np.zeros((1, 28, 28, 1), np.uint8)}, seed=3)
+  state = steps.create_state(CNN(), tx, np.zeros((1, 28, 28, 1), np.uint8), seed=3)
   state = state.replace(step=jnp.int32(7))
   loop = {"data": {"epoch": 0, "batch_in_epoch": 7}, "interval_sums": {"loss_sum": 1.5}}
   ckpts = checkpoint.Checkpoints(str(tmp_path), keep=2)
@@ -20,7 +20,7 @@ def test_state_and_loop_round_trip(tmp_path):
   ckpts.close()
   assert sorted(int(d.name) for d in (tmp_path / "checkpoints").iterdir() if d.name.isdigit()) == [5, 7]
 
-  blank = steps.create_state(CNN(), tx, {"image": np.zeros((1, 28, 28, 1), np.uint8)}, seed=0)
+  blank = steps.create_state(CNN(), tx, np.zeros((1, 28, 28, 1), np.uint8), seed=0)
   ckpts = checkpoint.Checkpoints(str(tmp_path), keep=2)
   assert ckpts.latest_step() == 7
   restored, restored_loop = ckpts.restore(blank)

@@ -20,10 +20,11 @@ def _batch(n=16, seed=0):
 
 def _setup(max_shift=0, dropout=0.0, tx=optax.adam(1e-3)):
   model = CNN(dropout=dropout)
-  state = steps.create_state(model, tx, _batch(), seed=0)
-  step = functools.partial(steps.train_step, model=model, tx=tx, label_smoothing=0.0,
-                           max_shift=max_shift)
-  return model, state, step
+  state = steps.create_state(model, tx, _batch()["image"], seed=0)
+  objective = functools.partial(steps.classify_images, model=model, label_smoothing=0.0,
+                                max_shift=max_shift)
+  step = functools.partial(steps.train_step, objective=objective, tx=tx)
+  return objective, state, step
 
 
 def test_train_step_lowers_loss_on_a_fixed_batch():
@@ -68,7 +69,7 @@ def test_train_step_donates_the_state():
 
 
 def test_masked_examples_change_nothing():
-  model, state, step = _setup()
+  objective, state, step = _setup()
   batch = _batch(16)
   half = {k: v[:8] for k, v in batch.items()}
   padded = dict(batch, mask=np.r_[np.ones(8), np.zeros(8)].astype(np.float32))
@@ -79,5 +80,5 @@ def test_masked_examples_change_nothing():
   np.testing.assert_allclose(m1["loss_sum"], m2["loss_sum"], rtol=1e-5)
   for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-  sums = steps.eval_step(state, padded, model=model)
+  sums = steps.eval_step(state, padded, objective=objective)
   assert float(sums["count"]) == 8

@@ -70,7 +70,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_mnist, tmp_
 
   assert train.train_and_evaluate(tiny_mnist, resumed) == expected
   assert _comparable(resumed) == _comparable(full)  # no step lost, none logged twice
-  like = steps.create_state(*_model_tx(tiny_mnist), {"image": np.zeros((1, 28, 28, 1))}, 0)
+  like = steps.create_state(*_model_tx(tiny_mnist), np.zeros((1, 28, 28, 1)), 0)
   for a, b in zip(jax.tree.leaves(_final_params(full, like)),
                   jax.tree.leaves(_final_params(resumed, like))):
     np.testing.assert_array_equal(a, b)  # bitwise
@@ -123,9 +123,10 @@ def test_rerunning_a_finished_run_changes_nothing(tiny_mnist, tmp_path, capsys):
 def test_evaluate_counts_a_ragged_last_batch_once(tiny_mnist):
   model, tx = _model_tx(tiny_mnist)
   arrays = images.synthetic(10, 37, seed=1)["test"]
-  state = steps.create_state(model, tx, arrays, seed=0)
+  state = steps.create_state(model, tx, arrays["image"], seed=0)
   mesh = train.parallel.make_mesh()
-  eval_step = jax.jit(functools.partial(steps.eval_step, model=model))
+  objective = steps.make_objective(tiny_mnist, model)
+  eval_step = jax.jit(functools.partial(steps.eval_step, objective=objective))
   ragged = train.evaluate(eval_step, state, arrays, 16, mesh)  # 16 + 16 + 5 (padded to 16)
   whole = train.evaluate(eval_step, state, arrays, 37, mesh)
   assert ragged["count"] == whole["count"] == 37

@@ -1,6 +1,21 @@
-"""Data: sources that load whole splits into memory, and the deterministic batch iterators."""
+"""Data: sources that load whole splits into memory, and the deterministic batch iterators.
 
-from jaxdl.data.images import load as load_images
+`load(config, workdir)` is the one place a task becomes a loader (an explicit choice).
+"""
+
+from jaxdl.data import images
+from jaxdl.data.dataset import Dataset
 from jaxdl.data.iterator import TrainBatches, eval_batches
+from jaxdl.errors import UserError
 
-__all__ = ["load_images", "TrainBatches", "eval_batches"]
+TASKS = ("image_classification",)  # config.task
+
+
+def load(config, workdir: str) -> Dataset:
+  """The Dataset for config.task; reads (never writes) files a previous run left in workdir."""
+  if config.task == "image_classification":
+    return images.load_dataset(config, workdir)
+  raise UserError(f"task={config.task!r} is not one of {', '.join(TASKS)}")
+
+
+__all__ = ["Dataset", "TASKS", "TrainBatches", "eval_batches", "load"]

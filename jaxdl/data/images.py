@@ -24,8 +24,11 @@ from typing import Any
 import zlib
 
 from absl import logging
+import jax
 import numpy as np
 
+from jaxdl.data.dataset import Dataset
+from jaxdl.data.iterator import TrainBatches
 from jaxdl.errors import UserError, first_line
 
 Splits = dict[str, dict[str, np.ndarray]]
@@ -293,3 +296,19 @@ def load(data_cfg: Any) -> tuple[Splits, str]:
   if source == "auto":
     raise UserError(_ways_to_get(name))
   raise UserError(f"data.source={source!r} cannot load data.name={name!r}")
+
+
+def load_dataset(config: Any, workdir: str) -> Dataset:
+  """The image-classification Dataset: shuffled train batches, the test split for eval."""
+  del workdir  # nothing of an image run's data lives in the workdir
+  splits, source = load(config.data)
+  num_classes = config.model.num_classes
+  for split, arrays in splits.items():
+    if arrays["label"].max() >= num_classes or arrays["label"].min() < 0:
+      raise UserError(f"the {split} split has labels outside 0..{num_classes - 1} "
+                      f"(config.model.num_classes={num_classes})")
+  train = TrainBatches(splits["train"], config.batch_size, config.seed, jax.process_index(),
+                       jax.process_count())
+  return Dataset(train=train, evals={"test": splits["test"]}, eval_split="test",
+                 final_splits=("test",), source=source,
+                 describe=f"train {train.size:,} test {len(splits['test']['label']):,}")
