@@ -39,3 +39,39 @@ def run_main(*args: str, env: dict | None = None, timeout: float = 300):
   return subprocess.run([sys.executable, "-m", "jaxdl.main", *args], cwd=REPO,
                         capture_output=True, text=True, timeout=timeout,
                         env={**os.environ, **(env or {})})
+
+
+def write_play(path, num_lines: int = 400, seed: int = 0) -> str:
+  """A small made-up play (speaker lines and verse), written as UTF-8; returns its text."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  speakers = ["ROMEO", "JULIET", "NURSE", "FRIAR"]
+  words = ["love", "night", "thee", "sweet", "death", "fair", "the", "my", "and", "is", "o"]
+  lines = []
+  for _ in range(num_lines):
+    lines.append(f"{rng.choice(speakers)}:\n" + " ".join(rng.choice(words, 6)).capitalize() + ".\n")
+  text = "\n".join(lines)
+  with open(path, "w", encoding="utf-8") as f:
+    f.write(text)
+  return text
+
+
+@pytest.fixture
+def tiny_lm(tmp_path):
+  """The real LM config shrunk to seconds: a tiny Transformer on a small made-up play."""
+  c = load_config("tiny_lm")
+  c.data.path = str(tmp_path / "play.txt")
+  write_play(c.data.path)
+  c.model.num_layers = 2
+  c.model.num_heads = 2
+  c.model.width = 32
+  c.model.block_size = 16
+  c.batch_size = 8
+  c.eval_batch_size = 16
+  c.data.eval_windows = 40
+  c.num_train_steps = 24
+  c.log_every = 5
+  c.eval_every = 10
+  c.checkpoint_every = 8
+  c.opt.warmup_steps = 4
+  return c

@@ -32,9 +32,11 @@ import math
 import os
 
 from absl import logging
+import jax
 import numpy as np
 
 from jaxdl.data import images
+from jaxdl.data.dataset import Dataset
 from jaxdl.errors import UserError, first_line
 
 SOURCES = ("auto", "files", "tfds", "pydoc")  # config.data.source
@@ -251,3 +253,22 @@ def load_vocab(config, workdir: str, text: str) -> tuple[Vocab, str]:
   else:
     vocab = Vocab.build(config.data.vocab, text)
   return vocab, vocab.to_json()
+
+
+def load_dataset(config, workdir: str) -> Dataset:
+  """The language-model Dataset: random train windows, fixed 'val' windows, the vocabulary."""
+  text, source = load_text(config.data)
+  train_text, val_text = split_text(text, config.data.val_fraction)
+  vocab, vocab_json = load_vocab(config, workdir, text)
+  what = f"the text ({source})"
+  train_ids, val_ids = vocab.encode(train_text, what), vocab.encode(val_text, what)
+  block = config.model.block_size
+  train = TrainWindows(train_ids, block, config.batch_size, config.seed, jax.process_index(),
+                       jax.process_count())
+  val = eval_windows(val_ids, block, config.data.eval_windows)
+  unit = "chars" if vocab.kind == "chars" else "bytes"
+  return Dataset(
+      train=train, evals={"val": val}, eval_split="val", final_splits=("val",), source=source,
+      describe=(f"train {len(train_ids):,} {unit} | val {len(val_ids):,} {unit}, evaluated as "
+                f"{len(val['inputs']):,} windows of {block} | vocabulary {vocab.size} {unit}"),
+      model_info={"vocab_size": vocab.size}, files={VOCAB_FILE: vocab_json})

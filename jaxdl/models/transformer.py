@@ -144,6 +144,7 @@ class TransformerLM(nn.Module):
       x_BxTxD = x_BxTxD + nn.Embed(self.block_size, self.width, name="pos_embed",
                                    embedding_init=nn.initializers.normal(_INIT_STD))(
                                        positions_T).astype(self.dtype)
+    x_BxTxD = self.perturb("embedded", x_BxTxD)  # a no-op hook for gradient tests
     x_BxTxD = nn.Dropout(self.dropout, deterministic=not train)(x_BxTxD)
     for i in range(self.num_layers):
       x_BxTxD = Block(self.num_heads, self.mlp_ratio, self.block_size, self.positions,
