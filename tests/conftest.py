@@ -56,16 +56,17 @@ def write_play(path, num_lines: int = 400, seed: int = 0) -> str:
   return text
 
 
-@pytest.fixture
-def tiny_lm(tmp_path):
+def tiny_lm_config(text_path: str):
   """The real LM config shrunk to seconds: a tiny Transformer on a small made-up play."""
   c = load_config("tiny_lm")
-  c.data.path = str(tmp_path / "play.txt")
-  write_play(c.data.path)
+  c.data.path = text_path
+  if not os.path.exists(text_path):
+    write_play(text_path)
   c.model.num_layers = 2
   c.model.num_heads = 2
   c.model.width = 32
   c.model.block_size = 16
+  c.model.dropout = 0.1  # exercises the step rng in resume tests
   c.batch_size = 8
   c.eval_batch_size = 16
   c.data.eval_windows = 40
@@ -75,3 +76,18 @@ def tiny_lm(tmp_path):
   c.checkpoint_every = 8
   c.opt.warmup_steps = 4
   return c
+
+
+@pytest.fixture
+def tiny_lm(tmp_path):
+  return tiny_lm_config(str(tmp_path / "play.txt"))
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_lm(tmp_path_factory):
+  """(config, workdir, final metrics) of one uninterrupted tiny LM run, shared by the tests."""
+  from jaxdl import train  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp("tiny_lm")
+  config = tiny_lm_config(str(root / "play.txt"))
+  workdir = str(root / "run")
+  return config, workdir, train.train_and_evaluate(config, workdir)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from jaxdl import sample, train
+from jaxdl import sample
 from jaxdl.errors import UserError
 from jaxdl.models.transformer import TransformerLM
 
@@ -57,9 +57,8 @@ def _sample_cli(*args):
                         capture_output=True, text=True, timeout=300)
 
 
-def test_sample_cli_on_a_tiny_trained_run(tiny_lm, tmp_path):
-  workdir = str(tmp_path / "w")
-  train.train_and_evaluate(tiny_lm, workdir)
+def test_sample_cli_on_a_tiny_trained_run(trained_tiny_lm):
+  _, workdir, _ = trained_tiny_lm
   cli = _sample_cli(f"--workdir={workdir}", "--prompt=ROMEO:", "--num_chars=40", "--seed=3")
   assert cli.returncode == 0, cli.stderr
   assert cli.stdout.startswith("ROMEO:") and len(cli.stdout) == len("ROMEO:") + 40 + 1  # + \n
