@@ -33,9 +33,9 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.batch_size = 32           # global batch of training windows, split over all devices
   c.eval_batch_size = 128     # global batch of validation windows
   c.num_epochs = 1            # epochs (one = as many tokens as the training text has)
-  c.num_train_steps = 2_000   # if > 0, the run length in steps, overriding num_epochs
+  c.num_train_steps = 1_200   # if > 0, the run length in steps, overriding num_epochs
   c.log_every = 100           # steps between train lines on the console and in metrics.jsonl
-  c.eval_every = 500          # steps between validation evals; 0 = once per epoch
+  c.eval_every = 400          # steps between validation evals; 0 = once per epoch
   c.checkpoint_every = 1_000  # steps between checkpoints; one is always written at the end
   c.keep_checkpoints = 2      # how many of the newest checkpoints to keep
 
@@ -45,10 +45,11 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.model.num_heads = 4       # attention heads; width must divide by it
   c.model.width = 128         # model (residual stream) width
   c.model.mlp_ratio = 4       # MLP hidden width = mlp_ratio * width
-  c.model.block_size = 128    # context length: train/eval window, position table, decode cache
+  c.model.block_size = 64     # context length: train/eval window, position table, decode cache
   c.model.positions = "rope"  # learned | rope (rotary, in queries and keys)
   c.model.dropout = 0.0       # attention-weight and residual dropout during training
   c.model.tie_embeddings = True  # output layer = transposed token embedding (GPT-2, nanoGPT)
+  c.model.use_bias = False    # biases in dense layers and LayerNorms (nanoGPT: none)
   c.model.dtype = "float32"   # matmul dtype: float32 | bfloat16 (params stay float32)
 
   c.data = ml_collections.ConfigDict()
@@ -62,7 +63,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
 
   c.opt = ml_collections.ConfigDict()
   c.opt.name = "adamw"        # sgd | adam | adamw (optax names)
-  c.opt.lr = 2e-3             # peak learning rate
+  c.opt.lr = 3e-3             # peak learning rate
   c.opt.schedule = "cosine"   # constant | cosine (linear warmup, cosine decay)
   c.opt.warmup_steps = 100    # steps of linear warmup from 0 (cosine schedule only)
   c.opt.end_lr_factor = 0.1   # final lr = lr * end_lr_factor (cosine schedule only)
@@ -81,7 +82,6 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.batch_size = 12
     c.num_train_steps = 2_000
     c.eval_every = 500
-    c.model.block_size = 64
     c.model.positions = "learned"
     c.opt.lr = 1e-3
     c.opt.end_lr_factor = 0.1

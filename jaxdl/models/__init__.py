@@ -30,5 +30,6 @@ def get_model(config, **model_info) -> nn.Module:
     return TransformerLM(vocab_size=model_info["vocab_size"], num_layers=m.num_layers,
                          num_heads=m.num_heads, width=m.width, mlp_ratio=m.mlp_ratio,
                          block_size=m.block_size, positions=m.positions, dropout=m.dropout,
-                         tie_embeddings=m.tie_embeddings, dtype=DTYPES[m.dtype])
+                         tie_embeddings=m.tie_embeddings, use_bias=m.use_bias,
+                         dtype=DTYPES[m.dtype])
   raise UserError(f"model.name={m.name!r} is not one of {', '.join(MODEL_NAMES)}")

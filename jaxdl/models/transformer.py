@@ -38,6 +38,7 @@ class CausalSelfAttention(nn.Module):
   positions: str
   dropout: float
   num_layers: int
+  use_bias: bool
   dtype: jnp.dtype
 
   @nn.compact
@@ -46,7 +47,8 @@ class CausalSelfAttention(nn.Module):
     b, t, d = x_BxTxD.shape
     h = self.num_heads
     dense = lambda n, std, name: nn.DenseGeneral(
-        n, kernel_init=nn.initializers.normal(std), dtype=self.dtype, name=name)
+        n, kernel_init=nn.initializers.normal(std), use_bias=self.use_bias, dtype=self.dtype,
+        name=name)
     qkv_BxTx3xHxK = dense((3, h, d // h), _INIT_STD, "qkv")(x_BxTxD)
     q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = (qkv_BxTx3xHxK[:, :, i] for i in range(3))
     if self.positions == "rope":
@@ -72,7 +74,7 @@ class CausalSelfAttention(nn.Module):
     weights_BxHxTxS = jax.nn.softmax(scores_BxHxTxS, axis=-1).astype(self.dtype)
     weights_BxHxTxS = nn.Dropout(self.dropout, deterministic=not train)(weights_BxHxTxS)
     out_BxTxHxK = jnp.einsum("bhts,bshk->bthk", weights_BxHxTxS, v_BxSxHxK)
-    return nn.DenseGeneral(d, axis=(-2, -1), dtype=self.dtype, name="out",
+    return nn.DenseGeneral(d, axis=(-2, -1), use_bias=self.use_bias, dtype=self.dtype, name="out",
                            kernel_init=nn.initializers.normal(
                                _INIT_STD / (2 * self.num_layers) ** 0.5))(out_BxTxHxK)
 
@@ -85,23 +87,25 @@ class Block(nn.Module):
   positions: str
   dropout: float
   num_layers: int
+  use_bias: bool
   dtype: jnp.dtype
 
   @nn.compact
   def __call__(self, x_BxTxD: jax.Array, positions_T: jax.Array, *, train: bool,
                decode: bool) -> jax.Array:
     d = x_BxTxD.shape[-1]
+    norm = lambda name: nn.LayerNorm(use_bias=self.use_bias, dtype=self.dtype, name=name)
     drop = nn.Dropout(self.dropout, deterministic=not train)
     y = CausalSelfAttention(self.num_heads, self.block_size, self.positions, self.dropout,
-                            self.num_layers, self.dtype, name="attn")(
-                                nn.LayerNorm(dtype=self.dtype, name="ln_attn")(x_BxTxD),
-                                positions_T, train=train, decode=decode)
+                            self.num_layers, self.use_bias, self.dtype, name="attn")(
+                                norm("ln_attn")(x_BxTxD), positions_T, train=train, decode=decode)
     x_BxTxD = x_BxTxD + drop(y)
-    y = nn.LayerNorm(dtype=self.dtype, name="ln_mlp")(x_BxTxD)
-    y = nn.Dense(self.mlp_ratio * d, dtype=self.dtype, name="mlp_in",
+    y = norm("ln_mlp")(x_BxTxD)
+    y = nn.Dense(self.mlp_ratio * d, use_bias=self.use_bias, dtype=self.dtype, name="mlp_in",
                  kernel_init=nn.initializers.normal(_INIT_STD))(y)
-    y = nn.Dense(d, dtype=self.dtype, name="mlp_out", kernel_init=nn.initializers.normal(
-        _INIT_STD / (2 * self.num_layers) ** 0.5))(nn.gelu(y))
+    y = nn.gelu(y, approximate=False)  # the exact (erf) GELU, as PyTorch's nn.GELU() in nanoGPT
+    y = nn.Dense(d, use_bias=self.use_bias, dtype=self.dtype, name="mlp_out",
+                 kernel_init=nn.initializers.normal(_INIT_STD / (2 * self.num_layers) ** 0.5))(y)
     return x_BxTxD + drop(y)
 
 
@@ -115,6 +119,7 @@ class TransformerLM(nn.Module):
     positions: 'learned' (a table added to the token embedding) or 'rope' (rotary, in q and k).
     dropout: rate on attention weights and on each residual branch during training.
     tie_embeddings: the output layer reuses the token embedding (GPT-2, nanoGPT).
+    use_bias: biases in the dense layers and LayerNorms (nanoGPT's default: none).
     dtype: compute dtype of the matmuls (params stay float32; logits are float32).
   """
   vocab_size: int
@@ -126,6 +131,7 @@ class TransformerLM(nn.Module):
   positions: str = "learned"
   dropout: float = 0.0
   tie_embeddings: bool = True
+  use_bias: bool = False
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -148,13 +154,14 @@ class TransformerLM(nn.Module):
     x_BxTxD = nn.Dropout(self.dropout, deterministic=not train)(x_BxTxD)
     for i in range(self.num_layers):
       x_BxTxD = Block(self.num_heads, self.mlp_ratio, self.block_size, self.positions,
-                      self.dropout, self.num_layers, self.dtype, name=f"block_{i}")(
+                      self.dropout, self.num_layers, self.use_bias, self.dtype,
+                      name=f"block_{i}")(
                           x_BxTxD, positions_T, train=train, decode=decode)
-    x_BxTxD = nn.LayerNorm(dtype=self.dtype, name="ln_final")(x_BxTxD)
+    x_BxTxD = nn.LayerNorm(use_bias=self.use_bias, dtype=self.dtype, name="ln_final")(x_BxTxD)
     if self.tie_embeddings:
       logits_BxTxV = embed.attend(x_BxTxD)
     else:
-      logits_BxTxV = nn.Dense(self.vocab_size, dtype=self.dtype, name="head",
+      logits_BxTxV = nn.Dense(self.vocab_size, use_bias=False, dtype=self.dtype, name="head",
                               kernel_init=nn.initializers.normal(_INIT_STD))(x_BxTxD)
     return logits_BxTxV.astype(jnp.float32)
 
