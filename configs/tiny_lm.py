@@ -49,7 +49,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.model.positions = "rope"  # learned | rope (rotary, in queries and keys)
   c.model.dropout = 0.0       # attention-weight and residual dropout during training
   c.model.tie_embeddings = True  # output layer = transposed token embedding (GPT-2, nanoGPT)
-  c.model.use_bias = False    # biases in dense layers and LayerNorms (nanoGPT: none)
+  c.model.use_bias = True     # biases in dense layers and LayerNorms (nanoGPT: none)
   c.model.dtype = "float32"   # matmul dtype: float32 | bfloat16 (params stay float32)
 
   c.data = ml_collections.ConfigDict()

@@ -33,12 +33,18 @@ def test_output_shape_and_get_model():
   params = model.init(jax.random.PRNGKey(0), jnp.zeros((2, 64), jnp.int32), train=False)["params"]
   assert model.apply({"params": params}, jnp.zeros((2, 64), jnp.int32),
                      train=False).shape == (2, 64, 65)
-  # No biases (nanoGPT's bias=False). Per block: qkv 128*384, out 128*128, MLP 128*512 and
-  # 512*128, 2 LayerNorm scales 2*128; token 65*128 and position 64*128 embeddings, a final
-  # LayerNorm 128. nanoGPT prints 0.80M: this less the position table.
-  per_block = 128 * 384 + 128 * 128 + 128 * 512 + 512 * 128 + 2 * 128
-  expected = 4 * per_block + 65 * 128 + 64 * 128 + 128
-  assert sum(x.size for x in jax.tree.leaves(params)) == expected == 804_096
+  # Per block: qkv 128*384+384, out 128*128+128, MLP 128*512+512 and 512*128+128, 2 LayerNorms
+  # 2*256; then token 65*128 and position 64*128 embeddings (the output layer is tied), the final
+  # LayerNorm 256.
+  per_block = 128 * 384 + 384 + 128 * 128 + 128 + 128 * 512 + 512 + 512 * 128 + 128 + 512
+  expected = 4 * per_block + 65 * 128 + 64 * 128 + 256
+  assert sum(x.size for x in jax.tree.leaves(params)) == expected == 809_856
+  # Without biases (nanoGPT's bias=False) the LayerNorms keep only their scales.
+  config.model.use_bias = False
+  params = models.get_model(config, vocab_size=65).init(
+      jax.random.PRNGKey(0), jnp.zeros((1, 64), jnp.int32), train=False)["params"]
+  biases = 4 * (384 + 128 + 512 + 128 + 2 * 128) + 128
+  assert sum(x.size for x in jax.tree.leaves(params)) == expected - biases == 804_096
   config.model.positions = "alibi"
   with pytest.raises(UserError, match="model.positions='alibi' is not one of learned, rope"):
     models.get_model(config, vocab_size=65)

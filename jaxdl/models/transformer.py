@@ -103,7 +103,7 @@ class Block(nn.Module):
     y = norm("ln_mlp")(x_BxTxD)
     y = nn.Dense(self.mlp_ratio * d, use_bias=self.use_bias, dtype=self.dtype, name="mlp_in",
                  kernel_init=nn.initializers.normal(_INIT_STD))(y)
-    y = nn.gelu(y, approximate=False)  # the exact (erf) GELU, as PyTorch's nn.GELU() in nanoGPT
+    y = nn.gelu(y)  # tanh-approximate GELU (GPT-2's; nanoGPT's PyTorch nn.GELU() is the erf one)
     y = nn.Dense(d, use_bias=self.use_bias, dtype=self.dtype, name="mlp_out",
                  kernel_init=nn.initializers.normal(_INIT_STD / (2 * self.num_layers) ** 0.5))(y)
     return x_BxTxD + drop(y)
@@ -119,7 +119,7 @@ class TransformerLM(nn.Module):
     positions: 'learned' (a table added to the token embedding) or 'rope' (rotary, in q and k).
     dropout: rate on attention weights and on each residual branch during training.
     tie_embeddings: the output layer reuses the token embedding (GPT-2, nanoGPT).
-    use_bias: biases in the dense layers and LayerNorms (nanoGPT's default: none).
+    use_bias: biases in the dense layers and LayerNorms (nanoGPT's default is none).
     dtype: compute dtype of the matmuls (params stay float32; logits are float32).
   """
   vocab_size: int
@@ -131,7 +131,7 @@ class TransformerLM(nn.Module):
   positions: str = "learned"
   dropout: float = 0.0
   tie_embeddings: bool = True
-  use_bias: bool = False
+  use_bias: bool = True
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
