@@ -70,6 +70,16 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.loss = ml_collections.ConfigDict()
   c.loss.label_smoothing = 0.0  # cross-entropy label smoothing
 
+  c.train = ml_collections.ConfigDict()
+  c.train.skip_nonfinite = False  # True: skip (and count) updates with a non-finite loss or
+                                  # gradient; False: stop the run with an error naming the step
+
+  c.parallel = ml_collections.ConfigDict()
+  c.parallel.mode = "jit"       # jit: one program on a device Mesh | pmap: jax.pmap + lax.pmean
+  c.parallel.fsdp = False       # jit: shard params + optimizer state over 'data' (ZeRO-3)
+  c.parallel.fsdp_min_size = 1024  # fsdp: arrays with fewer elements stay replicated
+  c.parallel.mesh_shape = (-1,)  # devices per mesh axis ('data',); -1 = all the job's devices
+
   if preset == "seed":
     c.num_epochs = 10
     c.model.init = "torch"

@@ -1,53 +1,193 @@
-"""Orbax checkpoints under WORKDIR/checkpoints: the TrainState plus the loop's JSON state.
+"""Orbax checkpoints under WORKDIR/checkpoints, and everything that keeps them trustworthy.
 
 Each checkpoint step holds two items: 'state' (the TrainState pytree, restored with the shardings
 of the state it replaces) and 'loop' (JSON: the data position and the partial metric sums of the
 current log interval), so a resumed run logs exactly what an uninterrupted one would.
 Saves are asynchronous: device arrays are copied to host before `save` returns, so the next
-(donating) train step may run while the files are written.
+(donating) train step may run while the files are written. Orbax writes each save into a
+temporary directory and renames it when complete, so a kill mid-save never leaves a step
+directory that looks finished.
+
+Faults handled here:
+  - a kill mid-save leaves Orbax's `<step>.orbax-checkpoint-tmp*` directory: it never was a
+    checkpoint; it is removed (with a WARNING) when the next run opens the directory.
+  - a damaged step directory (truncated or missing files): `restore_latest` moves it aside to
+    `checkpoints/damaged-<step>` (kept for inspection, never deleted) with a WARNING, and
+    falls back to the next newest intact checkpoint.
+  - a checkpoint whose arrays do not fit the config's state (another model or optimizer):
+    refused with a UserError, never moved or touched.
+  - a workdir whose config.json differs from this run's in a key that changes what the
+    checkpoint means: refused by `check_resume_config`, which lists the keys.
+  - SIGTERM / SIGINT: `StopSignals` sets a flag that the loop reads at step boundaries.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import threading
 from typing import Any
 
+from absl import logging
 import jax
 import orbax.checkpoint as ocp
 
+from jaxdl import metrics
 from jaxdl.errors import UserError, first_line
+
+# Config keys a resumed run may change: they decide how long and how verbosely the run goes on,
+# not what the saved params, optimizer state and data position mean. Any other difference from
+# the workdir's config.json (model.*, data.name/path/source, task, seed, batch_size, opt.*,
+# loss.*, ...) is refused. Changing the run length also stretches the lr schedule.
+HARMLESS_KEYS = ("num_train_steps", "num_epochs", "log_every", "eval_every", "checkpoint_every",
+                 "keep_checkpoints", "eval_batch_size", "data.download_dir",
+                 "train.skip_nonfinite", "parallel.mode", "parallel.fsdp",
+                 "parallel.fsdp_min_size", "parallel.mesh_shape")  # Orbax reshards on restore
+
+_TMP_MARK = ".orbax-checkpoint-tmp"  # Orbax's suffix for a save still being written
+
+
+def config_changes(old: dict, new: dict, prefix: str = "") -> dict[str, tuple[Any, Any]]:
+  """{dotted key: (old, new)} for every leaf that differs between two config dicts; a key that
+  one side lacks (a section added to the config since) shows as None on that side."""
+  out = {}
+  for key in sorted(set(old) | set(new)):
+    a, b = old.get(key), new.get(key)
+    b = list(b) if isinstance(b, tuple) else b  # config.json holds tuples as JSON lists
+    if isinstance(a, dict) or isinstance(b, dict):
+      if isinstance(a or {}, dict) and isinstance(b or {}, dict):
+        out.update(config_changes(a or {}, b or {}, f"{prefix}{key}."))
+        continue
+    if a != b:
+      out[f"{prefix}{key}"] = (a, b)
+  return out
+
+
+def _step_dirs(directory: str) -> list[str]:
+  return [n for n in os.listdir(directory) if n.isdigit()] if os.path.isdir(directory) else []
+
+
+def check_resume_config(workdir: str, resolved: dict) -> dict[str, tuple[Any, Any]]:
+  """The harmless config changes since the run that wrote workdir's checkpoints.
+
+  Raises UserError listing the keys when any other key differs. Reads only; a workdir without
+  checkpoints or without config.json has nothing to check.
+  """
+  config_path = os.path.join(workdir, "config.json")
+  if not _step_dirs(os.path.join(workdir, "checkpoints")) or not os.path.isfile(config_path):
+    return {}
+  try:
+    with open(config_path) as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as e:
+    raise UserError(f"{config_path}: unreadable ({first_line(e)}); use a new --workdir") from None
+  changes = config_changes(saved, resolved)
+  refused = [key for key in changes if key not in HARMLESS_KEYS]
+  if refused:
+    listed = "; ".join(f"{k}: {changes[k][0]!r} -> {changes[k][1]!r}" for k in refused)
+    raise UserError(f"--workdir={workdir} holds checkpoints of another experiment; these keys "
+                    f"differ from its config.json: {listed}. Use a new --workdir (only "
+                    f"{', '.join(HARMLESS_KEYS)} may change on resume)")
+  return changes
+
+
+def _layout(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+  """{'params/Conv_0/kernel': (shape, dtype)} for a pytree of arrays or of Orbax metadata."""
+  def name(entry):
+    for attr in ("key", "name", "idx"):
+      if hasattr(entry, attr):
+        return str(getattr(entry, attr))
+    return str(entry)
+  leaves = jax.tree_util.tree_flatten_with_path(
+      tree, is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))[0]
+  return {"/".join(name(e) for e in path): (tuple(leaf.shape), str(leaf.dtype))
+          for path, leaf in leaves}
 
 
 class Checkpoints:
-  """Save every N steps (the loop decides when), keep the last K, restore the latest."""
+  """Save every N steps (the loop decides when), keep the last K, restore the newest intact."""
 
   def __init__(self, workdir: str, keep: int):
+    root = workdir if metrics.is_url(workdir) else os.path.abspath(workdir)  # gs:// as it is
+    self.directory = os.path.join(root, "checkpoints")
+    unfinished = sorted(n for n in os.listdir(self.directory) if _TMP_MARK in n
+                        ) if os.path.isdir(self.directory) else []
+    if unfinished and jax.process_index() == 0:
+      logging.warning("removing unfinished save(s) of a killed run in %s: %s", self.directory,
+                      ", ".join(unfinished))
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                           enable_async_checkpointing=True)
-    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-    self.manager = ocp.CheckpointManager(self.directory, options=options)
+                                           enable_async_checkpointing=True,
+                                           cleanup_tmp_directories=True)
+    self.manager = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "loop": ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def restore(self, like_state: Any) -> tuple[Any, dict]:
-    """The latest checkpoint, laid out like `like_state` (same shapes, dtypes and shardings)."""
+  def restore_latest(self, like_state: Any) -> tuple[Any, dict] | None:
+    """(state, loop) of the newest intact checkpoint, laid out like `like_state`; None if none.
+
+    A damaged checkpoint is moved aside with a WARNING and the next older one is tried. One whose
+    arrays have other names, shapes or dtypes than like_state's is refused (UserError).
+    """
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like_state)
-    step = self.manager.latest_step()
-    try:
-      restored = self.manager.restore(
-          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                        loop=ocp.args.JsonRestore()))
-    except Exception as e:  # pylint: disable=broad-except  (Orbax raises many types)
-      raise UserError(f"the checkpoint at step {step} in {self.directory} does not fit this "
-                      f"config's model or optimizer ({first_line(e)}); use a new --workdir"
-                      ) from None
-    return restored["state"], restored["loop"]
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        saved = _layout(self.manager.item_metadata(step)["state"])
+      except Exception as e:  # pylint: disable=broad-except  (unreadable metadata: damaged)
+        self._move_aside(step, f"unreadable metadata: {first_line(e)}")
+        continue
+      if not saved:  # Orbax reads a missing metadata file as an empty tree
+        self._move_aside(step, "no array metadata")
+        continue
+      if saved != _layout(abstract):
+        raise UserError(self._mismatch(step, saved, _layout(abstract)))
+      try:
+        restored = self.manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                          loop=ocp.args.JsonRestore()))
+      except Exception as e:  # pylint: disable=broad-except  (Orbax raises many types)
+        self._move_aside(step, first_line(e))
+        continue
+      if not isinstance(restored["loop"], dict) or "data" not in restored["loop"]:
+        self._move_aside(step, "the loop state is missing or empty")
+        continue
+      return restored["state"], restored["loop"]
+    return None
+
+  def _mismatch(self, step: int, saved: dict, wanted: dict) -> str:
+    """One line naming the first arrays that differ between a checkpoint and the config."""
+    diffs = [f"{k}: {saved.get(k, 'absent')} vs {wanted.get(k, 'absent')}"
+             for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)]
+    return (f"the checkpoint at step {step} in {self.directory} does not fit this config's model "
+            f"or optimizer ({len(diffs)} arrays differ, e.g. {'; '.join(diffs[:2])}); use a "
+            f"new --workdir")
+
+  def _move_aside(self, step: int, why: str) -> None:
+    """Renames a damaged step to damaged-<step> (never deletes it) and warns, naming it."""
+    path = os.path.join(self.directory, str(step))
+    target = os.path.join(self.directory, f"damaged-{step}")
+    n = 1
+    while os.path.exists(target):
+      n += 1
+      target = os.path.join(self.directory, f"damaged-{step}-{n}")
+    if jax.process_index() == 0:  # the directory is shared; one process renames
+      os.rename(path, target)
+    logging.warning("checkpoint %s is damaged (%s); moved it to %s, falling back to an older "
+                    "checkpoint", path, why, target)
+    self.manager.reload()
 
   def save(self, step: int, state: Any, loop: dict) -> None:
     self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                     loop=ocp.args.JsonSave(loop)), force=True)
+
+  def wait(self) -> None:
+    """Blocks until every asynchronous save is on disk."""
+    self.manager.wait_until_finished()
 
   def close(self) -> None:
     """Waits for the last asynchronous save to be committed."""
@@ -79,3 +219,48 @@ def latest_params(workdir: str) -> Any:
     raise UserError(f"no checkpoint in {directory}; train first: python -m jaxdl.main "
                     f"--config=configs/tiny_lm.py --workdir={workdir}")
   return restored["state"]["params"]
+
+
+class Stopped(Exception):
+  """Raised by the loop after a SIGTERM or SIGINT, once the current step is saved to disk."""
+
+  def __init__(self, signum: int, step: int):
+    super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}")
+    self.signum, self.step = signum, step
+
+
+class StopSignals:
+  """SIGTERM and SIGINT set a flag; the loop checks `requested(step)` at every step boundary.
+
+  The handler only records the signal: saving from inside a handler could interrupt a half-done
+  step or an Orbax write. A second identical signal gets the default behaviour (kill / Ctrl-C
+  raises KeyboardInterrupt) for a user who does not want to wait for the save.
+
+  Multi-host jobs must agree on the step to save, so there SIGTERM is left to JAX's preemption
+  service (jax.distributed) and `reached_preemption(step)`, which returns True on every process
+  at the same step; SIGINT keeps Python's KeyboardInterrupt (no save).
+  """
+
+  def __init__(self, manager: ocp.CheckpointManager):
+    self.manager = manager
+    self.signum: int | None = None
+    self._previous: dict[int, Any] = {}
+
+  def _handle(self, signum, frame) -> None:
+    del frame
+    self.signum = signum
+    signal.signal(signum, self._previous[signum])
+
+  def requested(self, step: int) -> bool:
+    """Whether to save `step` and stop: a signal arrived, or all hosts reached a preemption."""
+    return self.signum is not None or self.manager.reached_preemption(step)
+
+  def __enter__(self) -> "StopSignals":
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      for signum in (signal.SIGTERM, signal.SIGINT):
+        self._previous[signum] = signal.signal(signum, self._handle)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)

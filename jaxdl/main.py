@@ -7,6 +7,7 @@ does the rest. Every user mistake, in a flag or later, ends as one line on stder
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 from absl import app, flags, logging
@@ -16,6 +17,13 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "experiment config file, optionally with a preset: configs/mnist.py:seed",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints and metrics")
+# Multi-process jobs (see parallel.initialize). A Cloud TPU VM needs none of these, and neither
+# does a cluster that sets JAX_COORDINATOR_ADDRESS and is detected by JAX (Slurm, Open MPI).
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", "", "HOST:PORT of process 0, where the job's processes meet")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "processes in the job (0 = one, or "
+                                      "detected)")
+_PROCESS_ID = flags.DEFINE_integer("process_id", -1, "this process's index, 0..num_processes-1")
 
 
 def _fail(message: str) -> None:
@@ -78,12 +86,15 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     _fail(f"unexpected arguments: {' '.join(argv[1:])}")
   # Imported here so that flag errors are reported before the slower jax/flax/orbax imports.
-  from jaxdl import train  # pylint: disable=g-import-not-at-top
+  from jaxdl import checkpoint, parallel, train  # pylint: disable=g-import-not-at-top
   from jaxdl.errors import UserError  # pylint: disable=g-import-not-at-top
   try:
+    parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except UserError as e:
     _fail(str(e))
+  except checkpoint.Stopped as e:  # the step is saved: 0 for SIGTERM (preemption), 130 for ^C
+    sys.exit(0 if e.signum == signal.SIGTERM else 130)
   except KeyboardInterrupt:
     print("jaxdl: interrupted; re-run the same command to resume from the newest checkpoint",
           file=sys.stderr)

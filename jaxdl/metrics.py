@@ -13,6 +13,7 @@ import sys
 import tempfile
 from typing import Any
 
+from etils import epath
 import jax
 import numpy as np
 
@@ -48,8 +49,16 @@ def write_json(path: str, obj: Any) -> None:
   write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def is_url(path: str) -> bool:
+  """A workdir such as gs://bucket/run: files go through etils.epath (fsspec, gcsfs for GCS)."""
+  return "://" in path
+
+
 def write_text(path: str, text: str) -> None:
-  """Writes text atomically, like write_json."""
+  """Writes text atomically, like write_json (a GCS object write is atomic by itself)."""
+  if is_url(path):
+    epath.Path(path).write_text(text)
+    return
   fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
   with os.fdopen(fd, "w", encoding="utf-8") as f:
     f.write(text)
@@ -57,8 +66,11 @@ def write_text(path: str, text: str) -> None:
 
 
 def read_json(path: str) -> Any:
-  with open(path) as f:
-    return json.load(f)
+  return json.loads(epath.Path(path).read_text())
+
+
+def exists(path: str) -> bool:
+  return epath.Path(path).exists()
 
 
 def format_duration(seconds: float) -> str:
@@ -74,10 +86,10 @@ class Writer:
 
   def drop_after(self, step: int) -> None:
     """Removes events past `step`, and any 'final' event: a resumed run writes them again."""
-    if not self.enabled or not os.path.exists(self.path):
+    if not self.enabled or not exists(self.path):
       return
-    with open(self.path) as f:
-      lines = [line for line in f if line.strip()]
+    lines = [line + "\n" for line in epath.Path(self.path).read_text().splitlines()
+             if line.strip()]
     kept = []
     for line in lines:
       try:
@@ -87,15 +99,18 @@ class Writer:
       except (ValueError, KeyError):
         break  # a line cut short by a kill ends the readable part of the file
     if len(kept) != len(lines):
-      fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.path), prefix=".tmp-")
-      with os.fdopen(fd, "w") as f:
-        f.writelines(kept)
-      os.replace(tmp, self.path)
+      write_text(self.path, "".join(kept))
 
   def write(self, event: str, step: int, values: dict[str, float]) -> None:
-    if self.enabled:
+    if not self.enabled:
+      return
+    line = json.dumps({"event": event, "step": step, **values}) + "\n"
+    if is_url(self.path):  # a GCS object cannot be appended to: rewrite it (it is small)
+      old = epath.Path(self.path).read_text() if exists(self.path) else ""
+      write_text(self.path, old + line)
+    else:
       with open(self.path, "a") as f:
-        f.write(json.dumps({"event": event, "step": step, **values}) + "\n")
+        f.write(line)
 
   def print(self, line: str) -> None:
     if self.enabled:

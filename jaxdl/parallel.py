@@ -1,23 +1,42 @@
-"""The device Mesh and how arrays are laid out on it.
+"""The device Mesh, how arrays are laid out on it, the pmap path, and multi-process start-up.
 
-Data parallelism: the global batch is split over the mesh's 'data' axis and the train state is
-replicated. Each process hands over only its local part of the batch, and
-`jax.make_array_from_process_local_data` assembles the global array. One CPU and one host with
-several devices work today; multi-host jobs also need jax.distributed.initialize(), which
-jaxdl does not call yet.
+Three ways to run the same pure train step (config.parallel):
+  jit (default)  one program over a 1-D Mesh: the global batch is split over its 'data' axis and
+                 the train state is replicated; XLA (GSPMD) inserts the gradient all-reduce.
+  jit + fsdp     the same, with params and optimizer state sharded over 'data' as well (ZeRO-3):
+                 each array's largest divisible dimension is split, small arrays are replicated.
+  pmap           jax.pmap over the devices, with the gradient averaged by lax.pmean inside the
+                 step (steps.train_step's axis_name): the classic replicated data parallelism.
+In every mode the state outside the step is the same pytree of global arrays, so checkpoints,
+evaluation and resumes do not care which mode wrote them (Orbax reshards on restore).
+
+Each process hands over only its local part of the batch; `jax.make_array_from_process_local_data`
+assembles the global array. Multi-process jobs (a TPU pod slice, several GPU hosts, or several CPU
+processes on one machine) start with `initialize`, which main.py calls before anything touches a
+device.
 """
 
 from __future__ import annotations
 
+import functools
+import os
+import re
+from typing import Any, Callable
+
 import jax
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
-from jaxdl.errors import UserError
+from jaxdl.errors import UserError, first_line
 
 
-def make_mesh() -> Mesh:
-  """A 1-D mesh over every device of the job, on the 'data' axis."""
+def make_mesh(mesh_shape: tuple[int, ...] = (-1,)) -> Mesh:
+  """A 1-D mesh over every device of the job, on the 'data' axis; -1 means all devices."""
+  (size,) = mesh_shape
+  if size not in (-1, jax.device_count()):
+    raise UserError(f"config.parallel.mesh_shape={tuple(mesh_shape)} does not match the job's "
+                    f"{jax.device_count()} devices (use ({jax.device_count()},) or (-1,))")
   # Auto axes: jit propagates shardings from the inputs (classic GSPMD). make_mesh defaults to
   # Explicit axes, whose sharding-in-types rules this code does not need.
   return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(AxisType.Auto,))
@@ -39,7 +58,155 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P("data"))
 
 
+def state_shardings(abstract_state: Any, mesh: Mesh, fsdp: bool, min_size: int) -> Any:
+  """The train state's layout: replicated, or (fsdp) each large array split over 'data'.
+
+  FSDP splits an array along its largest dimension that the 'data' axis divides, so each
+  device holds 1/n of it; arrays under `min_size` elements (biases, norms, scalars such as
+  the step and Adam's count) and arrays with no divisible dimension stay replicated. XLA
+  all-gathers the params where the step needs them whole.
+  """
+  n = mesh.shape["data"]
+
+  def layout(x):
+    if fsdp and x.size >= min_size:
+      for dim in sorted(range(x.ndim), key=lambda d: -x.shape[d]):
+        if x.shape[dim] % n == 0:
+          return NamedSharding(mesh, P(*[None] * dim, "data"))
+    return replicated(mesh)
+
+  return jax.tree.map(layout, abstract_state)
+
+
+def sharded_bytes_per_device(state: Any) -> int:
+  """Bytes of `state` that one device holds (the largest share over the devices)."""
+  per_device = {}
+  for x in jax.tree.leaves(state):
+    for shard in x.addressable_shards:
+      per_device[shard.device] = per_device.get(shard.device, 0) + shard.data.nbytes
+  return max(per_device.values())
+
+
+def pmap_train_step(step: Callable, mesh: Mesh) -> Callable:
+  """`step(state, batch, axis_name=...)` under jax.pmap, called like the jit step.
+
+  The state goes in and comes out as the same replicated global arrays as in jit mode
+  (in_axes/out_axes None); the batch, this process's rows, is split into one slice per local
+  device. pmap returns arrays on this process's devices only, so they are re-assembled into
+  global arrays on the mesh (no copy), which keeps checkpoints and evaluation mode-agnostic.
+  """
+  pmapped = jax.pmap(functools.partial(step, axis_name="data"), axis_name="data",
+                     in_axes=(None, 0), out_axes=(None, None), donate_argnums=0)
+  n_local = jax.local_device_count()
+
+  def run(state, local_batch: dict[str, np.ndarray]):
+    per_device = {k: v.reshape(n_local, v.shape[0] // n_local, *v.shape[1:])
+                  for k, v in local_batch.items()}
+    state, sums = pmapped(state, per_device)
+    return to_global(state, mesh), to_global(sums, mesh)
+
+  return run
+
+
+def to_global(tree: Any, mesh: Mesh) -> Any:
+  """Replicated arrays on this process's devices → replicated global arrays on `mesh`."""
+  sharding = replicated(mesh)
+
+  def glob(x):
+    if x.sharding == sharding:
+      return x
+    return jax.make_array_from_single_device_arrays(
+        x.shape, sharding, [shard.data for shard in x.addressable_shards])
+
+  return jax.tree.map(glob, tree)
+
+
 def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   """This process's rows → global arrays sharded over 'data' (no copy between hosts)."""
   sharding = batch_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
+
+
+def _on_cloud_tpu_vm() -> bool:
+  """True on a Cloud TPU VM (TPU chips on the PCI bus and libtpu installed).
+
+  JAX decides this when it is imported; the flag is private, so a JAX without it counts as
+  'not a TPU VM' (a TPU VM then needs an explicit coordinator).
+  """
+  try:
+    from jax._src import cloud_tpu_init  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return False
+  return bool(getattr(cloud_tpu_init, "running_in_cloud_tpu_vm", False))
+
+
+def initialize(coordinator_address: str = "", num_processes: int = 0,
+               process_id: int = -1) -> None:
+  """Joins the multi-process job when one is configured; does nothing for a lone process.
+
+  A job is configured by the arguments (main.py's --coordinator_address, --num_processes,
+  --process_id), else by JAX's JAX_COORDINATOR_ADDRESS environment variable (the process count and
+  id then come from the arguments or JAX's cluster detection: Slurm, Open MPI, Kubernetes), or by
+  running on a Cloud TPU VM, where JAX finds every value itself. Must run before any JAX
+  computation.
+  """
+  address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
+  source = "--coordinator_address" if coordinator_address else "JAX_COORDINATOR_ADDRESS"
+  if not address:
+    if num_processes > 0 or process_id >= 0:
+      raise UserError("--num_processes and --process_id need --coordinator_address=HOST:PORT "
+                      "(the address of process 0)")
+    if not _on_cloud_tpu_vm():
+      return  # one process: nothing to join
+    jax.distributed.initialize()  # a TPU VM: JAX reads the slice's workers from its metadata
+    _check_devices()
+    return
+
+  host, _, port = address.rpartition(":")
+  if not host or not port.isdigit():
+    raise UserError(f"{source}={address}: must be HOST:PORT, e.g. 127.0.0.1:12345")
+  if (num_processes > 0) != (process_id >= 0):
+    raise UserError("--num_processes and --process_id go together (or neither, for JAX's "
+                    "cluster detection)")
+  if num_processes > 0 and not 0 <= process_id < num_processes:
+    raise UserError(f"--process_id={process_id}: must be in 0..{num_processes - 1} "
+                    f"(--num_processes={num_processes})")
+  # Cross-process collectives on CPU (localhost jobs, tests) go through gloo; TPU and GPU use
+  # their own interconnect and ignore this. A gloo all-reduce holds a thread of XLA:CPU's pool
+  # until every device has joined, and the pool has one thread per core: with fewer cores than
+  # local devices (plus the next step's dispatch), the job deadlocks. PJRT_NPROC sizes that pool.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  os.environ.setdefault("PJRT_NPROC", str(max(os.cpu_count() or 1, 2 * _cpu_devices() + 1)))
+  try:
+    jax.distributed.initialize(address, num_processes if num_processes > 0 else None,
+                               process_id if process_id >= 0 else None)
+  except (ValueError, RuntimeError) as e:
+    raise UserError(f"cannot join the job at {source}={address}: {first_line(e)} (pass "
+                    f"--num_processes and --process_id)") from None
+  # The coordinator (process 0) fixes the job's size and a process told another size joins
+  # anyway (JAX does not compare). Every process shares the size it was given, so all of them
+  # stop with the same line instead of the right ones waiting for a peer that left.
+  if num_processes > 0:
+    given = multihost_utils.process_allgather(np.int32(num_processes))
+    for index, count in enumerate(given.tolist()):
+      if count != jax.process_count():
+        raise UserError(f"process {index} has --num_processes={count}, which disagrees with the "
+                        f"coordinator at {address}, whose job has {jax.process_count()} processes")
+  _check_devices()
+
+
+def _cpu_devices() -> int:
+  """The CPU devices this process will have (jax_num_cpu_devices, else XLA_FLAGS, else 1)."""
+  if jax.config.jax_num_cpu_devices > 0:
+    return jax.config.jax_num_cpu_devices
+  match = re.search(r"--xla_force_host_platform_device_count=(\d+)",
+                    os.environ.get("XLA_FLAGS", ""))
+  return int(match.group(1)) if match else 1
+
+
+def _check_devices() -> None:
+  """Every process must hold as many devices as every other: each feeds an equal batch slice."""
+  if jax.device_count() != jax.local_device_count() * jax.process_count():
+    raise UserError(f"process {jax.process_index()} has {jax.local_device_count()} devices but "
+                    f"the job's {jax.process_count()} processes have {jax.device_count()} in "
+                    f"all; give every process the same number of devices")

@@ -89,18 +89,52 @@ def make_objective(config, model: nn.Module) -> Objective:
   raise UserError(f"task={config.task!r} is not one of {', '.join(INPUT_KEYS)}")
 
 
+# aux['first_nonfinite'] of a step whose loss and gradients are finite: above any step number
+# (float32 holds step numbers exactly up to 2**24).
+NO_NONFINITE = float(2**31)
+
+
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, objective: Objective,
-               tx: optax.GradientTransformation) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One update on one global batch; metrics are sums over its unmasked examples."""
+               tx: optax.GradientTransformation, skip_nonfinite: bool = False,
+               axis_name: str | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One update on one global batch; metrics are sums over its unmasked examples.
+
+  Under jax.jit the batch is the global batch. Under jax.pmap (`axis_name` names the device
+  axis) it is one device's slice, and the gradient and sums are combined across the axis.
+
+  aux also counts a non-finite loss or gradient ('nonfinite': 0 or 1) and names the update it
+  happened in ('first_nonfinite': state.step + 1, else NO_NONFINITE; merged by minimum). With
+  skip_nonfinite such an update is not applied (params and optimizer state stay as they were,
+  the step still advances) and its loss sums are zeroed; the loop reads the flags only where
+  it syncs with the device anyway.
+  """
   # Every random choice of this step derives from the base key and the step number, so a
   # resumed run draws exactly what the uninterrupted one did.
   rng = jax.random.fold_in(state.rng, state.step)
+  if axis_name is not None:  # pmap: each device draws its own dropout and augmentation
+    rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
   loss_fn = lambda params: objective(params, batch, rng, True)
-  (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  if axis_name is not None:
+    # Each device's loss is the mean over its own rows. Weighting its gradient by its row count
+    # (pmean(count * g) / pmean(count)) gives the gradient of the global-batch mean, as under
+    # jit, even when an epoch's padded last batch leaves the devices unequal counts.
+    count = aux["count"]
+    mean_count = jnp.maximum(jax.lax.pmean(count, axis_name), 1e-9)
+    grads = jax.tree.map(lambda g: jax.lax.pmean(count * g, axis_name) / mean_count, grads)
+    aux = jax.lax.psum(aux, axis_name)
+    loss = aux["loss_sum"] / jnp.maximum(aux["count"], 1.0)  # the global batch's, as under jit
+  finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
+      [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                        opt_state=opt_state)
-  return state, aux
+  params = optax.apply_updates(state.params, updates)
+  if skip_nonfinite:
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+    aux = jax.tree.map(lambda v: jnp.where(finite, v, jnp.zeros_like(v)), aux)
+  aux["nonfinite"] = 1.0 - finite.astype(jnp.float32)
+  aux["first_nonfinite"] = jnp.where(finite, NO_NONFINITE, (state.step + 1).astype(jnp.float32))
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), aux
 
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array], *,

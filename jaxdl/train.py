@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import time
 from typing import Any
 
@@ -19,19 +20,25 @@ import numpy as np
 from jaxdl import checkpoint, data, metrics, models, optim, parallel, steps, validate
 from jaxdl.errors import UserError
 
-_add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b))
+# Adds metric sums; 'first_nonfinite' (the first update with a non-finite loss) merges by min.
+# (A key missing from `a`, e.g. sums restored from an older checkpoint, counts as b's value.)
+_add = jax.jit(lambda a, b: {
+    k: (jnp.minimum if k == "first_nonfinite" else jnp.add)(a[k], b[k]) if k in a else b[k]
+    for k in b})
 
 
-def _changes(old: dict, new: dict, prefix: str = "") -> dict[str, tuple[Any, Any]]:
-  """{dotted key: (old, new)} for every leaf that differs between two config dicts."""
-  out = {}
-  for key in sorted(set(old) | set(new)):
-    a, b = old.get(key), new.get(key)
-    if isinstance(a, dict) and isinstance(b, dict):
-      out.update(_changes(a, b, f"{prefix}{key}."))
-    elif a != b:
-      out[f"{prefix}{key}"] = (a, b)
-  return out
+def _check_finite(sums, skip_nonfinite: bool, ckpts: checkpoint.Checkpoints) -> None:
+  """Stops the run (UserError) if an update since the last check had a non-finite loss or
+  gradient. Called where the loop syncs with the device anyway: before logging and saving."""
+  if sums is None or skip_nonfinite:
+    return
+  first = float(sums["first_nonfinite"])
+  if first < steps.NO_NONFINITE:
+    last = ckpts.latest_step()
+    kept = f"the last good checkpoint is step {last}" if last is not None else "no checkpoint yet"
+    raise UserError(f"training diverged: non-finite loss or gradient at step {int(first)} "
+                    f"({kept}, left intact); lower opt.lr, set opt.grad_clip_norm, or set "
+                    f"train.skip_nonfinite=True to skip such updates")
 
 
 def _brief(split: str, m: dict[str, Any]) -> str:
@@ -45,6 +52,14 @@ def _brief(split: str, m: dict[str, Any]) -> str:
   if "perplexity" in m:
     line += f" | {split} ppl {m['perplexity']:.2f} | {m['bits_per_token']:.3f} bits/token"
   return line
+
+
+def _layout(config: ml_collections.ConfigDict, state) -> str:
+  """How the step runs and what the state costs each device: 'jit+fsdp, state 1.2 of 9.6 MB'."""
+  mode = config.parallel.mode + ("+fsdp" if config.parallel.fsdp else "")
+  total = sum(x.nbytes for x in jax.tree.leaves(state)) / 1e6
+  per_device = parallel.sharded_bytes_per_device(state) / 1e6
+  return f"{mode}, state {per_device:.3g} of {total:.3g} MB per device"
 
 
 def evaluate(eval_step, state, arrays: dict[str, np.ndarray], batch_size: int,
@@ -64,9 +79,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   (MNIST: 'test_loss', 'test_accuracy', 'test_count').
   """
   validate.validate(config, workdir)
+  resolved = config.to_dict()
+  config_changes = checkpoint.check_resume_config(workdir, resolved)  # reads only
+  skip_nonfinite = config.train.skip_nonfinite
 
   # 1. parallel: one mesh over all devices; batches split over its 'data' axis.
-  mesh = parallel.make_mesh()
+  mesh = parallel.make_mesh(config.parallel.mesh_shape)
   parallel.check_batch("batch_size", config.batch_size, mesh)
   parallel.check_batch("eval_batch_size", config.eval_batch_size, mesh)
   replicated = parallel.replicated(mesh)
@@ -85,24 +103,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   lr_at = optim.schedule(config.opt, num_steps)
   objective = steps.make_objective(config, model)
 
-  # 5. state: initialised directly into its replicated layout.
+  # 5. state: initialised directly into its layout (replicated, or sharded by fsdp). The
+  # train step is the same pure function in every mode: compiled for the mesh by jax.jit, or
+  # run per device by jax.pmap on this process's rows of the batch.
   sample = parallel.global_batch(train_batches.batch(0), mesh)[steps.INPUT_KEYS[config.task]]
-  state = jax.jit(functools.partial(steps.create_state, model, tx, seed=config.seed),
-                  out_shardings=replicated)(sample)
-  state_sharding = jax.tree.map(lambda x: x.sharding, state)
-  train_step = jax.jit(functools.partial(steps.train_step, objective=objective, tx=tx),
-                       out_shardings=(state_sharding, replicated), donate_argnums=0)
+  create = functools.partial(steps.create_state, model, tx, seed=config.seed)
+  state_sharding = parallel.state_shardings(jax.eval_shape(create, sample), mesh,
+                                            config.parallel.fsdp, config.parallel.fsdp_min_size)
+  state = jax.jit(create, out_shardings=state_sharding)(sample)
+  step_fn = functools.partial(steps.train_step, objective=objective, tx=tx,
+                            skip_nonfinite=skip_nonfinite)
+  if config.parallel.mode == "pmap":
+    train_step = parallel.pmap_train_step(step_fn, mesh)
+  else:
+    train_step = jax.jit(step_fn, out_shardings=(state_sharding, replicated), donate_argnums=0)
   eval_step = jax.jit(functools.partial(steps.eval_step, objective=objective),
                       out_shardings=replicated)
 
   # 6. restore: the first write to the workdir happens here, after every check has passed.
   # Leaving the `with` (normally or by an exception) waits for the last asynchronous save.
-  os.makedirs(workdir, exist_ok=True)
+  if not metrics.is_url(workdir):  # object stores (gs://) have no directories to make
+    os.makedirs(workdir, exist_ok=True)
   writer = metrics.Writer(workdir)
-  with checkpoint.Checkpoints(workdir, config.keep_checkpoints) as ckpts:
+  # From here SIGTERM/SIGINT only set a flag (checkpoint.StopSignals), read after each step.
+  with (checkpoint.Checkpoints(workdir, config.keep_checkpoints) as ckpts,
+        checkpoint.StopSignals(ckpts.manager) as signals):
     interval_sums = None  # metric sums since the last train log line
-    if ckpts.latest_step() is not None:
-      state, loop = ckpts.restore(state)
+    restored = ckpts.restore_latest(state)  # None for a fresh workdir
+    if restored is not None:
+      state, loop = restored
       train_batches.check_position(int(state.step), loop["data"])
       if loop["interval_sums"] is not None:
         interval_sums = {k: jnp.asarray(v, jnp.float32) for k, v in loop["interval_sums"].items()}
@@ -112,33 +141,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       raise UserError(f"the checkpoint in {ckpts.directory} is at step {start_step}, past this "
                       f"config's {num_steps} steps (num_epochs or num_train_steps lowered?)")
     writer.drop_after(start_step)  # events the interrupted run logged after its last checkpoint
-    config_path, resolved = os.path.join(workdir, "config.json"), config.to_dict()
-    if start_step and os.path.exists(config_path):
-      for key, (old, new) in _changes(metrics.read_json(config_path), resolved).items():
+    if start_step:
+      for key, (old, new) in config_changes.items():
         writer.print(f"resuming with a changed config: {key}: {old!r} -> {new!r}")
     if writer.enabled:
-      metrics.write_json(config_path, resolved)
+      metrics.write_json(os.path.join(workdir, "config.json"), resolved)
       for name, text in dataset.files.items():  # e.g. the vocabulary, kept beside checkpoints
         path = os.path.join(workdir, name)
-        if not os.path.exists(path):
+        if not metrics.exists(path):
           metrics.write_text(path, text)
 
     def save(step):
+      _check_finite(interval_sums, skip_nonfinite, ckpts)  # never save a diverged state
       sums = None if interval_sums is None else {
           k: np.asarray(v).tolist() for k, v in jax.device_get(interval_sums).items()}
       ckpts.save(step, state, {"data": train_batches.position(step), "interval_sums": sums})
 
     writer.print(
         f"data: {dataset.source} | {dataset.describe} | "
-        f"{jax.device_count()} {jax.devices()[0].platform} device(s), batch {config.batch_size} "
-        f"({config.batch_size // jax.device_count()} per device) | {num_steps:,} steps "
-        f"({steps_per_epoch} per epoch)")
+        f"{jax.device_count()} {jax.devices()[0].platform} device(s)"
+        f"{f' in {jax.process_count()} processes' if jax.process_count() > 1 else ''}, "
+        f"batch {config.batch_size} "
+        f"({config.batch_size // jax.device_count()} per device) | {_layout(config, state)} | "
+        f"{num_steps:,} steps ({steps_per_epoch} per epoch)")
 
     # 7. loop: a plain for over steps; logging, eval and checkpoints at fixed step boundaries.
     run_start = interval_start = time.time()
     interval_step = start_step
     for step in range(start_step, num_steps):
-      batch = parallel.global_batch(train_batches.batch(step), mesh)
+      batch = train_batches.batch(step)  # this process's rows of global batch `step`
+      if config.parallel.mode == "jit":
+        batch = parallel.global_batch(batch, mesh)
       state, step_sums = train_step(state, batch)
       interval_sums = step_sums if interval_sums is None else _add(interval_sums, step_sums)
       done = step + 1
@@ -147,21 +180,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         writer.print(f"first step (compilation included) took {time.time() - run_start:.1f}s")
 
       if done % config.log_every == 0 or done == num_steps:
+        _check_finite(interval_sums, skip_nonfinite, ckpts)
         train = metrics.summarise(interval_sums)
+        skipped = int(interval_sums["nonfinite"]) if skip_nonfinite else 0
         seconds = max(time.time() - interval_start, 1e-9)
         unit = "examples" if "accuracy" in train else "tokens"
         per_s = train["count"] / seconds
         eta = (num_steps - done) * seconds / (done - interval_step)
         writer.write("train", done, {
             "loss": train["loss"], "lr": float(lr_at(step)), f"{unit}_per_s": per_s,
-            **({"accuracy": train["accuracy"]} if "accuracy" in train else {})})
+            **({"accuracy": train["accuracy"]} if "accuracy" in train else {}),
+            **({"skipped_nonfinite": skipped} if skip_nonfinite else {})})
         acc = f"acc {100 * train['accuracy']:6.2f}% | " if "accuracy" in train else ""
         writer.print(f"step {done:>{len(str(num_steps))}}/{num_steps} | "
                      f"epoch {done / steps_per_epoch:5.2f} | loss {train['loss']:.4f} | {acc}"
-                     f"{per_s:,.0f} {unit}/s | ETA {metrics.format_duration(eta)}")
+                     f"{per_s:,.0f} {unit}/s | ETA {metrics.format_duration(eta)}"
+                     f"{f' | skipped {skipped} non-finite update(s)' if skipped else ''}")
         interval_sums, interval_start, interval_step = None, time.time(), done
 
       if done % eval_every == 0 and done != num_steps:
+        _check_finite(interval_sums, skip_nonfinite, ckpts)
         jax.block_until_ready(state)  # queued train steps belong to the train interval's time
         eval_start = time.time()
         split = dataset.eval_split
@@ -170,8 +208,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         writer.print(f"eval at step {done}: {_brief(split, result)}")
         interval_start += time.time() - eval_start  # train throughput excludes eval time
 
-      if done % config.checkpoint_every == 0 or done == num_steps:
+      stop = signals.requested(done)  # SIGTERM or SIGINT arrived: save this step, then exit
+      if stop or done % config.checkpoint_every == 0 or done == num_steps:
         save(done)
+      if stop:
+        ckpts.wait()
+        signum = signals.signum or signal.SIGTERM  # None: a multi-host preemption notice
+        writer.print(f"{signal.Signals(signum).name}: saved the checkpoint at step {done} and "
+                     f"waited for it to reach the disk; re-run the same command to resume")
+        raise checkpoint.Stopped(signum, done)
 
     # 8. finish: final evals (the last step saved the final checkpoint), summary line.
     results = {split: evaluate(eval_step, state, dataset.evals[split], config.eval_batch_size,

@@ -25,6 +25,8 @@ def _check_workdir(workdir: str) -> None:
   """The workdir is a writable directory, or can be created as one; nothing is created here."""
   if not workdir:
     raise UserError("--workdir is required")
+  if "://" in workdir:
+    return  # gs://bucket/run: Orbax and etils.epath write there; access shows at the first write
   path = os.path.abspath(workdir)
   if os.path.exists(path):
     if not os.path.isdir(path):
@@ -69,6 +71,16 @@ def validate(config, workdir: str) -> None:
   _require(0 <= config.loss.label_smoothing < 1, "loss.label_smoothing",
            config.loss.label_smoothing, "must be in [0, 1)")
   _require(config.seed >= 0, "seed", config.seed, "must be >= 0")
+
+  par = config.parallel
+  _require(par.mode in ("jit", "pmap"), "parallel.mode", par.mode, "must be one of jit, pmap")
+  _require(not (par.fsdp and par.mode == "pmap"), "parallel.fsdp", par.fsdp,
+           "needs parallel.mode='jit' (pmap keeps a full copy of the state on every device)")
+  _require(par.fsdp_min_size >= 0, "parallel.fsdp_min_size", par.fsdp_min_size, "must be >= 0")
+  _require(len(par.mesh_shape) == 1 and all(isinstance(n, int) and (n > 0 or n == -1)
+                                            for n in par.mesh_shape),
+           "parallel.mesh_shape", par.mesh_shape,
+           "must be one device count (or -1) for the one mesh axis, 'data', e.g. (8,)")
 
   data = config.data
   if config.task == "image_classification":

@@ -23,7 +23,7 @@ def test_state_and_loop_round_trip(tmp_path):
   blank = steps.create_state(CNN(), tx, np.zeros((1, 28, 28, 1), np.uint8), seed=0)
   ckpts = checkpoint.Checkpoints(str(tmp_path), keep=2)
   assert ckpts.latest_step() == 7
-  restored, restored_loop = ckpts.restore(blank)
+  restored, restored_loop = ckpts.restore_latest(blank)
   ckpts.close()
   assert restored_loop == loop
   for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):

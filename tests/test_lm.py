@@ -200,6 +200,6 @@ def test_tiny_lm_trains_and_resumes_exactly(trained_tiny_lm, tmp_path, monkeypat
   states = []
   for workdir in (full, resumed):
     with checkpoint.Checkpoints(workdir, 3) as ckpts:
-      states.append(ckpts.restore(like)[0])
+      states.append(ckpts.restore_latest(like)[0])
   for a, b in zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[1])):
     np.testing.assert_array_equal(a, b)  # bitwise

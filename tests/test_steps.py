@@ -82,3 +82,21 @@ def test_masked_examples_change_nothing():
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
   sums = steps.eval_step(state, padded, objective=objective)
   assert float(sums["count"]) == 8
+
+
+def test_nonfinite_update_is_flagged_and_skipped_only_when_asked():
+  _, state, step = _setup()
+  bad = _batch()
+  bad["mask"] = bad["mask"] * np.float32("nan")  # NaN loss and gradients
+  applied, aux = jax.jit(step)(state, bad)
+  assert float(aux["nonfinite"]) == 1 and float(aux["first_nonfinite"]) == 1  # update 1
+  assert not np.isfinite(np.asarray(applied.params["Dense_1"]["kernel"])).all()
+  skipping_step = jax.jit(functools.partial(step, skip_nonfinite=True))
+  skipped, aux = skipping_step(state, bad)
+  assert float(aux["nonfinite"]) == 1 and float(aux["loss_sum"]) == 0  # sums zeroed
+  assert int(skipped.step) == 1  # the step (and so the data) still advances
+  for a, b in zip(jax.tree.leaves((state.params, state.opt_state)),
+                  jax.tree.leaves((skipped.params, skipped.opt_state))):
+    np.testing.assert_array_equal(a, b)
+  _, aux = skipping_step(state, _batch())
+  assert float(aux["nonfinite"]) == 0 and float(aux["first_nonfinite"]) == steps.NO_NONFINITE

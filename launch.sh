@@ -1,0 +1,217 @@
+#!/usr/bin/env bash
+# launch.sh: run a jaxdl experiment on a Cloud TPU VM (one host or a pod slice) with gcloud.
+# `./launch.sh --help` explains every subcommand. `--dry-run` prints the exact gcloud command
+# lines instead of running them (no gcloud and no network needed), which is how the tests run it.
+set -euo pipefail
+
+usage() {
+  cat <<'EOF'
+Usage: ./launch.sh SUBCOMMAND [OPTIONS] [--config=FILE[:PRESET]] [--config.KEY=VALUE ...]
+
+Runs a jaxdl experiment on a Cloud TPU VM, single host or pod slice. Every worker of a pod
+slice runs the same command; jaxdl calls jax.distributed.initialize() itself on a TPU VM.
+
+Subcommands:
+  create   Create the TPU VM (gcloud compute tpus tpu-vm create).
+  setup    Copy this checkout (tracked and untracked, not ignored, files) to every worker and
+           install it there: Python 3.12 through uv, jax[tpu], jaxdl (pip install -e), gcsfs.
+           Re-run it after changing the code.
+  run      Start `python -m jaxdl.main --workdir=WORKDIR --config=... --config.k=v ...` on every
+           worker, detached from ssh (setsid + nohup), so it survives a dropped connection.
+           Each worker logs to ~/jaxdl-runs/RUN_NAME.log and records the pid next to it.
+           --config and --config.* arguments (and anything after `--`) pass through unchanged,
+           whatever spaces or quotes they hold. WORKDIR must be a gs:// path: every host
+           writes its part of each checkpoint there. Re-running the same run resumes it.
+  logs     Follow a run's log (worker 0 by default; --worker=N or --worker=all).
+  stop     End a run on every worker: SIGTERM to its process group, SIGKILL 10 s later if
+           it is still there (a multi-process JAX job catches SIGTERM; a detached process
+           ignores SIGINT). Orbax commits checkpoints atomically, so a stopped run resumes
+           from its newest checkpoint when the same `run` is repeated.
+  delete   Delete the TPU VM.
+
+Options (each also from the environment variable in brackets):
+  --name=NAME               TPU VM name [TPU_NAME]                          (required)
+  --zone=ZONE               zone, e.g. us-central2-b [TPU_ZONE]             (required)
+  --project=PROJECT         GCP project; gcloud's default if unset [TPU_PROJECT]
+  --accelerator-type=TYPE   for create: v4-8, v4-32, v5litepod-8, ... [TPU_ACCELERATOR_TYPE]
+                            (default v4-8)
+  --version=VERSION         for create: TPU runtime version [TPU_RUNTIME_VERSION]
+                            (default tpu-ubuntu2204-base)
+  --spot                    for create: a Spot VM (cheaper, may be preempted)
+  --workdir=gs://B/PATH     for run: the jaxdl workdir [JAXDL_WORKDIR]
+  --run-name=NAME           for run/logs/stop: names the log and pid files (default: the
+                            workdir's last path component) [JAXDL_RUN_NAME]
+  --worker=N|all            for logs: which worker's log to follow (default 0)
+  --dry-run                 print the gcloud command lines, run nothing
+  -h, --help                this text
+
+End to end, on a v4-32 pod slice (4 hosts):
+  export TPU_NAME=jaxdl-v4 TPU_ZONE=us-central2-b TPU_ACCELERATOR_TYPE=v4-32
+  ./launch.sh create
+  ./launch.sh setup
+  ./launch.sh run --workdir=gs://MY_BUCKET/runs/mnist --config=configs/mnist.py \
+      --config.batch_size=256
+  ./launch.sh logs --run-name=mnist
+  ./launch.sh stop --run-name=mnist      # optional; `run` again resumes
+  ./launch.sh delete
+EOF
+}
+
+die() {
+  echo "launch.sh: error: $*" >&2
+  exit 1
+}
+
+# Shell-quotes one word the way Python's shlex.quote does: safe words stay as they are, the rest
+# go in single quotes with each ' written as '"'"'. The result is valid POSIX sh and bash.
+quote() {
+  if [[ -n "$1" && "$1" =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then
+    printf '%s' "$1"
+  else
+    printf "'%s'" "${1//\'/\'\"\'\"\'}"
+  fi
+}
+
+# A command line with every word quoted: quote_all a 'b c' → a 'b c'.
+quote_all() {
+  local out="" word
+  for word in "$@"; do
+    out+="${out:+ }$(quote "$word")"
+  done
+  printf '%s' "$out"
+}
+
+# Prints (with --dry-run) or runs one command.
+do_cmd() {
+  if [[ "$DRY_RUN" == 1 ]]; then
+    quote_all "$@"
+    printf '\n'
+  else
+    "$@"
+  fi
+}
+
+# --- Arguments: launch options anywhere, jaxdl's --config* arguments collected for `run`. ------
+SUBCOMMAND=""
+DRY_RUN=0
+SPOT=0
+WORKER="0"
+NAME="${TPU_NAME:-}"
+ZONE="${TPU_ZONE:-}"
+PROJECT="${TPU_PROJECT:-}"
+ACCELERATOR_TYPE="${TPU_ACCELERATOR_TYPE:-v4-8}"
+VERSION="${TPU_RUNTIME_VERSION:-tpu-ubuntu2204-base}"
+WORKDIR="${JAXDL_WORKDIR:-}"
+RUN_NAME="${JAXDL_RUN_NAME:-}"
+JAXDL_ARGS=()
+
+while [[ $# -gt 0 ]]; do
+  arg="$1"
+  shift
+  case "$arg" in
+    -h|--help) usage; exit 0 ;;
+    --dry-run) DRY_RUN=1 ;;
+    --spot) SPOT=1 ;;
+    --name=*) NAME="${arg#*=}" ;;
+    --zone=*) ZONE="${arg#*=}" ;;
+    --project=*) PROJECT="${arg#*=}" ;;
+    --accelerator-type=*) ACCELERATOR_TYPE="${arg#*=}" ;;
+    --version=*) VERSION="${arg#*=}" ;;
+    --workdir=*) WORKDIR="${arg#*=}" ;;
+    --run-name=*) RUN_NAME="${arg#*=}" ;;
+    --worker=*) WORKER="${arg#*=}" ;;
+    --config|--config=*|--config.*) JAXDL_ARGS+=("$arg") ;;
+    --) JAXDL_ARGS+=("$@"); break ;;
+    create|setup|run|logs|stop|delete)
+      [[ -z "$SUBCOMMAND" ]] || die "two subcommands: $SUBCOMMAND and $arg"
+      SUBCOMMAND="$arg" ;;
+    *)
+      # `--config FILE` (two words) is jaxdl's other spelling; keep the pair together.
+      if [[ ${#JAXDL_ARGS[@]} -gt 0 && "${JAXDL_ARGS[-1]}" == "--config" ]]; then
+        JAXDL_ARGS+=("$arg")
+      else
+        die "unknown argument: $arg (see ./launch.sh --help)"
+      fi ;;
+  esac
+done
+
+[[ -n "$SUBCOMMAND" ]] || die "no subcommand; one of create, setup, run, logs, stop, delete (see --help)"
+[[ -n "$NAME" ]] || die "no TPU name: pass --name=NAME or set TPU_NAME"
+[[ -n "$ZONE" ]] || die "no zone: pass --zone=ZONE or set TPU_ZONE"
+if [[ "$SUBCOMMAND" != run && ${#JAXDL_ARGS[@]} -gt 0 ]]; then
+  die "$SUBCOMMAND takes no jaxdl arguments (got ${JAXDL_ARGS[0]})"
+fi
+
+# gcloud's common flags for one TPU VM.
+TPU=(compute tpus tpu-vm)
+WHERE=("--zone=$ZONE")
+[[ -z "$PROJECT" ]] || WHERE+=("--project=$PROJECT")
+
+# On the workers: the code, its virtual environment and the per-run logs live in $HOME.
+REMOTE_SRC='~/jaxdl'
+REMOTE_VENV='~/jaxdl-venv'
+REMOTE_RUNS='~/jaxdl-runs'
+
+ssh_all() {  # ssh_all WORKER COMMAND: one remote shell command on the given worker(s)
+  do_cmd gcloud "${TPU[@]}" ssh "$NAME" "${WHERE[@]}" "--worker=$1" "--command=$2"
+}
+
+run_name() {
+  local name="${RUN_NAME:-${WORKDIR%/}}"
+  name="${name##*/}"
+  [[ "$name" =~ ^[A-Za-z0-9._-]+$ ]] || die "run name '$name' must be letters, digits, . _ - (pass --run-name=NAME)"
+  printf '%s' "$name"
+}
+
+case "$SUBCOMMAND" in
+  create)
+    cmd=(gcloud "${TPU[@]}" create "$NAME" "${WHERE[@]}" "--accelerator-type=$ACCELERATOR_TYPE"
+         "--version=$VERSION")
+    [[ "$SPOT" == 0 ]] || cmd+=(--spot)
+    do_cmd "${cmd[@]}"
+    ;;
+
+  setup)
+    # The working tree as the user sees it (git's tracked + untracked, minus ignored files).
+    repo="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+    archive="${TMPDIR:-/tmp}/jaxdl-src-$NAME.tgz"
+    if [[ "$DRY_RUN" == 1 ]]; then
+      echo "(cd $(quote "$repo") && git ls-files -z --cached --others --exclude-standard | tar --null -T - -czf $(quote "$archive"))"
+    else
+      (cd "$repo" && git ls-files -z --cached --others --exclude-standard | tar --null -T - -czf "$archive")
+    fi
+    do_cmd gcloud "${TPU[@]}" scp "$archive" "$NAME:jaxdl-src.tgz" "${WHERE[@]}" --worker=all
+    # TPU VM images ship Python 3.10; jaxdl needs >= 3.11, so uv fetches a 3.12.
+    ssh_all all "set -e; rm -rf $REMOTE_SRC && mkdir -p $REMOTE_SRC && tar xzf ~/jaxdl-src.tgz -C $REMOTE_SRC && python3 -m pip install --user -q uv && ~/.local/bin/uv venv -q --allow-existing --python 3.12 $REMOTE_VENV && ~/.local/bin/uv pip install -q --python $REMOTE_VENV/bin/python 'jax[tpu]>=0.10.2' gcsfs -e $REMOTE_SRC && $REMOTE_VENV/bin/python -c 'import jax; print(jax.process_index(), jax.device_count(), jax.devices()[0].device_kind)'"
+    ;;
+
+  run)
+    [[ -n "$WORKDIR" ]] || die "run needs --workdir=gs://BUCKET/PATH (or JAXDL_WORKDIR)"
+    [[ "$WORKDIR" == gs://* ]] || die "--workdir=$WORKDIR: must be a gs:// path that every host can reach"
+    [[ ${#JAXDL_ARGS[@]} -gt 0 ]] || die "run needs --config=FILE (e.g. --config=configs/mnist.py)"
+    name="$(run_name)"
+    log="$REMOTE_RUNS/$name.log"
+    # The jaxdl command, each word quoted for the worker's shell; setsid gives it a process
+    # group of its own (what `stop` signals) and nohup + redirections detach it from ssh.
+    # Only the jaxdl command goes in the background (`a && b &` would background the whole
+    # list, whose shell then holds ssh's output open and whose pid is not jaxdl's).
+    jaxdl="$REMOTE_VENV/bin/python $(quote_all -m jaxdl.main "--workdir=$WORKDIR" "${JAXDL_ARGS[@]}")"
+    ssh_all all "set -e; mkdir -p $REMOTE_RUNS; cd $REMOTE_SRC; nohup setsid $jaxdl >> $log 2>&1 < /dev/null & echo \$! > $REMOTE_RUNS/$name.pid; echo \"worker \$(hostname): started pid \$(cat $REMOTE_RUNS/$name.pid), log $log\""
+    ;;
+
+  logs)
+    name="$(run_name)"
+    ssh_all "$WORKER" "tail -n 200 -F $REMOTE_RUNS/$name.log"
+    ;;
+
+  stop)
+    name="$(run_name)"
+    # SIGTERM first; a multi-process JAX job catches it (its preemption notifier), so SIGKILL
+    # follows after 10 s. Orbax commits checkpoints atomically: a kill loses no finished one.
+    ssh_all all "pid=\$(cat $REMOTE_RUNS/$name.pid 2>/dev/null); if [ -n \"\$pid\" ] && kill -TERM -- -\$pid 2>/dev/null; then for i in \$(seq 10); do kill -0 -- -\$pid 2>/dev/null || break; sleep 1; done; kill -KILL -- -\$pid 2>/dev/null; echo \"worker \$(hostname): stopped \$pid\"; else echo \"worker \$(hostname): $name is not running\"; fi"
+    ;;
+
+  delete)
+    do_cmd gcloud "${TPU[@]}" delete "$NAME" "${WHERE[@]}" --quiet
+    ;;
+esac

@@ -1,0 +1,390 @@
+"""Fault tolerance: kills, preemption, damaged checkpoints, divergence, wrong workdirs, bad input.
+
+Each row of README.md's "What happens when..." table names its test here (or in test_main.py /
+test_data.py).
+"""
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import REPO, load_config, run_main
+from jaxdl import checkpoint, data, models, optim, steps, train
+from jaxdl.data import images
+from jaxdl.errors import UserError
+
+
+def _kill_and_resume():
+  spec = importlib.util.spec_from_file_location(
+      "kill_and_resume", os.path.join(REPO, "experiments", "mnist", "kill_and_resume.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _snapshot(root):
+  """{relative path: (size, mtime)} of every file and directory under root."""
+  out = {}
+  for dirpath, dirnames, filenames in os.walk(root):
+    for name in dirnames + filenames:
+      path = os.path.join(dirpath, name)
+      st = os.stat(path)
+      out[os.path.relpath(path, root)] = (st.st_size, st.st_mtime_ns)
+  return out
+
+
+def _like(config):
+  model, tx = models.get_model(config), optim.make(config.opt, config.num_train_steps)
+  return steps.create_state(model, tx, np.zeros((1, 28, 28, 1), np.uint8), seed=0)
+
+
+def _params(workdir, like):
+  with checkpoint.Checkpoints(workdir, keep=3) as ckpts:
+    state, _ = ckpts.restore_latest(like)
+  return jax.tree.leaves(state.params)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+  """A finished tiny run (checkpoints 8, 16, 24) that tests copy and then damage."""
+  config = load_config("mnist")
+  config.data.source, config.data.synthetic_size = "synthetic", 200
+  config.batch_size, config.eval_batch_size, config.num_train_steps = 16, 32, 24
+  config.log_every, config.eval_every, config.checkpoint_every = 5, 10, 8
+  config.opt.warmup_steps = 4
+  workdir = str(tmp_path_factory.mktemp("finished") / "w")
+  final = train.train_and_evaluate(config, workdir)
+  return config, workdir, final
+
+
+# ---------------------------------------------------------------------------------------------
+# Exact resume under SIGKILL, SIGTERM and SIGINT, from the command line.
+
+_CHAOS_FLAGS = ("--config=configs/mnist.py", "--config.data.source=synthetic",
+                "--config.data.synthetic_size=200", "--config.batch_size=16",
+                "--config.eval_batch_size=50", "--config.num_train_steps=60",
+                "--config.log_every=3", "--config.eval_every=10",
+                "--config.checkpoint_every=4", "--config.opt.warmup_steps=4")
+
+
+def test_killed_at_random_moments_resumes_bitwise(tmp_path, tiny_mnist):
+  """5 SIGKILLs (one mid-save), a SIGTERM and a SIGINT at seeded random moments, each followed
+  by the same command; the result equals an uninterrupted run bit for bit."""
+  kr = _kill_and_resume()
+  workdir = str(tmp_path / "killed")
+  cmd = [kr.sys.executable, "-m", "jaxdl.main", f"--workdir={workdir}", *_CHAOS_FLAGS]
+  # A persistent compilation cache spares the restarted processes XLA's compile time; a cached
+  # executable is the program the compiler would produce again, so results stay bitwise equal.
+  cache = {"JAX_COMPILATION_CACHE_DIR": str(tmp_path / "xla-cache"),
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+  record = kr.interrupt_until_done(cmd, workdir, seed=0, kills=5, log=print, env=cache)
+  assert sum(line.startswith("kill") for line in record) >= 5, record
+  assert any("unfinished save left" in line for line in record), record
+
+  # The reference: the same config, uninterrupted, in this process.
+  tiny_mnist.num_train_steps, tiny_mnist.log_every, tiny_mnist.eval_every = 60, 3, 10
+  tiny_mnist.checkpoint_every, tiny_mnist.eval_batch_size = 4, 50
+  reference = str(tmp_path / "reference")
+  train.train_and_evaluate(tiny_mnist, reference)
+  got, want = kr.events(workdir), kr.events(reference)
+  assert got == want
+  train_steps = [e["step"] for e in got if e["event"] == "train"]
+  assert train_steps == sorted(set(train_steps)) == [*range(3, 61, 3)]  # none twice/missing
+  for a, b in zip(_params(workdir, _like(tiny_mnist)), _params(reference, _like(tiny_mnist))):
+    np.testing.assert_array_equal(a, b)  # bitwise
+
+
+def test_sigterm_saves_the_current_step(finished_run, tiny_mnist, tmp_path, monkeypatch,
+                                        capsys):
+  """SIGTERM between checkpoints: step 6 is saved (not just 0), then resumed exactly."""
+  config, full, expected = finished_run
+  assert config.to_dict() == tiny_mnist.to_dict()
+  workdir = str(tmp_path / "w")
+  real_batch = data.TrainBatches.batch
+  def signalling_batch(self, step):
+    if step == 5:  # arrives while step 5 (the 6th update) runs
+      os.kill(os.getpid(), __import__("signal").SIGTERM)
+    return real_batch(self, step)
+  with monkeypatch.context() as patch:
+    patch.setattr(data.TrainBatches, "batch", signalling_batch)
+    with pytest.raises(checkpoint.Stopped) as stopped:
+      train.train_and_evaluate(tiny_mnist, workdir)
+  assert stopped.value.step == 6
+  assert "SIGTERM: saved the checkpoint at step 6" in capsys.readouterr().out
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["6"]
+  assert train.train_and_evaluate(tiny_mnist, workdir) == expected
+  assert "resumed from the checkpoint at step 6" in capsys.readouterr().out
+  assert _kill_and_resume().events(workdir) == _kill_and_resume().events(full)
+
+
+# ---------------------------------------------------------------------------------------------
+# Damaged checkpoints: fall back to the newest intact one, move the bad one aside.
+
+
+def _largest_file(root):
+  paths = [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs]
+  return max(paths, key=os.path.getsize)
+
+
+def _truncate(step_dir):
+  path = _largest_file(os.path.join(step_dir, "state"))
+  with open(path, "r+b") as f:
+    f.truncate(os.path.getsize(path) // 2)
+
+
+def _empty(step_dir):  # a half-copied directory: the step is there, its contents are not
+  shutil.rmtree(step_dir)
+  os.mkdir(step_dir)
+
+
+DAMAGE = {
+    "truncated array data": _truncate,
+    "state metadata missing": lambda d: os.remove(os.path.join(d, "state", "_METADATA")),
+    "state manifest missing": lambda d: os.remove(os.path.join(d, "state", "manifest.ocdbt")),
+    "array data missing": lambda d: shutil.rmtree(os.path.join(d, "state", "ocdbt.process_0")),
+    "loop state missing": lambda d: os.remove(os.path.join(d, "loop", "metadata")),
+    "empty step directory": _empty,
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_damaged_newest_checkpoint_falls_back(finished_run, tmp_path, damage, caplog):
+  config, source, _ = finished_run
+  workdir = str(tmp_path / "w")
+  shutil.copytree(source, workdir)
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  DAMAGE[damage](os.path.join(ckpt_dir, "24"))
+  caplog.set_level(logging.WARNING)
+  with checkpoint.Checkpoints(workdir, keep=3) as ckpts:
+    state, loop = ckpts.restore_latest(_like(config))
+  assert int(state.step) == 16 and loop["data"]["batch_in_epoch"] == 3
+  assert sorted(os.listdir(ckpt_dir)) == ["16", "8", "damaged-24"]  # moved aside, not deleted
+  warning = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+  assert any(f"{ckpt_dir}/24 is damaged" in w and "damaged-24" in w for w in warning), warning
+
+
+def test_damaged_checkpoint_run_ends_as_if_nothing_happened(finished_run, tmp_path):
+  """End to end: the rerun resumes from step 16 and reproduces the finished run's results."""
+  config, source, final = finished_run
+  workdir = str(tmp_path / "w")
+  shutil.copytree(source, workdir)
+  _truncate(os.path.join(workdir, "checkpoints", "24"))
+  assert train.train_and_evaluate(config, workdir) == final
+  assert _kill_and_resume().events(workdir) == _kill_and_resume().events(source)
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == [
+      "16", "24", "8", "damaged-24"]
+
+
+def test_every_checkpoint_damaged_starts_over(finished_run, tmp_path):
+  config, source, _ = finished_run
+  workdir = str(tmp_path / "w")
+  shutil.copytree(source, workdir)
+  for step in ("8", "16", "24"):
+    _truncate(os.path.join(workdir, "checkpoints", step))
+  with checkpoint.Checkpoints(workdir, keep=3) as ckpts:
+    assert ckpts.restore_latest(_like(config)) is None
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == [
+      "damaged-16", "damaged-24", "damaged-8"]
+
+
+def test_checkpoint_of_another_model_is_refused_untouched(finished_run, tmp_path):
+  """Arrays that do not fit the config (here: SGD's optimizer state) are refused, not moved."""
+  config, source, _ = finished_run
+  workdir = str(tmp_path / "w")
+  shutil.copytree(source, workdir)
+  os.remove(os.path.join(workdir, "config.json"))  # so that only the arrays can tell
+  before = _snapshot(workdir)
+  other = config.copy_and_resolve_references()
+  other.opt.name = "sgd"
+  with pytest.raises(UserError, match=r"checkpoint at step 24 .* does not fit .* arrays differ"):
+    train.train_and_evaluate(other, workdir)
+  assert _snapshot(workdir) == before
+
+
+# ---------------------------------------------------------------------------------------------
+# Divergence: stop with the step named, or skip and count.
+
+
+def _poison(monkeypatch, at_step):
+  """Batch `at_step` gets a NaN mask: its loss and gradients are NaN (a corrupt batch)."""
+  real_batch = data.TrainBatches.batch
+  def poisoned(self, step):
+    batch = real_batch(self, step)
+    if step == at_step:
+      batch["mask"] = batch["mask"] * np.float32("nan")
+    return batch
+  monkeypatch.setattr(data.TrainBatches, "batch", poisoned)
+
+
+def test_nonfinite_loss_stops_naming_the_step(tiny_mnist, tmp_path, monkeypatch):
+  workdir = str(tmp_path / "w")
+  _poison(monkeypatch, at_step=12)  # the 13th update; checkpoints every 8
+  with pytest.raises(UserError, match=r"non-finite loss or gradient at step 13 \(the last good "
+                                      r"checkpoint is step 8, left intact\)"):
+    train.train_and_evaluate(tiny_mnist, workdir)
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["8"]
+  monkeypatch.undo()
+  with checkpoint.Checkpoints(workdir, keep=3) as ckpts:
+    state, _ = ckpts.restore_latest(_like(tiny_mnist))
+  assert int(state.step) == 8
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
+
+
+def test_skip_nonfinite_skips_and_counts(tiny_mnist, tmp_path, monkeypatch):
+  tiny_mnist.train.skip_nonfinite = True
+  workdir = str(tmp_path / "w")
+  _poison(monkeypatch, at_step=12)
+  final = train.train_and_evaluate(tiny_mnist, workdir)
+  assert np.isfinite(final["test_loss"])
+  events = [e for e in _kill_and_resume().events(workdir) if e["event"] == "train"]
+  assert [e["skipped_nonfinite"] for e in events] == [0, 0, 1, 0, 0]  # steps 5 .. 24
+  assert all(np.isfinite(e["loss"]) for e in events)
+
+
+# ---------------------------------------------------------------------------------------------
+# Wrong workdir: refused when the checkpoint would mean something else; harmless keys logged.
+
+
+@pytest.mark.parametrize("changes, listed", [
+    ({"model.dropout": 0.5}, ["model.dropout: 0.25 -> 0.5"]),
+    ({"opt.name": "sgd", "data.synthetic_size": 300},
+     ["data.synthetic_size: 200 -> 300", "opt.name: 'adamw' -> 'sgd'"]),
+    ({"seed": 1}, ["seed: 0 -> 1"]),
+])
+def test_resuming_another_experiment_is_refused(finished_run, changes, listed):
+  config, workdir, _ = finished_run
+  before = _snapshot(workdir)
+  other = config.copy_and_resolve_references()
+  for key, value in changes.items():
+    node = other
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  with pytest.raises(UserError) as error:
+    train.train_and_evaluate(other, workdir)
+  message = str(error.value)
+  assert "holds checkpoints of another experiment" in message and "\n" not in message
+  for item in listed:
+    assert item in message, message
+  assert _snapshot(workdir) == before
+
+
+def test_harmless_changes_resume_and_are_logged(finished_run, tmp_path, capsys):
+  config, source, final = finished_run
+  workdir = str(tmp_path / "w")
+  shutil.copytree(source, workdir)
+  other = config.copy_and_resolve_references()
+  other.log_every, other.checkpoint_every, other.keep_checkpoints = 4, 6, 5
+  assert train.train_and_evaluate(other, workdir) == final
+  out = capsys.readouterr().out
+  for line in ("log_every: 5 -> 4", "checkpoint_every: 8 -> 6", "keep_checkpoints: 3 -> 5"):
+    assert f"resuming with a changed config: {line}" in out
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: one UserError line naming the file or key, and no workdir.
+
+
+def _mnist_dir(path, n_train=40, n_test=10):
+  rng = np.random.default_rng(0)
+  os.makedirs(path, exist_ok=True)
+  for prefix, n in (("train", n_train), ("t10k", n_test)):
+    images.write_idx(f"{path}/{prefix}-images-idx3-ubyte",
+                     rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+    images.write_idx(f"{path}/{prefix}-labels-idx1-ubyte",
+                     rng.integers(0, 10, (n,), dtype=np.uint8))
+  return path
+
+
+def _bad_magic(d):
+  with open(f"{d}/train-images-idx3-ubyte", "r+b") as f:
+    f.write(b"\x12\x34")
+  return "train-images-idx3-ubyte: not an IDX file (bad magic number 12340803)"
+
+
+def _truncated(d):
+  path = f"{d}/t10k-images-idx3-ubyte"
+  with open(path, "r+b") as f:
+    f.truncate(os.path.getsize(path) - 100)
+  return "t10k-images-idx3-ubyte: header says (10, 28, 28)"
+
+
+def _count_mismatch(d):
+  images.write_idx(f"{d}/train-labels-idx1-ubyte", np.zeros(39, np.uint8))
+  return "has 40 images but"
+
+
+def _empty_dir(d):
+  for name in os.listdir(d):
+    os.remove(os.path.join(d, name))
+  return "no train-images-idx3-ubyte[.gz] file"
+
+
+def _missing_dir(d):
+  shutil.rmtree(d)
+  return "does not exist"
+
+
+BAD_DATA = {"missing data path": _missing_dir, "empty data path": _empty_dir,
+            "IDX wrong magic": _bad_magic, "IDX truncated": _truncated,
+            "image/label count mismatch": _count_mismatch}
+
+
+@pytest.mark.parametrize("case", list(BAD_DATA))
+def test_bad_data_is_one_error_and_writes_nothing(tiny_mnist, tmp_path, case):
+  directory = _mnist_dir(str(tmp_path / "data"))
+  needle = BAD_DATA[case](directory)
+  tiny_mnist.data.source, tiny_mnist.data.path = "files", directory
+  workdir = str(tmp_path / "w")
+  with pytest.raises(UserError) as error:
+    train.train_and_evaluate(tiny_mnist, workdir)
+  assert needle in str(error.value) and "\n" not in str(error.value), str(error.value)
+  assert not os.path.exists(workdir)
+
+
+def test_batch_larger_than_the_dataset(tiny_mnist, tmp_path):
+  tiny_mnist.data.source, tiny_mnist.data.path = "files", _mnist_dir(str(tmp_path / "data"))
+  tiny_mnist.batch_size = 64
+  workdir = str(tmp_path / "w")
+  with pytest.raises(UserError, match=r"batch_size=64 is larger than the training split \(40"):
+    train.train_and_evaluate(tiny_mnist, workdir)
+  assert not os.path.exists(workdir)
+
+
+def test_unwritable_workdir_is_refused(tiny_mnist, tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("a file where a directory should be")
+  with pytest.raises(UserError, match=r"--workdir=.*file/w: cannot be created"):
+    train.train_and_evaluate(tiny_mnist, str(blocker / "w"))
+  with pytest.raises(UserError, match=r"--workdir=.*file: exists and is not a directory"):
+    train.train_and_evaluate(tiny_mnist, str(blocker))
+  assert blocker.read_text() == "a file where a directory should be"
+
+
+def test_bad_idx_from_the_command_line_is_one_line(tmp_path):
+  """The whole path once from the shell: one line, exit 1, no traceback, no workdir."""
+  directory = _mnist_dir(str(tmp_path / "data"))
+  needle = _bad_magic(directory)
+  workdir = str(tmp_path / "w")
+  result = run_main("--config=configs/mnist.py", f"--workdir={workdir}",
+                    f"--config.data.path={directory}")
+  assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+  lines = [line for line in result.stderr.splitlines() if line.strip()]
+  assert len(lines) == 1 and lines[0].startswith("jaxdl: error: ") and needle in lines[0], lines
+  assert not os.path.exists(workdir)
+
+
+def test_a_config_section_added_since_is_a_harmless_change():
+  """A workdir written before `train.skip_nonfinite` existed still resumes."""
+  old = {"seed": 0, "model": {"name": "cnn"}}
+  new = {"seed": 0, "model": {"name": "cnn"}, "train": {"skip_nonfinite": False}}
+  assert checkpoint.config_changes(old, new) == {"train.skip_nonfinite": (None, False)}
+  assert checkpoint.config_changes(new, old) == {"train.skip_nonfinite": (False, None)}

@@ -1,0 +1,123 @@
+"""The parallel modes agree: single device, mesh (jit), fsdp and pmap on 8 virtual CPU devices
+give the same losses, and a checkpoint written in one mode resumes in another."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import REPO, load_config
+from jaxdl import parallel, steps, train, validate
+from jaxdl.errors import UserError
+
+# Tiny synthetic MNIST, 20 steps of batch 16 over 150 examples: 10 steps per epoch, whose last
+# batch is padded (6 real rows), so the devices of that step see unequal example counts.
+# Dropout and random shifts are off: pmap draws them per device (fold_in of the device
+# index), not per global batch, so only deterministic steps can match step for step.
+MNIST = {"data.source": "synthetic", "data.synthetic_size": 150, "batch_size": 16,
+         "eval_batch_size": 16, "num_train_steps": 20, "log_every": 1, "eval_every": 1000,
+         "checkpoint_every": 8, "opt.warmup_steps": 4, "model.dropout": 0.0,
+         "data.random_shift": 0}
+MODES = {"mesh": {}, "fsdp": {"parallel.fsdp": True}, "pmap": {"parallel.mode": "pmap"}}
+# float32 sums in another order (per-device partial sums, then an all-reduce) differ in the
+# last bits (~1e-7 relative; measured: equal or 1 ulp); Adam's m/sqrt(v) can grow such
+# differences a little over 20 steps. A real mistake (a gradient not averaged, or averaged
+# without the row counts) moves the losses by 1e-3 or more.
+RTOL = 1e-4
+
+
+def _events(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [{k: v for k, v in json.loads(line).items() if not k.endswith("_per_s")}
+            for line in f]
+
+
+def _losses(events):
+  return [(e["event"], e["step"], e.get("loss", e.get("test_loss"))) for e in events]
+
+
+def _assert_same_curve(got, want, name):
+  assert [x[:2] for x in got] == [x[:2] for x in want], name
+  np.testing.assert_allclose([x[2] for x in got], [x[2] for x in want], rtol=RTOL, err_msg=name)
+
+
+def _run_on_8_devices(config, overrides, runs):
+  spec = json.dumps({"config": config, "overrides": overrides, "runs": runs})
+  result = subprocess.run([sys.executable, os.path.join(REPO, "tests", "parallel_worker.py"),
+                           spec], cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "JAX_NUM_CPU_DEVICES": "8"})
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result.stdout
+
+
+def test_modes_match_a_single_device_and_resume_across_modes(tmp_path):
+  config = load_config("mnist")
+  for key, value in MNIST.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  single = str(tmp_path / "single")
+  train.train_and_evaluate(config, single)  # this process: 1 device
+  want = _losses(_events(single))
+  assert len([e for e in want if e[0] == "train"]) >= 20
+
+  # The three modes on 8 devices; then fsdp's step-16 checkpoint (sharded over the devices)
+  # resumes under pmap (replicated) and finishes like the single device.
+  dirs = {mode: str(tmp_path / mode) for mode in MODES}
+  crossed = str(tmp_path / "fsdp_to_pmap")
+  out = _run_on_8_devices("mnist", MNIST, [[dirs[m], o, None] for m, o in MODES.items()] +
+                          [[crossed, MODES["pmap"], [dirs["fsdp"], 16]]])
+  assert "8 cpu device(s), batch 16 (2 per device) | jit+fsdp, state" in out
+  for mode in MODES:
+    _assert_same_curve(_losses(_events(dirs[mode])), want, mode)
+  assert "resumed from the checkpoint at step 16" in out
+  _assert_same_curve(_losses(_events(crossed)), want, "fsdp_to_pmap")
+
+
+def test_fsdp_shards_large_arrays_and_replicates_small_ones():
+  mesh = jax.make_mesh((1,), ("data",))  # shapes only: the layout rule, not the devices
+  abstract = {"kernel": jax.ShapeDtypeStruct((36, 128), np.float32),   # 128 % 8 == 0
+              "odd": jax.ShapeDtypeStruct((37, 129), np.float32),      # nothing divides by 8
+              "bias": jax.ShapeDtypeStruct((128,), np.float32),        # small
+              "step": jax.ShapeDtypeStruct((), np.int32)}
+
+  class EightWide:  # the rule only reads mesh.shape['data']
+    shape = {"data": 8}
+
+  specs = {}
+  real_named = parallel.NamedSharding
+  try:
+    parallel.NamedSharding = lambda m, spec: spec
+    specs = parallel.state_shardings(abstract, EightWide(), fsdp=True, min_size=1024)
+  finally:
+    parallel.NamedSharding = real_named
+  assert specs == {"kernel": parallel.P(None, "data"), "odd": parallel.P(),
+                   "bias": parallel.P(), "step": parallel.P()}
+  del mesh
+
+
+@pytest.mark.parametrize("key, value, needle", [
+    ("parallel.mode", "shard_map", "parallel.mode"),
+    ("parallel.fsdp", True, "needs parallel.mode='jit'"),
+    ("parallel.mesh_shape", (2, 2), "parallel.mesh_shape"),
+])
+def test_parallel_config_rules(tmp_path, key, value, needle):
+  config = load_config("mnist")
+  if key == "parallel.fsdp":
+    config.parallel.mode = "pmap"
+  *_, leaf = key.split(".")
+  config.parallel[leaf] = value
+  with pytest.raises(UserError, match=needle):
+    validate.validate(config, str(tmp_path / "w"))
+
+
+def test_a_mesh_shape_that_does_not_match_the_devices():
+  with pytest.raises(UserError, match=r"mesh_shape=\(4,\) does not match the job's 1 devices"):
+    parallel.make_mesh((4,))
+  assert parallel.make_mesh((1,)).shape["data"] == parallel.make_mesh((-1,)).shape["data"] == 1
