@@ -12,7 +12,7 @@ import math
 import os
 
 from jaxdl import data as data_lib, models, optim, profiler
-from jaxdl.data import images, text
+from jaxdl.data import images, lm, text
 from jaxdl.errors import UserError
 
 
@@ -118,6 +118,23 @@ def validate(config, workdir: str) -> None:
     _require(data.synthetic_size > 0, "data.synthetic_size", data.synthetic_size, "must be > 0")
   if config.task == "text_classification":
     _check_text(config)
+  if config.task == "language_model":
+    for key in ("num_layers", "num_heads", "width", "mlp_ratio", "block_size"):
+      _require(model[key] > 0, f"model.{key}", model[key], "must be > 0")
+    _require(model.width % model.num_heads == 0, "model.width", model.width,
+             f"must be divisible by model.num_heads={model.num_heads}")
+    _require(model.positions != "rope" or (model.width // model.num_heads) % 2 == 0,
+             "model.positions", model.positions,
+             "needs an even head width (model.width / model.num_heads) for rotary pairs")
+    models.get_model(config, vocab_size=2)  # raises for an unknown positions or dtype
+    _require(data.source in lm.SOURCES, "data.source", data.source,
+             f"must be one of {', '.join(lm.SOURCES)}")
+    _require(data.vocab in lm.VOCABS, "data.vocab", data.vocab,
+             f"must be one of {', '.join(lm.VOCABS)}")
+    _require(0 < data.val_fraction < 1, "data.val_fraction", data.val_fraction,
+             "must be in (0, 1)")
+    _require(data.eval_windows >= 0, "data.eval_windows", data.eval_windows,
+             "must be >= 0 (0 evaluates every validation window)")
   for key in ("path", "tfds_dir"):
     if data.get(key):
       path = os.path.expanduser(data[key])
