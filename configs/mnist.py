@@ -72,6 +72,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.opt.b1 = 0.9              # adam/adamw first-moment decay
   c.opt.b2 = 0.999            # adam/adamw second-moment decay
   c.opt.weight_decay = 1e-4   # adamw: decoupled decay; sgd: L2 added to the gradient
+  c.opt.decay_mask = "all"    # params decayed: all | matrices (>= 2 dims: not biases/norms)
   c.opt.grad_clip_norm = 0.0  # clip gradients to this global norm; 0 = off
 
   c.loss = ml_collections.ConfigDict()

@@ -203,6 +203,26 @@ class Checkpoints:
     self.close()
 
 
+def latest_params(workdir: str) -> Any:
+  """The params of the newest checkpoint in WORKDIR/checkpoints, as host arrays (for sampling)."""
+  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  step = None
+  if os.path.isdir(directory):
+    with ocp.CheckpointManager(directory) as manager:
+      step = manager.latest_step()
+      if step is not None:
+        try:
+          restored = manager.restore(step, args=ocp.args.Composite(
+              state=ocp.args.StandardRestore()))
+        except Exception as e:  # pylint: disable=broad-except  (Orbax raises many types)
+          raise UserError(f"the checkpoint at step {step} in {directory} cannot be read "
+                          f"({first_line(e)})") from None
+  if step is None:
+    raise UserError(f"no checkpoint in {directory}; train first: python -m jaxdl.main "
+                    f"--config=configs/tiny_lm.py --workdir={workdir}")
+  return restored["state"]["params"]
+
+
 class Stopped(Exception):
   """Raised by the loop after a SIGTERM or SIGINT, once the current step is saved to disk."""
 

@@ -1,11 +1,23 @@
 """optax transformation from config.opt: schedule, optimizer, clipping, weight decay."""
 
+import jax
 import optax
 
 from jaxdl.errors import UserError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine")
+DECAY_MASKS = ("all", "matrices")  # config.opt.decay_mask
+
+
+def decay_mask(opt_cfg):
+  """Which params weight decay touches: every one, or (nanoGPT's choice) only those with 2 or
+  more dims (kernels, embeddings), sparing biases and LayerNorm scales/offsets."""
+  if opt_cfg.decay_mask == "all":
+    return None
+  if opt_cfg.decay_mask == "matrices":
+    return lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
+  raise UserError(f"opt.decay_mask={opt_cfg.decay_mask!r} is not one of {', '.join(DECAY_MASKS)}")
 
 
 def schedule(opt_cfg, num_train_steps: int) -> optax.Schedule:
@@ -23,14 +35,16 @@ def schedule(opt_cfg, num_train_steps: int) -> optax.Schedule:
 def make(opt_cfg, num_train_steps: int) -> optax.GradientTransformation:
   """The optimizer config.opt names, called by its optax name, with optional global-norm clip."""
   lr = schedule(opt_cfg, num_train_steps)
+  mask = decay_mask(opt_cfg)
   if opt_cfg.name == "sgd":
     tx = optax.sgd(lr, momentum=opt_cfg.momentum or None, nesterov=opt_cfg.nesterov)
     if opt_cfg.weight_decay:  # coupled L2, as torch.optim.SGD(weight_decay=...) does
-      tx = optax.chain(optax.add_decayed_weights(opt_cfg.weight_decay), tx)
+      tx = optax.chain(optax.add_decayed_weights(opt_cfg.weight_decay, mask), tx)
   elif opt_cfg.name == "adam":
     tx = optax.adam(lr, b1=opt_cfg.b1, b2=opt_cfg.b2)
   elif opt_cfg.name == "adamw":
-    tx = optax.adamw(lr, b1=opt_cfg.b1, b2=opt_cfg.b2, weight_decay=opt_cfg.weight_decay)
+    tx = optax.adamw(lr, b1=opt_cfg.b1, b2=opt_cfg.b2, weight_decay=opt_cfg.weight_decay,
+                     mask=mask)
   else:
     raise UserError(f"opt.name={opt_cfg.name!r} is not one of {', '.join(OPTIMIZERS)}")
   if opt_cfg.grad_clip_norm > 0:

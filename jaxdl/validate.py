@@ -12,7 +12,7 @@ import math
 import os
 
 from jaxdl import data as data_lib, models, optim, profiler
-from jaxdl.data import images
+from jaxdl.data import images, lm, text
 from jaxdl.errors import UserError
 
 
@@ -39,6 +39,29 @@ def _check_workdir(workdir: str) -> None:
     parent = os.path.dirname(parent)
   if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
     raise UserError(f"--workdir={workdir}: cannot be created ({parent} is not a writable directory)")
+
+
+def _check_text(config) -> None:
+  """Value rules of the text-classification keys (configs/text_classifier.py)."""
+  model, data = config.model, config.data
+  for key in ("embed_dim", "hidden_dim", "num_layers", "num_heads"):
+    _require(model[key] > 0, f"model.{key}", model[key], "must be > 0")
+  _require(model.head_dim >= 0, "model.head_dim", model.head_dim, "must be >= 0 (0 = linear)")
+  for key in ("embed_dropout", "word_dropout"):
+    _require(0 <= model[key] < 1, f"model.{key}", model[key], "must be in [0, 1)")
+  _require(len(model.kernel_sizes) > 0 and all(k > 0 for k in model.kernel_sizes),
+           "model.kernel_sizes", model.kernel_sizes, "must be one or more widths > 0")
+  if model.name == "text_transformer":
+    _require(model.hidden_dim % model.num_heads == 0, "model.hidden_dim", model.hidden_dim,
+             f"must be divisible by model.num_heads={model.num_heads}")
+  _require(data.source in text.SOURCES, "data.source", data.source,
+           f"must be one of {', '.join(text.SOURCES)}")
+  _require(data.max_len > 0, "data.max_len", data.max_len, "must be > 0")
+  _require(data.min_count >= 1, "data.min_count", data.min_count, "must be >= 1")
+  _require(data.max_vocab == 0 or data.max_vocab >= 3, "data.max_vocab", data.max_vocab,
+           "must be 0 (no cap) or >= 3 (<pad>, <oov> and a word)")
+  _require(data.bucket >= 0, "data.bucket", data.bucket, "must be >= 0 (0 = off)")
+  _require(data.sort_pool >= 0, "data.sort_pool", data.sort_pool, "must be >= 0 (0 = off)")
 
 
 def validate(config, workdir: str) -> None:
@@ -68,6 +91,8 @@ def validate(config, workdir: str) -> None:
   _require(0 <= model.dropout < 1, "model.dropout", model.dropout, "must be in [0, 1)")
   _require(model.name in models.MODEL_NAMES, "model.name", model.name,
            f"must be one of {', '.join(models.MODEL_NAMES)}")
+  _require(models.MODEL_TASKS[model.name] == config.task, "model.name", model.name,
+           f"is a {models.MODEL_TASKS[model.name]} model, but task={config.task!r}")
   _require(0 <= config.loss.label_smoothing < 1, "loss.label_smoothing",
            config.loss.label_smoothing, "must be in [0, 1)")
   _require(config.seed >= 0, "seed", config.seed, "must be >= 0")
@@ -91,6 +116,25 @@ def validate(config, workdir: str) -> None:
              f"must be one of {', '.join(images.SOURCES)}")
     _require(data.random_shift >= 0, "data.random_shift", data.random_shift, "must be >= 0")
     _require(data.synthetic_size > 0, "data.synthetic_size", data.synthetic_size, "must be > 0")
+  if config.task == "text_classification":
+    _check_text(config)
+  if config.task == "language_model":
+    for key in ("num_layers", "num_heads", "width", "mlp_ratio", "block_size"):
+      _require(model[key] > 0, f"model.{key}", model[key], "must be > 0")
+    _require(model.width % model.num_heads == 0, "model.width", model.width,
+             f"must be divisible by model.num_heads={model.num_heads}")
+    _require(model.positions != "rope" or (model.width // model.num_heads) % 2 == 0,
+             "model.positions", model.positions,
+             "needs an even head width (model.width / model.num_heads) for rotary pairs")
+    models.get_model(config, vocab_size=2)  # raises for an unknown positions or dtype
+    _require(data.source in lm.SOURCES, "data.source", data.source,
+             f"must be one of {', '.join(lm.SOURCES)}")
+    _require(data.vocab in lm.VOCABS, "data.vocab", data.vocab,
+             f"must be one of {', '.join(lm.VOCABS)}")
+    _require(0 < data.val_fraction < 1, "data.val_fraction", data.val_fraction,
+             "must be in (0, 1)")
+    _require(data.eval_windows >= 0, "data.eval_windows", data.eval_windows,
+             "must be >= 0 (0 evaluates every validation window)")
   for key in ("path", "tfds_dir"):
     if data.get(key):
       path = os.path.expanduser(data[key])

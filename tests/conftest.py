@@ -68,3 +68,55 @@ def tiny_sweep(tmp_path_factory):
   finally:
     os.chdir(cwd)
   return root, axes, results, out.getvalue()
+
+
+def write_play(path, num_lines: int = 400, seed: int = 0) -> str:
+  """A small made-up play (speaker lines and verse), written as UTF-8; returns its text."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  speakers = ["ROMEO", "JULIET", "NURSE", "FRIAR"]
+  words = ["love", "night", "thee", "sweet", "death", "fair", "the", "my", "and", "is", "o"]
+  lines = []
+  for _ in range(num_lines):
+    lines.append(f"{rng.choice(speakers)}:\n" + " ".join(rng.choice(words, 6)).capitalize() + ".\n")
+  text = "\n".join(lines)
+  with open(path, "w", encoding="utf-8") as f:
+    f.write(text)
+  return text
+
+
+def tiny_lm_config(text_path: str):
+  """The real LM config shrunk to seconds: a tiny Transformer on a small made-up play."""
+  c = load_config("tiny_lm")
+  c.data.path = text_path
+  if not os.path.exists(text_path):
+    write_play(text_path)
+  c.model.num_layers = 2
+  c.model.num_heads = 2
+  c.model.width = 32
+  c.model.block_size = 16
+  c.model.dropout = 0.1  # exercises the step rng in resume tests
+  c.batch_size = 8
+  c.eval_batch_size = 16
+  c.data.eval_windows = 40
+  c.num_train_steps = 24
+  c.log_every = 5
+  c.eval_every = 10
+  c.checkpoint_every = 8
+  c.opt.warmup_steps = 4
+  return c
+
+
+@pytest.fixture
+def tiny_lm(tmp_path):
+  return tiny_lm_config(str(tmp_path / "play.txt"))
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_lm(tmp_path_factory):
+  """(config, workdir, final metrics) of one uninterrupted tiny LM run, shared by the tests."""
+  from jaxdl import train  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp("tiny_lm")
+  config = tiny_lm_config(str(root / "play.txt"))
+  workdir = str(root / "run")
+  return config, workdir, train.train_and_evaluate(config, workdir)

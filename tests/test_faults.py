@@ -388,3 +388,47 @@ def test_a_config_section_added_since_is_a_harmless_change():
   new = {"seed": 0, "model": {"name": "cnn"}, "train": {"skip_nonfinite": False}}
   assert checkpoint.config_changes(old, new) == {"train.skip_nonfinite": (None, False)}
   assert checkpoint.config_changes(new, old) == {"train.skip_nonfinite": (False, None)}
+
+
+TEXT_BAD = {  # file content → the message's needle
+    "TSV missing sentence column": ("words\tlabel\na fine film\t1\n",
+                                    "train.tsv:1: no 'sentence' or 'text' column"),
+    "TSV missing label column": ("sentence\na fine film\n", "data has no labels"),
+    "TSV row missing a field": ("sentence\tlabel\ngood\t1\nno tab here\n", "train.tsv:3: 1 fields"),
+    "TSV non-integer label": ("sentence\tlabel\na fine film\tpositive\n",
+                              "train.tsv:2: label 'positive' is not an integer"),
+    "text empty": ("", "the file is empty"),
+    "text not UTF-8": (b"sentence\tlabel\ncr\xe8me\t1\n", "not UTF-8"),
+}
+
+
+@pytest.mark.parametrize("case", list(TEXT_BAD))
+def test_bad_text_data_is_one_error_and_writes_nothing(tmp_path, case):
+  content, needle = TEXT_BAD[case]
+  data = tmp_path / "data"
+  data.mkdir()
+  (data / "dev.tsv").write_text("sentence\tlabel\ngood\t1\n")
+  if isinstance(content, bytes):
+    (data / "train.tsv").write_bytes(content)
+  else:
+    (data / "train.tsv").write_text(content)
+  config = load_config("text_classifier")
+  config.data.path = str(data)
+  workdir = str(tmp_path / "w")
+  with pytest.raises(UserError) as error:
+    train.train_and_evaluate(config, workdir)
+  assert needle in str(error.value) and "\n" not in str(error.value), str(error.value)
+  assert not os.path.exists(workdir)
+
+
+@pytest.mark.parametrize("content, needle", [(b"", "empty"), (b"caf\xe9\n", "not UTF-8")])
+def test_bad_lm_text_is_one_error_and_writes_nothing(tmp_path, content, needle):
+  path = tmp_path / "corpus.txt"
+  path.write_bytes(content)
+  config = load_config("tiny_lm")
+  config.data.path = str(path)
+  workdir = str(tmp_path / "w")
+  with pytest.raises(UserError) as error:
+    train.train_and_evaluate(config, workdir)
+  assert needle in str(error.value) and "\n" not in str(error.value), str(error.value)
+  assert not os.path.exists(workdir)

@@ -116,6 +116,18 @@ def test_only_process_0_writes_or_prints(tmp_path, monkeypatch, capsys):
   assert capsys.readouterr().out == "" and os.listdir(tmp_path) == []
 
 
+def test_summarise_three_classes_with_an_unpredicted_class():
+  # Class 2 is never predicted (column of zeros) and class 1 never predicted correctly.
+  confusion = np.array([[3, 1, 0], [2, 0, 0], [1, 1, 0]], np.float32)
+  report = metrics.summarise({"loss_sum": 1.0, "count": 8.0, "correct": 3.0,
+                               "confusion": confusion})
+  assert report["precision"] == pytest.approx([3 / 6, 0.0, 0.0])
+  assert report["recall"] == pytest.approx([3 / 4, 0.0, 0.0])
+  assert report["f1"] == pytest.approx([2 * 0.5 * 0.75 / 1.25, 0.0, 0.0])
+  assert report["macro_recall"] == pytest.approx(0.75 / 3)
+  assert report["confusion"] == [[3, 1, 0], [2, 0, 0], [1, 1, 0]]
+
+
 def test_summarise_a_classifier_with_a_confusion_matrix():
   # rows = true, cols = predicted: class 0: 3 right, 1 called 1; class 1: 2 right, 2 called 0.
   sums = {"loss_sum": 4.0, "count": 8.0, "correct": 5.0,

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, load_config
+from conftest import REPO, load_config, write_play
 from jaxdl import parallel, steps, train, validate
 from jaxdl.errors import UserError
 
@@ -78,6 +78,34 @@ def test_modes_match_a_single_device_and_resume_across_modes(tmp_path):
     _assert_same_curve(_losses(_events(dirs[mode])), want, mode)
   assert "resumed from the checkpoint at step 16" in out
   _assert_same_curve(_losses(_events(crossed)), want, "fsdp_to_pmap")
+
+
+def test_lm_modes_match_a_single_device(tmp_path):
+  # The tiny Transformer LM on a made-up play: 20 steps of 8 windows (1 per device on 8),
+  # no dropout (pmap draws it per device), every step logged.
+  text = str(tmp_path / "play.txt")
+  write_play(text)
+  lm = {"data.path": text, "model.num_layers": 2, "model.num_heads": 2, "model.width": 32,
+        "model.block_size": 16, "model.dropout": 0.0, "batch_size": 8, "eval_batch_size": 16,
+        "data.eval_windows": 32, "num_train_steps": 20, "log_every": 1, "eval_every": 1000,
+        "checkpoint_every": 1000, "opt.warmup_steps": 4}
+  config = load_config("tiny_lm")
+  for key, value in lm.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  single = str(tmp_path / "single")
+  train.train_and_evaluate(config, single)
+  want = _losses(_events(single))
+  assert len([e for e in want if e[0] == "train"]) == 20
+  dirs = {mode: str(tmp_path / mode) for mode in MODES}
+  _run_on_8_devices("tiny_lm", lm, [[dirs[m], o, None] for m, o in MODES.items()])
+  for mode in MODES:
+    got = [(e["event"], e["step"], e.get("loss", e.get("val_loss"))) for e in _events(dirs[mode])]
+    _assert_same_curve(got, [(e["event"], e["step"], e.get("loss", e.get("val_loss")))
+                             for e in _events(single)], f"lm {mode}")
 
 
 def test_fsdp_shards_large_arrays_and_replicates_small_ones():

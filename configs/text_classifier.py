@@ -1,0 +1,102 @@
+"""Sentence classification from scratch (SST-2 by default), trained by jaxdl's shared loop.
+
+  python -m jaxdl.main --config=configs/text_classifier.py --workdir=runs/sst2 \
+      --config.data.path=../shared/data/sst2
+  python -m jaxdl.predict --workdir=runs/sst2 "a gorgeous , witty , seductive movie ."
+
+Measured on ../shared/data/sst2 (2 CPU cores shared with other jobs; experiments/
+text_classifier): 84.17% and 83.49% dev, 83.80% and 83.31% test accuracy for seeds 0 and 1, in
+7-8 minutes each (8 epochs). That is BELOW the 85.5% dev target (Flax's bi-LSTM example
+reports 85.2%); the experiment README lists what was tried.
+
+Data: data.path (a directory of train/dev[/test] .tsv, .csv or .jsonl files), else a prepared
+TFDS copy of data.name (glue/sst2, imdb_reviews, ...); offline with neither, it stops with the
+list of ways to provide the data. Classes come from the data (1 + the largest train label).
+
+Tokenization: word-level (lower-cased words and punctuation marks), vocabulary from the training
+split only, words seen fewer than data.min_count times map to one OOV id. Word-level because
+SST-2 is short, already-tokenised English, on which word models trained from scratch reach the
+~85% reported for Flax's example, while byte-level inputs would be ~5x longer for every
+recurrent step on a 2-core CPU. The vocabulary is saved as WORKDIR/vocab.json and reused on
+resume and by jaxdl.predict.
+"""
+
+import ml_collections
+
+PRESETS = ("",)
+
+
+def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
+  """The SST-2 text-classification experiment; `preset` is the text after ':' in --config."""
+  preset = preset or ""
+  if preset not in PRESETS:
+    raise ValueError(f"unknown preset {preset!r} for configs/text_classifier.py; valid: "
+                     f"{', '.join(repr(p) for p in PRESETS)}")
+  c = ml_collections.ConfigDict()
+  c.task = "text_classification"  # data.load / steps.make_objective pick the loader and loss
+  c.seed = 0                  # init, shuffling and dropout all derive from it
+  c.batch_size = 64           # global batch, split evenly over all devices
+  c.eval_batch_size = 256     # global eval batch; the last one is padded and masked
+  c.num_epochs = 8            # passes over the training split
+  c.num_train_steps = -1      # if > 0, the run length in steps, overriding num_epochs
+  c.log_every = 200           # steps between train lines on the console and in metrics.jsonl
+  c.eval_every = 0            # steps between dev evals; 0 = at every epoch's end
+  c.checkpoint_every = 500    # steps between checkpoints; one is always written at the end
+  c.keep_checkpoints = 3      # how many of the newest checkpoints to keep
+  c.steps_per_dispatch = 1    # train steps fused into one compiled call (lax.scan), at most;
+                              # see configs/mnist.py (1 is fastest on CPU)
+  c.profile_steps = ""        # 'START:STOP' traces train steps START..STOP-1 into WORKDIR/profile
+                              # (jax.profiler; README "Profiling"); '' = no trace
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "text_lstm"  # text_lstm (bi-LSTM) | text_cnn (1-D CNN) | text_transformer
+  c.model.embed_dim = 128     # word embedding width
+  c.model.hidden_dim = 128    # LSTM units per direction | CNN filters per width | model width
+  c.model.num_layers = 2      # text_transformer: encoder blocks (the others have one layer)
+  c.model.num_heads = 4       # text_transformer: attention heads
+  c.model.kernel_sizes = (3, 4, 5)  # text_cnn: filter widths (one bank of hidden_dim each)
+  c.model.head_dim = 0        # hidden layer width of the classifier head; 0 = linear head
+  c.model.dropout = 0.5       # dropout on the pooled sentence vector (and in transformer blocks)
+  c.model.embed_dropout = 0.3  # dropout on embedding units
+  c.model.word_dropout = 0.1  # probability a training token is replaced by the OOV id
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "auto"      # auto (data.path if set, else TFDS) | files | tfds
+  c.data.name = "glue/sst2"   # TFDS name when data.path is empty (imdb_reviews works too)
+  c.data.path = ""            # directory of train/dev[/test] .tsv | .csv | .jsonl files
+  c.data.tfds_dir = ""        # TFDS data_dir holding a prepared copy; '' = TFDS's default
+  c.data.max_len = 64         # tokens kept per text; longer ones are truncated (and counted)
+  c.data.min_count = 1        # train-split count a word needs to get its own id (else OOV)
+  c.data.max_vocab = 0        # cap on vocabulary size incl. <pad>/<oov>; 0 = no cap
+  c.data.bucket = 8           # train batches are cut to a multiple of this; 0 = always max_len
+  c.data.sort_pool = 50       # batches per pool sorted by length (similar lengths batch together)
+
+  c.opt = ml_collections.ConfigDict()
+  c.opt.name = "sgd"          # sgd | adam | adamw (optax names); SGD beat AdamW here (README)
+  c.opt.lr = 0.1              # peak learning rate
+  c.opt.schedule = "cosine"   # constant | cosine (linear warmup, cosine decay)
+  c.opt.warmup_steps = 200    # steps of linear warmup from 0 (cosine schedule only)
+  c.opt.end_lr_factor = 0.0   # final lr = lr * end_lr_factor (cosine schedule only)
+  c.opt.momentum = 0.9        # sgd momentum; 0 = plain SGD
+  c.opt.nesterov = False      # sgd: Nesterov momentum
+  c.opt.b1 = 0.9              # adam/adamw first-moment decay
+  c.opt.b2 = 0.999            # adam/adamw second-moment decay
+  c.opt.weight_decay = 3e-6   # adamw: decoupled decay; sgd: L2 added to the gradient
+  c.opt.decay_mask = "all"    # params decayed: all | matrices (>= 2 dims: not biases/norms)
+  c.opt.grad_clip_norm = 1.0  # clip gradients to this global norm; 0 = off
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.label_smoothing = 0.0  # cross-entropy label smoothing
+
+  c.train = ml_collections.ConfigDict()
+  c.train.skip_nonfinite = False  # True: skip (and count) updates with a non-finite loss or
+                                  # gradient; False: stop the run with an error naming the step
+
+  c.parallel = ml_collections.ConfigDict()
+  c.parallel.mode = "jit"       # jit: one program on a device Mesh | pmap: jax.pmap + lax.pmean
+  c.parallel.fsdp = False       # jit: shard params + optimizer state over 'data' (ZeRO-3)
+  c.parallel.fsdp_min_size = 1024  # fsdp: arrays with fewer elements stay replicated
+  c.parallel.mesh_shape = (-1,)  # devices per mesh axis ('data',); -1 = all the job's devices
+
+  c.lock()  # unknown keys are errors, from the command line and from code alike
+  return c

@@ -1,0 +1,149 @@
+"""Sentence encoders for text classification: int32 tokens[B,L] (0 = padding) → logits[B,C].
+
+Three encoders share one embedding front end and one classifier head; only the middle differs:
+  lstm         bidirectional LSTM (as in Flax's SST-2 example), masked max+mean pooling
+  cnn          1-D convolutions of several widths (Kim 2014), masked max pooling
+  transformer  pre-LayerNorm Transformer encoder with learned positions, masked mean pooling
+
+Padding is right padding with id 0. Every encoder masks it: padded positions are zeroed before
+any convolution, never attended to, never update an LSTM carry and never enter a pool, so a
+sentence gets the same logits however much padding follows it (tests/test_text_models.py).
+All randomness (word and embedding dropout, hidden dropout) uses the 'dropout' rng, which
+steps.py derives from the step number.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+PAD_ID = 0  # token id of padding (the vocabulary reserves it)
+OOV_ID = 1  # token id of out-of-vocabulary words; word dropout replaces tokens with it
+
+
+class _Embed(nn.Module):
+  """Token embedding with word dropout (token → OOV) and embedding dropout; zero at padding."""
+  vocab_size: int
+  embed_dim: int
+  word_dropout: float
+  embed_dropout: float
+
+  @nn.compact
+  def __call__(self, tokens_BxL: jax.Array, mask_BxL: jax.Array, train: bool) -> jax.Array:
+    if train and self.word_dropout > 0:
+      drop_BxL = jax.random.bernoulli(self.make_rng("dropout"), self.word_dropout,
+                                      tokens_BxL.shape)
+      tokens_BxL = jnp.where(drop_BxL & mask_BxL, OOV_ID, tokens_BxL)
+    x_BxLxD = nn.Embed(self.vocab_size, self.embed_dim,
+                       embedding_init=nn.initializers.normal(stddev=0.1))(tokens_BxL)
+    x_BxLxD = nn.Dropout(self.embed_dropout, deterministic=not train)(x_BxLxD)
+    return x_BxLxD * mask_BxL[..., None]
+
+
+def _masked_max(x_BxLxD: jax.Array, mask_BxL: jax.Array) -> jax.Array:
+  x_BxLxD = jnp.where(mask_BxL[..., None], x_BxLxD, -jnp.inf)
+  return jnp.where(mask_BxL.any(-1, keepdims=True), x_BxLxD.max(1), 0.0)  # empty row → 0
+
+
+def _masked_mean(x_BxLxD: jax.Array, mask_BxL: jax.Array) -> jax.Array:
+  m_BxLx1 = mask_BxL[..., None].astype(x_BxLxD.dtype)
+  return (x_BxLxD * m_BxLx1).sum(1) / jnp.maximum(m_BxLx1.sum(1), 1.0)
+
+
+class _Head(nn.Module):
+  """Dropout → Dense(hidden) → ReLU → dropout → Dense(num_classes)."""
+  hidden_dim: int
+  num_classes: int
+  dropout: float
+
+  @nn.compact
+  def __call__(self, h_BxF: jax.Array, train: bool) -> jax.Array:
+    h_BxF = nn.Dropout(self.dropout, deterministic=not train)(h_BxF)
+    if self.hidden_dim:
+      h_BxF = nn.relu(nn.Dense(self.hidden_dim)(h_BxF))
+      h_BxF = nn.Dropout(self.dropout, deterministic=not train)(h_BxF)
+    return nn.Dense(self.num_classes)(h_BxF)
+
+
+class TextClassifier(nn.Module):
+  """tokens int32[B,L] → logits float32[B,num_classes]; encoder 'lstm', 'cnn' or 'transformer'.
+
+  Attributes:
+    encoder: which middle to use (see the module docstring).
+    vocab_size: rows of the embedding table, padding and OOV included.
+    num_classes: output width.
+    embed_dim: embedding width.
+    hidden_dim: LSTM units per direction, CNN filters per width, or Transformer width.
+    num_layers: Transformer blocks (the LSTM and CNN have one layer).
+    num_heads: Transformer attention heads.
+    kernel_sizes: CNN filter widths.
+    max_len: longest input (the Transformer's position table size).
+    head_dim: width of the classifier's hidden layer; 0 = a linear classifier.
+    dropout: rate on pooled features and in the head (and inside Transformer blocks).
+    embed_dropout: rate on embedding units.
+    word_dropout: probability a real token is replaced by OOV during training.
+  """
+  encoder: str
+  vocab_size: int
+  num_classes: int
+  embed_dim: int = 128
+  hidden_dim: int = 128
+  num_layers: int = 2
+  num_heads: int = 4
+  kernel_sizes: tuple[int, ...] = (3, 4, 5)
+  max_len: int = 64
+  head_dim: int = 0
+  dropout: float = 0.0
+  embed_dropout: float = 0.0
+  word_dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, tokens_BxL: jax.Array, *, train: bool) -> jax.Array:
+    mask_BxL = tokens_BxL != PAD_ID
+    x_BxLxD = _Embed(self.vocab_size, self.embed_dim, self.word_dropout,
+                     self.embed_dropout)(tokens_BxL, mask_BxL, train)
+    if self.encoder == "lstm":
+      h_BxF = self._lstm(x_BxLxD, mask_BxL)
+    elif self.encoder == "cnn":
+      h_BxF = self._cnn(x_BxLxD, mask_BxL)
+    elif self.encoder == "transformer":
+      h_BxF = self._transformer(x_BxLxD, mask_BxL, train)
+    else:
+      raise ValueError(f"unknown encoder {self.encoder!r}")  # models.get_model checks names
+    return _Head(self.head_dim, self.num_classes, self.dropout)(h_BxF, train)
+
+  def _lstm(self, x_BxLxD, mask_BxL):
+    # seq_lengths makes each direction skip padding: the forward carry stops at the last real
+    # token and the backward pass starts there (flax flips each row within its own length).
+    lengths_B = mask_BxL.sum(-1).astype(jnp.int32)
+    bilstm = nn.Bidirectional(nn.RNN(nn.OptimizedLSTMCell(self.hidden_dim)),
+                              nn.RNN(nn.OptimizedLSTMCell(self.hidden_dim)))
+    h_BxLx2H = bilstm(x_BxLxD, seq_lengths=lengths_B)
+    return jnp.concatenate([_masked_max(h_BxLx2H, mask_BxL),
+                            _masked_mean(h_BxLx2H, mask_BxL)], -1)
+
+  def _cnn(self, x_BxLxD, mask_BxL):
+    # 'SAME' convolutions over zeroed padding equal convolutions over the unpadded sentence
+    # (which SAME pads with zeros too), so real positions never see how much padding follows.
+    pooled = []
+    for width in self.kernel_sizes:
+      h_BxLxH = nn.relu(nn.Conv(self.hidden_dim, (width,), padding="SAME")(x_BxLxD))
+      pooled.append(_masked_max(h_BxLxH, mask_BxL))
+    return jnp.concatenate(pooled, -1)
+
+  def _transformer(self, x_BxLxD, mask_BxL, train):
+    length = x_BxLxD.shape[1]
+    x_BxLxH = nn.Dense(self.hidden_dim)(x_BxLxD)
+    pos_LxH = self.param("pos_embed", nn.initializers.normal(0.02), (self.max_len, self.hidden_dim))
+    x_BxLxH = x_BxLxH + pos_LxH[:length]
+    attn_mask_Bx1xLxL = nn.make_attention_mask(mask_BxL, mask_BxL)  # pad keys never attended
+    for _ in range(self.num_layers):
+      h = nn.LayerNorm()(x_BxLxH)
+      h = nn.MultiHeadDotProductAttention(self.num_heads, dropout_rate=self.dropout,
+                                          deterministic=not train)(h, h, mask=attn_mask_Bx1xLxL)
+      x_BxLxH = x_BxLxH + nn.Dropout(self.dropout, deterministic=not train)(h)
+      h = nn.Dense(4 * self.hidden_dim)(nn.LayerNorm()(x_BxLxH))
+      h = nn.Dense(self.hidden_dim)(nn.gelu(h))
+      x_BxLxH = x_BxLxH + nn.Dropout(self.dropout, deterministic=not train)(h)
+    return _masked_mean(nn.LayerNorm()(x_BxLxH), mask_BxL)

@@ -1,0 +1,174 @@
+"""Decoder-only Transformer LM (GPT-2 style): pre-LayerNorm blocks, causal attention, MLP.
+
+Positions are learned embeddings or rotary (RoPE). The same module runs in two modes:
+  - training / evaluation: `model.apply({'params': p}, inputs_BxL, train=...)` → logits_BxLxV,
+    every position attending to itself and the positions before it;
+  - decoding: `model.apply({'params': p, 'cache': c}, chunk_BxT, train=False, decode=True,
+    mutable=['cache'])` appends the chunk's keys and values to a cache of `block_size`
+    positions and returns the chunk's logits, so generating one character costs one position's
+    compute instead of a pass over the whole context. `init_cache` makes an empty cache.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+POSITIONS = ("learned", "rope")
+_INIT_STD = 0.02  # GPT-2's init: normal(0.02) everywhere, residual projections scaled down
+
+
+def _rope(x_BxTxHxD: jax.Array, positions_T: jax.Array) -> jax.Array:
+  """Rotary position embedding: rotates each (first half, second half) feature pair of q or k
+  by an angle proportional to its absolute position, so q·k depends on the distance only."""
+  d = x_BxTxHxD.shape[-1]
+  inv_freq_F = 1.0 / (10_000 ** (jnp.arange(0, d // 2, dtype=jnp.float32) / (d // 2)))
+  angles_TxF = positions_T.astype(jnp.float32)[:, None] * inv_freq_F[None, :]
+  sin, cos = jnp.sin(angles_TxF)[:, None, :], jnp.cos(angles_TxF)[:, None, :]  # T×1×F
+  x1, x2 = jnp.split(x_BxTxHxD.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x_BxTxHxD.dtype)
+
+
+class CausalSelfAttention(nn.Module):
+  """Multi-head causal self-attention, with a key/value cache in decode mode."""
+  num_heads: int
+  block_size: int
+  positions: str
+  dropout: float
+  num_layers: int
+  use_bias: bool
+  dtype: jnp.dtype
+
+  @nn.compact
+  def __call__(self, x_BxTxD: jax.Array, positions_T: jax.Array, *, train: bool,
+               decode: bool) -> jax.Array:
+    b, t, d = x_BxTxD.shape
+    h = self.num_heads
+    dense = lambda n, std, name: nn.DenseGeneral(
+        n, kernel_init=nn.initializers.normal(std), use_bias=self.use_bias, dtype=self.dtype,
+        name=name)
+    qkv_BxTx3xHxK = dense((3, h, d // h), _INIT_STD, "qkv")(x_BxTxD)
+    q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = (qkv_BxTx3xHxK[:, :, i] for i in range(3))
+    if self.positions == "rope":
+      q_BxTxHxK, k_BxTxHxK = _rope(q_BxTxHxK, positions_T), _rope(k_BxTxHxK, positions_T)
+
+    if decode:
+      # Write this chunk's keys/values at its positions; attend over the whole cache, masking
+      # the positions after each query (which includes every slot not written yet).
+      shape = (b, self.block_size, h, d // h)
+      cached_k = self.variable("cache", "key", jnp.zeros, shape, k_BxTxHxK.dtype)
+      cached_v = self.variable("cache", "value", jnp.zeros, shape, v_BxTxHxK.dtype)
+      start = positions_T[0]
+      cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k_BxTxHxK, (0, start, 0, 0))
+      cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v_BxTxHxK, (0, start, 0, 0))
+      k_BxSxHxK, v_BxSxHxK = cached_k.value, cached_v.value
+      key_positions_S = jnp.arange(self.block_size)
+    else:
+      k_BxSxHxK, v_BxSxHxK, key_positions_S = k_BxTxHxK, v_BxTxHxK, positions_T
+    mask_TxS = positions_T[:, None] >= key_positions_S[None, :]
+
+    scores_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q_BxTxHxK, k_BxSxHxK) / jnp.sqrt(d // h)
+    scores_BxHxTxS = jnp.where(mask_TxS, scores_BxHxTxS.astype(jnp.float32), -1e30)
+    weights_BxHxTxS = jax.nn.softmax(scores_BxHxTxS, axis=-1).astype(self.dtype)
+    weights_BxHxTxS = nn.Dropout(self.dropout, deterministic=not train)(weights_BxHxTxS)
+    out_BxTxHxK = jnp.einsum("bhts,bshk->bthk", weights_BxHxTxS, v_BxSxHxK)
+    return nn.DenseGeneral(d, axis=(-2, -1), use_bias=self.use_bias, dtype=self.dtype, name="out",
+                           kernel_init=nn.initializers.normal(
+                               _INIT_STD / (2 * self.num_layers) ** 0.5))(out_BxTxHxK)
+
+
+class Block(nn.Module):
+  """x + attention(LayerNorm(x)), then x + MLP(LayerNorm(x)): the pre-LayerNorm block."""
+  num_heads: int
+  mlp_ratio: int
+  block_size: int
+  positions: str
+  dropout: float
+  num_layers: int
+  use_bias: bool
+  dtype: jnp.dtype
+
+  @nn.compact
+  def __call__(self, x_BxTxD: jax.Array, positions_T: jax.Array, *, train: bool,
+               decode: bool) -> jax.Array:
+    d = x_BxTxD.shape[-1]
+    norm = lambda name: nn.LayerNorm(use_bias=self.use_bias, dtype=self.dtype, name=name)
+    drop = nn.Dropout(self.dropout, deterministic=not train)
+    y = CausalSelfAttention(self.num_heads, self.block_size, self.positions, self.dropout,
+                            self.num_layers, self.use_bias, self.dtype, name="attn")(
+                                norm("ln_attn")(x_BxTxD), positions_T, train=train, decode=decode)
+    x_BxTxD = x_BxTxD + drop(y)
+    y = norm("ln_mlp")(x_BxTxD)
+    y = nn.Dense(self.mlp_ratio * d, use_bias=self.use_bias, dtype=self.dtype, name="mlp_in",
+                 kernel_init=nn.initializers.normal(_INIT_STD))(y)
+    y = nn.gelu(y)  # tanh-approximate GELU (GPT-2's; nanoGPT's PyTorch nn.GELU() is the erf one)
+    y = nn.Dense(d, use_bias=self.use_bias, dtype=self.dtype, name="mlp_out",
+                 kernel_init=nn.initializers.normal(_INIT_STD / (2 * self.num_layers) ** 0.5))(y)
+    return x_BxTxD + drop(y)
+
+
+class TransformerLM(nn.Module):
+  """Token ids int32[B,L] → next-token logits float32[B,L,vocab_size].
+
+  Attributes:
+    vocab_size: number of token ids (the data's vocabulary).
+    num_layers, num_heads, width, mlp_ratio: sizes; width must divide by num_heads.
+    block_size: the longest context (learned position table size; decode cache length).
+    positions: 'learned' (a table added to the token embedding) or 'rope' (rotary, in q and k).
+    dropout: rate on attention weights and on each residual branch during training.
+    tie_embeddings: the output layer reuses the token embedding (GPT-2, nanoGPT).
+    use_bias: biases in the dense layers and LayerNorms (nanoGPT's default is none).
+    dtype: compute dtype of the matmuls (params stay float32; logits are float32).
+  """
+  vocab_size: int
+  num_layers: int = 4
+  num_heads: int = 4
+  width: int = 128
+  mlp_ratio: int = 4
+  block_size: int = 64
+  positions: str = "learned"
+  dropout: float = 0.0
+  tie_embeddings: bool = True
+  use_bias: bool = True
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, inputs_BxL: jax.Array, *, train: bool, decode: bool = False) -> jax.Array:
+    t = inputs_BxL.shape[1]
+    if decode:  # the chunk continues where the cache ends
+      index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+      positions_T = index.value + jnp.arange(t)
+      index.value = index.value + t
+    else:
+      positions_T = jnp.arange(t)
+    embed = nn.Embed(self.vocab_size, self.width, dtype=self.dtype, name="embed",
+                     embedding_init=nn.initializers.normal(_INIT_STD))
+    x_BxTxD = embed(inputs_BxL)
+    if self.positions == "learned":
+      x_BxTxD = x_BxTxD + nn.Embed(self.block_size, self.width, name="pos_embed",
+                                   embedding_init=nn.initializers.normal(_INIT_STD))(
+                                       positions_T).astype(self.dtype)
+    x_BxTxD = self.perturb("embedded", x_BxTxD)  # a no-op hook for gradient tests
+    x_BxTxD = nn.Dropout(self.dropout, deterministic=not train)(x_BxTxD)
+    for i in range(self.num_layers):
+      x_BxTxD = Block(self.num_heads, self.mlp_ratio, self.block_size, self.positions,
+                      self.dropout, self.num_layers, self.use_bias, self.dtype,
+                      name=f"block_{i}")(
+                          x_BxTxD, positions_T, train=train, decode=decode)
+    x_BxTxD = nn.LayerNorm(use_bias=self.use_bias, dtype=self.dtype, name="ln_final")(x_BxTxD)
+    if self.tie_embeddings:
+      logits_BxTxV = embed.attend(x_BxTxD)
+    else:
+      logits_BxTxV = nn.Dense(self.vocab_size, use_bias=False, dtype=self.dtype, name="head",
+                              kernel_init=nn.initializers.normal(_INIT_STD))(x_BxTxD)
+    return logits_BxTxV.astype(jnp.float32)
+
+
+def init_cache(model: TransformerLM, batch_size: int) -> dict:
+  """An empty decode cache (zeros, index 0) for `batch_size` sequences, without running it."""
+  shapes = jax.eval_shape(
+      lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((batch_size, 1), jnp.int32),
+                         train=False, decode=True))["cache"]
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)

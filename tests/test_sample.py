@@ -1,0 +1,94 @@
+"""Sampling: cached generation equals full-pass generation, determinism, and the CLI end to end."""
+
+import json
+import re
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import REPO
+from jaxdl import sample
+from jaxdl.errors import UserError
+from jaxdl.models.transformer import TransformerLM
+
+
+def _reference(model, params, prompt, num_new):
+  """Greedy decoding by a full forward pass over the context for every token, with the same
+  context rule as sample.generate: when the context would pass block_size, it restarts from
+  the newest block_size // 2 tokens."""
+  seq, start, keep = list(prompt), 0, model.block_size // 2
+  for _ in range(num_new):
+    logits = model.apply({"params": params}, jnp.asarray([seq[start:]]), train=False)
+    seq.append(int(jnp.argmax(logits[0, -1])))
+    if len(seq) - start > model.block_size:
+      start = len(seq) - keep
+  return seq
+
+
+@pytest.mark.parametrize("positions", ["learned", "rope"])
+def test_cached_generation_matches_full_passes(positions):
+  model = TransformerLM(vocab_size=13, num_layers=1, num_heads=2, width=16, block_size=8,
+                        positions=positions)
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32), train=False)["params"]
+  params = jax.tree.map(lambda p: p * 10 if p.ndim >= 2 else p, params)  # decisive logits
+  prompt = [3, 1, 4]
+  out = sample.generate(model, params, jnp.asarray(prompt), jax.random.PRNGKey(0), num_new=14,
+                        temperature=0.0, top_k=0)  # the context restarts after 6 new tokens
+  assert out.tolist() == _reference(model, params, prompt, 14)
+
+
+def test_sampling_is_deterministic_per_seed_and_respects_top_k():
+  model = TransformerLM(vocab_size=13, num_layers=1, num_heads=2, width=16, block_size=8)
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32), train=False)["params"]
+  run = lambda seed, **kw: sample.generate(model, params, jnp.asarray([1, 2]),
+                                           jax.random.PRNGKey(seed), num_new=30, **kw).tolist()
+  a = run(0, temperature=1.0, top_k=0)
+  assert a == run(0, temperature=1.0, top_k=0) and a != run(1, temperature=1.0, top_k=0)
+  assert len(set(run(0, temperature=5.0, top_k=1)[2:])) <= 2  # top-1 is greedy: few tokens
+  assert run(0, temperature=5.0, top_k=1) == run(0, temperature=0.0, top_k=0)
+
+
+def _sample_cli(*args):
+  return subprocess.run([sys.executable, "-m", "jaxdl.sample", *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_sample_cli_on_a_tiny_trained_run(trained_tiny_lm):
+  _, workdir, _ = trained_tiny_lm
+  cli = _sample_cli(f"--workdir={workdir}", "--prompt=ROMEO:", "--num_chars=40", "--seed=3")
+  assert cli.returncode == 0, cli.stderr
+  assert cli.stdout.startswith("ROMEO:") and len(cli.stdout) == len("ROMEO:") + 40 + 1  # + \n
+  text = sample.sample(workdir, "ROMEO:", 40, 0.8, 40, 3)  # the CLI's defaults
+  assert cli.stdout == text + "\n"  # deterministic per seed, across processes
+  assert sample.sample(workdir, "ROMEO:", 40, 0.8, 40, 4) != text
+
+  for args, message in ((("ROMEO:~",), "--prompt has 1 character(s) not in the vocabulary: '~'"),
+                        (("a" * 17,), "--prompt is 17 tokens long; the model's context "
+                                      "(model.block_size) is 16"),
+                        (("a", 5, -1.0), "--temperature=-1.0: must be >= 0 (0 = greedy)"),
+                        (("a", -5), "--num_chars=-5: must be >= 0"),
+                        (("",), "--prompt is empty")):
+    args = args + (40, 0.8, 40, 0)[len(args) - 1:]
+    with pytest.raises(UserError, match=re.escape(message)):
+      sample.sample(workdir, *args)
+  bad = _sample_cli(f"--workdir={workdir}", "--prompt=~")
+  assert bad.returncode == 1 and bad.stdout == ""
+  assert bad.stderr == ("jaxdl.sample: error: --prompt has 1 character(s) not in the "
+                        "vocabulary: '~'\n")
+
+
+def test_sample_errors_before_any_work(tiny_lm, tmp_path):
+  with pytest.raises(UserError, match="no config.json"):
+    sample.sample(str(tmp_path), "a", 5, 1.0, 0, 0)
+  workdir = tmp_path / "w"
+  workdir.mkdir()
+  (workdir / "config.json").write_text(json.dumps(tiny_lm.to_dict()))
+  with pytest.raises(UserError, match="no vocab.json"):
+    sample.sample(str(workdir), "a", 5, 1.0, 0, 0)
+  (workdir / "vocab.json").write_text('{"kind": "chars", "chars": "ab"}')
+  with pytest.raises(UserError, match=r"no checkpoint in .*checkpoints; train first"):
+    sample.sample(str(workdir), "a", 5, 1.0, 0, 0)

@@ -1,0 +1,68 @@
+"""Text encoders: padding never changes a prediction; dropout comes only from the given rng."""
+
+import jax
+import numpy as np
+import pytest
+
+from jaxdl.models.text import TextClassifier
+
+ENCODERS = ("lstm", "cnn", "transformer")
+
+
+def _model(encoder, **kw):
+  return TextClassifier(encoder=encoder, vocab_size=50, num_classes=3, embed_dim=8,
+                        hidden_dim=8, num_layers=2, num_heads=2, max_len=16, head_dim=8, **kw)
+
+
+def _init(model, tokens):
+  return jax.jit(lambda t: model.init(jax.random.PRNGKey(1), t, train=False))(tokens)["params"]
+
+
+def _apply(model):
+  """model.apply, compiled (eager op-by-op dispatch is what makes these tests slow)."""
+  return jax.jit(lambda p, t, train=False, rng=jax.random.PRNGKey(0): model.apply(
+      {"params": p}, t, train=train, rngs={"dropout": rng}), static_argnames="train")
+
+
+@pytest.mark.parametrize("encoder", ENCODERS)
+def test_padding_never_changes_the_prediction(encoder):
+  model = _model(encoder)
+  rng = np.random.default_rng(0)
+  lengths = [1, 3, 5, 6]
+  short_BxL = np.zeros((4, 6), np.int32)
+  for i, n in enumerate(lengths):
+    short_BxL[i, :n] = rng.integers(2, 50, n)
+  long_BxL = np.pad(short_BxL, ((0, 0), (0, 10)))  # the same sentences, 10 more pads each
+  params = _init(model, long_BxL)
+  apply = _apply(model)
+  # Non-zero params everywhere (zero-init biases would hide a pad leaking in through them).
+  params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.PRNGKey(2), p.shape),
+                        params)
+  short, long = apply(params, short_BxL), apply(params, long_BxL)
+  np.testing.assert_allclose(short, long, rtol=1e-5, atol=1e-5)
+  # Changing a pad's position changes nothing; changing a real token does (the test can fail).
+  moved = long_BxL.copy()
+  moved[0, 1] = 7  # row 0 had one token: now it has two
+  assert not np.allclose(apply(params, moved)[0], long[0])
+
+
+@pytest.mark.parametrize("encoder", ENCODERS)
+def test_dropout_comes_from_the_rng(encoder):
+  model = _model(encoder, dropout=0.5, embed_dropout=0.3, word_dropout=0.3)
+  tokens = np.arange(2, 26, dtype=np.int32).reshape(3, 8)
+  params, apply = _init(model, tokens), _apply(model)
+  run = lambda seed: apply(params, tokens, True, jax.random.PRNGKey(seed))
+  np.testing.assert_array_equal(run(3), run(3))
+  assert not np.allclose(run(3), run(4))
+  # Without train, the rng is ignored: no dropout.
+  np.testing.assert_array_equal(apply(params, tokens, False, jax.random.PRNGKey(3)),
+                                apply(params, tokens, False, jax.random.PRNGKey(4)))
+
+
+def test_jit_matches_no_jit():
+  model = _model("cnn")
+  tokens = np.array([[5, 6, 7, 0, 0], [9, 0, 0, 0, 0]], np.int32)
+  params = _init(model, tokens)
+  eager = model.apply({"params": params}, tokens, train=False)
+  np.testing.assert_allclose(_apply(model)(params, tokens), eager, rtol=1e-5, atol=1e-6)
+  assert eager.shape == (2, 3)

@@ -1,0 +1,247 @@
+"""The text classifier end to end on tiny made-up data: outputs, exact resume, the saved
+vocabulary, TFDS and offline sources, the confusion sums, and the predict CLI."""
+
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import REPO, load_config
+from jaxdl import checkpoint, data, losses, models, optim, steps, train
+from jaxdl.data import text
+from jaxdl.errors import UserError
+
+POS = ["good", "great", "lovely", "superb", "fun", "moving"]
+NEG = ["bad", "awful", "dull", "boring", "poor", "mess"]
+FILLER = ["the", "film", "is", "a", "very", "movie", "plot", "and", "it", "was"]
+
+
+def _sentences(n, seed):
+  rng = np.random.default_rng(seed)
+  rows = []
+  for _ in range(n):
+    label = int(rng.integers(0, 2))
+    words = list(rng.choice(FILLER, int(rng.integers(1, 9))))
+    words.insert(int(rng.integers(0, len(words) + 1)), str(rng.choice(POS if label else NEG)))
+    rows.append((" ".join(words), label))
+  return rows
+
+
+@pytest.fixture(scope="module")
+def sst_dir(tmp_path_factory):
+  """A GLUE-style directory: train.tsv and dev.tsv, and a labelled test.jsonl."""
+  directory = tmp_path_factory.mktemp("sst")
+  for split, n, seed in (("train", 320, 0), ("dev", 40, 1)):
+    with open(directory / f"{split}.tsv", "w") as f:
+      f.write("sentence\tlabel\n" + "".join(f"{s}\t{y}\n" for s, y in _sentences(n, seed)))
+  with open(directory / "test.jsonl", "w") as f:
+    f.writelines(json.dumps({"text": s, "label": y}) + "\n" for s, y in _sentences(30, 2))
+  return str(directory)
+
+
+def _tiny_config(sst_dir):
+  """configs/text_classifier.py shrunk to seconds: a CNN, a few steps, frequent events."""
+  c = load_config("text_classifier")
+  c.data.path = sst_dir
+  c.data.max_len = 16
+  c.data.bucket = 0  # one train shape: one compilation (bucketing has its own test)
+  c.model.name = "text_cnn"
+  c.model.embed_dim = c.model.hidden_dim = 8
+  c.model.kernel_sizes = (2, 3)
+  c.batch_size = 16
+  c.eval_batch_size = 32
+  c.num_train_steps = 24
+  c.log_every = 5
+  c.eval_every = 10
+  c.checkpoint_every = 8
+  c.opt.warmup_steps = 4
+  c.opt.lr = 0.3  # the default SGD recipe, at a rate that learns in a few dozen steps
+  return c
+
+
+@pytest.fixture
+def tiny_text(sst_dir):
+  return _tiny_config(sst_dir)
+
+
+def _events(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [{k: v for k, v in json.loads(line).items() if k != "examples_per_s"} for line in f]
+
+
+@pytest.fixture(scope="module")
+def trained(sst_dir, tmp_path_factory):
+  """One tiny run shared by the output and predict tests: (workdir, final metrics, console)."""
+  config = _tiny_config(sst_dir)
+  config.num_train_steps = 60  # long enough to learn that the sentiment word decides
+  config.model.dropout = config.model.embed_dropout = config.model.word_dropout = 0.0
+  workdir = str(tmp_path_factory.mktemp("trained") / "w")
+  with contextlib.redirect_stdout(io.StringIO()) as out:
+    final = train.train_and_evaluate(config, workdir)
+  return workdir, final, out.getvalue()
+
+
+def test_tiny_run_reports_classification_metrics_and_saves_the_vocab(trained):
+  workdir, final, out = trained
+  assert "train 320 | dev 40 | test 30 | 2 classes" in out
+  assert "max_len 16 truncated 0 train, 0 dev, 0 test" in out
+  assert final["dev_count"] == 40 and final["test_count"] == 30
+  assert final["dev_accuracy"] == 1.0  # the label word alone decides: an easy task
+  assert final["dev_confusion"] == [[final["dev_confusion"][0][0], 0],
+                                    [0, final["dev_confusion"][1][1]]]
+  assert np.sum(final["dev_confusion"]) == 40 and len(final["test_f1"]) == 2
+  assert final["dev_macro_f1"] == 1.0 and "test_macro_precision" in final
+  evals = [e for e in _events(workdir) if e["event"] == "eval"]
+  assert [e["step"] for e in evals] == [10, 20, 30, 40, 50] and "dev_confusion" in evals[0]
+  vocab = text.Vocab.from_json(open(os.path.join(workdir, "vocab.json")).read(), "vocab.json")
+  assert vocab.words[:2] == ["<pad>", "<oov>"] and set(POS + NEG) <= set(vocab.words)
+
+
+def test_resume_is_exact_and_reuses_the_saved_vocab(tiny_text, tmp_path, monkeypatch):
+  tiny_text.model.word_dropout = 0.2  # exercise the step rng
+  full = str(tmp_path / "full")
+  expected = train.train_and_evaluate(tiny_text, full)
+
+  resumed = str(tmp_path / "resumed")
+  real_batch = data.TrainBatches.batch
+  def interrupting_batch(self, step):
+    if step == 19:
+      raise KeyboardInterrupt
+    return real_batch(self, step)
+  with monkeypatch.context() as patch:
+    patch.setattr(data.TrainBatches, "batch", interrupting_batch)
+    with pytest.raises(KeyboardInterrupt):
+      train.train_and_evaluate(tiny_text, resumed)
+  assert sorted(os.listdir(os.path.join(resumed, "checkpoints"))) == ["16", "8"]
+  assert train.train_and_evaluate(tiny_text, resumed) == expected
+  assert _events(resumed) == _events(full)
+
+  dataset = text.load_dataset(tiny_text, full)
+  like = steps.create_state(models.get_model(tiny_text, **dataset.model_info),
+                            optim.make(tiny_text.opt, 24), np.zeros((1, 16), np.int32), 0)
+  params = []
+  for workdir in (full, resumed):
+    with checkpoint.Checkpoints(workdir, keep=3) as ckpts:
+      params.append(jax.tree.leaves(ckpts.restore_latest(like)[0].params))
+  for a, b in zip(*params):
+    np.testing.assert_array_equal(a, b)  # bitwise
+
+
+def test_a_saved_vocab_wins_over_rebuilding(tiny_text, tmp_path):
+  workdir = tmp_path / "w"
+  workdir.mkdir()
+  saved = text.Vocab(["<pad>", "<oov>", "good"], ["neg", "pos"], min_count=5)
+  (workdir / "vocab.json").write_text(saved.to_json())
+  dataset = text.load_dataset(tiny_text, str(workdir))
+  assert dataset.model_info == {"vocab_size": 3, "num_classes": 2}
+  assert set(np.unique(dataset.evals["dev"]["tokens"])) <= {0, 1, 2}
+  (workdir / "vocab.json").write_text(
+      text.Vocab(["<pad>", "<oov>"], ["only"], min_count=1).to_json())
+  with pytest.raises(UserError, match="train split has label 1, but the classes are 0..0"):
+    text.load_dataset(tiny_text, str(workdir))
+
+
+def test_length_grouped_batches_cover_each_example_once(tiny_text):
+  tiny_text.data.bucket = 8
+  dataset = text.load_dataset(tiny_text, "/nonexistent")
+  train_batches = dataset.train
+  widths, rows = set(), []
+  for step in range(train_batches.steps_per_epoch):
+    batch = train_batches.batch(step)
+    widths.add(batch["tokens"].shape[1])
+    longest = (batch["tokens"] != 0).sum(1).max()
+    assert batch["tokens"].shape[1] == min(16, -(-longest // 8) * 8)
+    rows += [tuple(r) for r, m in zip(batch["tokens"], batch["mask"]) if m]
+  every = dataset.train.arrays["tokens"]
+  assert len(rows) == len(every) == 320 and widths <= {8, 16}
+  padded = [r + (0,) * (16 - len(r)) for r in rows]  # each row back at max_len
+  assert sorted(padded) == sorted(tuple(r) for r in every)  # every example exactly once
+
+
+def test_offline_without_data_is_one_line_listing_the_ways(tiny_text, tmp_path):
+  tiny_text.data.path = ""
+  tiny_text.data.tfds_dir = str(tmp_path)  # an empty TFDS dir: no prepared copy
+  workdir = tmp_path / "w"
+  with pytest.raises(UserError, match=r"no data for 'glue/sst2': set --config.data.path=DIR .*"
+                                      r"prepare 'glue/sst2' with TFDS") as info:
+    train.train_and_evaluate(tiny_text, str(workdir))
+  assert "\n" not in str(info.value) and not workdir.exists()  # nothing written
+
+
+@pytest.mark.parametrize("name,config_dir", [("glue/sst2", "glue/sst2/2.0.0"),
+                                             ("imdb_reviews", "imdb_reviews/plain_text/1.0.0")])
+def test_tfds_text_datasets_without_tensorflow(tiny_text, tmp_path, name, config_dir):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  # mock_data makes examples from the builder's code; glue's is a legacy module TFDS imports
+  # lazily. (A real prepared copy needs no code: TFDS reads its dataset_info.json.)
+  import tensorflow_datasets.text.glue  # pylint: disable=g-import-not-at-top,unused-import
+  tiny_text.data.path, tiny_text.data.name = "", name
+  tiny_text.data.tfds_dir = str(tmp_path)
+  os.makedirs(tmp_path / config_dir)
+  (tmp_path / config_dir / "x.tfrecord-00000-of-00001").write_text("")
+  with pytest.raises(UserError, match="no data for"):  # a TFRecord-only copy does not count
+    text.load_dataset(tiny_text, str(tmp_path / "w"))
+  (tmp_path / config_dir / "x.array_record-00000-of-00001").write_text("")
+  with tfds.testing.mock_data(num_examples=20):
+    dataset = text.load_dataset(tiny_text, str(tmp_path / "w"))
+  assert dataset.source.startswith(f"TFDS {name}") and dataset.train.size == 20
+  assert dataset.eval_split == "dev"  # mock_data makes every split, imdb's 'validation' too
+  assert dataset.model_info["num_classes"] == 2
+
+
+def test_confusion_sums_match_a_hand_computed_matrix():
+  logits = np.array([[2., 0, 0], [0, 3, 0], [0, 3, 0], [1, 0, 2], [5, 0, 0]], np.float32)
+  labels = np.array([0, 1, 0, 2, 2])
+  mask = np.array([1, 1, 1, 1, 0], np.float32)  # the last row is padding
+  # predicted 0, 1, 1, 2, (0): rows are true classes, columns predictions.
+  expected = [[1, 1, 0], [0, 1, 0], [0, 0, 1]]
+  np.testing.assert_array_equal(losses.confusion_matrix(logits, labels, mask), expected)
+
+
+def test_model_and_task_must_agree(tiny_text, tmp_path):
+  from jaxdl import validate  # pylint: disable=g-import-not-at-top
+  tiny_text.model.name = "cnn"
+  with pytest.raises(UserError, match="model.name='cnn': is a image_classification model"):
+    validate.validate(tiny_text, str(tmp_path / "w"))
+
+
+def test_predict_cli_from_arguments_and_stdin(trained, tmp_path):
+  workdir = trained[0]
+  run = lambda *args, stdin=None: subprocess.run(
+      [sys.executable, "-m", "jaxdl.predict", f"--workdir={workdir}", *args], cwd=REPO,
+      input=stdin, capture_output=True, text=True, timeout=120)
+  result = run("a great and lovely film", "a dull , boring mess")
+  assert result.returncode == 0, result.stderr
+  lines = [line.split("\t") for line in result.stdout.splitlines()]
+  assert [(l[0], l[2]) for l in lines] == [("1", "a great and lovely film"),
+                                           ("0", "a dull , boring mess")]
+  assert all(0.5 < float(l[1]) <= 1 for l in lines)
+  result = run(stdin="superb fun\n\nawful plot\n")
+  assert [l.split("\t")[0] for l in result.stdout.splitlines()] == ["1", "0"], result.stderr
+  result = subprocess.run(
+      [sys.executable, "-m", "jaxdl.predict", f"--workdir={tmp_path / 'none'}", "x"], cwd=REPO,
+      capture_output=True, text=True, timeout=120)
+  assert result.returncode == 1 and result.stderr.count("\n") == 1
+  assert "config.json: not found" in result.stderr
+
+
+def test_every_text_config_field_has_a_comment():
+  lines = open(os.path.join(REPO, "configs", "text_classifier.py")).read().splitlines()
+  fields = [line for line in lines if line.strip().startswith("c.") and " = " in line
+            and "ConfigDict()" not in line]
+  assert len(fields) > 30 and all("#" in line for line in fields), [
+      line for line in fields if "#" not in line]
+
+
+def test_resuming_with_another_length_grouping_is_refused(tiny_text):
+  dataset = text.load_dataset(tiny_text, "/nonexistent")
+  saved = dataset.train.position(7)
+  tiny_text.data.sort_pool = 3
+  with pytest.raises(UserError, match="data position"):
+    text.load_dataset(tiny_text, "/nonexistent").train.check_position(7, saved)

@@ -1,0 +1,104 @@
+"""The Transformer LM: shapes, causality, and the key/value cache agreeing with the full pass."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import load_config
+from jaxdl import models
+from jaxdl.errors import UserError
+from jaxdl.models.transformer import TransformerLM, init_cache
+
+VOCAB = 11
+
+
+def _model(positions="learned", **kw):
+  kw = {"num_layers": 2, "num_heads": 2, "width": 16, "block_size": 12, **kw}
+  model = TransformerLM(vocab_size=VOCAB, positions=positions, **kw)
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 12), jnp.int32), train=False)["params"]
+  # Scale the small init up so the logits depend visibly on every input.
+  params = jax.tree.map(lambda p: p * 8 if p.ndim >= 2 else p, params)
+  return model, params
+
+
+def _tokens(shape, seed=1):
+  return jax.random.randint(jax.random.PRNGKey(seed), shape, 0, VOCAB)
+
+
+def test_output_shape_and_get_model():
+  config = load_config("tiny_lm", "nanogpt_cpu")
+  model = models.get_model(config, vocab_size=65)
+  assert isinstance(model, TransformerLM) and model.block_size == 64 and model.num_layers == 4
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((2, 64), jnp.int32), train=False)["params"]
+  assert model.apply({"params": params}, jnp.zeros((2, 64), jnp.int32),
+                     train=False).shape == (2, 64, 65)
+  # Per block: qkv 128*384+384, out 128*128+128, MLP 128*512+512 and 512*128+128, 2 LayerNorms
+  # 2*256; then token 65*128 and position 64*128 embeddings (the output layer is tied), the final
+  # LayerNorm 256.
+  per_block = 128 * 384 + 384 + 128 * 128 + 128 + 128 * 512 + 512 + 512 * 128 + 128 + 512
+  expected = 4 * per_block + 65 * 128 + 64 * 128 + 256
+  assert sum(x.size for x in jax.tree.leaves(params)) == expected == 809_856
+  # Without biases (nanoGPT's bias=False) the LayerNorms keep only their scales.
+  config.model.use_bias = False
+  params = models.get_model(config, vocab_size=65).init(
+      jax.random.PRNGKey(0), jnp.zeros((1, 64), jnp.int32), train=False)["params"]
+  biases = 4 * (384 + 128 + 512 + 128 + 2 * 128) + 128
+  assert sum(x.size for x in jax.tree.leaves(params)) == expected - biases == 804_096
+  config.model.positions = "alibi"
+  with pytest.raises(UserError, match="model.positions='alibi' is not one of learned, rope"):
+    models.get_model(config, vocab_size=65)
+
+
+@pytest.mark.parametrize("positions", ["learned", "rope"])
+def test_causality_by_perturbation(positions):
+  model, params = _model(positions)
+  tokens = _tokens((2, 12))
+  logits = model.apply({"params": params}, tokens, train=False)
+  for t in (0, 5, 11):
+    changed = tokens.at[:, t].set((tokens[:, t] + 1) % VOCAB)
+    other = model.apply({"params": params}, changed, train=False)
+    np.testing.assert_array_equal(other[:, :t], logits[:, :t])  # the past is untouched
+    assert np.abs(other[:, t] - logits[:, t]).max() > 1e-3  # position t sees its own token
+
+
+@pytest.mark.parametrize("positions", ["learned", "rope"])
+def test_causality_by_gradient(positions):
+  model, params = _model(positions)
+  tokens = _tokens((1, 12))
+  # flax's perturb() hook: a zero added to the input embeddings, differentiable per position.
+  zeros = model.init(jax.random.PRNGKey(0), tokens, train=False)["perturbations"]
+
+  def logit_sums_L(perturbations):
+    logits = model.apply({"params": params, "perturbations": perturbations}, tokens, train=False)
+    return logits[0].sum(-1)
+
+  # jac[t, s] = d(sum of position t's logits) / d(position s's embedding), all t and s at once.
+  jac_LxLxD = jax.jacrev(logit_sums_L)(zeros)["embedded"][:, 0]
+  influence_LxL = np.abs(np.asarray(jac_LxLxD)).sum(-1)
+  assert np.all(np.triu(influence_LxL, k=1) == 0)  # nothing from the future
+  assert np.all(influence_LxL[np.tril_indices(12)] > 0)  # every past position and itself
+
+
+@pytest.mark.parametrize("positions", ["learned", "rope"])
+def test_cached_decoding_matches_the_full_pass(positions):
+  model, params = _model(positions)
+  tokens = _tokens((3, 12), seed=2)
+  full = model.apply({"params": params}, tokens, train=False)
+  cache = init_cache(model, 3)
+  steps = [(0, 5)] + [(t, t + 1) for t in range(5, 12)]  # a 5-token prompt, then one at a time
+  for start, end in steps:
+    logits, variables = model.apply({"params": params, "cache": cache}, tokens[:, start:end],
+                                    train=False, decode=True, mutable=["cache"])
+    cache = variables["cache"]
+    np.testing.assert_allclose(logits, full[:, start:end], atol=2e-5, rtol=2e-5)
+  assert int(cache["index"]) == 12
+
+
+def test_dropout_only_in_training():
+  model, params = _model(dropout=0.5)
+  tokens = _tokens((2, 12))
+  a = model.apply({"params": params}, tokens, train=False)
+  b = model.apply({"params": params}, tokens, train=True, rngs={"dropout": jax.random.PRNGKey(3)})
+  assert not np.allclose(a, b)
+  np.testing.assert_array_equal(a, model.apply({"params": params}, tokens, train=False))
