@@ -88,12 +88,19 @@ def plot(workdirs: list[str], out: str, metrics: list[str] | None = None,
     if metric in ("loss", "perplexity"):
       ax.set_yscale("log")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+  # One legend for all panels, below them: labels made of several config keys are long, and
+  # inside a panel they would cover the curves.
+  legend = {}
+  for ax in axes[0]:
+    for handle, text in zip(*ax.get_legend_handles_labels()):
+      legend.setdefault(text, handle)
+  fig.legend(legend.values(), legend.keys(), loc="upper center", bbox_to_anchor=(0.5, 0.0),
+             fontsize="small", frameon=False)
   if title:
     fig.suptitle(title)
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  fig.savefig(out, dpi=90)
+  fig.savefig(out, dpi=90, bbox_inches="tight")
   plt.close(fig)
   return out
 
