@@ -33,7 +33,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.batch_size = 32           # global batch of training windows, split over all devices
   c.eval_batch_size = 128     # global batch of validation windows
   c.num_epochs = 1            # epochs (one = as many tokens as the training text has)
-  c.num_train_steps = 1_200   # if > 0, the run length in steps, overriding num_epochs
+  c.num_train_steps = 1_150   # if > 0, the run length in steps, overriding num_epochs
   c.log_every = 100           # steps between train lines on the console and in metrics.jsonl
   c.eval_every = 400          # steps between validation evals; 0 = once per epoch
   c.checkpoint_every = 1_000  # steps between checkpoints; one is always written at the end
