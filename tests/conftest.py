@@ -18,6 +18,16 @@ def load_config(name: str, preset: str | None = None):
   return module.get_config(preset)
 
 
+def short_schedule(c):
+  """The tiny runs' shared schedule: 24 steps; logs, evals and checkpoints falling apart."""
+  c.num_train_steps = 24
+  c.log_every = 5
+  c.eval_every = 10
+  c.checkpoint_every = 8
+  c.opt.warmup_steps = 4
+  return c
+
+
 @pytest.fixture
 def tiny_mnist():
   """The real MNIST config shrunk to seconds: synthetic data, a few steps, frequent events."""
@@ -26,11 +36,7 @@ def tiny_mnist():
   c.data.synthetic_size = 200
   c.batch_size = 16
   c.eval_batch_size = 32
-  c.num_train_steps = 24
-  c.log_every = 5
-  c.eval_every = 10
-  c.checkpoint_every = 8
-  c.opt.warmup_steps = 4
+  short_schedule(c)
   return c
 
 
@@ -99,11 +105,7 @@ def tiny_lm_config(text_path: str):
   c.batch_size = 8
   c.eval_batch_size = 16
   c.data.eval_windows = 40
-  c.num_train_steps = 24
-  c.log_every = 5
-  c.eval_every = 10
-  c.checkpoint_every = 8
-  c.opt.warmup_steps = 4
+  short_schedule(c)
   return c
 
 

@@ -338,16 +338,21 @@ BAD_DATA = {"missing data path": _missing_dir, "empty data path": _empty_dir,
             "image/label count mismatch": _count_mismatch}
 
 
+def _assert_one_error_and_no_workdir(config, tmp_path, needle):
+  """Training fails with one line containing `needle`, before the workdir is created."""
+  workdir = str(tmp_path / "w")
+  with pytest.raises(UserError) as error:
+    train.train_and_evaluate(config, workdir)
+  assert needle in str(error.value) and "\n" not in str(error.value), str(error.value)
+  assert not os.path.exists(workdir)
+
+
 @pytest.mark.parametrize("case", list(BAD_DATA))
 def test_bad_data_is_one_error_and_writes_nothing(tiny_mnist, tmp_path, case):
   directory = _mnist_dir(str(tmp_path / "data"))
   needle = BAD_DATA[case](directory)
   tiny_mnist.data.source, tiny_mnist.data.path = "files", directory
-  workdir = str(tmp_path / "w")
-  with pytest.raises(UserError) as error:
-    train.train_and_evaluate(tiny_mnist, workdir)
-  assert needle in str(error.value) and "\n" not in str(error.value), str(error.value)
-  assert not os.path.exists(workdir)
+  _assert_one_error_and_no_workdir(tiny_mnist, tmp_path, needle)
 
 
 def test_batch_larger_than_the_dataset(tiny_mnist, tmp_path):
@@ -414,11 +419,7 @@ def test_bad_text_data_is_one_error_and_writes_nothing(tmp_path, case):
     (data / "train.tsv").write_text(content)
   config = load_config("text_classifier")
   config.data.path = str(data)
-  workdir = str(tmp_path / "w")
-  with pytest.raises(UserError) as error:
-    train.train_and_evaluate(config, workdir)
-  assert needle in str(error.value) and "\n" not in str(error.value), str(error.value)
-  assert not os.path.exists(workdir)
+  _assert_one_error_and_no_workdir(config, tmp_path, needle)
 
 
 @pytest.mark.parametrize("content, needle", [(b"", "empty"), (b"caf\xe9\n", "not UTF-8")])
@@ -427,8 +428,4 @@ def test_bad_lm_text_is_one_error_and_writes_nothing(tmp_path, content, needle):
   path.write_bytes(content)
   config = load_config("tiny_lm")
   config.data.path = str(path)
-  workdir = str(tmp_path / "w")
-  with pytest.raises(UserError) as error:
-    train.train_and_evaluate(config, workdir)
-  assert needle in str(error.value) and "\n" not in str(error.value), str(error.value)
-  assert not os.path.exists(workdir)
+  _assert_one_error_and_no_workdir(config, tmp_path, needle)

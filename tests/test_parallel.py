@@ -45,6 +45,18 @@ def _assert_same_curve(got, want, name):
   np.testing.assert_allclose([x[2] for x in got], [x[2] for x in want], rtol=RTOL, err_msg=name)
 
 
+def _configured(name, overrides):
+  """configs/<name>.py with dotted-key overrides, set as parallel_worker.py sets them."""
+  config = load_config(name)
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
 def _run_on_8_devices(config, overrides, runs):
   spec = json.dumps({"config": config, "overrides": overrides, "runs": runs})
   result = subprocess.run([sys.executable, os.path.join(REPO, "tests", "parallel_worker.py"),
@@ -55,13 +67,7 @@ def _run_on_8_devices(config, overrides, runs):
 
 
 def test_modes_match_a_single_device_and_resume_across_modes(tmp_path):
-  config = load_config("mnist")
-  for key, value in MNIST.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  config = _configured("mnist", MNIST)
   single = str(tmp_path / "single")
   train.train_and_evaluate(config, single)  # this process: 1 device
   want = _losses(_events(single))
@@ -89,13 +95,7 @@ def test_lm_modes_match_a_single_device(tmp_path):
         "model.block_size": 16, "model.dropout": 0.0, "batch_size": 8, "eval_batch_size": 16,
         "data.eval_windows": 32, "num_train_steps": 20, "log_every": 1, "eval_every": 1000,
         "checkpoint_every": 1000, "opt.warmup_steps": 4}
-  config = load_config("tiny_lm")
-  for key, value in lm.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  config = _configured("tiny_lm", lm)
   single = str(tmp_path / "single")
   train.train_and_evaluate(config, single)
   want = _losses(_events(single))

@@ -68,7 +68,7 @@ def test_bad_rows_name_the_file_and_line(tmp_path, name, content, message):
 
 def test_non_utf8_is_one_line(tmp_path):
   path = _write(tmp_path / "train.tsv", b"sentence\tlabel\ncr\xe8me\t1\n", "wb")
-  with pytest.raises(UserError, match=r"train\.tsv: not UTF-8 text \(invalid byte at offset 17\)"):
+  with pytest.raises(UserError, match=r"train\.tsv: not UTF-8 text \(byte 0xe8 at offset 17\)"):
     text.read_file(path)
 
 

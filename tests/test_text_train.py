@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, load_config
+from conftest import REPO, load_config, short_schedule
 from jaxdl import checkpoint, data, losses, models, optim, steps, train
 from jaxdl.data import text
 from jaxdl.errors import UserError
@@ -56,11 +56,7 @@ def _tiny_config(sst_dir):
   c.model.kernel_sizes = (2, 3)
   c.batch_size = 16
   c.eval_batch_size = 32
-  c.num_train_steps = 24
-  c.log_every = 5
-  c.eval_every = 10
-  c.checkpoint_every = 8
-  c.opt.warmup_steps = 4
+  short_schedule(c)
   c.opt.lr = 0.3  # the default SGD recipe, at a rate that learns in a few dozen steps
   return c
 

@@ -36,6 +36,7 @@ import jax
 import numpy as np
 
 from jaxdl.data import images
+from jaxdl.data import text as text_files
 from jaxdl.data.dataset import Dataset
 from jaxdl.errors import UserError, first_line
 
@@ -50,23 +51,10 @@ Batch = dict[str, np.ndarray]
 # Reading text.
 
 
-def _read_utf8(path: str) -> str:
-  try:
-    with open(path, "rb") as f:
-      raw = f.read()
-  except OSError as e:
-    raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
-  try:
-    return raw.decode("utf-8")
-  except UnicodeDecodeError as e:
-    raise UserError(f"{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})"
-                    ) from None
-
-
 def read_text(path: str) -> str:
   """A UTF-8 file's text, or a directory's files' texts joined in sorted order."""
   if os.path.isfile(path):
-    text = _read_utf8(path)
+    text = text_files.read_utf8(path)
   elif os.path.isdir(path):
     files = []
     for root, dirs, names in os.walk(path):
@@ -74,7 +62,7 @@ def read_text(path: str) -> str:
       files += [os.path.join(root, n) for n in names if not n.startswith(".")]
     if not files:
       raise UserError(f"data.path={path!r}: the directory has no files")
-    text = "".join(_read_utf8(f) for f in sorted(files))
+    text = "".join(text_files.read_utf8(f) for f in sorted(files))
   else:
     raise UserError(f"data.path={path!r} does not exist")
   if not text:

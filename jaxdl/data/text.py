@@ -69,16 +69,25 @@ class TextSplit:
 # Readers: one function per format; every bad row is a UserError naming the file and line.
 
 
-def _read_text(path: str) -> str:
+def read_utf8(path: str, encoding: str = "utf-8") -> str:
+  """A file's text; unreadable or non-UTF-8 bytes are a one-line error naming the file.
+
+  Also the language model's reader (data/lm.py). `encoding='utf-8-sig'` drops a byte-order mark.
+  """
   try:
     with open(path, "rb") as f:
       raw = f.read()
   except OSError as e:
     raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
   try:
-    text = raw.decode("utf-8-sig")  # tolerates a byte-order mark
+    return raw.decode(encoding)
   except UnicodeDecodeError as e:
-    raise UserError(f"{path}: not UTF-8 text (invalid byte at offset {e.start})") from None
+    raise UserError(f"{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})"
+                    ) from None
+
+
+def _read_text(path: str) -> str:
+  text = read_utf8(path, "utf-8-sig")  # tolerates a byte-order mark
   if not text.strip():
     raise UserError(f"{path}: the file is empty")
   return text
