@@ -91,6 +91,8 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict()
   c.train.skip_nonfinite = False  # True: skip (and count) updates with a non-finite loss or
                                   # gradient; False: stop the run with an error naming the step
+  c.train.ema_decay = 0.0  # > 0: keep ema = d * ema + (1 - d) * params after every step and
+                          # evaluate, checkpoint and predict with it (Polyak averaging); 0 = off
 
   c.parallel = ml_collections.ConfigDict()
   c.parallel.mode = "jit"       # jit: one program on a device Mesh | pmap: jax.pmap + lax.pmean

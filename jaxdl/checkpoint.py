@@ -203,8 +203,15 @@ class Checkpoints:
     self.close()
 
 
+def saved_params(state: dict) -> Any:
+  """The params to predict with from a restored state dict: the moving average if the run kept
+  one (train.ema_decay > 0; as steps.eval_params), else the params."""
+  return state["params"] if state.get("ema_params") is None else state["ema_params"]
+
+
 def latest_params(workdir: str) -> Any:
-  """The params of the newest checkpoint in WORKDIR/checkpoints, as host arrays (for sampling)."""
+  """The params of the newest checkpoint in WORKDIR/checkpoints, as host arrays (for sampling):
+  its moving average when the run kept one."""
   directory = os.path.join(os.path.abspath(workdir), "checkpoints")
   step = None
   if os.path.isdir(directory):
@@ -220,7 +227,7 @@ def latest_params(workdir: str) -> Any:
   if step is None:
     raise UserError(f"no checkpoint in {directory}; train first: python -m jaxdl.main "
                     f"--config=configs/tiny_lm.py --workdir={workdir}")
-  return restored["state"]["params"]
+  return saved_params(restored["state"])
 
 
 class Stopped(Exception):

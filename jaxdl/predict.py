@@ -5,7 +5,8 @@
 
 Prints one line per input: the label, its probability and the text, tab-separated. The model is
 rebuilt from the workdir's config.json and vocab.json (the vocabulary the run trained with), so
-nothing but the workdir is needed.
+nothing but the workdir is needed. A run with train.ema_decay > 0 predicts with its moving
+average of the params, as its evaluations did.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class Predictor:
     import jax  # pylint: disable=g-import-not-at-top
     import ml_collections  # pylint: disable=g-import-not-at-top
     import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-    from jaxdl import metrics, models  # pylint: disable=g-import-not-at-top
+    from jaxdl import checkpoint, metrics, models  # pylint: disable=g-import-not-at-top
     from jaxdl.data import text  # pylint: disable=g-import-not-at-top
     from jaxdl.errors import UserError, first_line  # pylint: disable=g-import-not-at-top
 
@@ -55,9 +56,9 @@ class Predictor:
     step = manager.latest_step() if manager else None
     if step is None:
       raise UserError(f"{directory}: no checkpoint yet")
-    try:  # the saved arrays as they are (no target): only the params are used
+    try:  # the saved arrays as they are (no target): only the (averaged) params are used
       state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-      params = state["state"]["params"]
+      params = checkpoint.saved_params(state["state"])
     except Exception as e:  # pylint: disable=broad-except  (Orbax raises many types)
       raise UserError(f"the checkpoint at step {step} in {directory}: {first_line(e)}") from None
     finally:

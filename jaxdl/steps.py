@@ -34,16 +34,25 @@ class TrainState:
   params: Any
   opt_state: Any
   rng: jax.Array        # uint32[2]: the run's base key; step t uses fold_in(rng, t)
+  # train.ema_decay > 0: the exponential moving average of params (what eval, the final metrics
+  # and prediction use); None when off, so the state and its checkpoints are as before.
+  ema_params: Any = None
 
 
 def create_state(model: nn.Module, tx: optax.GradientTransformation, sample_inputs: jax.Array,
-                 seed: int) -> TrainState:
-  """Initialises params from `seed`; the sample inputs only fix shapes."""
+                 seed: int, ema: bool = False) -> TrainState:
+  """Initialises params from `seed`; the sample inputs only fix shapes. With `ema` the
+  average starts at the initial params."""
   # A raw uint32 key (not a typed key array) so Orbax stores it as an ordinary array.
   init_rng, base_rng = jax.random.split(jax.random.PRNGKey(seed))
   params = model.init({"params": init_rng}, sample_inputs, train=False)["params"]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                    rng=base_rng)
+                    rng=base_rng, ema_params=jax.tree.map(jnp.copy, params) if ema else None)
+
+
+def eval_params(state: TrainState) -> Any:
+  """The params to evaluate and predict with: the moving average when the run keeps one."""
+  return state.params if state.ema_params is None else state.ema_params
 
 
 def classify_images(params, batch, rng, train, *, model: nn.Module, label_smoothing: float,
@@ -109,7 +118,8 @@ def empty_sums(shapes: dict[str, jax.ShapeDtypeStruct]) -> dict[str, jax.Array]:
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, objective: Objective,
                tx: optax.GradientTransformation, skip_nonfinite: bool = False,
-               axis_name: str | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
+               ema_decay: float = 0.0, axis_name: str | None = None
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One update on one global batch; metrics are sums over its unmasked examples.
 
   Under jax.jit the batch is the global batch. Under jax.pmap (`axis_name` names the device
@@ -120,6 +130,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, objective: Obj
   skip_nonfinite such an update is not applied (params and optimizer state stay as they were,
   the step still advances) and its loss sums are zeroed; the loop reads the flags only where
   it syncs with the device anyway.
+
+  With ema_decay > 0, state.ema_params becomes ema_decay * ema_params + (1 - ema_decay) * params
+  after the update (every device computes the same average under pmap).
   """
   # Every random choice of this step derives from the base key and the step number, so a
   # resumed run draws exactly what the uninterrupted one did.
@@ -141,26 +154,32 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, objective: Obj
       [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
+  ema_params = state.ema_params
+  if ema_decay > 0:
+    ema_params = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, ema_params, params)
   if skip_nonfinite:
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
     params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+    ema_params = keep(ema_params, state.ema_params)
     aux = jax.tree.map(lambda v: jnp.where(finite, v, jnp.zeros_like(v)), aux)
   aux["nonfinite"] = 1.0 - finite.astype(jnp.float32)
   aux["first_nonfinite"] = jnp.where(finite, NO_NONFINITE, (state.step + 1).astype(jnp.float32))
-  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), aux
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                       ema_params=ema_params), aux
 
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array], *,
               objective: Objective) -> dict[str, jax.Array]:
-  """The objective's sums over the batch's unmasked examples, without dropout or augmentation."""
-  _, aux = objective(state.params, batch, jax.random.PRNGKey(0), False)  # rng unused: eval
+  """The objective's sums over the batch's unmasked examples, without dropout or augmentation,
+  with eval_params(state)."""
+  _, aux = objective(eval_params(state), batch, jax.random.PRNGKey(0), False)  # rng unused: eval
   return aux
 
 
 def train_steps(state: TrainState, sums: dict[str, jax.Array], xs: dict[str, jax.Array],
                 arrays: dict[str, jax.Array] | None, *, objective: Objective,
-                tx: optax.GradientTransformation, skip_nonfinite: bool = False
-                ) -> tuple[TrainState, dict[str, jax.Array]]:
+                tx: optax.GradientTransformation, skip_nonfinite: bool = False,
+                ema_decay: float = 0.0) -> tuple[TrainState, dict[str, jax.Array]]:
   """len(xs) train steps in one compiled call (lax.scan): train_step after train_step.
 
   xs holds the steps' batches stacked on a leading axis, or, when `arrays` (the training split,
@@ -173,7 +192,7 @@ def train_steps(state: TrainState, sums: dict[str, jax.Array], xs: dict[str, jax
     batch = x if arrays is None else {**{k: v[x["index"]] for k, v in arrays.items()},
                                       "mask": x["mask"]}
     state, aux = train_step(state, batch, objective=objective, tx=tx,
-                            skip_nonfinite=skip_nonfinite)
+                            skip_nonfinite=skip_nonfinite, ema_decay=ema_decay)
     return (state, merge_sums(sums, aux)), None
 
   # XLA's CPU backend runs a while loop's body several times slower than the same ops at top

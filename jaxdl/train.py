@@ -117,12 +117,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # train step is the same pure function in every mode: compiled for the mesh by jax.jit, or
   # run per device by jax.pmap on this process's rows of the batch.
   sample = parallel.global_batch(train_batches.batch(0), mesh)[steps.INPUT_KEYS[config.task]]
-  create = functools.partial(steps.create_state, model, tx, seed=config.seed)
+  ema_decay = config.train.ema_decay  # > 0: evaluate a moving average of the params
+  create = functools.partial(steps.create_state, model, tx, seed=config.seed, ema=ema_decay > 0)
   state_sharding = parallel.state_shardings(jax.eval_shape(create, sample), mesh,
                                             config.parallel.fsdp, config.parallel.fsdp_min_size)
   state = jax.jit(create, out_shardings=state_sharding)(sample)
   step_fn = functools.partial(steps.train_step, objective=objective, tx=tx,
-                            skip_nonfinite=skip_nonfinite)
+                              skip_nonfinite=skip_nonfinite, ema_decay=ema_decay)
   if config.parallel.mode == "pmap":
     train_step = parallel.pmap_train_step(step_fn, mesh)
   else:
@@ -134,7 +135,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   fuse = 1 if config.parallel.mode == "pmap" else steps_per_dispatch(
       config.steps_per_dispatch, config.log_every, eval_every, config.checkpoint_every)
   train_steps = jax.jit(functools.partial(steps.train_steps, objective=objective, tx=tx,
-                                          skip_nonfinite=skip_nonfinite),
+                                          skip_nonfinite=skip_nonfinite, ema_decay=ema_decay),
                         out_shardings=(state_sharding, replicated), donate_argnums=0)
   device_arrays = None  # the training split on the device, when fused steps gather from it
   if (fuse > 1 and isinstance(train_batches, data.TrainBatches) and jax.process_count() == 1

@@ -95,6 +95,8 @@ def validate(config, workdir: str) -> None:
            f"is a {models.MODEL_TASKS[model.name]} model, but task={config.task!r}")
   _require(0 <= config.loss.label_smoothing < 1, "loss.label_smoothing",
            config.loss.label_smoothing, "must be in [0, 1)")
+  _require(0 <= config.train.ema_decay < 1, "train.ema_decay", config.train.ema_decay,
+           "must be in [0, 1) (0 = off)")
   _require(config.seed >= 0, "seed", config.seed, "must be >= 0")
   profiler.parse(config.profile_steps)  # raises unless '' or 'START:STOP'
 

@@ -17,11 +17,13 @@ from jaxdl.errors import UserError
 # Tiny synthetic MNIST, 20 steps of batch 16 over 150 examples: 10 steps per epoch, whose last
 # batch is padded (6 real rows), so the devices of that step see unequal example counts.
 # Dropout and random shifts are off: pmap draws them per device (fold_in of the device
-# index), not per global batch, so only deterministic steps can match step for step.
+# index), not per global batch, so only deterministic steps can match step for step. The
+# moving average of the params (train.ema_decay) is on: the final test loss is the average's,
+# so every mode must keep it, shard it and checkpoint it like the params.
 MNIST = {"data.source": "synthetic", "data.synthetic_size": 150, "batch_size": 16,
          "eval_batch_size": 16, "num_train_steps": 20, "log_every": 1, "eval_every": 1000,
          "checkpoint_every": 8, "opt.warmup_steps": 4, "model.dropout": 0.0,
-         "data.random_shift": 0}
+         "data.random_shift": 0, "train.ema_decay": 0.8}
 MODES = {"mesh": {}, "fsdp": {"parallel.fsdp": True}, "pmap": {"parallel.mode": "pmap"}}
 # float32 sums in another order (per-device partial sums, then an all-reduce) differ in the
 # last bits (~1e-7 relative; measured: equal or 1 ulp); Adam's m/sqrt(v) can grow such

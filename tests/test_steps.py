@@ -2,6 +2,7 @@
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -100,3 +101,39 @@ def test_nonfinite_update_is_flagged_and_skipped_only_when_asked():
     np.testing.assert_array_equal(a, b)
   _, aux = skipping_step(state, _batch())
   assert float(aux["nonfinite"]) == 0 and float(aux["first_nonfinite"]) == steps.NO_NONFINITE
+
+
+class _Linear(nn.Module):
+  """A linear classifier of the pixels: the smallest model classify_images accepts."""
+
+  @nn.compact
+  def __call__(self, images, train):
+    return nn.Dense(10)(images.reshape(images.shape[0], -1) / 255.0)
+
+
+def test_ema_is_the_moving_average_and_what_eval_uses():
+  model = _Linear()
+  tx = optax.sgd(0.1)
+  objective = functools.partial(steps.classify_images, model=model, label_smoothing=0.0,
+                                max_shift=0)
+  state = steps.create_state(model, tx, _batch()["image"], seed=0, ema=True)
+  step = jax.jit(functools.partial(steps.train_step, objective=objective, tx=tx, ema_decay=0.9))
+  # By hand, in float64: e_0 = p_0, e_t = 0.9 e_{t-1} + 0.1 p_t.
+  expected = jax.tree.map(lambda p: np.asarray(p, np.float64), state.params)
+  for t in range(3):
+    state, _ = step(state, _batch(seed=t))
+    expected = jax.tree.map(lambda e, p: 0.9 * e + 0.1 * np.asarray(p, np.float64), expected,
+                            state.params)
+  for e, got in zip(jax.tree.leaves(expected), jax.tree.leaves(state.ema_params)):
+    np.testing.assert_allclose(got, e, rtol=1e-5, atol=1e-7)
+  assert not np.allclose(state.ema_params["Dense_0"]["kernel"], state.params["Dense_0"]["kernel"])
+  # eval_step scores the average, not the raw params.
+  evaluated = steps.eval_step(state, _batch(), objective=objective)
+  _, on_ema = objective(state.ema_params, _batch(), jax.random.PRNGKey(0), False)
+  np.testing.assert_array_equal(evaluated["loss_sum"], on_ema["loss_sum"])
+  # A skipped (non-finite) update leaves the average as it was.
+  bad = dict(_batch(), mask=_batch()["mask"] * np.float32("nan"))
+  skipped, _ = jax.jit(functools.partial(steps.train_step, objective=objective, tx=tx,
+                                         ema_decay=0.9, skip_nonfinite=True))(state, bad)
+  for a, b in zip(jax.tree.leaves(state.ema_params), jax.tree.leaves(skipped.ema_params)):
+    np.testing.assert_array_equal(a, b)

@@ -101,6 +101,7 @@ def test_tiny_run_reports_classification_metrics_and_saves_the_vocab(trained):
 
 def test_resume_is_exact_and_reuses_the_saved_vocab(tiny_text, tmp_path, monkeypatch):
   tiny_text.model.word_dropout = 0.2  # exercise the step rng
+  tiny_text.train.ema_decay = 0.9  # and the moving average of the params, saved and restored
   full = str(tmp_path / "full")
   expected = train.train_and_evaluate(tiny_text, full)
 
@@ -120,11 +121,13 @@ def test_resume_is_exact_and_reuses_the_saved_vocab(tiny_text, tmp_path, monkeyp
 
   dataset = text.load_dataset(tiny_text, full)
   like = steps.create_state(models.get_model(tiny_text, **dataset.model_info),
-                            optim.make(tiny_text.opt, 24), np.zeros((1, 16), np.int32), 0)
+                            optim.make(tiny_text.opt, 24), np.zeros((1, 16), np.int32), 0,
+                            ema=True)
   params = []
   for workdir in (full, resumed):
     with checkpoint.Checkpoints(workdir, keep=3) as ckpts:
-      params.append(jax.tree.leaves(ckpts.restore_latest(like)[0].params))
+      state = ckpts.restore_latest(like)[0]
+      params.append(jax.tree.leaves((state.params, state.ema_params)))
   for a, b in zip(*params):
     np.testing.assert_array_equal(a, b)  # bitwise
 
