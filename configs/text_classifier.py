@@ -55,6 +55,8 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.model.num_layers = 2      # text_transformer: encoder blocks (the others have one layer)
   c.model.num_heads = 4       # text_transformer: attention heads
   c.model.kernel_sizes = (3, 4, 5)  # text_cnn: filter widths (one bank of hidden_dim each)
+  c.model.pool = "max_mean"   # text_lstm: max_mean (masked max and mean of the outputs) |
+                              # attention (a learned weighted average of them)
   c.model.head_dim = 0        # hidden layer width of the classifier head; 0 = linear head
   c.model.dropout = 0.5       # dropout on the pooled sentence vector (and in transformer blocks)
   c.model.embed_dropout = 0.3  # dropout on embedding units

@@ -10,6 +10,9 @@ ENCODERS = ("lstm", "cnn", "transformer")
 
 
 def _model(encoder, **kw):
+  """A tiny classifier; encoder 'lstm_attention' is the LSTM with pool='attention'."""
+  if encoder == "lstm_attention":
+    encoder, kw = "lstm", {**kw, "pool": "attention"}
   return TextClassifier(encoder=encoder, vocab_size=50, num_classes=3, embed_dim=8,
                         hidden_dim=8, num_layers=2, num_heads=2, max_len=16, head_dim=8, **kw)
 
@@ -24,7 +27,7 @@ def _apply(model):
       {"params": p}, t, train=train, rngs={"dropout": rng}), static_argnames="train")
 
 
-@pytest.mark.parametrize("encoder", ENCODERS)
+@pytest.mark.parametrize("encoder", ENCODERS + ("lstm_attention",))
 def test_padding_never_changes_the_prediction(encoder):
   model = _model(encoder)
   rng = np.random.default_rng(0)

@@ -18,6 +18,7 @@ MODEL_TASKS = {"cnn": "image_classification", "text_lstm": "text_classification"
                "transformer": "language_model"}
 MODEL_NAMES = tuple(MODEL_TASKS)
 INIT_SCHEMES = ("flax", "torch")
+POOLS = ("max_mean", "attention")  # config.model.pool of text_lstm
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # config.model.dtype
 
 
@@ -34,11 +35,13 @@ def get_model(config, **model_info) -> nn.Module:
       raise UserError(f"model.impl={m.impl!r} is not one of {', '.join(IMPLS)}")
     return CNN(num_classes=m.num_classes, init_scheme=m.init, dropout=m.dropout, impl=m.impl)
   if m.name in ("text_lstm", "text_cnn", "text_transformer"):
+    if m.pool not in POOLS:
+      raise UserError(f"model.pool={m.pool!r} is not one of {', '.join(POOLS)}")
     return TextClassifier(
         encoder=m.name[len("text_"):], vocab_size=model_info["vocab_size"],
         num_classes=model_info["num_classes"], embed_dim=m.embed_dim, hidden_dim=m.hidden_dim,
         num_layers=m.num_layers, num_heads=m.num_heads, kernel_sizes=tuple(m.kernel_sizes),
-        max_len=config.data.max_len, head_dim=m.head_dim, dropout=m.dropout,
+        max_len=config.data.max_len, head_dim=m.head_dim, pool=m.pool, dropout=m.dropout,
         embed_dropout=m.embed_dropout, word_dropout=m.word_dropout)
   if m.name == "transformer":
     if m.positions not in POSITIONS:

@@ -1,7 +1,8 @@
 """Sentence encoders for text classification: int32 tokens[B,L] (0 = padding) → logits[B,C].
 
 Three encoders share one embedding front end and one classifier head; only the middle differs:
-  lstm         bidirectional LSTM (as in Flax's SST-2 example), masked max+mean pooling
+  lstm         bidirectional LSTM (as in Flax's SST-2 example), then masked max+mean pooling
+               or (pool='attention') a learned softmax-weighted average of its outputs
   cnn          1-D convolutions of several widths (Kim 2014), masked max pooling
   transformer  pre-LayerNorm Transformer encoder with learned positions, masked mean pooling
 
@@ -51,6 +52,21 @@ def _masked_mean(x_BxLxD: jax.Array, mask_BxL: jax.Array) -> jax.Array:
   return (x_BxLxD * m_BxLx1).sum(1) / jnp.maximum(m_BxLx1.sum(1), 1.0)
 
 
+class _AttentionPool(nn.Module):
+  """Softmax-weighted average over real positions, the weights scored from each vector alone
+  (a query-free additive attention, as Flax's SST-2 example pools its LSTM)."""
+  hidden_dim: int
+
+  @nn.compact
+  def __call__(self, x_BxLxD: jax.Array, mask_BxL: jax.Array) -> jax.Array:
+    scores_BxL = nn.Dense(1, use_bias=False)(
+        nn.tanh(nn.Dense(self.hidden_dim, use_bias=False)(x_BxLxD)))[..., 0]
+    scores_BxL = jnp.where(mask_BxL, scores_BxL, -jnp.inf)
+    # An empty row (all padding) would be 0/0: its weights become 0 and its pool 0.
+    weights_BxL = jnp.where(mask_BxL.any(-1, keepdims=True), nn.softmax(scores_BxL, -1), 0.0)
+    return jnp.einsum("bl,bld->bd", weights_BxL, x_BxLxD)
+
+
 class _Head(nn.Module):
   """Dropout → Dense(hidden) → ReLU → dropout → Dense(num_classes)."""
   hidden_dim: int
@@ -80,6 +96,7 @@ class TextClassifier(nn.Module):
     kernel_sizes: CNN filter widths.
     max_len: longest input (the Transformer's position table size).
     head_dim: width of the classifier's hidden layer; 0 = a linear classifier.
+    pool: how the LSTM's outputs become one vector: 'max_mean' or 'attention'.
     dropout: rate on pooled features and in the head (and inside Transformer blocks).
     embed_dropout: rate on embedding units.
     word_dropout: probability a real token is replaced by OOV during training.
@@ -94,6 +111,7 @@ class TextClassifier(nn.Module):
   kernel_sizes: tuple[int, ...] = (3, 4, 5)
   max_len: int = 64
   head_dim: int = 0
+  pool: str = "max_mean"
   dropout: float = 0.0
   embed_dropout: float = 0.0
   word_dropout: float = 0.0
@@ -104,7 +122,7 @@ class TextClassifier(nn.Module):
     x_BxLxD = _Embed(self.vocab_size, self.embed_dim, self.word_dropout,
                      self.embed_dropout)(tokens_BxL, mask_BxL, train)
     if self.encoder == "lstm":
-      h_BxF = self._lstm(x_BxLxD, mask_BxL)
+      h_BxF = self._lstm(x_BxLxD, mask_BxL, train)
     elif self.encoder == "cnn":
       h_BxF = self._cnn(x_BxLxD, mask_BxL)
     elif self.encoder == "transformer":
@@ -113,15 +131,20 @@ class TextClassifier(nn.Module):
       raise ValueError(f"unknown encoder {self.encoder!r}")  # models.get_model checks names
     return _Head(self.head_dim, self.num_classes, self.dropout)(h_BxF, train)
 
-  def _lstm(self, x_BxLxD, mask_BxL):
+  def _lstm(self, x_BxLxD, mask_BxL, train):
     # seq_lengths makes each direction skip padding: the forward carry stops at the last real
     # token and the backward pass starts there (flax flips each row within its own length).
     lengths_B = mask_BxL.sum(-1).astype(jnp.int32)
     bilstm = nn.Bidirectional(nn.RNN(nn.OptimizedLSTMCell(self.hidden_dim)),
                               nn.RNN(nn.OptimizedLSTMCell(self.hidden_dim)))
     h_BxLx2H = bilstm(x_BxLxD, seq_lengths=lengths_B)
-    return jnp.concatenate([_masked_max(h_BxLx2H, mask_BxL),
-                            _masked_mean(h_BxLx2H, mask_BxL)], -1)
+    if self.pool == "attention":  # dropout on the outputs the weights are scored from
+      h_BxLx2H = nn.Dropout(self.dropout, deterministic=not train)(h_BxLx2H)
+      return _AttentionPool(2 * self.hidden_dim)(h_BxLx2H, mask_BxL)
+    if self.pool == "max_mean":
+      return jnp.concatenate([_masked_max(h_BxLx2H, mask_BxL),
+                              _masked_mean(h_BxLx2H, mask_BxL)], -1)
+    raise ValueError(f"unknown pool {self.pool!r}")  # models.get_model checks names
 
   def _cnn(self, x_BxLxD, mask_BxL):
     # 'SAME' convolutions over zeroed padding equal convolutions over the unpadded sentence
