@@ -55,11 +55,11 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.model.num_layers = 2      # text_transformer: encoder blocks (the others have one layer)
   c.model.num_heads = 4       # text_transformer: attention heads
   c.model.kernel_sizes = (3, 4, 5)  # text_cnn: filter widths (one bank of hidden_dim each)
-  c.model.pool = "max_mean"   # text_lstm: max_mean (masked max and mean of the outputs) |
+  c.model.pool = "attention"  # text_lstm: max_mean (masked max and mean of the outputs) |
                               # attention (a learned weighted average of them)
-  c.model.head_dim = 0        # hidden layer width of the classifier head; 0 = linear head
+  c.model.head_dim = 128      # hidden layer width of the classifier head; 0 = linear head
   c.model.dropout = 0.5       # dropout on the pooled sentence vector (and in transformer blocks)
-  c.model.embed_dropout = 0.3  # dropout on embedding units
+  c.model.embed_dropout = 0.5  # dropout on embedding units
   c.model.word_dropout = 0.1  # probability a training token is replaced by the OOV id
 
   c.data = ml_collections.ConfigDict()
@@ -93,8 +93,9 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict()
   c.train.skip_nonfinite = False  # True: skip (and count) updates with a non-finite loss or
                                   # gradient; False: stop the run with an error naming the step
-  c.train.ema_decay = 0.0  # > 0: keep ema = d * ema + (1 - d) * params after every step and
-                          # evaluate, checkpoint and predict with it (Polyak averaging); 0 = off
+  c.train.ema_decay = 0.999  # > 0: keep ema = d * ema + (1 - d) * params after every step and
+                             # evaluate, checkpoint and predict with it (Polyak averaging); 0 =
+                             # off. 0.999: about the last 1,000 steps (~1 epoch) count
 
   c.parallel = ml_collections.ConfigDict()
   c.parallel.mode = "jit"       # jit: one program on a device Mesh | pmap: jax.pmap + lax.pmean
