@@ -28,6 +28,8 @@ def _tokens(shape, seed=1):
 
 def test_output_shape_and_get_model():
   config = load_config("tiny_lm", "nanogpt_cpu")
+  assert (config.model.positions, config.model.use_bias) == ("rope", False)
+  config.model.positions, config.model.use_bias = "learned", True  # GPT-2's layers
   model = models.get_model(config, vocab_size=65)
   assert isinstance(model, TransformerLM) and model.block_size == 64 and model.num_layers == 4
   params = model.init(jax.random.PRNGKey(0), jnp.zeros((2, 64), jnp.int32), train=False)["params"]

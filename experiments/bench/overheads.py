@@ -1,7 +1,10 @@
-"""Loop overheads on the seed CNN (`:seed` preset, mnist-10k), measured in-process with jaxdl's
-own pieces: host time per step, the step-time cost of an asynchronous checkpoint, eval speed.
+"""Loop overheads, measured in-process with jaxdl's own pieces: device step time, host time per
+step, FLOP rate against the machine's f32 matmul peak, the step-time cost of an asynchronous
+checkpoint, eval speed. `--model=cnn` is the seed CNN (MNIST `:seed` preset), `--model=lm` the
+tiny LM's `:nanogpt_cpu` preset.
 
-  flock /tmp/jaxdl-cpu.lock python experiments/bench/overheads.py --data=../shared/data/mnist-10k
+  python experiments/bench/overheads.py --data=../shared/data/mnist-10k
+  python experiments/bench/overheads.py --model=lm --data=../shared/data/tiny_shakespeare/input.txt
 """
 
 from __future__ import annotations
@@ -26,23 +29,26 @@ from jaxdl import checkpoint, data, models, optim, parallel, steps, train
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--model", choices=("cnn", "lm"), default="cnn")
   parser.add_argument("--data", required=True)
   parser.add_argument("--steps", type=int, default=100)
   args = parser.parse_args()
-  spec = importlib.util.spec_from_file_location("mnist_config", f"{REPO}/configs/mnist.py")
+  file, preset = ("mnist", "seed") if args.model == "cnn" else ("tiny_lm", "nanogpt_cpu")
+  spec = importlib.util.spec_from_file_location("config", f"{REPO}/configs/{file}.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  config = module.get_config("seed")
+  config = module.get_config(preset)
   config.data.path = os.path.abspath(args.data)
+  unit = "images" if args.model == "cnn" else "tokens"
 
   mesh = parallel.make_mesh()
   dataset = data.load(config, "/nonexistent")
   batches = dataset.train
-  model = models.get_model(config)
+  model = models.get_model(config, **dataset.model_info)
   tx = optim.make(config.opt, 1000)
   objective = steps.make_objective(config, model)
   replicated = parallel.replicated(mesh)
-  sample = parallel.global_batch(batches.batch(0), mesh)["image"]
+  sample = parallel.global_batch(batches.batch(0), mesh)[steps.INPUT_KEYS[config.task]]
   state = jax.jit(functools.partial(steps.create_state, model, tx, seed=0),
                   out_shardings=replicated)(sample)
   train_step = jax.jit(functools.partial(steps.train_step, objective=objective, tx=tx),
@@ -122,8 +128,9 @@ def main():
     t = time.perf_counter()
     result = train.evaluate(eval_step, state, split, config.eval_batch_size, mesh)
     eval_s.append(time.perf_counter() - t)
-  print(f"eval: {result['count'] / statistics.median(eval_s):,.0f} images/s "
-        f"({result['count']} images in {statistics.median(eval_s):.3f} s, batch "
+  count = int(result["count"])  # images, or tokens for the LM
+  print(f"eval: {count / statistics.median(eval_s):,.0f} {unit}/s "
+        f"({count} {unit} in {statistics.median(eval_s):.3f} s, batch "
         f"{config.eval_batch_size})")
 
 
