@@ -106,6 +106,9 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.parallel.fsdp = False       # jit: shard params + optimizer state over 'data' (ZeRO-3)
   c.parallel.fsdp_min_size = 1024  # fsdp: arrays with fewer elements stay replicated
   c.parallel.mesh_shape = (-1,)  # devices per mesh axis ('data',); -1 = all the job's devices
+  c.parallel.cpu_devices = 0   # CPU backend: split this process into N CPU devices, so the batch
+                                # runs data-parallel over the cores (XLA:CPU runs one op at a time
+                                # on small models); 0 = JAX's default (one device)
 
   c.lock()  # unknown keys are errors, from the command line and from code alike
   return c

@@ -45,6 +45,7 @@ HARMLESS_KEYS = ("num_train_steps", "num_epochs", "log_every", "eval_every", "ch
                  "keep_checkpoints", "eval_batch_size", "data.download_dir",
                  "train.skip_nonfinite", "parallel.mode", "parallel.fsdp",
                  "parallel.fsdp_min_size", "parallel.mesh_shape",  # Orbax reshards on restore
+                 "parallel.cpu_devices",
                  "steps_per_dispatch", "model.impl")
 
 _TMP_MARK = ".orbax-checkpoint-tmp"  # Orbax's suffix for a save still being written

@@ -107,6 +107,7 @@ def main(argv: list[str]) -> None:
   from jaxdl import checkpoint, parallel, train  # pylint: disable=g-import-not-at-top
   from jaxdl.errors import UserError  # pylint: disable=g-import-not-at-top
   try:
+    parallel.set_cpu_devices(_CONFIG.value.parallel.cpu_devices)
     parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except UserError as e:

@@ -172,11 +172,9 @@ def initialize(coordinator_address: str = "", num_processes: int = 0,
     raise UserError(f"--process_id={process_id}: must be in 0..{num_processes - 1} "
                     f"(--num_processes={num_processes})")
   # Cross-process collectives on CPU (localhost jobs, tests) go through gloo; TPU and GPU use
-  # their own interconnect and ignore this. A gloo all-reduce holds a thread of XLA:CPU's pool
-  # until every device has joined, and the pool has one thread per core: with fewer cores than
-  # local devices (plus the next step's dispatch), the job deadlocks. PJRT_NPROC sizes that pool.
+  # their own interconnect and ignore this.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  os.environ.setdefault("PJRT_NPROC", str(max(os.cpu_count() or 1, 2 * _cpu_devices() + 1)))
+  _size_cpu_thread_pool(_cpu_devices())
   try:
     jax.distributed.initialize(address, num_processes if num_processes > 0 else None,
                                process_id if process_id >= 0 else None)
@@ -193,6 +191,29 @@ def initialize(coordinator_address: str = "", num_processes: int = 0,
         raise UserError(f"process {index} has --num_processes={count}, which disagrees with the "
                         f"coordinator at {address}, whose job has {jax.process_count()} processes")
   _check_devices()
+
+
+def set_cpu_devices(count) -> None:
+  """Makes the CPU backend `count` devices (config.parallel.cpu_devices; 0 leaves JAX's default).
+
+  XLA:CPU runs a small model's ops one after another, each on one core (the tiny LM's profile:
+  experiments/bench/README.md), so one device leaves the other cores mostly idle. N devices run
+  N slices of the batch at once, as on N accelerators. Must run before JAX's backends start.
+  """
+  if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+    raise UserError(f"config.parallel.cpu_devices={count!r}: must be an integer >= 0 "
+                    f"(0 = JAX's default)")
+  if count > 0:
+    jax.config.update("jax_num_cpu_devices", count)
+    _size_cpu_thread_pool(count)
+
+
+def _size_cpu_thread_pool(devices: int) -> None:
+  """An all-reduce holds a thread of XLA:CPU's pool until every device has joined, and the pool
+  has one thread per core: with fewer cores than local devices (plus the next step's dispatch)
+  a step can deadlock in the rendezvous (seen with 2 devices on 2 cores, in one process and
+  across two). PJRT_NPROC sizes that pool; it must be set before the CPU backend starts."""
+  os.environ.setdefault("PJRT_NPROC", str(max(os.cpu_count() or 1, 2 * devices + 1)))
 
 
 def _cpu_devices() -> int:

@@ -114,15 +114,15 @@ def test_every_config_field_has_a_comment():
 
 
 def test_runs_on_two_devices(tmp_path):
-  """The mesh path with the batch split over 2 CPU devices, end to end from the command line;
-  its compiled steps land in the persistent compilation cache (CPU executables are cached)."""
+  """The mesh path with the batch split over 2 CPU devices (made by config.parallel.cpu_devices),
+  end to end from the command line; its compiled steps land in the persistent compilation cache
+  (CPU executables are cached)."""
   workdir, cache = str(tmp_path / "w"), tmp_path / "xla"
   result = run_main("--config=configs/mnist.py", f"--workdir={workdir}",
                     "--config.data.source=synthetic", "--config.data.synthetic_size=64",
                     "--config.batch_size=16", "--config.eval_batch_size=16",
                     "--config.num_train_steps=6", "--config.log_every=3",
-                    env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-                         "JAXDL_XLA_CACHE": str(cache)})
+                    "--config.parallel.cpu_devices=2", env={"JAXDL_XLA_CACHE": str(cache)})
   assert result.returncode == 0, result.stderr
   assert "2 cpu device(s), batch 16 (8 per device)" in result.stdout
   assert "final: test accuracy" in result.stdout

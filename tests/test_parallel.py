@@ -147,6 +147,13 @@ def test_parallel_config_rules(tmp_path, key, value, needle):
     validate.validate(config, str(tmp_path / "w"))
 
 
+@pytest.mark.parametrize("count", [-1, 1.5, "2", True])
+def test_bad_cpu_devices_is_one_line(count):
+  # (A valid count is applied before JAX starts: tests/test_main.py::test_runs_on_two_devices.)
+  with pytest.raises(UserError, match=r"config.parallel.cpu_devices=.*: must be an integer >= 0"):
+    parallel.set_cpu_devices(count)
+
+
 def test_a_mesh_shape_that_does_not_match_the_devices():
   with pytest.raises(UserError, match=r"mesh_shape=\(4,\) does not match the job's 1 devices"):
     parallel.make_mesh((4,))

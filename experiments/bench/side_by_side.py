@@ -40,10 +40,13 @@ JAX_VARIANTS = {
         "jaxdl": [],  # the defaults: model.impl=auto (reshape max-pool on CPU), 1 step per dispatch
         "jaxdl steps_per_dispatch=5": ["--config.steps_per_dispatch=5"],  # gcd(125, 500) = 125
         "jaxdl impl=flax": ["--config.model.impl=flax"],
+        "jaxdl cpu_devices=2": ["--config.parallel.cpu_devices=2"],
     },
     "lm": {
         # torch_gpt.py's model exactly: nanoGPT's learned position table, no biases.
         "jaxdl (learned positions)": ["--config.model.positions=learned"],
+        "jaxdl (learned positions) cpu_devices=2": ["--config.model.positions=learned",
+                                                    "--config.parallel.cpu_devices=2"],
         "jaxdl (the preset: rotary positions)": [],
     },
 }
@@ -66,7 +69,8 @@ def run_jaxdl(model: str, data: str, length: int, extra: list[str]) -> dict:
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
       events = [json.loads(line) for line in f]
   rate = RATE[model]
-  per_interval = [e[rate] for e in events if e["event"] == "train"]
+  logged = "examples_per_s" if model == "cnn" else rate  # metrics.jsonl's name for it
+  per_interval = [e[logged] for e in events if e["event"] == "train"]
   warm = per_interval[1:]  # equal-length intervals: total count / total time
   final = next(e for e in events if e["event"] == "final")
   return {rate: len(warm) / sum(1 / x for x in warm),
