@@ -92,6 +92,7 @@ def test_overrides_apply_and_presets_differ():
     ("seed", -1, "seed=-1"),
     ("data.synthetic_size", 0, "data.synthetic_size"),
     ("data.tfds_dir", "/nonexistent", "data.tfds_dir"),
+    ("train.ema_decay", 1.0, "train.ema_decay"),
 ])
 def test_validate_rules(tmp_path, key, value, needle):
   config = load_config("mnist")

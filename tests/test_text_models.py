@@ -4,6 +4,9 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import load_config
+from jaxdl import models
+from jaxdl.errors import UserError
 from jaxdl.models.text import TextClassifier
 
 ENCODERS = ("lstm", "cnn", "transformer")
@@ -69,3 +72,10 @@ def test_jit_matches_no_jit():
   eager = model.apply({"params": params}, tokens, train=False)
   np.testing.assert_allclose(_apply(model)(params, tokens), eager, rtol=1e-5, atol=1e-6)
   assert eager.shape == (2, 3)
+
+
+def test_an_unknown_pool_is_one_error():
+  config = load_config("text_classifier")
+  config.model.pool = "last"
+  with pytest.raises(UserError, match=r"model.pool='last' is not one of max_mean, attention"):
+    models.get_model(config, vocab_size=10, num_classes=2)
