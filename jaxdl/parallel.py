@@ -205,7 +205,8 @@ def set_cpu_devices(count) -> None:
                     f"(0 = JAX's default)")
   if count > 0:
     jax.config.update("jax_num_cpu_devices", count)
-    _size_cpu_thread_pool(count)
+  if _cpu_devices() > 1:  # also devices made by XLA_FLAGS' --xla_force_host_platform_device_count
+    _size_cpu_thread_pool(_cpu_devices())
 
 
 def _size_cpu_thread_pool(devices: int) -> None:
