@@ -40,6 +40,24 @@ def tiny_mnist():
   return c
 
 
+def interrupt_at(config, workdir: str, monkeypatch, at_step: int, where=None) -> None:
+  """Runs train_and_evaluate(config, workdir) until Ctrl-C arrives as step `at_step`'s input is
+  fetched. `where` is the (class, method) the loop calls per step, by default
+  (data.TrainBatches, 'batch'); fused steps fetch through TrainBatches.indices, the LM through
+  lm.TrainWindows.batch."""
+  from jaxdl import data, train  # pylint: disable=g-import-not-at-top
+  cls, name = where or (data.TrainBatches, "batch")
+  real = getattr(cls, name)
+  def interrupting(self, step):
+    if step == at_step:
+      raise KeyboardInterrupt
+    return real(self, step)
+  with monkeypatch.context() as patch:
+    patch.setattr(cls, name, interrupting)
+    with pytest.raises(KeyboardInterrupt):
+      train.train_and_evaluate(config, workdir)
+
+
 def run_main(*args: str, env: dict | None = None, timeout: float = 300):
   """Runs `python -m jaxdl.main ARGS` from the repo root; returns the CompletedProcess.
 

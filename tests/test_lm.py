@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import load_config
+from conftest import interrupt_at, load_config
 from jaxdl import checkpoint, data, models, optim, steps, train
 from jaxdl.data import images, lm
 from jaxdl.errors import UserError
@@ -182,15 +182,8 @@ def test_tiny_lm_trains_and_resumes_exactly(trained_tiny_lm, tmp_path, monkeypat
   assert expected["val_loss"] < 3.0  # learning: a uniform guess over ~35 characters is 3.56
 
   resumed = str(tmp_path / "resumed")
-  real_batch = lm.TrainWindows.batch
-  def interrupting_batch(self, step):  # Ctrl-C at step 19: the newest checkpoint is step 16
-    if step == 19:
-      raise KeyboardInterrupt
-    return real_batch(self, step)
-  with monkeypatch.context() as patch:
-    patch.setattr(lm.TrainWindows, "batch", interrupting_batch)
-    with pytest.raises(KeyboardInterrupt):
-      train.train_and_evaluate(config, resumed)
+  # Ctrl-C at step 19: the newest checkpoint is step 16.
+  interrupt_at(config, resumed, monkeypatch, at_step=19, where=(lm.TrainWindows, "batch"))
   vocab_text = open(os.path.join(resumed, "vocab.json"), encoding="utf-8").read()
   assert train.train_and_evaluate(config, resumed) == expected
   assert open(os.path.join(resumed, "vocab.json"), encoding="utf-8").read() == vocab_text

@@ -12,8 +12,8 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, load_config, short_schedule
-from jaxdl import checkpoint, data, losses, models, optim, steps, train
+from conftest import REPO, interrupt_at, load_config, short_schedule
+from jaxdl import checkpoint, losses, models, optim, steps, train
 from jaxdl.data import text
 from jaxdl.errors import UserError
 
@@ -107,15 +107,7 @@ def test_resume_is_exact_and_reuses_the_saved_vocab(tiny_text, tmp_path, monkeyp
   expected = train.train_and_evaluate(tiny_text, full)
 
   resumed = str(tmp_path / "resumed")
-  real_batch = data.TrainBatches.batch
-  def interrupting_batch(self, step):
-    if step == 19:
-      raise KeyboardInterrupt
-    return real_batch(self, step)
-  with monkeypatch.context() as patch:
-    patch.setattr(data.TrainBatches, "batch", interrupting_batch)
-    with pytest.raises(KeyboardInterrupt):
-      train.train_and_evaluate(tiny_text, resumed)
+  interrupt_at(tiny_text, resumed, monkeypatch, at_step=19)
   assert sorted(os.listdir(os.path.join(resumed, "checkpoints"))) == ["16", "8"]
   assert train.train_and_evaluate(tiny_text, resumed) == expected
   assert _events(resumed) == _events(full)

@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import interrupt_at
 from jaxdl import checkpoint, data, metrics, steps, train
 from jaxdl.data import images
 
@@ -26,19 +27,6 @@ def _tensorboard(workdir):
   """The event files' scalars without throughput and wall times, which differ between runs."""
   return [(tag, step, value) for tag, step, value, _ in metrics.read_tensorboard(workdir)
           if tag != "train/examples_per_s"]
-
-
-def _interrupt(config, workdir, monkeypatch, at_step):
-  """Runs config in workdir until Ctrl-C arrives as step `at_step`'s batch is fetched."""
-  real_batch = data.TrainBatches.batch
-  def interrupting_batch(self, step):
-    if step == at_step:
-      raise KeyboardInterrupt
-    return real_batch(self, step)
-  with monkeypatch.context() as patch:
-    patch.setattr(data.TrainBatches, "batch", interrupting_batch)
-    with pytest.raises(KeyboardInterrupt):
-      train.train_and_evaluate(config, workdir)
 
 
 def _final_params(workdir, like):
@@ -91,7 +79,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_mnist, tmp_
 
   # Interrupt the second run at step 19: its newest checkpoint is step 16, mid log interval.
   resumed = str(tmp_path / "resumed")
-  _interrupt(tiny_mnist, resumed, monkeypatch, at_step=19)
+  interrupt_at(tiny_mnist, resumed, monkeypatch, at_step=19)
   assert sorted(os.listdir(os.path.join(resumed, "checkpoints"))) == ["16", "8"]
 
   assert train.train_and_evaluate(tiny_mnist, resumed) == expected
@@ -111,7 +99,7 @@ def test_killed_before_the_first_checkpoint_logs_nothing_twice(tiny_mnist, tmp_p
   full = str(tmp_path / "full")
   train.train_and_evaluate(tiny_mnist, full)
   again = str(tmp_path / "again")
-  _interrupt(tiny_mnist, again, monkeypatch, at_step=6)  # after the step-5 log line, no ckpt yet
+  interrupt_at(tiny_mnist, again, monkeypatch, at_step=6)  # after the step-5 log line, no ckpt yet
   assert len(_events(again)) == 1
   train.train_and_evaluate(tiny_mnist, again)
   assert _comparable(again) == _comparable(full)
@@ -210,15 +198,8 @@ def test_fused_steps_match_one_step_per_call(tiny_mnist, tmp_path, monkeypatch):
 
   # Interrupted while building the dispatch of steps 8-11: resumes from the step-8 checkpoint.
   resumed, fused = str(tmp_path / "resumed"), str(tmp_path / "fused_True")
-  real_indices = data.TrainBatches.indices
-  def interrupting(self, step):
-    if step == 11:
-      raise KeyboardInterrupt
-    return real_indices(self, step)
-  with monkeypatch.context() as patch:
-    patch.setattr(data.TrainBatches, "indices", interrupting)
-    with pytest.raises(KeyboardInterrupt):
-      train.train_and_evaluate(tiny_mnist, resumed)
+  interrupt_at(tiny_mnist, resumed, monkeypatch, at_step=11,
+               where=(data.TrainBatches, "indices"))
   assert sorted(os.listdir(os.path.join(resumed, "checkpoints"))) == ["8"]
   train.train_and_evaluate(tiny_mnist, resumed)
   assert _comparable(resumed) == _comparable(fused)
