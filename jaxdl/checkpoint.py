@@ -204,15 +204,10 @@ class Checkpoints:
     self.close()
 
 
-def saved_params(state: dict) -> Any:
-  """The params to predict with from a restored state dict: the moving average if the run kept
-  one (train.ema_decay > 0; as steps.eval_params), else the params."""
-  return state["params"] if state.get("ema_params") is None else state["ema_params"]
-
-
-def latest_params(workdir: str) -> Any:
-  """The params of the newest checkpoint in WORKDIR/checkpoints, as host arrays (for sampling):
-  its moving average when the run kept one."""
+def latest_params(workdir: str, config_file: str) -> Any:
+  """The params of the newest checkpoint in WORKDIR/checkpoints, as host arrays (for sampling
+  and prediction): its moving average when the run kept one. `config_file` names the config
+  to train with in the error for a workdir without checkpoints."""
   directory = os.path.join(os.path.abspath(workdir), "checkpoints")
   step = None
   if os.path.isdir(directory):
@@ -227,8 +222,9 @@ def latest_params(workdir: str) -> Any:
                           f"({first_line(e)})") from None
   if step is None:
     raise UserError(f"no checkpoint in {directory}; train first: python -m jaxdl.main "
-                    f"--config=configs/tiny_lm.py --workdir={workdir}")
-  return saved_params(restored["state"])
+                    f"--config={config_file} --workdir={workdir}")
+  state = restored["state"]  # a dict: restored without a target
+  return state["params"] if state.get("ema_params") is None else state["ema_params"]
 
 
 class Stopped(Exception):

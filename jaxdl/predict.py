@@ -32,10 +32,9 @@ class Predictor:
     # Imported here so that `--help` and flag errors do not wait for jax and orbax.
     import jax  # pylint: disable=g-import-not-at-top
     import ml_collections  # pylint: disable=g-import-not-at-top
-    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
     from jaxdl import checkpoint, metrics, models  # pylint: disable=g-import-not-at-top
     from jaxdl.data import text  # pylint: disable=g-import-not-at-top
-    from jaxdl.errors import UserError, first_line  # pylint: disable=g-import-not-at-top
+    from jaxdl.errors import UserError  # pylint: disable=g-import-not-at-top
 
     paths = {name: os.path.join(workdir, name) for name in ("config.json", text.VOCAB_FILE)}
     for path in paths.values():
@@ -51,19 +50,8 @@ class Predictor:
     model = models.get_model(config, vocab_size=len(self.vocab.words),
                              num_classes=self.vocab.num_classes)
 
-    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-    manager = ocp.CheckpointManager(directory) if os.path.isdir(directory) else None
-    step = manager.latest_step() if manager else None
-    if step is None:
-      raise UserError(f"{directory}: no checkpoint yet")
-    try:  # the saved arrays as they are (no target): only the (averaged) params are used
-      state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-      params = checkpoint.saved_params(state["state"])
-    except Exception as e:  # pylint: disable=broad-except  (Orbax raises many types)
-      raise UserError(f"the checkpoint at step {step} in {directory}: {first_line(e)}") from None
-    finally:
-      manager.close()
-    self.step = step
+    # The saved arrays as they are (no target): only the (averaged) params are used.
+    params = checkpoint.latest_params(workdir, "configs/text_classifier.py")
     self._probs = jax.jit(lambda tokens: jax.nn.softmax(
         model.apply({"params": params}, tokens, train=False), -1))
 

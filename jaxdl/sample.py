@@ -104,7 +104,7 @@ def sample(workdir: str, prompt: str, num_chars: int, temperature: float, top_k:
     raise UserError(f"--prompt is {len(prompt_ids)} tokens long; the model's context "
                     f"(model.block_size) is {block}")
   model = models.get_model(config, vocab_size=vocab.size)
-  params = checkpoint.latest_params(workdir)
+  params = checkpoint.latest_params(workdir, "configs/tiny_lm.py")
   ids = generate(model, params, jnp.asarray(prompt_ids), jax.random.PRNGKey(seed),
                  num_new=num_chars, temperature=temperature, top_k=top_k)
   return vocab.decode(jax.device_get(ids))
