@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -42,11 +43,29 @@ def _kill_all(procs):
 
 
 def _finish(procs, timeout=240):
-  """Waits for every process; on any failure (or timeout) kills every one of them first."""
+  """Each process's (stdout, stderr) once all have exited. If one is still running after
+  `timeout` seconds in all, kills them all and fails with every process's output, so that a
+  hang can be read from the test log (the 2-process test failed once, its output lost)."""
+  deadline = time.monotonic() + timeout
+  outputs = []
   try:
-    return [p.communicate(timeout=timeout) for p in procs]
+    for p in procs:
+      outputs.append(p.communicate(timeout=max(1.0, deadline - time.monotonic())))
+  except subprocess.TimeoutExpired:
+    for p in procs[len(outputs):]:
+      p.kill()
+      outputs.append(p.communicate())  # retrying after a timeout loses no output
+    pytest.fail(f"still running after {timeout} s, killed:\n" + _report(procs, outputs))
   finally:
     _kill_all(procs)
+  return outputs
+
+
+def _report(procs, outputs, chars=3000):
+  """Every process's exit status and the tail of its stdout and stderr."""
+  return "\n".join(f"--- process {i}: exit {p.returncode}\nstdout: ...{out[-chars:]}\n"
+                   f"stderr: ...{err[-chars:]}"
+                   for i, (p, (out, err)) in enumerate(zip(procs, outputs)))
 
 
 def _job(port, num_processes, process_id):
@@ -91,8 +110,7 @@ def test_two_processes_match_one_process_and_resume_on_one_device(tmp_path, caps
                   *_job(port, 2, i), devices=2) for i in range(2)]
   procs.append(_start(*ARGS, "--config.num_train_steps=12", f"--workdir={ref_dir}", devices=4))
   outputs = _finish(procs)
-  for p, (out, err) in zip(procs, outputs):
-    assert p.returncode == 0, err[-3000:]
+  assert all(p.returncode == 0 for p in procs), _report(procs, outputs)
   assert "4 cpu device(s) in 2 processes, batch 16 (4 per device)" in outputs[0][0]
   # Process 1 prints nothing (gloo, in C++, announces its connections itself): process 0 logs.
   assert not [l for l in outputs[1][0].splitlines() if not l.startswith("[Gloo]")]
