@@ -74,6 +74,8 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.data.max_len = 64         # tokens kept per text; longer ones are truncated (and counted)
   c.data.min_count = 1        # train-split count a word needs to get its own id (else OOV)
   c.data.max_vocab = 0        # cap on vocabulary size incl. <pad>/<oov>; 0 = no cap
+  c.data.prefix_backoff = 4   # an unseen word takes the id of its longest known prefix of >= this
+                              # many characters ("dizzying" → "dizzy"); 0 = unseen words are OOV
   c.data.bucket = 8           # train batches are cut to a multiple of this; 0 = always max_len
   c.data.sort_pool = 50       # batches per pool sorted by length (similar lengths batch together)
 

@@ -60,6 +60,8 @@ def _check_text(config) -> None:
   _require(data.min_count >= 1, "data.min_count", data.min_count, "must be >= 1")
   _require(data.max_vocab == 0 or data.max_vocab >= 3, "data.max_vocab", data.max_vocab,
            "must be 0 (no cap) or >= 3 (<pad>, <oov> and a word)")
+  _require(data.prefix_backoff >= 0, "data.prefix_backoff", data.prefix_backoff,
+           "must be >= 0 (0 = off)")
   _require(data.bucket >= 0, "data.bucket", data.bucket, "must be >= 0 (0 = off)")
   _require(data.sort_pool >= 0, "data.sort_pool", data.sort_pool, "must be >= 0 (0 = off)")
 

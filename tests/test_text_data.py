@@ -101,10 +101,30 @@ def test_vocab_round_trip_and_encoding():
   again = text.Vocab.from_json(vocab.to_json(), "vocab.json")
   assert again.words == vocab.words and again.label_names == vocab.label_names
   assert again.index == vocab.index and again.min_count == 2
-  tokens, truncated = again.encode(["the film is great fun", "great", ""], max_len=4)
-  assert tokens.tolist() == [[2, 3, 4, 1], [1, 0, 0, 0], [0, 0, 0, 0]] and truncated == 1
+  tokens, counts = again.encode(["the film is great fun", "great", ""], max_len=4)
+  assert tokens.tolist() == [[2, 3, 4, 1], [1, 0, 0, 0], [0, 0, 0, 0]]
+  assert counts == {"truncated": 1, "tokens": 6, "unseen": 3, "backed_off": 0}
   capped = text.build_vocab(texts, np.array([1, 0, 1]), 1, max_size=3, label_names=["n", "p"])
   assert capped.words == ["<pad>", "<oov>", "the"] and capped.label_names == ["n", "p"]
+
+
+def test_prefix_backoff_gives_unseen_words_their_longest_known_prefix():
+  texts = ["a dizzy film", "a wretched film", "films"]
+  vocab = text.build_vocab(texts, np.array([0, 0, 1]), 1, 0, [], prefix_backoff=4)
+  again = text.Vocab.from_json(vocab.to_json(), "vocab.json")
+  assert again.prefix_backoff == 4
+  ids = [again.index[w] for w in ("dizzy", "wretched", "films", "film")]
+  # 'films' (seen) keeps its own id; 'filmic' backs off to 'film' (4 chars is enough); 'dizz'
+  # and 'wre' are unseen and too short to back off; 'a' stays itself.
+  tokens, counts = again.encode(["dizzying wretchedness films filmic dizz wre a"], max_len=8)
+  assert tokens[0].tolist() == ids + [1, 1, again.index["a"], 0]
+  assert counts == {"truncated": 0, "tokens": 7, "unseen": 5, "backed_off": 3}
+  # Off (and in vocab.json files from before the option): every unseen word is OOV.
+  old = json.loads(vocab.to_json())
+  del old["prefix_backoff"]
+  plain = text.Vocab.from_json(json.dumps(old), "vocab.json")
+  assert plain.prefix_backoff == 0
+  assert plain.encode(["dizzying films"], max_len=2)[0].tolist() == [[1, ids[2]]]
 
 
 def test_vocab_file_errors_are_one_line():
