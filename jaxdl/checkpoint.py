@@ -48,6 +48,11 @@ HARMLESS_KEYS = ("num_train_steps", "num_epochs", "log_every", "eval_every", "ch
                  "parallel.cpu_devices",
                  "steps_per_dispatch", "model.impl")
 
+# Keys added to the configs after runs were made without them, each with the value that does what
+# those runs did: a workdir whose config.json lacks one resumes when the key has that value (the
+# refusal names it), so upgrading jaxdl never strands a run.
+ADDED_KEYS = {"train.ema_decay": 0.0, "data.prefix_backoff": 0, "parallel.cpu_devices": 0}
+
 _TMP_MARK = ".orbax-checkpoint-tmp"  # Orbax's suffix for a save still being written
 
 
@@ -85,10 +90,14 @@ def check_resume_config(workdir: str, resolved: dict) -> dict[str, tuple[Any, An
       saved = json.load(f)
   except (OSError, ValueError) as e:
     raise UserError(f"{config_path}: unreadable ({first_line(e)}); use a new --workdir") from None
-  changes = config_changes(saved, resolved)
+  changes = {k: (old, new) for k, (old, new) in config_changes(saved, resolved).items()
+             if not (old is None and k in ADDED_KEYS and new == ADDED_KEYS[k])}
   refused = [key for key in changes if key not in HARMLESS_KEYS]
   if refused:
-    listed = "; ".join(f"{k}: {changes[k][0]!r} -> {changes[k][1]!r}" for k in refused)
+    listed = "; ".join(
+        f"{k}: absent (so {ADDED_KEYS[k]!r}, from before the key existed) -> {changes[k][1]!r}"
+        if changes[k][0] is None and k in ADDED_KEYS else
+        f"{k}: {changes[k][0]!r} -> {changes[k][1]!r}" for k in refused)
     raise UserError(f"--workdir={workdir} holds checkpoints of another experiment; these keys "
                     f"differ from its config.json: {listed}. Use a new --workdir (only "
                     f"{', '.join(HARMLESS_KEYS)} may change on resume)")

@@ -395,6 +395,21 @@ def test_a_config_section_added_since_is_a_harmless_change():
   assert checkpoint.config_changes(new, old) == {"train.skip_nonfinite": (False, None)}
 
 
+def test_a_key_added_since_resumes_at_the_value_the_old_run_had(tmp_path):
+  """A workdir from before train.ema_decay and data.prefix_backoff existed resumes with both at
+  their old behaviour (0); the default 4 is refused, naming the value to pass."""
+  workdir = tmp_path / "w"
+  (workdir / "checkpoints" / "10").mkdir(parents=True)
+  (workdir / "config.json").write_text(json.dumps({"seed": 0, "data": {"max_len": 64}}))
+  old_ways = {"seed": 0, "data": {"max_len": 64, "prefix_backoff": 0},
+              "train": {"ema_decay": 0.0}}
+  assert checkpoint.check_resume_config(str(workdir), old_ways) == {}
+  with pytest.raises(UserError, match=r"data.prefix_backoff: absent \(so 0, from before the key "
+                                      r"existed\) -> 4\. Use a new"):
+    checkpoint.check_resume_config(str(workdir), {**old_ways, "data": {"max_len": 64,
+                                                                       "prefix_backoff": 4}})
+
+
 TEXT_BAD = {  # file content → the message's needle
     "TSV missing sentence column": ("words\tlabel\na fine film\t1\n",
                                     "train.tsv:1: no 'sentence' or 'text' column"),
