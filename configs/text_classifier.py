@@ -5,14 +5,14 @@
   python -m jaxdl.predict --workdir=runs/sst2 "a gorgeous , witty , seductive movie ."
 
 Measured on ../shared/data/sst2 (2 CPU cores; experiments/text_classifier): 85.89%, 85.32% and
-84.40% dev, 86.05%, 85.45% and 85.72% test accuracy for seeds 0, 1 and 2, 9-11 minutes each
-(12 epochs). Seed 0, the default, passes the 85.5% dev target (Flax's bi-LSTM example reports
-85.2%); the mean of the three (85.20%) does not. The bi-LSTM with attention pooling, embedding
-dropout 0.5 and an MLP head (Flax's recipe at smaller sizes) gained 0.6-1.3 points over max+mean
-pooling and a linear head; giving unseen words their longest known prefix (data.prefix_backoff)
-another 0.2-0.9 on dev and 0.6 on test, and 12 epochs instead of 8 another 0.2-0.3 on dev and
-0.4-0.9 on test, each on every seed; the weight average (train.ema_decay) steadies mid-run
-evaluations.
+84.40% dev, 86.05%, 85.45% and 85.72% test accuracy for seeds 0, 1 and 2 (12 epochs, 7 minutes
+alone, 9-11 beside another run). Seed 0, the default, passes the 85.5% dev target (Flax's
+bi-LSTM example reports 85.2%); the mean of the three (85.20%) does not. The bi-LSTM with
+attention pooling, embedding dropout 0.5 and an MLP head (Flax's recipe at smaller sizes) gained
+0.6-1.3 points over max+mean pooling and a linear head; giving unseen words their longest known
+prefix (data.prefix_backoff) another 0.2-0.9 on dev and 0.6 on test, and 12 epochs instead of 8
+another 0.2-0.3 on dev and 0.4-0.9 on test, each on every seed; the weight average
+(train.ema_decay) steadies mid-run evaluations.
 
 Data: data.path (a directory of train/dev[/test] .tsv, .csv or .jsonl files), else a prepared
 TFDS copy of data.name (glue/sst2, imdb_reviews, ...); offline with neither, it stops with the
