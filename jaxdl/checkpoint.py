@@ -72,6 +72,13 @@ def config_changes(old: dict, new: dict, prefix: str = "") -> dict[str, tuple[An
   return out
 
 
+def _saved_value(key: str, old: Any) -> str:
+  """How a refusal shows a key's value in config.json (ADDED_KEYS: what its absence meant)."""
+  if old is None and key in ADDED_KEYS:
+    return f"absent (so {ADDED_KEYS[key]!r}, from before the key existed)"
+  return repr(old)
+
+
 def _step_dirs(directory: str) -> list[str]:
   return [n for n in os.listdir(directory) if n.isdigit()] if os.path.isdir(directory) else []
 
@@ -94,10 +101,8 @@ def check_resume_config(workdir: str, resolved: dict) -> dict[str, tuple[Any, An
              if not (old is None and k in ADDED_KEYS and new == ADDED_KEYS[k])}
   refused = [key for key in changes if key not in HARMLESS_KEYS]
   if refused:
-    listed = "; ".join(
-        f"{k}: absent (so {ADDED_KEYS[k]!r}, from before the key existed) -> {changes[k][1]!r}"
-        if changes[k][0] is None and k in ADDED_KEYS else
-        f"{k}: {changes[k][0]!r} -> {changes[k][1]!r}" for k in refused)
+    listed = "; ".join(f"{k}: {_saved_value(k, changes[k][0])} -> {changes[k][1]!r}"
+                       for k in refused)
     raise UserError(f"--workdir={workdir} holds checkpoints of another experiment; these keys "
                     f"differ from its config.json: {listed}. Use a new --workdir (only "
                     f"{', '.join(HARMLESS_KEYS)} may change on resume)")
