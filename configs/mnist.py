@@ -49,7 +49,8 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.model.num_classes = 10    # output classes
   c.model.init = "flax"       # 'flax' (lecun_normal, zero bias) or 'torch' (PyTorch defaults)
   c.model.dropout = 0.25      # dropout rate before each dense layer during training
-  c.model.impl = "auto"       # flax | cpu (reshape max-pool, ~2.5x faster CPU step) | cpu_im2col
+  c.model.impl = "auto"       # flax | cpu (reshape max-pool) | cpu_im2col (+ matmul convs); auto:
+                              # cpu_im2col on CPU (the fastest step there), flax elsewhere
                               # | auto (cpu on CPU, flax elsewhere); same params and results
 
   c.data = ml_collections.ConfigDict()

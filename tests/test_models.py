@@ -61,9 +61,10 @@ def test_get_model_is_explicit():
 
 
 @pytest.mark.parametrize("impl", ["cpu", "cpu_im2col"])
-def test_cpu_impls_match_flax_layers(impl):
+@pytest.mark.parametrize("size", [28, 29])  # 29: conv1's output is odd too, so both crop
+def test_cpu_impls_match_flax_layers(impl, size):
   """Same param tree and init; logits and gradients equal to float rounding."""
-  images = jax.random.randint(jax.random.PRNGKey(1), (8, 28, 28, 1), 0, 255).astype(jnp.uint8)
+  images = jax.random.randint(jax.random.PRNGKey(1), (8, size, size, 1), 0, 255).astype(jnp.uint8)
   labels = jnp.arange(8) % 10
   ref, fast = CNN(init_scheme="torch", impl="flax"), CNN(init_scheme="torch", impl=impl)
   params = ref.init(jax.random.PRNGKey(0), images, train=False)["params"]
@@ -85,7 +86,7 @@ def test_cpu_impls_match_flax_layers(impl):
 
 def test_auto_impl_is_cpu_on_cpu_and_bad_impl_fails():
   from jaxdl.models.cnn import resolve_impl
-  assert resolve_impl("auto") == ("cpu" if jax.default_backend() == "cpu" else "flax")
+  assert resolve_impl("auto") == ("cpu_im2col" if jax.default_backend() == "cpu" else "flax")
   config = load_config("mnist")
   config.model.impl = "fast"
   with pytest.raises(UserError, match="model.impl='fast' is not one of auto, flax, cpu"):
@@ -97,3 +98,17 @@ def test_max_pool_2x2_matches_nn_max_pool_on_odd_sizes():
   from jaxdl.models.cnn import max_pool_2x2
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 11, 11, 3))
   np.testing.assert_array_equal(max_pool_2x2(x), nn.max_pool(x, (2, 2), strides=(2, 2)))
+
+
+@pytest.mark.parametrize("channels", [1, 3])  # 1: the multiply-add forward; 3: im2col
+def test_conv_cpu_matches_xla_convolution_and_its_gradients(channels):
+  from jaxdl.models.cnn import conv_cpu
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 7, 6, channels))
+  kernel = jax.random.normal(jax.random.PRNGKey(1), (3, 3, channels, 5))
+  xla = lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), "VALID",
+                                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  np.testing.assert_allclose(conv_cpu(x, kernel), xla(x, kernel), rtol=1e-5, atol=1e-5)
+  loss = lambda conv: lambda x, k: jnp.sum(jnp.sin(conv(x, k)))  # a non-uniform output gradient
+  grads = jax.grad(loss(conv_cpu), argnums=(0, 1))(x, kernel)
+  ref = jax.grad(loss(xla), argnums=(0, 1))(x, kernel)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), grads, ref)

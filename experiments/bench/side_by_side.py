@@ -37,9 +37,10 @@ LM_LOG_EVERY = 100
 # name -> extra jaxdl overrides, or torch thread count.
 JAX_VARIANTS = {
     "cnn": {
-        "jaxdl": [],  # the defaults: model.impl=auto (reshape max-pool on CPU), 1 step per dispatch
+        "jaxdl": [],  # the defaults: model.impl=auto (on CPU: cpu_im2col), 1 step per dispatch
+        "jaxdl impl=cpu": ["--config.model.impl=cpu"],  # XLA's convolutions
+        "jaxdl impl=flax": ["--config.model.impl=flax"],  # nn.Conv and nn.max_pool
         "jaxdl steps_per_dispatch=5": ["--config.steps_per_dispatch=5"],  # gcd(125, 500) = 125
-        "jaxdl impl=flax": ["--config.model.impl=flax"],
         "jaxdl cpu_devices=2": ["--config.parallel.cpu_devices=2"],
     },
     "lm": {

@@ -1,16 +1,18 @@
 """The seed document's MNIST CNN: conv32-pool-conv64-pool-dense512-dense10, 843,658 params.
 
-Two implementations of the same function with the same parameter tree (checkpoints move freely
-between them), picked by config.model.impl:
+Three implementations of the training pass, with the same parameter tree (checkpoints move
+freely between them), picked by config.model.impl:
   'flax'        nn.Conv and nn.max_pool.
-  'cpu'         max-pooling as reshape + max. Its gradient is a compare-and-select that XLA's CPU
-                backend fuses, where nn.max_pool's gradient (select_and_scatter) is slow there: the
-                seed CNN's CPU train step runs ~2.5x faster (experiments/bench/README.md).
-  'cpu_im2col'  'cpu' plus each 3x3 convolution as one matmul over 9 shifted slices (im2col).
-                Measured slower than XLA's convolution here; kept for other CPUs to try.
-'auto' (the config default) is 'cpu' on the CPU backend and 'flax' elsewhere. The results match
-to float rounding; only a max-pool window with two equal largest values could route its gradient
-differently, and after the ReLU those ties are zeros, whose gradient is zero either way.
+  'cpu'         max-pooling as reshape + max, whose gradient is a compare-and-select that XLA's CPU
+                backend fuses (nn.max_pool's gradient, select_and_scatter, is slow there: the seed
+                CNN's step ~2.5x faster); the rows and columns that pooling drops are not computed.
+  'cpu_im2col'  'cpu' with the convolutions by conv_cpu: matmuls of the im2col windows, with a
+                hand-written gradient. The seed CNN's CPU train step ~1.3x faster than 'cpu'.
+'auto' (the config default) is 'cpu_im2col' on the CPU backend and 'flax' elsewhere. A forward-only
+pass (train=False: eval, predict) always uses the flax layers, the fastest forward on CPU too.
+The results match to float rounding; only a max-pool window with two equal largest values could
+route its gradient differently, and after the ReLU those ties are zeros, whose gradient is zero
+either way. Measurements: experiments/bench/README.md.
 """
 
 import flax.linen as nn
@@ -21,9 +23,9 @@ IMPLS = ("auto", "flax", "cpu", "cpu_im2col")  # config.model.impl
 
 
 def resolve_impl(impl: str) -> str:
-  """'auto' → 'cpu' on the CPU backend, 'flax' on accelerators; other names unchanged."""
+  """'auto' → 'cpu_im2col' on the CPU backend, 'flax' on accelerators; other names unchanged."""
   if impl == "auto":
-    return "cpu" if jax.default_backend() == "cpu" else "flax"
+    return "cpu_im2col" if jax.default_backend() == "cpu" else "flax"
   return impl
 
 
@@ -46,9 +48,69 @@ def max_pool_2x2(x_BxHxWxC: jax.Array) -> jax.Array:
   return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
+def _im2col(x_BxHxWxC: jax.Array, kh: int, kw: int) -> jax.Array:
+  """The kh*kw shifted VALID windows concatenated on the channel axis: [B, H-kh+1, W-kw+1, kh*kw*C].
+  Channel index (i * kw + j) * C + c, the row-major order of an HWIO kernel's first three axes."""
+  h, w = x_BxHxWxC.shape[1] - kh + 1, x_BxHxWxC.shape[2] - kw + 1
+  return jnp.concatenate([x_BxHxWxC[:, i:i + h, j:j + w] for i in range(kh) for j in range(kw)],
+                         axis=-1)
+
+
+def _xla_conv(x_BxHxWxC: jax.Array, kernel_HxWxIxO: jax.Array) -> jax.Array:
+  return jax.lax.conv_general_dilated(x_BxHxWxC, kernel_HxWxIxO, (1, 1), "VALID",
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _shift_add(x_BxHxWx1: jax.Array, kernel_HxWx1xO: jax.Array) -> jax.Array:
+  """A VALID convolution of a 1-channel input as kh*kw broadcast multiply-adds of shifted
+  windows, which XLA fuses into one loop."""
+  kh, kw, _, _ = kernel_HxWx1xO.shape
+  h, w = x_BxHxWx1.shape[1] - kh + 1, x_BxHxWx1.shape[2] - kw + 1
+  return sum(x_BxHxWx1[:, i:i + h, j:j + w] * kernel_HxWx1xO[i, j, 0]
+             for i in range(kh) for j in range(kw))
+
+
+def _conv_cpu_fwd(x_BxHxWxC, kernel_HxWxIxO):
+  kh, kw, c, o = kernel_HxWxIxO.shape
+  if c == 1:  # a matmul of depth kh*kw would be slower than the fused multiply-adds
+    return _shift_add(x_BxHxWxC, kernel_HxWxIxO), (x_BxHxWxC, None, kernel_HxWxIxO)
+  cols = _im2col(x_BxHxWxC, kh, kw)
+  return cols @ kernel_HxWxIxO.reshape(kh * kw * c, o), (x_BxHxWxC, cols, kernel_HxWxIxO)
+
+
+@jax.custom_vjp
+def conv_cpu(x_BxHxWxC: jax.Array, kernel_HxWxIxO: jax.Array) -> jax.Array:
+  """A VALID stride-1 convolution (nn.Conv's, without bias) with matmul kernel gradients.
+
+  Forward: one matmul of the im2col windows with the kernel (fused multiply-adds for a 1-channel
+  input). Backward: the kernel gradient is one plain matmul of the windows with the output
+  gradient, and the input gradient is XLA's transposed convolution, which is fast on CPU.
+  Why a custom VJP: XLA:CPU's own convolution kernel gradient is its slowest piece, and autodiff
+  of the matmul form lets XLA fuse the window slicing into neighbouring ops, which was slower
+  still. Seed CNN, each piece alone on 2 cores: conv2 forward 2.0 (windows) + 2.2 ms against
+  XLA's 4.8 ms, its kernel gradient 3.6 against 8.6 ms; conv1 with its bias, ReLU, pooling and
+  kernel gradient 3.4 against 4.6 ms (experiments/bench/README.md).
+  """
+  return _conv_cpu_fwd(x_BxHxWxC, kernel_HxWxIxO)[0]
+
+
+def _conv_cpu_bwd(residuals, dy_BxHxWxO):
+  x, cols, kernel = residuals
+  kh, kw, _, o = kernel.shape
+  if cols is None:
+    cols = _im2col(x, kh, kw)
+  rows = cols.shape[0] * cols.shape[1] * cols.shape[2]
+  dkernel = (cols.reshape(rows, -1).T @ dy_BxHxWxO.reshape(rows, o)).reshape(kernel.shape)
+  # Unused (and removed by XLA) when nothing upstream needs it, as for a first layer.
+  dx = jax.vjp(lambda x_: _xla_conv(x_, kernel), x)[1](dy_BxHxWxO)[0]
+  return dx, dkernel
+
+
+conv_cpu.defvjp(_conv_cpu_fwd, _conv_cpu_bwd)
+
+
 class Im2colConv(nn.Module):
-  """nn.Conv(features, kernel_size, padding='VALID') with the same params, as one matmul of the
-  kernel with the kh*kw shifted slices of the input concatenated on the channel axis."""
+  """nn.Conv(features, kernel_size, padding='VALID') with the same params, by conv_cpu."""
   features: int
   kernel_size: tuple[int, int]
   kernel_init: nn.initializers.Initializer = nn.linear.default_kernel_init
@@ -57,14 +119,9 @@ class Im2colConv(nn.Module):
   @nn.compact
   def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
     kh, kw = self.kernel_size
-    c = x_BxHxWxC.shape[-1]
-    kernel = self.param("kernel", self.kernel_init, (kh, kw, c, self.features))
+    kernel = self.param("kernel", self.kernel_init, (kh, kw, x_BxHxWxC.shape[-1], self.features))
     bias = self.param("bias", self.bias_init, (self.features,))
-    h, w = x_BxHxWxC.shape[1] - kh + 1, x_BxHxWxC.shape[2] - kw + 1
-    # Channel index (i * kw + j) * c + ch, the row-major order of kernel's first three axes.
-    cols = jnp.concatenate([x_BxHxWxC[:, i:i + h, j:j + w] for i in range(kh) for j in range(kw)],
-                           axis=-1)
-    return cols @ kernel.reshape(kh * kw * c, self.features) + bias
+    return conv_cpu(x_BxHxWxC, kernel) + bias
 
 
 class CNN(nn.Module):
@@ -89,10 +146,19 @@ class CNN(nn.Module):
 
   @nn.compact
   def __call__(self, images_BxHxWxC: jax.Array, *, train: bool) -> jax.Array:
-    impl = resolve_impl(self.impl)
+    # The CPU layers speed up the gradient; a forward-only pass (eval, predict) is fastest with
+    # the flax layers on CPU too (seed CNN eval at batch 512: 26,800 images/s against 13,400 for
+    # 'cpu' and 6,000 for 'cpu_im2col', whose windows are a 59 MB copy at that batch).
+    impl = resolve_impl(self.impl) if train else "flax"
     x = images_BxHxWxC.astype(jnp.float32) / 255.0  # the seed program's ToTensor(), no mean/std
     for i, features in enumerate((32, 64)):
       fan_in = 3 * 3 * x.shape[-1]
+      if impl != "flax":
+        # The 2x2 pooling drops an odd last output row and column, so they need not be computed:
+        # crop the input to what the pooled outputs see (conv2: 13x13 -> 12x12, 17% fewer
+        # products, and no strided crop of the convolution's output).
+        h, w = x.shape[1] - 2, x.shape[2] - 2  # the 3x3 VALID output size
+        x = x[:, :h // 2 * 2 + 2, :w // 2 * 2 + 2]
       if impl == "cpu_im2col":  # named as nn.Conv would be, so the param trees are identical
         x = Im2colConv(features, (3, 3), name=f"Conv_{i}", **self._inits(fan_in))(x)
       else:
