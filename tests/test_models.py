@@ -100,6 +100,16 @@ def test_max_pool_2x2_matches_nn_max_pool_on_odd_sizes():
   np.testing.assert_array_equal(max_pool_2x2(x), nn.max_pool(x, (2, 2), strides=(2, 2)))
 
 
+def test_max_pool_2x2_gradient_is_autodiffs_with_ties_split():
+  from jaxdl.models.cnn import max_pool_2x2
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 7, 6, 3))
+  x = x.at[0, 0:2, 0:2, 0].set(1.0).at[1, 2, 2:4, 1].set(0.5)  # a 4-way and a 2-way tie
+  plain = lambda x: x[:, :6, :6].reshape(2, 3, 2, 3, 2, 3).max(axis=(2, 4))
+  loss = lambda pool: lambda x: jnp.sum(jnp.sin(pool(x)))  # a non-uniform output gradient
+  np.testing.assert_allclose(jax.grad(loss(max_pool_2x2))(x), jax.grad(loss(plain))(x),
+                             rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("channels", [1, 3])  # 1: the multiply-add forward; 3: im2col
 def test_conv_cpu_matches_xla_convolution_and_its_gradients(channels):
   from jaxdl.models.cnn import conv_cpu

@@ -40,12 +40,39 @@ def _torch_bias_init(fan_in: int):
   return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
-def max_pool_2x2(x_BxHxWxC: jax.Array) -> jax.Array:
-  """nn.max_pool(x, (2, 2), strides=(2, 2)) as reshape + max (an odd last row/column is dropped,
-  as VALID pooling does)."""
+def _pool_windows(x_BxHxWxC: jax.Array) -> jax.Array:
+  """[B, H/2, 2, W/2, 2, C]: the 2x2 windows (an odd last row/column dropped, as VALID pooling
+  does)."""
   b, h, w, c = x_BxHxWxC.shape
-  x = x_BxHxWxC[:, :h // 2 * 2, :w // 2 * 2]
-  return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+  return x_BxHxWxC[:, :h // 2 * 2, :w // 2 * 2].reshape(b, h // 2, 2, w // 2, 2, c)
+
+
+def _max_pool_2x2_fwd(x_BxHxWxC):
+  windows = _pool_windows(x_BxHxWxC)
+  pooled = windows.max(axis=(2, 4))
+  return pooled, (windows, pooled, x_BxHxWxC.shape)
+
+
+@jax.custom_vjp
+def max_pool_2x2(x_BxHxWxC: jax.Array) -> jax.Array:
+  """nn.max_pool(x, (2, 2), strides=(2, 2)) as reshape + max, with a hand-written gradient.
+
+  The gradient is autodiff's (each window's gradient split evenly between its tied maxima), in
+  one fused select: autodiff's own also materialises the tie indicators and sums them in a
+  separate reduction, ~1.3 ms more of the seed CNN's ~12 ms CPU step.
+  """
+  return _max_pool_2x2_fwd(x_BxHxWxC)[0]
+
+
+def _max_pool_2x2_bwd(residuals, dpooled):
+  windows, pooled, (b, h, w, c) = residuals
+  is_max = (windows == pooled[:, :, None, :, None, :]).astype(dpooled.dtype)
+  ties = is_max[:, :, 0, :, 0] + is_max[:, :, 0, :, 1] + is_max[:, :, 1, :, 0] + is_max[:, :, 1, :, 1]
+  dx = (is_max * (dpooled / ties)[:, :, None, :, None, :]).reshape(b, h // 2 * 2, w // 2 * 2, c)
+  return (jnp.pad(dx, ((0, 0), (0, h % 2), (0, w % 2), (0, 0))),)
+
+
+max_pool_2x2.defvjp(_max_pool_2x2_fwd, _max_pool_2x2_bwd)
 
 
 def _im2col(x_BxHxWxC: jax.Array, kh: int, kw: int) -> jax.Array:
