@@ -67,7 +67,8 @@ def max_pool_2x2(x_BxHxWxC: jax.Array) -> jax.Array:
 def _max_pool_2x2_bwd(residuals, dpooled):
   windows, pooled, (b, h, w, c) = residuals
   is_max = (windows == pooled[:, :, None, :, None, :]).astype(dpooled.dtype)
-  ties = is_max[:, :, 0, :, 0] + is_max[:, :, 0, :, 1] + is_max[:, :, 1, :, 0] + is_max[:, :, 1, :, 1]
+  ties = (is_max[:, :, 0, :, 0] + is_max[:, :, 0, :, 1]
+          + is_max[:, :, 1, :, 0] + is_max[:, :, 1, :, 1])  # >= 1: the max is in its window
   dx = (is_max * (dpooled / ties)[:, :, None, :, None, :]).reshape(b, h // 2 * 2, w // 2 * 2, c)
   return (jnp.pad(dx, ((0, 0), (0, h % 2), (0, w % 2), (0, 0))),)
 
