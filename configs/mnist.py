@@ -49,9 +49,8 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.model.num_classes = 10    # output classes
   c.model.init = "flax"       # 'flax' (lecun_normal, zero bias) or 'torch' (PyTorch defaults)
   c.model.dropout = 0.25      # dropout rate before each dense layer during training
-  c.model.impl = "auto"       # flax | cpu (reshape max-pool) | cpu_im2col (+ matmul convs); auto:
-                              # cpu_im2col on CPU (the fastest step there), flax elsewhere
-                              # | auto (cpu on CPU, flax elsewhere); same params and results
+  c.model.impl = "auto"       # flax | cpu (reshape max-pool) | cpu_im2col (+ matmul convs)
+                              # | auto (cpu_im2col on CPU, flax elsewhere); same params and results
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "auto"      # auto | files | tfds | download | sample | synthetic

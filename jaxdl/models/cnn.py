@@ -10,9 +10,10 @@ freely between them), picked by config.model.impl:
                 hand-written gradient. The seed CNN's CPU train step ~1.3x faster than 'cpu'.
 'auto' (the config default) is 'cpu_im2col' on the CPU backend and 'flax' elsewhere. A forward-only
 pass (train=False: eval, predict) always uses the flax layers, the fastest forward on CPU too.
-The results match to float rounding; only a max-pool window with two equal largest values could
-route its gradient differently, and after the ReLU those ties are zeros, whose gradient is zero
-either way. Measurements: experiments/bench/README.md.
+The results match to float rounding, except that a max-pool window with tied largest values
+routes its gradient differently (nn.max_pool: all of it to the first; the CPU layers: split
+evenly, as autodiff of a max does); ties need exactly equal activations, as in constant image
+regions. Measurements: experiments/bench/README.md.
 """
 
 import flax.linen as nn
