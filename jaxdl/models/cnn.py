@@ -77,12 +77,17 @@ def _max_pool_2x2_bwd(residuals, dpooled):
 max_pool_2x2.defvjp(_max_pool_2x2_fwd, _max_pool_2x2_bwd)
 
 
-def _im2col(x_BxHxWxC: jax.Array, kh: int, kw: int) -> jax.Array:
-  """The kh*kw shifted VALID windows concatenated on the channel axis: [B, H-kh+1, W-kw+1, kh*kw*C].
-  Channel index (i * kw + j) * C + c, the row-major order of an HWIO kernel's first three axes."""
+def _windows(x_BxHxWxC: jax.Array, kh: int, kw: int) -> list[jax.Array]:
+  """The kh*kw shifted VALID windows [B, H-kh+1, W-kw+1, C], in the row-major order (i, j) of a
+  kernel's first two axes."""
   h, w = x_BxHxWxC.shape[1] - kh + 1, x_BxHxWxC.shape[2] - kw + 1
-  return jnp.concatenate([x_BxHxWxC[:, i:i + h, j:j + w] for i in range(kh) for j in range(kw)],
-                         axis=-1)
+  return [x_BxHxWxC[:, i:i + h, j:j + w] for i in range(kh) for j in range(kw)]
+
+
+def _im2col(x_BxHxWxC: jax.Array, kh: int, kw: int) -> jax.Array:
+  """The windows concatenated on the channel axis: [B, H-kh+1, W-kw+1, kh*kw*C]. Channel index
+  (i * kw + j) * C + c, the row-major order of an HWIO kernel's first three axes."""
+  return jnp.concatenate(_windows(x_BxHxWxC, kh, kw), axis=-1)
 
 
 def _xla_conv(x_BxHxWxC: jax.Array, kernel_HxWxIxO: jax.Array) -> jax.Array:
@@ -93,10 +98,9 @@ def _xla_conv(x_BxHxWxC: jax.Array, kernel_HxWxIxO: jax.Array) -> jax.Array:
 def _shift_add(x_BxHxWx1: jax.Array, kernel_HxWx1xO: jax.Array) -> jax.Array:
   """A VALID convolution of a 1-channel input as kh*kw broadcast multiply-adds of shifted
   windows, which XLA fuses into one loop."""
-  kh, kw, _, _ = kernel_HxWx1xO.shape
-  h, w = x_BxHxWx1.shape[1] - kh + 1, x_BxHxWx1.shape[2] - kw + 1
-  return sum(x_BxHxWx1[:, i:i + h, j:j + w] * kernel_HxWx1xO[i, j, 0]
-             for i in range(kh) for j in range(kw))
+  kh, kw, _, out = kernel_HxWx1xO.shape
+  taps_TxO = kernel_HxWx1xO.reshape(kh * kw, out)
+  return sum(window * tap for window, tap in zip(_windows(x_BxHxWx1, kh, kw), taps_TxO))
 
 
 def _conv_cpu_fwd(x_BxHxWxC, kernel_HxWxIxO):
