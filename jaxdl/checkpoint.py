@@ -225,12 +225,19 @@ def latest_params(workdir: str, config_file: str) -> Any:
   directory = os.path.join(os.path.abspath(workdir), "checkpoints")
   step = None
   if os.path.isdir(directory):
-    with ocp.CheckpointManager(directory) as manager:
+    with ocp.CheckpointManager(
+        directory, item_handlers={"state": ocp.StandardCheckpointHandler()}) as manager:
       step = manager.latest_step()
       if step is not None:
         try:
+          # Every array onto this process's first device. Without a target Orbax restores the
+          # saving run's shardings, and refuses when its devices are not all here (a run on 2
+          # CPU devices, like the :nanogpt_cpu preset's, or on a pod).
+          device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+          target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                                manager.item_metadata(step)["state"])
           restored = manager.restore(step, args=ocp.args.Composite(
-              state=ocp.args.StandardRestore()))
+              state=ocp.args.StandardRestore(target)))
         except Exception as e:  # pylint: disable=broad-except  (Orbax raises many types)
           raise UserError(f"the checkpoint at step {step} in {directory} cannot be read "
                           f"({first_line(e)})") from None

@@ -2,10 +2,11 @@
 
 import os
 
+import jax
 import pytest
 
 from conftest import REPO, load_config, run_main
-from jaxdl import validate
+from jaxdl import checkpoint, validate
 from jaxdl.errors import UserError
 
 
@@ -128,3 +129,6 @@ def test_runs_on_two_devices(tmp_path):
   assert "2 cpu device(s), batch 16 (8 per device)" in result.stdout
   assert "final: test accuracy" in result.stdout
   assert len(list(cache.iterdir())) >= 3  # at least init, train step and eval step
+  # Sampling and prediction read it on one device (Orbax would keep the 2 devices' topology).
+  params = checkpoint.latest_params(workdir, "configs/mnist.py")
+  assert sum(x.size for x in jax.tree.leaves(params)) == 843_658
