@@ -44,10 +44,11 @@ JAX_VARIANTS = {
         "jaxdl cpu_devices=2": ["--config.parallel.cpu_devices=2"],
     },
     "lm": {
-        # torch_gpt.py's model exactly: nanoGPT's learned position table, no biases.
+        # torch_gpt.py's model exactly: nanoGPT's learned position table, no biases. The
+        # preset splits the batch over 2 CPU devices; cpu_devices=0 is one device.
         "jaxdl (learned positions)": ["--config.model.positions=learned"],
-        "jaxdl (learned positions) cpu_devices=2": ["--config.model.positions=learned",
-                                                    "--config.parallel.cpu_devices=2"],
+        "jaxdl (learned positions) cpu_devices=0": ["--config.model.positions=learned",
+                                                    "--config.parallel.cpu_devices=0"],
         "jaxdl (the preset: rotary positions)": [],
     },
 }

@@ -5,7 +5,9 @@
 
 Each variant (';'-separated, ','-joined key=value overrides) is compiled and timed in turn:
 compile time, ms per train step (median of --steps after 3 warm-up steps), tokens/s, and the
-time of one eval batch. It uses the real model, optimizer and jitted train_step of the loop.
+time of one eval batch. It uses the real model, optimizer and jitted train_step of the loop,
+on one device: `parallel.*` (the `:nanogpt_cpu` preset's 2 CPU devices) is not applied, so this
+compares model variants; experiments/bench/ times the whole loop.
 """
 
 import functools
