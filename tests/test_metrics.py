@@ -4,11 +4,14 @@ import glob
 import io
 import json
 import os
+import subprocess
+import sys
 import time
 
 import numpy as np
 import pytest
 
+from conftest import REPO
 from jaxdl import metrics
 
 
@@ -152,3 +155,20 @@ def test_summarise_a_language_model():
   m = metrics.summarise({"loss_sum": np.log(4.0) * 10, "count": 10.0})
   assert "accuracy" not in m
   np.testing.assert_allclose([m["perplexity"], m["bits_per_token"]], [4.0, 2.0])
+
+
+def test_tensorboard_does_not_import_torch(tmp_path):
+  """tensorboardX imports torch when it can (1.5 s of start-up); the Writer hides it. A stand-in
+  `torch` package on the path records any import of it."""
+  (tmp_path / "torch").mkdir()
+  marker = tmp_path / "imported"
+  (tmp_path / "torch" / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n"
+                                                  "Tensor = object\n")
+  code = ("import sys; from jaxdl import metrics; w = metrics.Writer(sys.argv[1]); "
+          "w.write('train', 1, {'loss': 0.5}); w.close(); print('torch' in sys.modules)")
+  result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "w")], cwd=REPO,
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}"})
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.strip() == "False" and not marker.exists()
+  assert glob.glob(str(tmp_path / "w" / metrics.EVENT_FILES))
