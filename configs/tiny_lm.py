@@ -60,6 +60,8 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.model.tie_embeddings = True  # output layer = transposed token embedding (GPT-2, nanoGPT)
   c.model.use_bias = True     # biases in dense layers and LayerNorms (nanoGPT: none)
   c.model.dtype = "float32"   # matmul dtype: float32 | bfloat16 (params stay float32)
+  c.model.impl = "auto"       # dense layers: flax | cpu (same params, a kernel gradient that
+                              # XLA:CPU runs faster); auto = cpu on the CPU backend, else flax
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "auto"      # auto | files | tfds | pydoc (offline corpus); see data/lm.py

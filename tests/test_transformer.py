@@ -50,6 +50,27 @@ def test_output_shape_and_get_model():
   config.model.positions = "alibi"
   with pytest.raises(UserError, match="model.positions='alibi' is not one of learned, rope"):
     models.get_model(config, vocab_size=65)
+  config.model.positions, config.model.impl = "rope", "gpu"
+  with pytest.raises(UserError, match="model.impl='gpu' is not one of auto, flax, cpu"):
+    models.get_model(config, vocab_size=65)
+
+
+@pytest.mark.parametrize("positions,use_bias", [("learned", True), ("rope", False)])
+def test_cpu_dense_layers_match_flax_layers(positions, use_bias):
+  """impl='cpu' (CpuDense, a hand-written kernel gradient) against nn.Dense/DenseGeneral: the
+  same parameter tree and init, the same logits and gradients to float rounding."""
+  flax_model, _ = _model(positions, use_bias=use_bias, impl="flax")
+  cpu_model = flax_model.clone(impl="cpu")
+  tokens = jax.random.randint(jax.random.PRNGKey(1), (3, 12), 0, VOCAB)
+  init = lambda m: m.init(jax.random.PRNGKey(0), tokens, train=False)["params"]
+  params = init(flax_model)
+  jax.tree.map(np.testing.assert_array_equal, init(cpu_model), params)  # also the tree's keys
+  loss = lambda m: lambda p: jnp.mean(m.apply({"params": p}, tokens, train=True) ** 2)
+  (loss_flax, grads_flax), (loss_cpu, grads_cpu) = (
+      jax.jit(jax.value_and_grad(loss(m)))(params) for m in (flax_model, cpu_model))
+  np.testing.assert_allclose(loss_cpu, loss_flax, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7),
+               grads_cpu, grads_flax)
 
 
 @pytest.mark.parametrize("positions", ["learned", "rope"])

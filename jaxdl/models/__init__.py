@@ -8,7 +8,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxdl.errors import UserError
-from jaxdl.models.cnn import CNN, IMPLS
+from jaxdl.models import cnn, transformer
+from jaxdl.models.cnn import CNN
 from jaxdl.models.text import TextClassifier
 from jaxdl.models.transformer import POSITIONS, TransformerLM
 
@@ -31,8 +32,8 @@ def get_model(config, **model_info) -> nn.Module:
   if m.name == "cnn":
     if m.init not in INIT_SCHEMES:
       raise UserError(f"model.init={m.init!r} is not one of {', '.join(INIT_SCHEMES)}")
-    if m.impl not in IMPLS:
-      raise UserError(f"model.impl={m.impl!r} is not one of {', '.join(IMPLS)}")
+    if m.impl not in cnn.IMPLS:
+      raise UserError(f"model.impl={m.impl!r} is not one of {', '.join(cnn.IMPLS)}")
     return CNN(num_classes=m.num_classes, init_scheme=m.init, dropout=m.dropout, impl=m.impl)
   if m.name in ("text_lstm", "text_cnn", "text_transformer"):
     if m.pool not in POOLS:
@@ -48,9 +49,11 @@ def get_model(config, **model_info) -> nn.Module:
       raise UserError(f"model.positions={m.positions!r} is not one of {', '.join(POSITIONS)}")
     if m.dtype not in DTYPES:
       raise UserError(f"model.dtype={m.dtype!r} is not one of {', '.join(DTYPES)}")
+    if m.impl not in transformer.IMPLS:
+      raise UserError(f"model.impl={m.impl!r} is not one of {', '.join(transformer.IMPLS)}")
     return TransformerLM(vocab_size=model_info["vocab_size"], num_layers=m.num_layers,
                          num_heads=m.num_heads, width=m.width, mlp_ratio=m.mlp_ratio,
                          block_size=m.block_size, positions=m.positions, dropout=m.dropout,
                          tie_embeddings=m.tie_embeddings, use_bias=m.use_bias,
-                         dtype=DTYPES[m.dtype])
+                         dtype=DTYPES[m.dtype], impl=m.impl)
   raise UserError(f"model.name={m.name!r} is not one of {', '.join(MODEL_NAMES)}")
