@@ -8,6 +8,7 @@ import pytest
 from conftest import load_config
 from jaxdl import models
 from jaxdl.errors import UserError
+from jaxdl.models import transformer
 from jaxdl.models.transformer import TransformerLM, init_cache
 
 VOCAB = 11
@@ -116,6 +117,25 @@ def test_cached_decoding_matches_the_full_pass(positions):
     cache = variables["cache"]
     np.testing.assert_allclose(logits, full[:, start:end], atol=2e-5, rtol=2e-5)
   assert int(cache["index"]) == 12
+
+
+def test_rope_rotates_each_pair_by_its_position_angle():
+  """The precomputed sin/cos tables: pair i of position p turns by p / 10000^(i / (K/2)), so
+  q·k depends on the distance only; the decode path (a gather at the cache position) agrees."""
+  x_1xLx2xK = jax.random.normal(jax.random.PRNGKey(0), (1, 12, 2, 8))
+  out = transformer._rope(x_1xLx2xK, jnp.arange(12), block_size=12, decode=False)
+  angles_LxF = np.arange(12)[:, None] / 10_000 ** (np.arange(4) / 4)
+  x1, x2 = np.split(np.asarray(x_1xLx2xK, np.float64), 2, axis=-1)
+  cos, sin = np.cos(angles_LxF)[None, :, None], np.sin(angles_LxF)[None, :, None]
+  np.testing.assert_allclose(out, np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1),
+                             atol=1e-5)
+  decoded = transformer._rope(x_1xLx2xK[:, 5:7], jnp.array([5, 6]), block_size=12, decode=True)
+  np.testing.assert_allclose(decoded, out[:, 5:7], atol=1e-6)
+  same_vector = transformer._rope(jnp.broadcast_to(x_1xLx2xK[:, :1], x_1xLx2xK.shape),
+                                  jnp.arange(12), block_size=12, decode=False)
+  dots_H = jnp.einsum("bhk,bhk->h", same_vector[:, 3], same_vector[:, 7])
+  np.testing.assert_allclose(dots_H, jnp.einsum("bhk,bhk->h", same_vector[:, 0], same_vector[:, 4]),
+                             atol=1e-5)
 
 
 def test_dropout_only_in_training():

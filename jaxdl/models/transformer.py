@@ -22,6 +22,7 @@ from typing import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 POSITIONS = ("learned", "rope")
 IMPLS = ("auto", "flax", "cpu")  # config.model.impl
@@ -94,13 +95,24 @@ def _dense(impl: str, features, *, in_axes: int = 1, use_bias: bool, dtype: jnp.
                          dtype=dtype, kernel_init=nn.initializers.normal(std), name=name)
 
 
-def _rope(x_BxTxHxD: jax.Array, positions_T: jax.Array) -> jax.Array:
+def _rope(x_BxTxHxD: jax.Array, positions_T: jax.Array, block_size: int,
+          decode: bool) -> jax.Array:
   """Rotary position embedding: rotates each (first half, second half) feature pair of q or k
   by an angle proportional to its absolute position, so q·k depends on the distance only."""
   d = x_BxTxHxD.shape[-1]
-  inv_freq_F = 1.0 / (10_000 ** (jnp.arange(0, d // 2, dtype=jnp.float32) / (d // 2)))
-  angles_TxF = positions_T.astype(jnp.float32)[:, None] * inv_freq_F[None, :]
-  sin, cos = jnp.sin(angles_TxF)[:, None, :], jnp.cos(angles_TxF)[:, None, :]  # T×1×F
+  # The sin/cos tables are numpy constants of the compiled program, not jnp.sin/jnp.cos of the
+  # positions: XLA fuses those into every consumer and recomputes them per element there (on
+  # CPU the attention backward that joins the q/k/v gradients took ~1 ms a layer; the tables
+  # took the :nanogpt_cpu step from 40.8 to 37.8 ms, experiments/bench/README.md section 7).
+  inv_freq_F = 1.0 / (10_000 ** (np.arange(0, d // 2, dtype=np.float64) / (d // 2)))
+  angles_LxF = np.arange(block_size, dtype=np.float64)[:, None] * inv_freq_F[None, :]
+  sin_LxF, cos_LxF = np.sin(angles_LxF).astype(np.float32), np.cos(angles_LxF).astype(np.float32)
+  if decode:  # the chunk's positions are data (where the cache ends)
+    sin_TxF, cos_TxF = (jnp.take(table, positions_T, axis=0) for table in (sin_LxF, cos_LxF))
+  else:  # positions 0..T-1
+    t = x_BxTxHxD.shape[1]
+    sin_TxF, cos_TxF = sin_LxF[:t], cos_LxF[:t]
+  sin, cos = sin_TxF[:, None, :], cos_TxF[:, None, :]  # T×1×F
   x1, x2 = jnp.split(x_BxTxHxD.astype(jnp.float32), 2, axis=-1)
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
   return out.astype(x_BxTxHxD.dtype)
@@ -126,7 +138,8 @@ class CausalSelfAttention(nn.Module):
                            std=_INIT_STD, name="qkv")(x_BxTxD)
     q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = (qkv_BxTx3xHxK[:, :, i] for i in range(3))
     if self.positions == "rope":
-      q_BxTxHxK, k_BxTxHxK = _rope(q_BxTxHxK, positions_T), _rope(k_BxTxHxK, positions_T)
+      rope = lambda x: _rope(x, positions_T, self.block_size, decode)
+      q_BxTxHxK, k_BxTxHxK = rope(q_BxTxHxK), rope(k_BxTxHxK)
 
     if decode:
       # Write this chunk's keys/values at its positions; attend over the whole cache, masking
