@@ -131,6 +131,8 @@ def test_rope_rotates_each_pair_by_its_position_angle():
                              atol=1e-5)
   decoded = transformer._rope(x_1xLx2xK[:, 5:7], jnp.array([5, 6]), block_size=12, decode=True)
   np.testing.assert_allclose(decoded, out[:, 5:7], atol=1e-6)
+  longer = transformer._rope(x_1xLx2xK, jnp.arange(12), block_size=8, decode=False)
+  np.testing.assert_array_equal(longer, out)  # the table covers inputs past block_size too
   same_vector = transformer._rope(jnp.broadcast_to(x_1xLx2xK[:, :1], x_1xLx2xK.shape),
                                   jnp.arange(12), block_size=12, decode=False)
   dots_H = jnp.einsum("bhk,bhk->h", same_vector[:, 3], same_vector[:, 7])

@@ -104,13 +104,13 @@ def _rope(x_BxTxHxD: jax.Array, positions_T: jax.Array, block_size: int,
   # positions: XLA fuses those into every consumer and recomputes them per element there (on
   # CPU the attention backward that joins the q/k/v gradients took ~1 ms a layer; the tables
   # took the :nanogpt_cpu step from 40.8 to 37.8 ms, experiments/bench/README.md section 7).
+  t = x_BxTxHxD.shape[1]
   inv_freq_F = 1.0 / (10_000 ** (np.arange(0, d // 2, dtype=np.float64) / (d // 2)))
-  angles_LxF = np.arange(block_size, dtype=np.float64)[:, None] * inv_freq_F[None, :]
+  angles_LxF = np.arange(max(block_size, t), dtype=np.float64)[:, None] * inv_freq_F[None, :]
   sin_LxF, cos_LxF = np.sin(angles_LxF).astype(np.float32), np.cos(angles_LxF).astype(np.float32)
   if decode:  # the chunk's positions are data (where the cache ends)
     sin_TxF, cos_TxF = (jnp.take(table, positions_T, axis=0) for table in (sin_LxF, cos_LxF))
   else:  # positions 0..T-1
-    t = x_BxTxHxD.shape[1]
     sin_TxF, cos_TxF = sin_LxF[:t], cos_LxF[:t]
   sin, cos = sin_TxF[:, None, :], cos_TxF[:, None, :]  # T×1×F
   x1, x2 = jnp.split(x_BxTxHxD.astype(jnp.float32), 2, axis=-1)
