@@ -57,7 +57,9 @@ def _fake_worker(tmp_path):
   (home / "jaxdl").mkdir(parents=True)
   python = home / "jaxdl-venv" / "bin" / "python"
   python.parent.mkdir(parents=True)
-  python.write_text('#!/bin/bash\nprintf "%s\\0" "$@" > "$HOME/argv"\nexec sleep 60\n')
+  # Written aside and renamed, so the test never reads a file that printf has yet to fill.
+  python.write_text('#!/bin/bash\nprintf "%s\\0" "$@" > "$HOME/argv.tmp"\n'
+                    'mv "$HOME/argv.tmp" "$HOME/argv"\nexec sleep 60\n')
   python.chmod(0o755)
   return home
 
