@@ -114,9 +114,9 @@ def test_two_processes_match_one_process_and_resume_on_one_device(tmp_path, caps
   assert all(p.returncode == 0 for p in procs), _report(procs, outputs)
   assert "4 cpu device(s) in 2 processes, batch 16 (4 per device)" in outputs[0][0]
   # Process 1 prints nothing of its own: process 0 logs. Gloo (C++) announces each connection
-  # itself, from several threads without a lock, so its words interleave anywhere (CI saw
-  # "[Gloo] Rank [Gloo] Rank 3 is ...", then "2 is connected to ..." and a lone "3"): remove
-  # its words and numbers, and nothing may be left.
+  # itself, from several threads without a lock, so its words interleave anywhere (seen: a
+  # line "2 is connected to ..." in CI, a lone "3" here): remove its words and numbers, and
+  # nothing may be left.
   gloo = r"\[Gloo\] Rank|is connected to|(Expected number of connected )?peer ranks( is :|\.)|\d+"
   assert not re.sub(gloo, "", outputs[1][0]).strip(), outputs[1][0]
 
