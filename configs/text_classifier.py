@@ -27,35 +27,29 @@ recurrent step on a 2-core CPU. The vocabulary is saved as WORKDIR/vocab.json an
 resume and by jaxdl.predict.
 """
 
+import os
+import sys
+
 import ml_collections
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # `configs`
+from configs import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 PRESETS = ("",)
 
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   """The SST-2 text-classification experiment; `preset` is the text after ':' in --config."""
-  preset = preset or ""
-  if preset not in PRESETS:
-    raise ValueError(f"unknown preset {preset!r} for configs/text_classifier.py; valid: "
-                     f"{', '.join(repr(p) for p in PRESETS)}")
-  c = ml_collections.ConfigDict()
-  c.task = "text_classification"  # data.load / steps.make_objective pick the loader and loss
-  c.seed = 0                  # init, shuffling and dropout all derive from it
-  c.batch_size = 64           # global batch, split evenly over all devices
-  c.eval_batch_size = 256     # global eval batch; the last one is padded and masked
-  c.num_epochs = 12           # passes over the training split (8: -0.3 dev, -0.7 test; README)
-  c.num_train_steps = -1      # if > 0, the run length in steps, overriding num_epochs
-  c.log_every = 200           # steps between train lines on the console and in metrics.jsonl
-  c.eval_every = 0            # steps between dev evals; 0 = at every epoch's end
-  c.checkpoint_every = 500    # steps between checkpoints; one is always written at the end
-  c.keep_checkpoints = 3      # how many of the newest checkpoints to keep
-  c.steps_per_dispatch = 1    # train steps fused into one compiled call (lax.scan), at most;
-                              # see configs/mnist.py (1 is fastest on CPU)
-  c.profile_steps = ""        # 'START:STOP' traces train steps START..STOP-1 into WORKDIR/profile
-                              # (jax.profiler; README "Profiling"); '' = no trace
+  common.check_preset(preset, PRESETS, "configs/text_classifier.py")
+  c = common.get_config()     # seed, cadence, opt, train, parallel: configs/common.py
+  c.task = "text_classification"  # jaxdl/tasks/text_classification.py
+  c.eval_batch_size = 256
+  c.num_epochs = 12           # (8: -0.3 dev, -0.7 test; README)
+  c.log_every = 200
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "text_lstm"  # text_lstm (bi-LSTM) | text_cnn (1-D CNN) | text_transformer
+                              # (jaxdl/models/text.py), or PACKAGE.MODULE:ATTR for your own
   c.model.embed_dim = 128     # word embedding width
   c.model.hidden_dim = 128    # LSTM units per direction | CNN filters per width | model width
   c.model.num_layers = 2      # text_transformer: encoder blocks (the others have one layer)
@@ -81,38 +75,16 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.data.bucket = 8           # train batches are cut to a multiple of this; 0 = always max_len
   c.data.sort_pool = 50       # batches per pool sorted by length (similar lengths batch together)
 
-  c.opt = ml_collections.ConfigDict()
-  c.opt.name = "sgd"          # sgd | adam | adamw (optax names); SGD beat AdamW here (README)
-  c.opt.lr = 0.1              # peak learning rate
-  c.opt.schedule = "cosine"   # constant | cosine (linear warmup, cosine decay)
-  c.opt.warmup_steps = 200    # steps of linear warmup from 0 (cosine schedule only)
-  c.opt.end_lr_factor = 0.0   # final lr = lr * end_lr_factor (cosine schedule only)
-  c.opt.momentum = 0.9        # sgd momentum; 0 = plain SGD
-  c.opt.nesterov = False      # sgd: Nesterov momentum
-  c.opt.b1 = 0.9              # adam/adamw first-moment decay
-  c.opt.b2 = 0.999            # adam/adamw second-moment decay
-  c.opt.weight_decay = 3e-6   # adamw: decoupled decay; sgd: L2 added to the gradient
-  c.opt.decay_mask = "all"    # params decayed: all | matrices (>= 2 dims: not biases/norms)
-  c.opt.grad_clip_norm = 1.0  # clip gradients to this global norm; 0 = off
+  c.opt.name = "sgd"          # SGD beat AdamW here (README)
+  c.opt.lr = 0.1
+  c.opt.momentum = 0.9
+  c.opt.weight_decay = 3e-6
+  c.opt.grad_clip_norm = 1.0
 
   c.loss = ml_collections.ConfigDict()
   c.loss.label_smoothing = 0.0  # cross-entropy label smoothing
 
-  c.train = ml_collections.ConfigDict()
-  c.train.skip_nonfinite = False  # True: skip (and count) updates with a non-finite loss or
-                                  # gradient; False: stop the run with an error naming the step
-  c.train.ema_decay = 0.999  # > 0: keep ema = d * ema + (1 - d) * params after every step and
-                             # evaluate, checkpoint and predict with it (Polyak averaging); 0 =
-                             # off. 0.999: about the last 1,000 steps (~1 epoch) count
-
-  c.parallel = ml_collections.ConfigDict()
-  c.parallel.mode = "jit"       # jit: one program on a device Mesh | pmap: jax.pmap + lax.pmean
-  c.parallel.fsdp = False       # jit: shard params + optimizer state over 'data' (ZeRO-3)
-  c.parallel.fsdp_min_size = 1024  # fsdp: arrays with fewer elements stay replicated
-  c.parallel.mesh_shape = (-1,)  # devices per mesh axis ('data',); -1 = all the job's devices
-  c.parallel.cpu_devices = 0   # CPU backend: split this process into N CPU devices, so the batch
-                                # runs data-parallel over the cores (XLA:CPU runs one op at a time
-                                # on small models); 0 = JAX's default (one device)
+  c.train.ema_decay = 0.999   # about the last 1,000 steps (~1 epoch) count
 
   c.lock()  # unknown keys are errors, from the command line and from code alike
   return c

@@ -21,35 +21,33 @@ With no data.path and no prepared TFDS copy it trains, offline, on CPython's Eng
 docs (pydoc_data.topics) and says so in a WARNING.
 """
 
+import os
+import sys
+
 import ml_collections
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # `configs`
+from configs import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 PRESETS = ("", "nanogpt_cpu")
 
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   """The Tiny Shakespeare LM experiment; `preset` is the text after ':' in --config."""
-  preset = preset or ""
-  if preset not in PRESETS:
-    raise ValueError(f"unknown preset {preset!r} for configs/tiny_lm.py; valid: "
-                     f"{', '.join(repr(p) for p in PRESETS)}")
-  c = ml_collections.ConfigDict()
-  c.task = "language_model"   # data.load / steps.make_objective pick the loader and loss
-  c.seed = 0                  # init, window sampling and dropout all derive from it
-  c.batch_size = 32           # global batch of training windows, split over all devices
-  c.eval_batch_size = 128     # global batch of validation windows
-  c.num_epochs = 1            # epochs (one = as many tokens as the training text has)
-  c.num_train_steps = 1_150   # if > 0, the run length in steps, overriding num_epochs
-  c.log_every = 100           # steps between train lines on the console and in metrics.jsonl
-  c.eval_every = 400          # steps between validation evals; 0 = once per epoch
-  c.checkpoint_every = 1_000  # steps between checkpoints; one is always written at the end
-  c.keep_checkpoints = 2      # how many of the newest checkpoints to keep
-  c.steps_per_dispatch = 1    # train steps fused into one compiled call (lax.scan), at most;
-                              # see configs/mnist.py (1 is fastest on CPU)
-  c.profile_steps = ""        # 'START:STOP' traces train steps START..STOP-1 into WORKDIR/profile
-                              # (jax.profiler; README "Profiling"); '' = no trace
+  preset = common.check_preset(preset, PRESETS, "configs/tiny_lm.py")
+  c = common.get_config()     # seed, cadence, opt, train, parallel: configs/common.py
+  c.task = "language_model"   # jaxdl/tasks/language_model.py
+  c.batch_size = 32           # training windows
+  c.eval_batch_size = 128     # validation windows
+  c.num_epochs = 1            # (one = as many tokens as the training text has)
+  c.num_train_steps = 1_150
+  c.log_every = 100
+  c.eval_every = 400          # 0 = once per epoch
+  c.checkpoint_every = 1_000
+  c.keep_checkpoints = 2
 
   c.model = ml_collections.ConfigDict()
-  c.model.name = "transformer"  # models.get_model: 'transformer' (jaxdl/models/transformer.py)
+  c.model.name = "transformer"  # jaxdl/models/transformer.py, or PACKAGE.MODULE:ATTR
   c.model.num_layers = 4      # Transformer blocks
   c.model.num_heads = 4       # attention heads; width must divide by it
   c.model.width = 128         # model (residual stream) width
@@ -64,7 +62,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
                               # XLA:CPU runs faster); auto = cpu on the CPU backend, else flax
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = "auto"      # auto | files | tfds | pydoc (offline corpus); see data/lm.py
+  c.data.source = "auto"      # auto | files | tfds | pydoc (offline corpus); tasks/language_model.py
   c.data.name = "tiny_shakespeare"  # TFDS name of a prepared copy
   c.data.path = ""            # a UTF-8 text file, or a directory of them; used when set
   c.data.tfds_dir = ""        # TFDS data_dir holding a prepared copy; '' = TFDS's default
@@ -72,37 +70,13 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.data.val_fraction = 0.1   # the last fraction of the text validates (nanoGPT: 0.1)
   c.data.eval_windows = 0     # validation windows evaluated, evenly spaced; 0 = all of them
 
-  c.opt = ml_collections.ConfigDict()
-  c.opt.name = "adamw"        # sgd | adam | adamw (optax names)
-  c.opt.lr = 3e-3             # peak learning rate
-  c.opt.schedule = "cosine"   # constant | cosine (linear warmup, cosine decay)
-  c.opt.warmup_steps = 100    # steps of linear warmup from 0 (cosine schedule only)
-  c.opt.end_lr_factor = 0.1   # final lr = lr * end_lr_factor (cosine schedule only)
-  c.opt.momentum = 0.0        # sgd momentum; 0 = plain SGD
-  c.opt.nesterov = False      # sgd: Nesterov momentum
-  c.opt.b1 = 0.9              # adam/adamw first-moment decay
-  c.opt.b2 = 0.99             # adam/adamw second-moment decay
-  c.opt.weight_decay = 0.1    # adamw: decoupled decay; sgd: L2 added to the gradient
-  c.opt.decay_mask = "matrices"  # params decayed: all | matrices (>= 2 dims: not biases/norms)
-  c.opt.grad_clip_norm = 1.0  # clip gradients to this global norm; 0 = off
-
-  c.loss = ml_collections.ConfigDict()
-  c.loss.label_smoothing = 0.0  # shared key; the language-model objective does not use it
-
-  c.train = ml_collections.ConfigDict()
-  c.train.skip_nonfinite = False  # True: skip (and count) updates with a non-finite loss or
-                                  # gradient; False: stop the run with an error naming the step
-  c.train.ema_decay = 0.0  # > 0: keep ema = d * ema + (1 - d) * params after every step and
-                          # evaluate, checkpoint and predict with it (Polyak averaging); 0 = off
-
-  c.parallel = ml_collections.ConfigDict()
-  c.parallel.mode = "jit"       # jit: one program on a device Mesh | pmap: jax.pmap + lax.pmean
-  c.parallel.fsdp = False       # jit: shard params + optimizer state over 'data' (ZeRO-3)
-  c.parallel.fsdp_min_size = 1024  # fsdp: arrays with fewer elements stay replicated
-  c.parallel.mesh_shape = (-1,)  # devices per mesh axis ('data',); -1 = all the job's devices
-  c.parallel.cpu_devices = 0   # CPU backend: split this process into N CPU devices, so the batch
-                                # runs data-parallel over the cores (XLA:CPU runs one op at a time
-                                # on small models); 0 = JAX's default (one device)
+  c.opt.lr = 3e-3
+  c.opt.warmup_steps = 100
+  c.opt.end_lr_factor = 0.1
+  c.opt.b2 = 0.99
+  c.opt.weight_decay = 0.1
+  c.opt.decay_mask = "matrices"
+  c.opt.grad_clip_norm = 1.0
 
   if preset == "nanogpt_cpu":
     c.batch_size = 12

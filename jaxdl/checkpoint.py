@@ -50,8 +50,11 @@ HARMLESS_KEYS = ("num_train_steps", "num_epochs", "log_every", "eval_every", "ch
 
 # Keys added to the configs after runs were made without them, each with the value that does what
 # those runs did: a workdir whose config.json lacks one resumes when the key has that value (the
-# refusal names it), so upgrading jaxdl never strands a run.
-ADDED_KEYS = {"train.ema_decay": 0.0, "data.prefix_backoff": 0, "parallel.cpu_devices": 0}
+# refusal names it), so upgrading jaxdl never strands a run. The same holds the other way for a
+# key removed from a config (loss.label_smoothing left the language model's, which never read
+# it): a config.json that has it with this value resumes.
+ADDED_KEYS = {"train.ema_decay": 0.0, "data.prefix_backoff": 0, "parallel.cpu_devices": 0,
+              "data.image_size": 0, "loss.label_smoothing": 0.0}
 
 _TMP_MARK = ".orbax-checkpoint-tmp"  # Orbax's suffix for a save still being written
 
@@ -98,7 +101,8 @@ def check_resume_config(workdir: str, resolved: dict) -> dict[str, tuple[Any, An
   except (OSError, ValueError) as e:
     raise UserError(f"{config_path}: unreadable ({first_line(e)}); use a new --workdir") from None
   changes = {k: (old, new) for k, (old, new) in config_changes(saved, resolved).items()
-             if not (old is None and k in ADDED_KEYS and new == ADDED_KEYS[k])}
+             if not (k in ADDED_KEYS and (old, new) in ((None, ADDED_KEYS[k]),
+                                                         (ADDED_KEYS[k], None)))}
   refused = [key for key in changes if key not in HARMLESS_KEYS]
   if refused:
     listed = "; ".join(f"{k}: {_saved_value(k, changes[k][0])} -> {changes[k][1]!r}"

@@ -1,7 +1,7 @@
 """Pure losses: (logits, labels, mask) → (mean loss over unmasked examples, aux sums).
 
 The aux sums (not means) let callers add them up over steps, devices and ragged last batches
-and divide once at the end (metrics.summarise), so a padded example never counts.
+and divide once at the end (each task's summarise), so a padded example never counts.
 """
 
 import jax

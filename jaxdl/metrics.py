@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime
 import glob
 import json
-import math
 import io
 import os
 import struct
@@ -27,30 +26,39 @@ import numpy as np
 EVENT_FILES = "events.out.tfevents.*"  # TensorBoard's event file names, in the workdir itself
 
 
-def summarise(sums: dict[str, Any]) -> dict[str, Any]:
-  """Means from summed metrics (see losses.py): the loss always; accuracy for a classifier;
-  per-class and macro precision/recall/F1 with a confusion matrix; perplexity and bits per
-  token for a language model (no 'correct' sum). `count` is examples (tokens for an LM)."""
-  sums = {k: np.asarray(v, np.float64) for k, v in jax.device_get(sums).items()}
+def to_host(sums: dict[str, Any]) -> dict[str, np.ndarray]:
+  """Summed metrics (see losses.py) as float64 host arrays, for a task's summarise()."""
+  return {k: np.asarray(v, np.float64) for k, v in jax.device_get(sums).items()}
+
+
+def loss_and_count(sums: dict[str, np.ndarray]) -> dict[str, Any]:
+  """The mean loss and the count it is over (examples, or tokens for a language model)."""
   count = float(sums["count"])
-  out: dict[str, Any] = {"loss": float(sums["loss_sum"]) / max(count, 1.0), "count": int(count)}
-  if "correct" in sums:
-    out["accuracy"] = float(sums["correct"]) / max(count, 1.0)
-  else:
-    out["perplexity"] = math.exp(min(out["loss"], 700.0))  # capped: exp overflows past ~709
-    out["bits_per_token"] = out["loss"] / math.log(2)
-  if "confusion" in sums:
-    confusion = sums["confusion"]  # rows: true class, columns: predicted class
-    tp = np.diag(confusion)
-    # An empty denominator (no predictions or no examples of a class) scores 0, as sklearn does.
-    precision = np.divide(tp, confusion.sum(0), out=np.zeros_like(tp), where=confusion.sum(0) > 0)
-    recall = np.divide(tp, confusion.sum(1), out=np.zeros_like(tp), where=confusion.sum(1) > 0)
-    pr = precision + recall
-    f1 = np.divide(2 * precision * recall, pr, out=np.zeros_like(tp), where=pr > 0)
-    out.update(precision=precision.tolist(), recall=recall.tolist(), f1=f1.tolist(),
-               macro_precision=float(precision.mean()), macro_recall=float(recall.mean()),
-               macro_f1=float(f1.mean()), confusion=confusion.astype(int).tolist())
-  return out
+  return {"loss": float(sums["loss_sum"]) / max(count, 1.0), "count": int(count)}
+
+
+def accuracy(sums: dict[str, np.ndarray]) -> float:
+  return float(sums["correct"]) / max(float(sums["count"]), 1.0)
+
+
+def confusion_scores(confusion: np.ndarray) -> dict[str, Any]:
+  """Per-class and macro precision/recall/F1 of a confusion matrix (rows: true class, columns:
+  predicted class), and the matrix itself as integers."""
+  tp = np.diag(confusion)
+  # An empty denominator (no predictions or no examples of a class) scores 0, as sklearn does.
+  precision = np.divide(tp, confusion.sum(0), out=np.zeros_like(tp), where=confusion.sum(0) > 0)
+  recall = np.divide(tp, confusion.sum(1), out=np.zeros_like(tp), where=confusion.sum(1) > 0)
+  pr = precision + recall
+  f1 = np.divide(2 * precision * recall, pr, out=np.zeros_like(tp), where=pr > 0)
+  return dict(precision=precision.tolist(), recall=recall.tolist(), f1=f1.tolist(),
+              macro_precision=float(precision.mean()), macro_recall=float(recall.mean()),
+              macro_f1=float(f1.mean()), confusion=confusion.astype(int).tolist())
+
+
+def brief_accuracy(split: str, m: dict[str, Any]) -> str:
+  """A classifier's console text: 'test accuracy 98.20% (982/1000) | test loss 0.0500'."""
+  return (f"{split} accuracy {100 * m['accuracy']:.2f}% ({round(m['accuracy'] * m['count'])}/"
+          f"{m['count']}) | {split} loss {m['loss']:.4f}")
 
 
 def write_json(path: str, obj: Any) -> None:
@@ -83,6 +91,11 @@ def read_json(path: str) -> Any:
 
 def exists(path: str) -> bool:
   return epath.Path(path).exists()
+
+
+def read_text(path: str) -> str:
+  """A local or gs:// file's text (etils.epath)."""
+  return epath.Path(path).read_text()
 
 
 def read_events(path: str) -> list[dict[str, Any]]:
@@ -136,6 +149,9 @@ def read_tensorboard(directory: str) -> list[tuple[str, int, float, float]]:
   return scalars
 
 
+_SHORT_UNITS = {"examples": "ex", "tokens": "tok"}  # in the progress view
+
+
 class Progress:
   """The console view of training, on process 0 only.
 
@@ -169,11 +185,13 @@ class Progress:
   def train(self, step: int, values: dict[str, Any]) -> None:
     """Shows a train event: the bar's numbers, or one plain line with an ETA."""
     parts = [f"loss {values['loss']:.4f}"]
-    if "accuracy" in values:
-      parts.append(f"acc {100 * values['accuracy']:.2f}%")
-    for unit, short in (("examples", "ex"), ("tokens", "tok")):
-      if f"{unit}_per_s" in values:
-        parts.append(f"{values[unit + '_per_s']:,.0f} {short}/s")
+    for key, value in values.items():  # the task's TRAIN_METRICS: accuracy in %, others as is
+      if key not in ("loss", "lr", "skipped_nonfinite") and not key.endswith("_per_s"):
+        parts.append(f"acc {100 * value:.2f}%" if key == "accuracy" else f"{key} {value:.4g}")
+    for key, value in values.items():  # throughput: examples, tokens, or a task's own unit
+      if key.endswith("_per_s"):
+        unit = key[:-len("_per_s")]
+        parts.append(f"{value:,.0f} {_SHORT_UNITS.get(unit, unit)}/s")
     if values.get("skipped_nonfinite"):
       parts.append(f"skipped {values['skipped_nonfinite']} non-finite update(s)")
     if self.bar is not None:

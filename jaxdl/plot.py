@@ -1,6 +1,7 @@
 """python -m jaxdl.plot WORKDIR [WORKDIR ...] --out=curves.png: train and eval curves of runs.
 
-One panel per metric (default: loss, and accuracy or perplexity when the runs log them); in
+One panel per metric (default: loss, and the metrics the runs' tasks name, PLOT_METRICS:
+accuracy, or perplexity, when the runs log them); in
 each, every run's train curve is solid and its eval curve (the eval split's `eval` events plus
 its `final` event) dashed, in the run's colour. Runs are labelled by the config keys on which
 they differ (from WORKDIR/config.json). Drawn with matplotlib's Agg backend: no display needed.
@@ -56,9 +57,19 @@ def curves(run: report.Run) -> dict[str, dict[str, tuple[list[int], list[float]]
   return out
 
 
-def default_metrics(all_curves: list[dict]) -> list[str]:
+def default_metrics(runs: list[report.Run], all_curves: list[dict]) -> list[str]:
+  """The panels the runs' tasks name (task.PLOT_METRICS) that some run logged; the loss alone
+  for a run whose task cannot be imported here."""
+  from jaxdl import tasks  # pylint: disable=g-import-not-at-top  (imports jax: only when plotting)
   present = set().union(*all_curves) if all_curves else set()
-  return ["loss"] + [m for m in ("accuracy", "perplexity") if m in present][:1]
+  wanted = ["loss"]
+  for run in runs:
+    try:
+      names = tasks.get(run.config.get("task", tasks.UNNAMED)).PLOT_METRICS
+    except UserError:
+      names = ("loss",)
+    wanted += [m for m in names if m in present and m not in wanted]
+  return wanted
 
 
 def plot(workdirs: list[str], out: str, metrics: list[str] | None = None,
@@ -67,7 +78,7 @@ def plot(workdirs: list[str], out: str, metrics: list[str] | None = None,
   runs = [report.load_run(w) for w in workdirs]
   keys = report.differing_keys(runs)
   all_curves = [curves(r) for r in runs]
-  metrics = metrics or default_metrics(all_curves)
+  metrics = metrics or default_metrics(runs, all_curves)
   present = set().union(*all_curves)
   for metric in metrics:
     if metric not in present:
@@ -111,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--out", default="curves.png", help="the PNG to write (curves.png)")
   parser.add_argument("--metrics", default="",
                       help="comma-separated panels, e.g. loss,accuracy (default: loss and "
-                           "accuracy or perplexity)")
+                           "the metrics the runs' tasks name)")
   parser.add_argument("--title", default=None, help="a title above the panels")
   args = parser.parse_args(argv)
   try:

@@ -14,16 +14,13 @@ pure function of (checkpoint, prompt, flags, seed).
 from __future__ import annotations
 
 import functools
-import os
 import sys
 
 from absl import app, flags, logging
 import jax
 import jax.numpy as jnp
-import ml_collections
 
-from jaxdl import checkpoint, metrics, models
-from jaxdl.data import lm
+from jaxdl import checkpoint, models, tasks
 from jaxdl.errors import UserError
 from jaxdl.models import transformer
 
@@ -86,16 +83,9 @@ def sample(workdir: str, prompt: str, num_chars: int, temperature: float, top_k:
     raise UserError(f"--temperature={temperature}: must be >= 0 (0 = greedy)")
   if top_k < 0:
     raise UserError(f"--top_k={top_k}: must be >= 0 (0 = no top-k cut)")
-  config_path, vocab_path = (os.path.join(workdir, n) for n in ("config.json", lm.VOCAB_FILE))
-  if not os.path.isfile(config_path):
-    raise UserError(f"--workdir={workdir}: no config.json (not a jaxdl run directory)")
-  config = ml_collections.ConfigDict(metrics.read_json(config_path))
-  if config.get("task") != "language_model":
-    raise UserError(f"--workdir={workdir}: the run's task is {config.get('task')!r}, not "
-                    f"'language_model'")
-  if not os.path.isfile(vocab_path):
-    raise UserError(f"--workdir={workdir}: no {lm.VOCAB_FILE}")
-  vocab = lm.Vocab.from_file(vocab_path)
+  config, task = tasks.of_run(workdir, "tokenizer",
+                              "jaxdl.sample samples text from a language model's run")
+  vocab = task.tokenizer(config, workdir)
   if not prompt:
     raise UserError("--prompt is empty; give at least one character (default: a newline)")
   prompt_ids = vocab.encode(prompt, "--prompt")
@@ -103,7 +93,7 @@ def sample(workdir: str, prompt: str, num_chars: int, temperature: float, top_k:
   if len(prompt_ids) > block:
     raise UserError(f"--prompt is {len(prompt_ids)} tokens long; the model's context "
                     f"(model.block_size) is {block}")
-  model = models.get_model(config, vocab_size=vocab.size)
+  model = models.get(config.model, vocab_size=vocab.size)
   params = checkpoint.latest_params(workdir, "configs/tiny_lm.py")
   ids = generate(model, params, jnp.asarray(prompt_ids), jax.random.PRNGKey(seed),
                  num_new=num_chars, temperature=temperature, top_k=top_k)

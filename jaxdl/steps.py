@@ -1,31 +1,28 @@
-"""The train state, the objectives, and the two pure steps: (state, batch) → (state, metrics).
+"""The train state, the pure steps (state, batch) → (state, metrics), and how they are run.
 
 An objective is `(params, batch, rng, train) -> (loss, aux sums)`: the forward pass and the loss
-of one task. `make_objective` picks it from config.task (an explicit choice); train.py binds it
-and the optimizer with functools.partial and compiles the steps with jax.jit, donating the state.
+of one task (task.objective builds it). `Runner` binds it and the optimizer to the steps and
+compiles them for the mesh: jax.jit, one step per call or k fused by lax.scan, or jax.pmap.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable
 
 import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+import numpy as np
 import optax
 
-from jaxdl import losses
-from jaxdl.data.augment import random_shift
-from jaxdl.errors import UserError
+from jaxdl import parallel
+from jaxdl.data import dataset, eval_batches
 
 Objective = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
-
-# The model input each task feeds the model (the rest of the batch is labels and mask).
-INPUT_KEYS = {"image_classification": "image", "text_classification": "tokens",
-              "language_model": "inputs"}
-
 
 @flax.struct.dataclass
 class TrainState:
@@ -45,7 +42,11 @@ def create_state(model: nn.Module, tx: optax.GradientTransformation, sample_inpu
   average starts at the initial params."""
   # A raw uint32 key (not a typed key array) so Orbax stores it as an ordinary array.
   init_rng, base_rng = jax.random.split(jax.random.PRNGKey(seed))
-  params = model.init({"params": init_rng}, sample_inputs, train=False)["params"]
+  # An NNX model (models.get wraps it with nnx.bridge.ToLinen) is constructed inside init and
+  # its nnx.Dropout layers ask for a 'dropout' stream then; linen params draw from 'params'
+  # alone, so the extra stream changes no linen model's init.
+  params = model.init({"params": init_rng, "dropout": init_rng}, sample_inputs,
+                      train=False)["params"]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                     rng=base_rng, ema_params=jax.tree.map(jnp.copy, params) if ema else None)
 
@@ -53,49 +54,6 @@ def create_state(model: nn.Module, tx: optax.GradientTransformation, sample_inpu
 def eval_params(state: TrainState) -> Any:
   """The params to evaluate and predict with: the moving average when the run keeps one."""
   return state.params if state.ema_params is None else state.ema_params
-
-
-def classify_images(params, batch, rng, train, *, model: nn.Module, label_smoothing: float,
-                    max_shift: int):
-  """Softmax cross-entropy of an image classifier; training images are randomly shifted."""
-  images = batch["image"]
-  if train:
-    shift_rng, rng = jax.random.split(rng)
-    images = random_shift(images, shift_rng, max_shift)
-  logits_BxC = model.apply({"params": params}, images, train=train, rngs={"dropout": rng})
-  return losses.softmax_cross_entropy(logits_BxC, batch["label"], batch["mask"],
-                                      label_smoothing if train else 0.0)
-
-
-def classify_text(params, batch, rng, train, *, model: nn.Module, label_smoothing: float):
-  """Softmax cross-entropy of a sentence classifier, plus the confusion matrix."""
-  logits_BxC = model.apply({"params": params}, batch["tokens"], train=train,
-                           rngs={"dropout": rng})
-  loss, aux = losses.softmax_cross_entropy(logits_BxC, batch["label"], batch["mask"],
-                                           label_smoothing if train else 0.0)
-  aux["confusion"] = losses.confusion_matrix(logits_BxC, batch["label"], batch["mask"])
-  return loss, aux
-
-
-def predict_next_token(params, batch, rng, train, *, model: nn.Module):
-  """Next-token cross-entropy of a language model over whole windows."""
-  logits_BxLxV = model.apply({"params": params}, batch["inputs"], train=train,
-                             rngs={"dropout": rng})
-  return losses.next_token_cross_entropy(logits_BxLxV, batch["targets"], batch["mask"])
-
-
-def make_objective(config, model: nn.Module) -> Objective:
-  """The objective of config.task, with the model and the config's loss options bound."""
-  if config.task == "image_classification":
-    return functools.partial(classify_images, model=model,
-                             label_smoothing=config.loss.label_smoothing,
-                             max_shift=config.data.random_shift)
-  if config.task == "text_classification":
-    return functools.partial(classify_text, model=model,
-                             label_smoothing=config.loss.label_smoothing)
-  if config.task == "language_model":
-    return functools.partial(predict_next_token, model=model)
-  raise UserError(f"task={config.task!r} is not one of {', '.join(INPUT_KEYS)}")
 
 
 # aux['first_nonfinite'] of a step whose loss and gradients are finite: above any step number
@@ -201,3 +159,102 @@ def train_steps(state: TrainState, sums: dict[str, jax.Array], xs: dict[str, jax
   unroll = True if jax.default_backend() == "cpu" else 1
   (state, sums), _ = jax.lax.scan(body, (state, sums), xs, unroll=unroll)
   return state, sums
+
+
+def steps_per_dispatch(limit: int, *boundaries: int) -> int:
+  """The largest k <= limit that divides every boundary (log, eval and checkpoint intervals), so
+  dispatches of k fused steps end exactly on each of them; 1 = no fusion."""
+  g = math.gcd(*boundaries)
+  return max(k for k in range(1, max(limit, 1) + 1) if g % k == 0)
+
+
+# A training split up to this size is copied to the device once when steps are fused, and each
+# step's batch is gathered there; a larger one (or an iterator without rows) is stacked on the
+# host.
+_DEVICE_DATA_MAX_BYTES = 1 << 30
+
+
+class Runner:
+  """How the loop runs steps: the state's layout, and the compiled train and eval steps.
+
+  parallel.mode='jit': one program over the mesh (the batch split over 'data', the state
+  replicated or fsdp-sharded), k fused steps per dispatch (k dividing every log, eval and
+  checkpoint interval: config.steps_per_dispatch), their batches gathered on the device when
+  the iterator's `rows()` fit there, else stacked on the host. 'pmap': jax.pmap of the same
+  train_step, one step per dispatch. `run` and `evaluate` hide which.
+  """
+
+  def __init__(self, config, model: nn.Module, objective: Objective,
+               tx: optax.GradientTransformation, train_batches: dataset.TrainIterator,
+               mesh, input_key: str, eval_every: int):
+    self.mesh, self.batches, self.mode = mesh, train_batches, config.parallel.mode
+    replicated = parallel.replicated(mesh)
+    ema_decay, skip = config.train.ema_decay, config.train.skip_nonfinite
+    sample = parallel.global_batch(train_batches.batch(0), mesh)
+    self._create = functools.partial(create_state, model, tx, seed=config.seed,
+                                     ema=ema_decay > 0)
+    self._sample_inputs = sample[input_key]
+    abstract_state = jax.eval_shape(self._create, self._sample_inputs)
+    self.state_sharding = parallel.state_shardings(
+        abstract_state, mesh, config.parallel.fsdp, config.parallel.fsdp_min_size)
+    bound = dict(objective=objective, tx=tx, skip_nonfinite=skip, ema_decay=ema_decay)
+    if self.mode == "pmap":
+      self._step = parallel.pmap_train_step(functools.partial(train_step, **bound), mesh)
+    else:
+      self._step = jax.jit(functools.partial(train_step, **bound),
+                           out_shardings=(self.state_sharding, replicated), donate_argnums=0)
+    self._eval = jax.jit(functools.partial(eval_step, objective=objective),
+                         out_shardings=replicated)
+    self._add = jax.jit(merge_sums)
+
+    self.fuse = 1 if self.mode == "pmap" else steps_per_dispatch(
+        config.steps_per_dispatch, config.log_every, eval_every, config.checkpoint_every)
+    self._steps = jax.jit(functools.partial(train_steps, **bound),
+                          out_shardings=(self.state_sharding, replicated), donate_argnums=0)
+    rows = train_batches.rows() if self.fuse > 1 and jax.process_count() == 1 else None
+    self._device_rows = None  # the training split on the device, when fused steps gather there
+    if rows is not None and sum(v.nbytes for v in rows.values()) <= _DEVICE_DATA_MAX_BYTES:
+      self._device_rows = jax.device_put(rows, replicated)
+    self._sums_shape = None if self.fuse == 1 else jax.eval_shape(
+        self._step, abstract_state, sample)[1]
+
+  def init_state(self) -> TrainState:
+    """The initial state, initialised directly into its layout (replicated, or fsdp)."""
+    return jax.jit(self._create, out_shardings=self.state_sharding)(self._sample_inputs)
+
+  def dispatch(self, step: int, num_steps: int) -> int:
+    """How many steps the dispatch starting at `step` runs: up to a multiple of fuse, or the end."""
+    return min(self.fuse - step % self.fuse, num_steps - step)
+
+  def run(self, state: TrainState, sums, step: int, k: int):
+    """Steps step..step+k-1; their metric sums are merged onto `sums` (None: none yet)."""
+    with jax.profiler.StepTraceAnnotation("train", step_num=step):
+      if k == 1:
+        batch = self.batches.batch(step)  # this process's rows of global batch `step`
+        if self.mode == "jit":
+          batch = parallel.global_batch(batch, self.mesh)
+        state, step_sums = self._step(state, batch)
+        return state, step_sums if sums is None else self._add(sums, step_sums)
+      if sums is None:  # merge_sums(empty, x) == x exactly: the unfused loop's sums
+        sums = empty_sums(self._sums_shape)
+      return self._steps(state, sums, self._chunk(step, k), self._device_rows)
+
+  def _chunk(self, step: int, k: int) -> dict[str, jax.Array]:
+    """What train_steps scans over for steps step..step+k-1: indices or stacked batches."""
+    if self._device_rows is not None:
+      rows = [self.batches.indices(s) for s in range(step, step + k)]
+      return jax.device_put({"index": np.stack([r[0] for r in rows]).astype(np.int32),
+                             "mask": np.stack([r[1] for r in rows]).astype(np.float32)},
+                            parallel.replicated(self.mesh))
+    batches = [self.batches.batch(s) for s in range(step, step + k)]
+    stacked = NamedSharding(self.mesh, P(None, "data"))
+    return {key: jax.make_array_from_process_local_data(
+        stacked, np.stack([b[key] for b in batches])) for key in batches[0]}
+
+  def evaluate(self, state: TrainState, arrays: dict[str, np.ndarray], batch_size: int):
+    """The eval sums over every example of a split exactly once (ragged end padded, masked)."""
+    sums = None
+    for batch in eval_batches(arrays, batch_size, jax.process_index(), jax.process_count()):
+      out = self._eval(state, parallel.global_batch(batch, self.mesh))
+      sums = out if sums is None else self._add(sums, out)
+    return sums

@@ -34,6 +34,34 @@ def load_config(name: str, preset: str | None = None):
   return module.get_config(preset)
 
 
+def _assigned_fields(lines):
+  """{'opt.lr': line} of the `c.KEY = VALUE` lines (blocks left out); the first one wins."""
+  fields = {}
+  for line in lines:
+    if line.strip().startswith("c.") and " = " in line and "ConfigDict()" not in line:
+      fields.setdefault(line.strip()[2:].split(" = ")[0], line)
+  return fields
+
+
+def declared_fields(name: str) -> dict:
+  """{key: the line declaring it} for configs/<name>.py: the shared keys' lines in
+  configs/common.py, the experiment's own keys' lines in its file (a preset's body, after
+  'if preset ==', and overrides of shared keys left out)."""
+  with open(f"{REPO}/configs/common.py") as f:
+    shared = _assigned_fields(f.read().splitlines())
+  with open(f"{REPO}/configs/{name}.py") as f:
+    lines = f.read().splitlines()
+  body = next((i for i, line in enumerate(lines) if "if preset ==" in line), len(lines))
+  own = {k: line for k, line in _assigned_fields(lines[:body]).items() if k not in shared}
+  return {**shared, **own}
+
+
+def flat_keys(d: dict, prefix: str = "") -> set:
+  """The dotted keys of a nested dict's leaves ('opt.lr')."""
+  return {k for key, v in d.items()
+          for k in (flat_keys(v, f"{prefix}{key}.") if isinstance(v, dict) else [prefix + key])}
+
+
 def short_schedule(c):
   """The tiny runs' shared schedule: 24 steps; logs, evals and checkpoints falling apart."""
   c.num_train_steps = 24
@@ -59,8 +87,8 @@ def tiny_mnist():
 def interrupt_at(config, workdir: str, monkeypatch, at_step: int, where=None) -> None:
   """Runs train_and_evaluate(config, workdir) until Ctrl-C arrives as step `at_step`'s input is
   fetched. `where` is the (class, method) the loop calls per step, by default
-  (data.TrainBatches, 'batch'); fused steps fetch through TrainBatches.indices, the LM through
-  lm.TrainWindows.batch."""
+  (data.TrainBatches, 'batch'; the text task's LengthGroupedBatches.batch calls it too); fused
+  steps fetch through TrainBatches.indices, the LM through windows.TrainWindows.batch."""
   from jaxdl import data, train  # pylint: disable=g-import-not-at-top
   cls, name = where or (data.TrainBatches, "batch")
   real = getattr(cls, name)

@@ -11,7 +11,8 @@ import time
 import numpy as np
 import pytest
 
-from jaxdl.data import images, iterator
+from jaxdl.data import download, idx, iterator, sources
+from jaxdl.tasks import image_classification
 from jaxdl.errors import UserError
 
 
@@ -23,8 +24,8 @@ def _write_mnist_dir(directory, n_train=30, n_test=11, gz=True):
   for split, n, prefix in (("train", n_train, "train"), ("test", n_test, "t10k")):
     x = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
     y = rng.integers(0, 10, (n,), dtype=np.uint8)
-    images.write_idx(f"{directory}/{prefix}-images-idx3-ubyte{ext}", x)
-    images.write_idx(f"{directory}/{prefix}-labels-idx1-ubyte{ext}", y)
+    idx.write_idx(f"{directory}/{prefix}-images-idx3-ubyte{ext}", x)
+    idx.write_idx(f"{directory}/{prefix}-labels-idx1-ubyte{ext}", y)
     arrays[split] = (x, y)
   return arrays
 
@@ -32,7 +33,7 @@ def _write_mnist_dir(directory, n_train=30, n_test=11, gz=True):
 @pytest.mark.parametrize("gz", [True, False])
 def test_idx_round_trip(tmp_path, gz):
   arrays = _write_mnist_dir(str(tmp_path), gz=gz)
-  splits = images.load_idx_dir(str(tmp_path))
+  splits = idx.load_idx_dir(str(tmp_path))
   for split, (x, y) in arrays.items():
     np.testing.assert_array_equal(splits[split]["image"][..., 0], x)
     np.testing.assert_array_equal(splits[split]["label"], y)
@@ -44,61 +45,65 @@ def test_idx_bad_magic_and_truncation(tmp_path):
   with open(path, "wb") as f:
     f.write(b"\x12\x34\x08\x03" + bytes(20))
   with pytest.raises(UserError, match="bad magic number 12340803"):
-    images.read_idx(path)
-  images.write_idx(path, np.zeros((4, 28, 28), np.uint8))
+    idx.read_idx(path)
+  idx.write_idx(path, np.zeros((4, 28, 28), np.uint8))
   data = open(path, "rb").read()
   with open(path, "wb") as f:
     f.write(data[:-100])
   with pytest.raises(UserError, match=r"x-idx3-ubyte: header says \(4, 28, 28\).*truncated"):
-    images.read_idx(path)
+    idx.read_idx(path)
   with open(path + ".gz", "wb") as f:
     f.write(gzip.compress(data + os.urandom(4000))[:-20])  # a cut-off gzip stream
   with pytest.raises(UserError, match="cannot read IDX file"):
-    images.read_idx(path + ".gz")
+    idx.read_idx(path + ".gz")
   blob = bytearray(gzip.compress(data + os.urandom(4000)))
   blob[40:60] = bytes(20)  # corrupt deflate data inside a complete stream
   with open(path + ".gz", "wb") as f:
     f.write(blob)
   with pytest.raises(UserError, match="cannot read IDX file"):
-    images.read_idx(path + ".gz")
+    idx.read_idx(path + ".gz")
 
 
 def test_idx_count_mismatch_and_missing_file(tmp_path):
   _write_mnist_dir(str(tmp_path))
-  images.write_idx(str(tmp_path / "t10k-labels-idx1-ubyte.gz"), np.zeros(5, np.uint8))
+  idx.write_idx(str(tmp_path / "t10k-labels-idx1-ubyte.gz"), np.zeros(5, np.uint8))
   with pytest.raises(UserError, match="has 11 images but .* has 5 labels"):
-    images.load_idx_dir(str(tmp_path))
+    idx.load_idx_dir(str(tmp_path))
   os.remove(tmp_path / "train-images-idx3-ubyte.gz")
   with pytest.raises(UserError, match="no train-images-idx3-ubyte"):
-    images.load_idx_dir(str(tmp_path))
+    idx.load_idx_dir(str(tmp_path))
 
 
-def _data_cfg(**kw):
+def _load(**data):
+  """(splits, source) that the image task loads with the MNIST config's data block set to
+  `data` (a batch small enough for the tiny splits here)."""
   from conftest import load_config
-  cfg = load_config("mnist").data
-  for k, v in kw.items():
-    cfg[k] = v
-  return cfg
+  config = load_config("mnist")
+  config.batch_size = 4
+  for k, v in data.items():
+    config.data[k] = v
+  dataset = image_classification.load(config, "/nonexistent")
+  return {"train": dataset.train.arrays, **dataset.evals}, dataset.source
 
 
 def test_auto_prefers_the_path(tmp_path):
   _write_mnist_dir(str(tmp_path))
-  splits, source = images.load(_data_cfg(path=str(tmp_path)))
+  splits, source = _load(path=str(tmp_path))
   assert len(splits["train"]["label"]) == 30 and str(tmp_path) in source
 
 
 def test_tfds_source_without_tensorflow(monkeypatch):
   import tensorflow_datasets as tfds
-  monkeypatch.setattr(images, "_tfds_prepared", lambda name, data_dir: True)  # the mock's copy
+  monkeypatch.setattr(sources, "tfds_prepared", lambda name, data_dir: True)  # the mock's copy
   with tfds.testing.mock_data(num_examples=7):
-    splits, source = images.load(_data_cfg(source="tfds"))
+    splits, source = _load(source="tfds")
   assert splits["train"]["image"].shape == (7, 28, 28, 1) and "TFDS mnist" in source
 
 
 def test_auto_offline_falls_back_to_the_sample_with_a_warning(monkeypatch, caplog):
-  monkeypatch.setattr(images, "_tfds_prepared", lambda name, data_dir: False)
-  monkeypatch.setattr(images, "_reachable", lambda url: False)
-  splits, source = images.load(_data_cfg())
+  monkeypatch.setattr(sources, "tfds_prepared", lambda name, data_dir: False)
+  monkeypatch.setattr(download, "reachable", lambda url: False)
+  splits, source = _load()
   assert "OFFLINE SAMPLE" in source
   assert "OFFLINE SAMPLE" in caplog.text
   assert len(splits["train"]["label"]) == 4000 and len(splits["test"]["label"]) == 1000
@@ -106,11 +111,11 @@ def test_auto_offline_falls_back_to_the_sample_with_a_warning(monkeypatch, caplo
 
 
 def test_auto_with_nothing_fails_fast_listing_the_ways(monkeypatch):
-  monkeypatch.setattr(images, "_tfds_prepared", lambda name, data_dir: False)
-  monkeypatch.setattr(images, "_reachable", lambda url: False)
+  monkeypatch.setattr(sources, "tfds_prepared", lambda name, data_dir: False)
+  monkeypatch.setattr(download, "reachable", lambda url: False)
   start = time.time()
   with pytest.raises(UserError) as e:
-    images.load(_data_cfg(name="fashion_mnist", download_dir="/nonexistent-cache"))
+    _load(name="fashion_mnist", download_dir="/nonexistent-cache")
   assert time.time() - start < 5
   for way in ("data.path", "TFDS", "network", "offline"):
     assert way in str(e.value)
@@ -129,16 +134,16 @@ def test_download_verifies_and_caches(tmp_path, monkeypatch):
       blob = (served / name).read_bytes()
       rows.append((f"http://127.0.0.1:{server.server_port}/{name}", len(blob),
                    hashlib.sha256(blob).hexdigest(), name))
-    monkeypatch.setattr(images, "_url_checksums", lambda name: rows)
-    monkeypatch.setattr(images, "_tfds_prepared", lambda name, data_dir: False)
+    monkeypatch.setattr(download, "url_checksums", lambda name: rows)
+    monkeypatch.setattr(sources, "tfds_prepared", lambda name, data_dir: False)
     cache = tmp_path / "cache"
-    splits, source = images.load(_data_cfg(download_dir=str(cache)))  # auto: reachable → download
+    splits, source = _load(download_dir=str(cache))  # auto: reachable → download
     assert "downloaded" in source and len(splits["test"]["label"]) == 11
     assert sorted(os.listdir(cache / "mnist")) == sorted(os.listdir(served))
     rows[0] = rows[0][:2] + ("0" * 64,) + rows[0][3:]  # a wrong checksum is refused
     os.remove(cache / "mnist" / rows[0][3])
     with pytest.raises(UserError, match="does not match its recorded size/sha256"):
-      images.load(_data_cfg(source="download", download_dir=str(cache)))
+      _load(source="download", download_dir=str(cache))
     assert not [f for f in os.listdir(cache / "mnist") if f.startswith(".")]  # no temp left
   finally:
     server.shutdown()
@@ -182,15 +187,15 @@ def test_eval_batches_cover_a_ragged_split_exactly_once():
 
 def test_tfds_prepared_copy_is_found_by_auto(tmp_path, monkeypatch):
   import tensorflow_datasets as tfds
-  assert not images._tfds_prepared("mnist", str(tmp_path))
+  assert not sources.tfds_prepared("mnist", str(tmp_path))
   os.makedirs(tmp_path / "mnist" / "3.0.1")
   (tmp_path / "mnist" / "3.0.1" / "dataset_info.json").write_text("{}")
   (tmp_path / "mnist" / "3.0.1" / "mnist-train.tfrecord-00000-of-00001").write_text("")
-  assert not images._tfds_prepared("mnist", str(tmp_path))  # TFRecord: no random access
+  assert not sources.tfds_prepared("mnist", str(tmp_path))  # TFRecord: no random access
   with pytest.raises(UserError, match="no copy of 'mnist' in ArrayRecord format"):
-    images.load(_data_cfg(source="tfds", tfds_dir=str(tmp_path)))
+    _load(source="tfds", tfds_dir=str(tmp_path))
   (tmp_path / "mnist" / "3.0.1" / "mnist-train.array_record-00000-of-00001").write_text("")
-  assert images._tfds_prepared("mnist", str(tmp_path))
+  assert sources.tfds_prepared("mnist", str(tmp_path))
   with tfds.testing.mock_data(num_examples=5):
-    splits, source = images.load(_data_cfg(tfds_dir=str(tmp_path)))
+    splits, source = _load(tfds_dir=str(tmp_path))
   assert "TFDS mnist" in source and len(splits["test"]["label"]) == 5

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import REPO, load_config, run_main
 from jaxdl import checkpoint, data, models, optim, steps, train
-from jaxdl.data import images
+from jaxdl.data import idx
 from jaxdl.errors import UserError
 
 
@@ -40,7 +40,8 @@ def _snapshot(root):
 
 
 def _like(config):
-  model, tx = models.get_model(config), optim.make(config.opt, config.num_train_steps)
+  model = models.get(config.model, num_classes=config.model.num_classes)
+  tx = optim.make(config.opt, config.num_train_steps)
   return steps.create_state(model, tx, np.zeros((1, 28, 28, 1), np.uint8), seed=0)
 
 
@@ -298,10 +299,10 @@ def _mnist_dir(path, n_train=40, n_test=10):
   rng = np.random.default_rng(0)
   os.makedirs(path, exist_ok=True)
   for prefix, n in (("train", n_train), ("t10k", n_test)):
-    images.write_idx(f"{path}/{prefix}-images-idx3-ubyte",
-                     rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
-    images.write_idx(f"{path}/{prefix}-labels-idx1-ubyte",
-                     rng.integers(0, 10, (n,), dtype=np.uint8))
+    idx.write_idx(f"{path}/{prefix}-images-idx3-ubyte",
+                  rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+    idx.write_idx(f"{path}/{prefix}-labels-idx1-ubyte",
+                  rng.integers(0, 10, (n,), dtype=np.uint8))
   return path
 
 
@@ -319,7 +320,7 @@ def _truncated(d):
 
 
 def _count_mismatch(d):
-  images.write_idx(f"{d}/train-labels-idx1-ubyte", np.zeros(39, np.uint8))
+  idx.write_idx(f"{d}/train-labels-idx1-ubyte", np.zeros(39, np.uint8))
   return "has 40 images but"
 
 

@@ -6,7 +6,7 @@ from fsspec.implementations.memory import MemoryFileSystem
 import pytest
 
 from conftest import load_config
-from jaxdl import checkpoint, metrics, validate
+from jaxdl import checkpoint, metrics, tasks, validate
 
 
 @pytest.fixture
@@ -21,7 +21,8 @@ def fake_gcs(monkeypatch):
 
 
 def test_validate_accepts_a_gs_workdir():
-  validate.validate(load_config("mnist"), "gs://bucket/runs/r1")  # no local checks, no error
+  config = load_config("mnist")
+  validate.validate(config, tasks.get(config.task), "gs://bucket/runs/r1")  # no local checks
 
 
 def test_checkpoint_directory_stays_a_url(monkeypatch):

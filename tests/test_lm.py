@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 
 from conftest import interrupt_at, load_config
-from jaxdl import checkpoint, data, models, optim, steps, train
-from jaxdl.data import images, lm
+from jaxdl import checkpoint, models, optim, steps, train
+from jaxdl.data import corpus, sources
+from jaxdl.data.vocab import CharVocab
+from jaxdl.data.windows import TrainWindows, eval_windows
+from jaxdl.tasks import language_model
 from jaxdl.errors import UserError
 
 
@@ -29,9 +32,9 @@ def test_file_and_directory_sources(tmp_path):
   (tmp_path / "d" / "b.txt").write_text("béta\n", encoding="utf-8")
   (tmp_path / "d" / "sub" / "a.txt").write_text("alpha\n", encoding="utf-8")
   (tmp_path / "d" / ".hidden").write_text("skipped", encoding="utf-8")
-  text, source = lm.load_text(_data_cfg(path=str(tmp_path / "d" / "b.txt")))
+  text, source = language_model.load_text(_data_cfg(path=str(tmp_path / "d" / "b.txt")))
   assert text == "béta\n" and "b.txt" in source
-  text, _ = lm.load_text(_data_cfg(path=str(tmp_path / "d")))
+  text, _ = language_model.load_text(_data_cfg(path=str(tmp_path / "d")))
   assert text == "béta\nalpha\n"  # sorted by relative path: 'b.txt' < 'sub/a.txt'
 
 
@@ -40,18 +43,18 @@ def test_empty_or_non_utf8_file_is_a_one_line_error(tmp_path):
   empty.write_bytes(b"")
   binary.write_bytes(b"ok \xff\xfe")
   with pytest.raises(UserError, match=r"empty.txt'?: no text \(empty\)"):
-    lm.read_text(str(empty))
+    corpus.read_text(str(empty))
   with pytest.raises(UserError, match=r"bin.txt: not UTF-8 text \(byte 0xff at offset 3\)"):
-    lm.read_text(str(binary))
+    corpus.read_text(str(binary))
   with pytest.raises(UserError, match="bin.txt: not UTF-8"):  # inside a directory too
-    lm.read_text(str(tmp_path))
+    corpus.read_text(str(tmp_path))
 
 
 def test_offline_fallback_is_pydoc_with_a_warning(monkeypatch):
-  monkeypatch.setattr(images, "_tfds_prepared", lambda name, data_dir: False)
+  monkeypatch.setattr(sources, "tfds_prepared", lambda name, data_dir: False)
   warnings = []
-  monkeypatch.setattr(lm.logging, "warning", lambda msg, *a: warnings.append(msg % a))
-  text, source = lm.load_text(_data_cfg())
+  monkeypatch.setattr(language_model.logging, "warning", lambda msg, *a: warnings.append(msg % a))
+  text, source = language_model.load_text(_data_cfg())
   assert len(text) > 100_000 and "assert" in text and "pydoc_data.topics" in source
   assert len(warnings) == 1 and "pydoc_data.topics" in warnings[0]
   assert "Tiny Shakespeare" in warnings[0] and "data.path" in warnings[0]
@@ -59,9 +62,9 @@ def test_offline_fallback_is_pydoc_with_a_warning(monkeypatch):
 
 def test_tfds_source_joins_the_splits_without_tensorflow(monkeypatch):
   import tensorflow_datasets as tfds
-  monkeypatch.setattr(images, "_tfds_prepared", lambda name, data_dir: True)  # the mock's copy
+  monkeypatch.setattr(sources, "tfds_prepared", lambda name, data_dir: True)  # the mock's copy
   with tfds.testing.mock_data(num_examples=1):
-    text, source = lm.load_text(_data_cfg())
+    text, source = language_model.load_text(_data_cfg())
     parts = [tfds.data_source("tiny_shakespeare", split=s)[0]["text"]
              for s in ("train", "validation", "test")]
   assert text == "".join(p.decode() if isinstance(p, bytes) else p for p in parts)
@@ -74,13 +77,13 @@ def test_tfds_source_joins_the_splits_without_tensorflow(monkeypatch):
 @pytest.mark.parametrize("kind", ["chars", "bytes"])
 def test_vocab_round_trip_and_json(tmp_path, kind):
   text = "To be, or not to be: ¿qué? 漢字\n"
-  vocab = lm.Vocab.build(kind, text)
+  vocab = CharVocab.build(kind, text)
   ids = vocab.encode(text)
   assert ids.dtype == np.int32 and ids.min() >= 0 and ids.max() < vocab.size
   assert vocab.decode(ids) == text
   path = tmp_path / "vocab.json"
   path.write_text(vocab.to_json(), encoding="utf-8")
-  again = lm.Vocab.from_file(str(path))
+  again = CharVocab.from_json(path.read_text(encoding="utf-8"), str(path))
   np.testing.assert_array_equal(again.encode(text), ids)
   if kind == "chars":
     assert vocab.size == len(set(text)) and vocab.chars == "".join(sorted(set(text)))
@@ -89,7 +92,7 @@ def test_vocab_round_trip_and_json(tmp_path, kind):
 
 
 def test_unknown_characters_are_named():
-  vocab = lm.Vocab.build("chars", "abc")
+  vocab = CharVocab.build("chars", "abc")
   with pytest.raises(UserError, match=r"--prompt has 2 character\(s\) not in the vocabulary: "
                                       r"'X', 'Z'"):
     vocab.encode("aXbZ", "--prompt")
@@ -100,7 +103,7 @@ def test_unknown_characters_are_named():
 
 def test_train_windows_are_a_function_of_seed_and_step():
   ids = np.arange(1000, dtype=np.int32)
-  a, b = lm.TrainWindows(ids, 16, 8, seed=3), lm.TrainWindows(ids, 16, 8, seed=3)
+  a, b = TrainWindows(ids, 16, 8, seed=3), TrainWindows(ids, 16, 8, seed=3)
   batch = a.batch(5)
   for k in ("inputs", "targets", "mask"):
     np.testing.assert_array_equal(batch[k], b.batch(5)[k])  # a fresh iterator, same batch
@@ -108,47 +111,47 @@ def test_train_windows_are_a_function_of_seed_and_step():
   assert batch["inputs"].shape == (8, 16) and batch["mask"].tolist() == [1.0] * 8
   np.testing.assert_array_equal(batch["targets"], batch["inputs"] + 1)  # shifted by one
   assert not np.array_equal(a.batch(6)["inputs"], batch["inputs"])
-  assert not np.array_equal(lm.TrainWindows(ids, 16, 8, seed=4).batch(5)["inputs"],
-                            batch["inputs"])
+  assert not np.array_equal(TrainWindows(ids, 16, 8, seed=4).batch(5)["inputs"],
+                         batch["inputs"])
   starts = np.concatenate([a.batch(s)["inputs"][:, 0] for s in range(200)])
   assert starts.min() >= 0 and starts.max() <= 1000 - 17 and starts.max() > 900  # whole range
 
 
 def test_train_windows_split_the_global_batch_over_processes():
   ids = np.arange(500, dtype=np.int32)
-  whole = lm.TrainWindows(ids, 8, 6, seed=0).batch(2)["inputs"]
-  parts = [lm.TrainWindows(ids, 8, 6, seed=0, process_index=i, process_count=3).batch(2)
+  whole = TrainWindows(ids, 8, 6, seed=0).batch(2)["inputs"]
+  parts = [TrainWindows(ids, 8, 6, seed=0, process_index=i, process_count=3).batch(2)
            for i in range(3)]
   np.testing.assert_array_equal(np.concatenate([p["inputs"] for p in parts]), whole)
 
 
 def test_train_windows_position_check_and_too_short_text():
-  windows = lm.TrainWindows(np.arange(100, dtype=np.int32), 16, 4, seed=0)
+  windows = TrainWindows(np.arange(100, dtype=np.int32), 16, 4, seed=0)
   windows.check_position(7, windows.position(7))
   with pytest.raises(UserError, match="does not match"):
-    lm.TrainWindows(np.arange(100, dtype=np.int32), 8, 4, seed=0).check_position(
+    TrainWindows(np.arange(100, dtype=np.int32), 8, 4, seed=0).check_position(
         7, windows.position(7))
   with pytest.raises(UserError, match="has 16 tokens; model.block_size=16 needs at least 17"):
-    lm.TrainWindows(np.arange(16, dtype=np.int32), 16, 4, seed=0)
+    TrainWindows(np.arange(16, dtype=np.int32), 16, 4, seed=0)
 
 
 def test_eval_windows_are_fixed_and_non_overlapping():
   ids = np.arange(100, dtype=np.int32)
-  w = lm.eval_windows(ids, 16)
+  w = eval_windows(ids, 16)
   assert w["inputs"].shape == (6, 16)  # (100 - 1) // 16 windows; the tail is left out
   np.testing.assert_array_equal(w["inputs"][:, 0], np.arange(6) * 16)
   np.testing.assert_array_equal(w["targets"], w["inputs"] + 1)
-  sub = lm.eval_windows(ids, 16, max_windows=3)
+  sub = eval_windows(ids, 16, max_windows=3)
   np.testing.assert_array_equal(sub["inputs"][:, 0], [0, 32, 80])  # evenly spaced, ends kept
-  np.testing.assert_array_equal(lm.eval_windows(ids, 16, max_windows=3)["inputs"],
+  np.testing.assert_array_equal(eval_windows(ids, 16, max_windows=3)["inputs"],
                                 sub["inputs"])  # the same windows every time
   with pytest.raises(UserError, match="validation text has 10 tokens"):
-    lm.eval_windows(ids[:10], 16)
+    eval_windows(ids[:10], 16)
 
 
 def test_dataset_split_and_vocab_file(tiny_lm, tmp_path):
   text = open(tiny_lm.data.path, encoding="utf-8").read()
-  ds = data.load(tiny_lm, str(tmp_path / "w"))
+  ds = language_model.load(tiny_lm, str(tmp_path / "w"))
   cut = int(len(text) * 0.9)
   vocab = json.loads(ds.files["vocab.json"])
   assert vocab == {"kind": "chars", "chars": "".join(sorted(set(text)))}
@@ -165,10 +168,10 @@ def test_an_existing_vocab_file_is_used_and_checked(tiny_lm, tmp_path):
   workdir.mkdir()
   (workdir / "vocab.json").write_text(json.dumps({"kind": "chars", "chars": "abc"}))
   with pytest.raises(UserError, match=r"the text .* not in the vocabulary"):
-    data.load(tiny_lm, str(workdir))
+    language_model.load(tiny_lm, str(workdir))
   tiny_lm.data.vocab = "bytes"
   with pytest.raises(UserError, match="data.vocab='bytes' but .*vocab.json is a 'chars'"):
-    data.load(tiny_lm, str(workdir))
+    language_model.load(tiny_lm, str(workdir))
 
 
 # --- the loop on a tiny LM ---------------------------------------------------------------------
@@ -183,12 +186,12 @@ def test_tiny_lm_trains_and_resumes_exactly(trained_tiny_lm, tmp_path, monkeypat
 
   resumed = str(tmp_path / "resumed")
   # Ctrl-C at step 19: the newest checkpoint is step 16.
-  interrupt_at(config, resumed, monkeypatch, at_step=19, where=(lm.TrainWindows, "batch"))
+  interrupt_at(config, resumed, monkeypatch, at_step=19, where=(TrainWindows, "batch"))
   vocab_text = open(os.path.join(resumed, "vocab.json"), encoding="utf-8").read()
   assert train.train_and_evaluate(config, resumed) == expected
   assert open(os.path.join(resumed, "vocab.json"), encoding="utf-8").read() == vocab_text
   vocab_size = len(json.loads(vocab_text)["chars"])
-  like = steps.create_state(models.get_model(config, vocab_size=vocab_size),
+  like = steps.create_state(models.get(config.model, vocab_size=vocab_size),
                             optim.make(config.opt, 24), np.zeros((1, 16), np.int32), 0)
   states = []
   for workdir in (full, resumed):

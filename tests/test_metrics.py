@@ -13,6 +13,7 @@ import pytest
 
 from conftest import REPO
 from jaxdl import metrics
+from jaxdl.tasks import language_model, text_classification
 
 
 def test_drop_after_trims_redone_steps_and_a_cut_line(tmp_path):
@@ -122,8 +123,8 @@ def test_only_process_0_writes_or_prints(tmp_path, monkeypatch, capsys):
 def test_summarise_three_classes_with_an_unpredicted_class():
   # Class 2 is never predicted (column of zeros) and class 1 never predicted correctly.
   confusion = np.array([[3, 1, 0], [2, 0, 0], [1, 1, 0]], np.float32)
-  report = metrics.summarise({"loss_sum": 1.0, "count": 8.0, "correct": 3.0,
-                               "confusion": confusion})
+  report = text_classification.summarise({"loss_sum": 1.0, "count": 8.0, "correct": 3.0,
+                                           "confusion": confusion})
   assert report["precision"] == pytest.approx([3 / 6, 0.0, 0.0])
   assert report["recall"] == pytest.approx([3 / 4, 0.0, 0.0])
   assert report["f1"] == pytest.approx([2 * 0.5 * 0.75 / 1.25, 0.0, 0.0])
@@ -135,7 +136,7 @@ def test_summarise_a_classifier_with_a_confusion_matrix():
   # rows = true, cols = predicted: class 0: 3 right, 1 called 1; class 1: 2 right, 2 called 0.
   sums = {"loss_sum": 4.0, "count": 8.0, "correct": 5.0,
           "confusion": np.array([[3, 1], [2, 2]], np.float32)}
-  m = metrics.summarise(sums)
+  m = text_classification.summarise(sums)
   assert m["loss"] == 0.5 and m["accuracy"] == 5 / 8 and m["count"] == 8
   np.testing.assert_allclose(m["precision"], [3 / 5, 2 / 3])
   np.testing.assert_allclose(m["recall"], [3 / 4, 2 / 4])
@@ -146,13 +147,13 @@ def test_summarise_a_classifier_with_a_confusion_matrix():
 
 
 def test_summarise_a_class_never_predicted_scores_zero_not_nan():
-  m = metrics.summarise({"loss_sum": 1.0, "count": 2.0, "correct": 1.0,
-                         "confusion": np.array([[1, 0], [1, 0]], np.float32)})
+  m = text_classification.summarise({"loss_sum": 1.0, "count": 2.0, "correct": 1.0,
+                                     "confusion": np.array([[1, 0], [1, 0]], np.float32)})
   assert m["precision"] == [0.5, 0.0] and m["f1"][1] == 0.0
 
 
 def test_summarise_a_language_model():
-  m = metrics.summarise({"loss_sum": np.log(4.0) * 10, "count": 10.0})
+  m = language_model.summarise({"loss_sum": np.log(4.0) * 10, "count": 10.0})
   assert "accuracy" not in m
   np.testing.assert_allclose([m["perplexity"], m["bits_per_token"]], [4.0, 2.0])
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import load_config
-from jaxdl import models
+from jaxdl import models, tasks, validate
 from jaxdl.errors import UserError
 from jaxdl.models.cnn import CNN
 
@@ -52,12 +52,17 @@ def test_dropout_only_in_training():
   assert not np.allclose(a, c)
 
 
-def test_get_model_is_explicit():
+def test_get_model_is_explicit(tmp_path):
   config = load_config("mnist")
-  assert isinstance(models.get_model(config), CNN)
+  assert isinstance(models.get(config.model, num_classes=config.model.num_classes), CNN)
   config.model.name = "mlp"
-  with pytest.raises(UserError, match="model.name='mlp' is not one of cnn"):
-    models.get_model(config)
+  task = tasks.get(config.task)
+  with pytest.raises(UserError, match=r"model.name='mlp': must be one of cnn \(this task's"):
+    models.check(config.model, task.MODELS)
+  with pytest.raises(UserError, match=r"model.name='mlp': must be one of cnn \(this task's"):
+    validate.validate(config, task, str(tmp_path / "w"))
+  with pytest.raises(UserError, match="model.name='mlp'"):  # not a family: not built either
+    models.get(config.model, num_classes=config.model.num_classes)
 
 
 @pytest.mark.parametrize("impl", ["cpu", "cpu_im2col"])
@@ -84,13 +89,16 @@ def test_cpu_impls_match_flax_layers(impl, size):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g_fast, g_ref)
 
 
-def test_auto_impl_is_cpu_on_cpu_and_bad_impl_fails():
+def test_auto_impl_is_cpu_on_cpu_and_bad_impl_fails(tmp_path):
   from jaxdl.models.cnn import resolve_impl
   assert resolve_impl("auto") == ("cpu_im2col" if jax.default_backend() == "cpu" else "flax")
   config = load_config("mnist")
   config.model.impl = "fast"
-  with pytest.raises(UserError, match="model.impl='fast' is not one of auto, flax, cpu"):
-    models.get_model(config)
+  task = tasks.get(config.task)
+  with pytest.raises(UserError, match="model.impl='fast': must be one of auto, flax, cpu"):
+    models.check(config.model, task.MODELS)
+  with pytest.raises(UserError, match="model.impl='fast': must be one of auto, flax, cpu"):
+    validate.validate(config, task, str(tmp_path / "w"))
 
 
 def test_max_pool_2x2_matches_nn_max_pool_on_odd_sizes():

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, load_config, write_play
-from jaxdl import parallel, steps, train, validate
+from jaxdl import parallel, steps, tasks, train, validate
 from jaxdl.errors import UserError
 
 # Tiny synthetic MNIST, 20 steps of batch 16 over 150 examples: 10 steps per epoch, whose last
@@ -144,7 +144,7 @@ def test_parallel_config_rules(tmp_path, key, value, needle):
   *_, leaf = key.split(".")
   config.parallel[leaf] = value
   with pytest.raises(UserError, match=needle):
-    validate.validate(config, str(tmp_path / "w"))
+    validate.validate(config, tasks.get(config.task), str(tmp_path / "w"))
 
 
 @pytest.mark.parametrize("count", [-1, 1.5, "2", True])

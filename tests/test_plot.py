@@ -27,7 +27,7 @@ def test_plot_of_two_runs_is_a_real_png(tiny_sweep, tmp_path):
 def test_curves_and_labels(tmp_path):
   path = tmp_path / "w"
   path.mkdir()
-  (path / "config.json").write_text(json.dumps({"seed": 1}))
+  (path / "config.json").write_text(json.dumps({"seed": 1, "task": "image_classification"}))
   events = [{"event": "train", "step": 5, "loss": 2.0, "accuracy": 0.1, "lr": 0.1},
             {"event": "eval", "step": 5, "test_loss": 1.5, "test_accuracy": 0.2, "test_count": 9},
             {"event": "train", "step": 10, "loss": 1.0, "accuracy": 0.3, "lr": 0.1},
@@ -38,7 +38,7 @@ def test_curves_and_labels(tmp_path):
   assert curves["loss"] == {"train": ([5, 10], [2.0, 1.0]), "eval": ([5, 10], [1.5, 0.9])}
   assert curves["accuracy"]["eval"] == ([5, 10], [0.2, 0.4])
   assert "lr" not in curves and "count" not in curves
-  assert plot.default_metrics([curves]) == ["loss", "accuracy"]
+  assert plot.default_metrics([run], [curves]) == ["loss", "accuracy"]  # the task's PLOT_METRICS
   assert report.label(run, []) == "w"
   with pytest.raises(UserError, match="no run logs 'f1'"):
     plot.plot([str(path)], str(tmp_path / "x.png"), ["f1"])

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from conftest import load_config
-from jaxdl import profiler, validate
+from jaxdl import profiler, tasks, validate
 from jaxdl.errors import UserError
 
 
@@ -22,7 +22,7 @@ def test_validate_checks_it(tmp_path):
   config = load_config("mnist")
   config.profile_steps = "3"
   with pytest.raises(UserError, match="config.profile_steps='3': expected 'START:STOP'"):
-    validate.validate(config, str(tmp_path / "w"))
+    validate.validate(config, tasks.get(config.task), str(tmp_path / "w"))
 
 
 def test_a_run_with_profile_steps_writes_a_trace(tiny_sweep):

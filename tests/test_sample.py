@@ -82,7 +82,7 @@ def test_sample_cli_on_a_tiny_trained_run(trained_tiny_lm):
 
 
 def test_sample_errors_before_any_work(tiny_lm, tmp_path):
-  with pytest.raises(UserError, match="no config.json"):
+  with pytest.raises(UserError, match=r"config.json: not found \(is --workdir a jaxdl run"):
     sample.sample(str(tmp_path), "a", 5, 1.0, 0, 0)
   workdir = tmp_path / "w"
   workdir.mkdir()

@@ -9,6 +9,7 @@ import numpy as np
 import optax
 
 from jaxdl import steps
+from jaxdl.tasks import image_classification
 from jaxdl.models.cnn import CNN
 
 
@@ -22,7 +23,7 @@ def _batch(n=16, seed=0):
 def _setup(max_shift=0, dropout=0.0, tx=optax.adam(1e-3)):
   model = CNN(dropout=dropout)
   state = steps.create_state(model, tx, _batch()["image"], seed=0)
-  objective = functools.partial(steps.classify_images, model=model, label_smoothing=0.0,
+  objective = functools.partial(image_classification.classify, model=model, label_smoothing=0.0,
                                 max_shift=max_shift)
   step = functools.partial(steps.train_step, objective=objective, tx=tx)
   return objective, state, step
@@ -104,7 +105,7 @@ def test_nonfinite_update_is_flagged_and_skipped_only_when_asked():
 
 
 class _Linear(nn.Module):
-  """A linear classifier of the pixels: the smallest model classify_images accepts."""
+  """A linear classifier of the pixels: the smallest model image_classification.classify accepts."""
 
   @nn.compact
   def __call__(self, images, train):
@@ -114,7 +115,7 @@ class _Linear(nn.Module):
 def test_ema_is_the_moving_average_and_what_eval_uses():
   model = _Linear()
   tx = optax.sgd(0.1)
-  objective = functools.partial(steps.classify_images, model=model, label_smoothing=0.0,
+  objective = functools.partial(image_classification.classify, model=model, label_smoothing=0.0,
                                 max_shift=0)
   state = steps.create_state(model, tx, _batch()["image"], seed=0, ema=True)
   step = jax.jit(functools.partial(steps.train_step, objective=objective, tx=tx, ema_decay=0.9))

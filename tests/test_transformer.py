@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import load_config
-from jaxdl import models
+from jaxdl import models, tasks, validate
 from jaxdl.errors import UserError
 from jaxdl.models import transformer
 from jaxdl.models.transformer import TransformerLM, init_cache
@@ -27,11 +27,11 @@ def _tokens(shape, seed=1):
   return jax.random.randint(jax.random.PRNGKey(seed), shape, 0, VOCAB)
 
 
-def test_output_shape_and_get_model():
+def test_output_shape_and_get_model(tmp_path):
   config = load_config("tiny_lm", "nanogpt_cpu")
   assert (config.model.positions, config.model.use_bias) == ("rope", False)
   config.model.positions, config.model.use_bias = "learned", True  # GPT-2's layers
-  model = models.get_model(config, vocab_size=65)
+  model = models.get(config.model, vocab_size=65)
   assert isinstance(model, TransformerLM) and model.block_size == 64 and model.num_layers == 4
   params = model.init(jax.random.PRNGKey(0), jnp.zeros((2, 64), jnp.int32), train=False)["params"]
   assert model.apply({"params": params}, jnp.zeros((2, 64), jnp.int32),
@@ -44,16 +44,21 @@ def test_output_shape_and_get_model():
   assert sum(x.size for x in jax.tree.leaves(params)) == expected == 809_856
   # Without biases (nanoGPT's bias=False) the LayerNorms keep only their scales.
   config.model.use_bias = False
-  params = models.get_model(config, vocab_size=65).init(
+  params = models.get(config.model, vocab_size=65).init(
       jax.random.PRNGKey(0), jnp.zeros((1, 64), jnp.int32), train=False)["params"]
   biases = 4 * (384 + 128 + 512 + 128 + 2 * 128) + 128
   assert sum(x.size for x in jax.tree.leaves(params)) == expected - biases == 804_096
+  task = tasks.get(config.task)
   config.model.positions = "alibi"
-  with pytest.raises(UserError, match="model.positions='alibi' is not one of learned, rope"):
-    models.get_model(config, vocab_size=65)
+  with pytest.raises(UserError, match="model.positions='alibi': must be one of learned, rope"):
+    models.check(config.model, task.MODELS)
+  with pytest.raises(UserError, match="model.positions='alibi': must be one of learned, rope"):
+    validate.validate(config, task, str(tmp_path / "w"))
   config.model.positions, config.model.impl = "rope", "gpu"
-  with pytest.raises(UserError, match="model.impl='gpu' is not one of auto, flax, cpu"):
-    models.get_model(config, vocab_size=65)
+  with pytest.raises(UserError, match="model.impl='gpu': must be one of auto, flax, cpu"):
+    models.check(config.model, task.MODELS)
+  with pytest.raises(UserError, match="model.impl='gpu': must be one of auto, flax, cpu"):
+    validate.validate(config, task, str(tmp_path / "w"))
 
 
 @pytest.mark.parametrize("positions,use_bias", [("learned", True), ("rope", False)])

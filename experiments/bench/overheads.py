@@ -24,7 +24,7 @@ sys.path.insert(0, REPO)
 import jax  # pylint: disable=g-import-not-at-top
 import numpy as np
 
-from jaxdl import checkpoint, data, models, optim, parallel, steps, train
+from jaxdl import checkpoint, models, optim, parallel, steps, tasks
 
 
 def main():
@@ -43,18 +43,18 @@ def main():
 
   parallel.set_cpu_devices(config.parallel.cpu_devices)  # the :nanogpt_cpu preset's 2
   mesh = parallel.make_mesh()
-  dataset = data.load(config, "/nonexistent")
+  task = tasks.get(config.task)
+  dataset = task.load(config, "/nonexistent")
   batches = dataset.train
-  model = models.get_model(config, **dataset.model_info)
+  model = models.get(config.model, **dataset.model_info)
   tx = optim.make(config.opt, 1000)
-  objective = steps.make_objective(config, model)
+  objective = task.objective(config, model)
   replicated = parallel.replicated(mesh)
-  sample = parallel.global_batch(batches.batch(0), mesh)[steps.INPUT_KEYS[config.task]]
+  sample = parallel.global_batch(batches.batch(0), mesh)[task.INPUT]
   state = jax.jit(functools.partial(steps.create_state, model, tx, seed=0),
                   out_shardings=replicated)(sample)
   train_step = jax.jit(functools.partial(steps.train_step, objective=objective, tx=tx),
                        donate_argnums=0)
-  eval_step = jax.jit(functools.partial(steps.eval_step, objective=objective))
   n = args.steps
 
   # Step time with the batch already on the device, each step waited for.
@@ -123,13 +123,17 @@ def main():
         f"config's checkpoint_every={config.checkpoint_every}: "
         f"{100 * per_save / config.checkpoint_every / plain:.2f}% of step time)")
 
-  # Eval throughput over the whole test split (batch 512, last batch padded).
+  # Eval throughput over the whole test split (batch 512, last batch padded), as the loop runs
+  # it: steps.Runner.evaluate's sums, then the task's summarise (which waits for them).
   split = dataset.evals[dataset.eval_split]
-  train.evaluate(eval_step, state, split, config.eval_batch_size, mesh)
+  runner = steps.Runner(config, model, objective, tx, batches, mesh, task.INPUT,
+                        config.eval_every or batches.steps_per_epoch)
+  evaluate = lambda: task.summarise(runner.evaluate(state, split, config.eval_batch_size))
+  evaluate()
   eval_s = []
   for _ in range(5):
     t = time.perf_counter()
-    result = train.evaluate(eval_step, state, split, config.eval_batch_size, mesh)
+    result = evaluate()
     eval_s.append(time.perf_counter() - t)
   count = int(result["count"])  # images, or tokens for the LM
   print(f"eval: {count / statistics.median(eval_s):,.0f} {unit}/s "

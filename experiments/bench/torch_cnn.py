@@ -28,7 +28,7 @@ except ImportError:
   sys.exit("this benchmark needs PyTorch: pip install torch==2.13.0 (or pip install -e .[bench])")
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from jaxdl.data.images import load_idx_dir  # pylint: disable=g-import-not-at-top
+from jaxdl.data.idx import load_idx_dir  # pylint: disable=g-import-not-at-top
 
 
 class SeedCNN(nn.Module):

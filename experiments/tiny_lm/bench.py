@@ -22,7 +22,8 @@ import numpy as np
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-from jaxdl import models, optim, steps  # pylint: disable=g-import-not-at-top  (this checkout's)
+# This checkout's jaxdl:
+from jaxdl import models, optim, steps, tasks  # pylint: disable=g-import-not-at-top
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny_lm.py", "base config")
 _VARIANTS = flags.DEFINE_string("variants", "", "';'-separated variants of 'k=v,k=v' overrides")
@@ -41,9 +42,9 @@ def bench(config, label: str) -> None:
   batch = {"inputs": rng.integers(0, vocab, (b, l)).astype(np.int32),
            "targets": rng.integers(0, vocab, (b, l)).astype(np.int32),
            "mask": np.ones(b, np.float32)}
-  model = models.get_model(config, vocab_size=vocab)
+  model = models.get(config.model, vocab_size=vocab)
   tx = optim.make(config.opt, 1000)
-  objective = steps.make_objective(config, model)
+  objective = tasks.get(config.task).objective(config, model)
   state = steps.create_state(model, tx, batch["inputs"], config.seed)
   train_step = jax.jit(functools.partial(steps.train_step, objective=objective, tx=tx),
                        donate_argnums=0)

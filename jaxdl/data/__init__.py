@@ -1,25 +1,18 @@
-"""Data: sources that load whole splits into memory, and the deterministic batch iterators.
+"""Data: the shared floor that every task's loader stands on.
 
-`load(config, workdir)` is the one place a task becomes a loader (an explicit choice).
+  sources.py   the one source chain (data.path → prepared TFDS → fallbacks → one error)
+  idx.py, tables.py, corpus.py, imagefolder.py, tfds.py, offline.py, download.py
+               readers, one per format or place the data comes from
+  vocab.py     word and character vocabularies (vocab.json)
+  iterator.py  deterministic, resumable batches over in-memory arrays; evaluation batches
+  windows.py   a language model's windows
+  augment.py   on-device augmentation
+  dataset.py   `Dataset`, what a task's load() hands the loop
+
+No file here knows a task: tasks/ choose and combine these.
 """
 
-from jaxdl.data import images, lm, text
-from jaxdl.data.dataset import Dataset
+from jaxdl.data.dataset import Dataset, TrainIterator
 from jaxdl.data.iterator import TrainBatches, eval_batches
-from jaxdl.errors import UserError
 
-TASKS = ("image_classification", "text_classification", "language_model")  # config.task
-
-
-def load(config, workdir: str) -> Dataset:
-  """The Dataset for config.task; reads (never writes) files a previous run left in workdir."""
-  if config.task == "image_classification":
-    return images.load_dataset(config, workdir)
-  if config.task == "text_classification":
-    return text.load_dataset(config, workdir)
-  if config.task == "language_model":
-    return lm.load_dataset(config, workdir)
-  raise UserError(f"task={config.task!r} is not one of {', '.join(TASKS)}")
-
-
-__all__ = ["Dataset", "TASKS", "TrainBatches", "eval_batches", "load"]
+__all__ = ["Dataset", "TrainBatches", "TrainIterator", "eval_batches"]

@@ -21,6 +21,10 @@ class TrainIterator(Protocol):
   def batch(self, step: int) -> dict[str, np.ndarray]: ...  # always includes float32 'mask'
   def position(self, step: int) -> dict: ...                # saved with every checkpoint
   def check_position(self, step: int, saved: dict) -> None: ...  # UserError on mismatch
+  # The arrays every batch is rows of, or None. When not None, indices(step) gives global batch
+  # `step`'s rows and which are real (the mask), and fused steps gather them on the device.
+  def rows(self) -> dict[str, np.ndarray] | None: ...
+  def indices(self, step: int) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 @dataclasses.dataclass
@@ -31,5 +35,5 @@ class Dataset:
   final_splits: tuple[str, ...]   # evaluated once at the end
   source: str                     # where the data came from, in words (logged and recorded)
   describe: str                   # one start-up line of split sizes and the like
-  model_info: dict[str, Any] = dataclasses.field(default_factory=dict)  # get_model kwargs
+  model_info: dict[str, Any] = dataclasses.field(default_factory=dict)  # models.get kwargs
   files: dict[str, str] = dataclasses.field(default_factory=dict)  # workdir files to write

@@ -1,4 +1,5 @@
-"""Deterministic, resumable batches over in-memory arrays.
+"""Deterministic, resumable batches over in-memory arrays: shuffled epochs, length-grouped
+epochs for variable-length texts, and evaluation batches.
 
 Training batches are a pure function of (seed, step): epoch e's order is a permutation drawn from
 (seed, e), so every example is seen once per epoch and a resumed run sees exactly the batches the
@@ -77,6 +78,61 @@ class TrainBatches:
     """This process's part of global batch `step` (padded and masked at an epoch's end)."""
     idx, valid = self.indices(step)
     return _take(self.arrays, idx[self._local], valid[self._local])
+
+  def rows(self) -> dict[str, np.ndarray] | None:
+    """The arrays every batch is rows of (batch(step) = rows indices(step) + mask), which fused
+    steps may gather on the device."""
+    return self.arrays
+
+
+class LengthGroupedBatches(TrainBatches):
+  """TrainBatches of sequences of similar length, cut to the batch's longest one.
+
+  Within each pool of `sort_pool` batches of an epoch's permutation, examples are sorted by
+  length, cut into batches, and the batches shuffled (all from (seed, epoch), so still a pure
+  function of the step). A batch's `tokens` array is then cut to its longest sequence rounded up
+  to a multiple of `bucket`. SST-2's training phrases average 9 words against a 64-token
+  max_len, so the LSTM runs ~4x fewer steps. Each distinct width compiles once (<= max_len /
+  bucket). Lengths count the non-zero (non-padding) tokens.
+  """
+
+  def __init__(self, arrays, batch_size, seed, bucket, sort_pool, process_index=0,
+               process_count=1):
+    super().__init__(arrays, batch_size, seed, process_index, process_count)
+    self.bucket, self.sort_pool = bucket, sort_pool
+    self.lengths = (arrays["tokens"] != 0).sum(1)
+
+  def position(self, step: int) -> dict[str, int]:
+    # The length grouping decides which examples a step reads: a resume must keep it.
+    return {**super().position(step), "sort_pool": self.sort_pool}
+
+  def _epoch_order(self, epoch: int) -> np.ndarray:
+    if epoch == self._order_epoch or not self.sort_pool:
+      return super()._epoch_order(epoch)
+    order = super()._epoch_order(epoch).copy()
+    rng = np.random.default_rng([self.seed, epoch, 1])
+    pool = self.sort_pool * self.batch_size
+    full = (self.size // self.batch_size) * self.batch_size  # a ragged last batch stays last
+    for start in range(0, full, pool):
+      idx = order[start:min(start + pool, full)]
+      idx = idx[np.argsort(self.lengths[idx], kind="stable")].reshape(-1, self.batch_size)
+      order[start:start + idx.size] = idx[rng.permutation(len(idx))].reshape(-1)
+    self._order = order
+    return order
+
+  def batch(self, step: int) -> Batch:
+    out = super().batch(step)
+    if self.bucket:
+      # The width comes from the whole global batch, so every process cuts the same.
+      epoch, i = divmod(step, self.steps_per_epoch)
+      idx = self._epoch_order(epoch)[i * self.batch_size:(i + 1) * self.batch_size]
+      longest = max(1, int(self.lengths[idx].max()))
+      out["tokens"] = out["tokens"][:, :min(out["tokens"].shape[1],
+                                            -(-longest // self.bucket) * self.bucket)]
+    return out
+
+  def rows(self) -> dict[str, np.ndarray] | None:
+    return None if self.bucket else self.arrays  # cut batches are not rows of the arrays
 
 
 def eval_batches(arrays: dict[str, np.ndarray], batch_size: int, process_index: int = 0,

@@ -1,59 +1,100 @@
-"""Models: `get_model(config, **model_info)` is the one place a config name becomes a Module.
+"""Models: `get(config.model, **model_info)` is the one place a model name becomes a Module.
 
-`model_info` is what only the data knows (Dataset.model_info): a text classifier's vocabulary
-size and number of classes, for example.
+Each built-in family file provides `check(model_config)` (its own keys) and
+`from_config(model_config, **model_info)`; `model_info` is what only the data knows
+(Dataset.model_info: a vocabulary size, a number of classes). A user's model is named by its
+import path, `model.name='PACKAGE.MODULE:ATTR'` (importable from the current directory or
+PYTHONPATH), and built as `ATTR(model_config, **model_info)`:
+  - flax.linen: ATTR returns a linen Module;
+  - Flax NNX: ATTR takes `rngs` too (as NNX constructors do), e.g. an nnx.Module class with
+    `__init__(self, config, num_classes, *, rngs)`. It is wrapped by flax.nnx.bridge.ToLinen,
+    so its params live in the same TrainState and checkpoints as a linen model's, initialised
+    from config.seed, and the train step stays one pure jitted function.
+Either way `module(inputs, train=bool)` returns what the task expects (logits).
 """
 
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+from typing import Any, Callable
+
 import flax.linen as nn
-import jax.numpy as jnp
+from flax import nnx
 
-from jaxdl.errors import UserError
-from jaxdl.models import cnn, transformer
-from jaxdl.models.cnn import CNN
-from jaxdl.models.text import TextClassifier
-from jaxdl.models.transformer import POSITIONS, TransformerLM
+from jaxdl.errors import UserError, first_line
+from jaxdl.models import cnn, text, transformer
 
-# config.model.name → the task it serves (validate.py checks that they agree).
-MODEL_TASKS = {"cnn": "image_classification", "text_lstm": "text_classification",
-               "text_cnn": "text_classification", "text_transformer": "text_classification",
-               "transformer": "language_model"}
-MODEL_NAMES = tuple(MODEL_TASKS)
-INIT_SCHEMES = ("flax", "torch")
-POOLS = ("max_mean", "attention")  # config.model.pool of text_lstm
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # config.model.dtype
+FAMILIES = {"cnn": cnn, "text_lstm": text, "text_cnn": text, "text_transformer": text,
+            "transformer": transformer}
 
 
-def get_model(config, **model_info) -> nn.Module:
-  """Returns the Module named by config.model.name (an explicit choice, not a registry).
+def _user_builder(name: str) -> Callable[..., Any]:
+  """The ATTR of 'PACKAGE.MODULE:ATTR', imported; UserError naming the value otherwise."""
+  module_name, _, attr = name.partition(":")
+  where = f"config.model.name={name!r}"
+  if not module_name or not attr.isidentifier():
+    raise UserError(f"{where}: expected PACKAGE.MODULE:ATTR (e.g. my_models:ResNet)")
+  try:
+    module = importlib.import_module(module_name)
+  except Exception as e:  # pylint: disable=broad-except  (the user's code may raise anything)
+    raise UserError(f"{where}: cannot import {module_name!r} ({type(e).__name__}: "
+                    f"{first_line(e)}; is it on PYTHONPATH or in the current directory?)"
+                    ) from None
+  if not hasattr(module, attr):
+    raise UserError(f"{where}: {module_name!r} ({module.__file__}) has no {attr!r}")
+  build = getattr(module, attr)
+  if not callable(build):
+    raise UserError(f"{where}: {attr!r} is a {type(build).__name__}, not a callable that "
+                    f"returns a Flax module")
+  return build
 
-  `model_info` holds what the data decides (Dataset.model_info), e.g. vocab_size=65.
-  """
-  m = config.model
-  if m.name == "cnn":
-    if m.init not in INIT_SCHEMES:
-      raise UserError(f"model.init={m.init!r} is not one of {', '.join(INIT_SCHEMES)}")
-    if m.impl not in cnn.IMPLS:
-      raise UserError(f"model.impl={m.impl!r} is not one of {', '.join(cnn.IMPLS)}")
-    return CNN(num_classes=m.num_classes, init_scheme=m.init, dropout=m.dropout, impl=m.impl)
-  if m.name in ("text_lstm", "text_cnn", "text_transformer"):
-    if m.pool not in POOLS:
-      raise UserError(f"model.pool={m.pool!r} is not one of {', '.join(POOLS)}")
-    return TextClassifier(
-        encoder=m.name[len("text_"):], vocab_size=model_info["vocab_size"],
-        num_classes=model_info["num_classes"], embed_dim=m.embed_dim, hidden_dim=m.hidden_dim,
-        num_layers=m.num_layers, num_heads=m.num_heads, kernel_sizes=tuple(m.kernel_sizes),
-        max_len=config.data.max_len, head_dim=m.head_dim, pool=m.pool, dropout=m.dropout,
-        embed_dropout=m.embed_dropout, word_dropout=m.word_dropout)
-  if m.name == "transformer":
-    if m.positions not in POSITIONS:
-      raise UserError(f"model.positions={m.positions!r} is not one of {', '.join(POSITIONS)}")
-    if m.dtype not in DTYPES:
-      raise UserError(f"model.dtype={m.dtype!r} is not one of {', '.join(DTYPES)}")
-    if m.impl not in transformer.IMPLS:
-      raise UserError(f"model.impl={m.impl!r} is not one of {', '.join(transformer.IMPLS)}")
-    return TransformerLM(vocab_size=model_info["vocab_size"], num_layers=m.num_layers,
-                         num_heads=m.num_heads, width=m.width, mlp_ratio=m.mlp_ratio,
-                         block_size=m.block_size, positions=m.positions, dropout=m.dropout,
-                         tie_embeddings=m.tie_embeddings, use_bias=m.use_bias,
-                         dtype=DTYPES[m.dtype], impl=m.impl)
-  raise UserError(f"model.name={m.name!r} is not one of {', '.join(MODEL_NAMES)}")
+
+def _takes_rngs(build: Callable[..., Any]) -> bool:
+  """An NNX constructor: an nnx.Module class, or a function that takes `rngs`."""
+  if isinstance(build, type):  # NNX's metaclass hides __init__'s signature from the class
+    return issubclass(build, nnx.Module)
+  try:
+    return "rngs" in inspect.signature(build).parameters
+  except (TypeError, ValueError):  # a builtin without a signature
+    return False
+
+
+def check(model_config, task_models: tuple[str, ...]) -> None:
+  """model.name is one of the task's families (and that family's keys are valid), or an
+  importable PACKAGE.MODULE:ATTR. Builds nothing."""
+  name = model_config.name
+  if name in task_models:
+    FAMILIES[name].check(model_config)
+  elif ":" in name:
+    _user_builder(name)
+  else:
+    raise UserError(f"config.model.name={name!r}: must be one of {', '.join(task_models)} "
+                    f"(this task's models), or PACKAGE.MODULE:ATTR for your own")
+
+
+def get(model_config, **model_info) -> nn.Module:
+  """The linen Module config.model names (an NNX model comes wrapped as one)."""
+  name = model_config.name
+  if name in FAMILIES:
+    FAMILIES[name].check(model_config)  # also for callers that skipped validate (tools, tests)
+    return FAMILIES[name].from_config(model_config, **model_info)
+  build = _user_builder(name)
+  where = f"config.model.name={name!r}"
+  args = ", ".join(["model_config", *(f"{k}={v!r}" for k, v in model_info.items())])
+  if _takes_rngs(build):  # NNX: built inside linen's init/apply, with rngs from the run's keys
+    return nnx.bridge.ToLinen(functools.partial(build, model_config, **model_info))
+  try:
+    module = build(model_config, **model_info)
+  except TypeError as e:
+    raise UserError(f"{where}: cannot be called as {name.partition(':')[2]}({args}): "
+                    f"{first_line(e)}") from None
+  if isinstance(module, nnx.Module):
+    raise UserError(f"{where}: returned an NNX module already built; give "
+                    f"{name.partition(':')[2]} an `rngs` argument so that jaxdl builds it "
+                    f"from config.seed (see jaxdl/models/__init__.py)")
+  if not isinstance(module, nn.Module):
+    raise UserError(f"{where}: returned a {type(module).__name__}, not a Flax module "
+                    f"(flax.linen.Module, or an NNX class taking rngs)")
+  return module

@@ -20,6 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdl.errors import UserError
+
 IMPLS = ("auto", "flax", "cpu", "cpu_im2col")  # config.model.impl
 
 
@@ -203,3 +205,21 @@ class CNN(nn.Module):
     h_Bx512 = nn.relu(nn.Dense(512, **self._inits(x_BxF.shape[-1]))(x_BxF))
     h_Bx512 = nn.Dropout(self.dropout, deterministic=not train)(h_Bx512)
     return nn.Dense(self.num_classes, **self._inits(512))(h_Bx512)
+
+
+INIT_SCHEMES = ("flax", "torch")  # config.model.init
+
+
+def check(m) -> None:
+  """The CNN's keys of config.model."""
+  if not 0 <= m.dropout < 1:
+    raise UserError(f"config.model.dropout={m.dropout!r}: must be in [0, 1)")
+  if m.init not in INIT_SCHEMES:
+    raise UserError(f"config.model.init={m.init!r}: must be one of {', '.join(INIT_SCHEMES)}")
+  if m.impl not in IMPLS:
+    raise UserError(f"config.model.impl={m.impl!r}: must be one of {', '.join(IMPLS)}")
+
+
+def from_config(m, *, num_classes: int) -> CNN:
+  """The CNN of config.model (model.num_classes, which the image task checked against its data)."""
+  return CNN(num_classes=num_classes, init_scheme=m.init, dropout=m.dropout, impl=m.impl)

@@ -19,6 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdl.errors import UserError
+
 PAD_ID = 0  # token id of padding (the vocabulary reserves it)
 OOV_ID = 1  # token id of out-of-vocabulary words; word dropout replaces tokens with it
 
@@ -128,7 +130,7 @@ class TextClassifier(nn.Module):
     elif self.encoder == "transformer":
       h_BxF = self._transformer(x_BxLxD, mask_BxL, train)
     else:
-      raise ValueError(f"unknown encoder {self.encoder!r}")  # models.get_model checks names
+      raise ValueError(f"unknown encoder {self.encoder!r}")  # text.check checks names
     return _Head(self.head_dim, self.num_classes, self.dropout)(h_BxF, train)
 
   def _lstm(self, x_BxLxD, mask_BxL, train):
@@ -144,7 +146,7 @@ class TextClassifier(nn.Module):
     if self.pool == "max_mean":
       return jnp.concatenate([_masked_max(h_BxLx2H, mask_BxL),
                               _masked_mean(h_BxLx2H, mask_BxL)], -1)
-    raise ValueError(f"unknown pool {self.pool!r}")  # models.get_model checks names
+    raise ValueError(f"unknown pool {self.pool!r}")  # text.check checks names
 
   def _cnn(self, x_BxLxD, mask_BxL):
     # 'SAME' convolutions over zeroed padding equal convolutions over the unpadded sentence
@@ -170,3 +172,39 @@ class TextClassifier(nn.Module):
       h = nn.Dense(self.hidden_dim)(nn.gelu(h))
       x_BxLxH = x_BxLxH + nn.Dropout(self.dropout, deterministic=not train)(h)
     return _masked_mean(nn.LayerNorm()(x_BxLxH), mask_BxL)
+
+
+ENCODERS = ("lstm", "cnn", "transformer")
+POOLS = ("max_mean", "attention")  # config.model.pool of text_lstm
+
+
+def check(m) -> None:
+  """The sentence encoders' keys of config.model."""
+  if not 0 <= m.dropout < 1:
+    raise UserError(f"config.model.dropout={m.dropout!r}: must be in [0, 1)")
+  for key in ("embed_dim", "hidden_dim", "num_layers", "num_heads"):
+    if not m[key] > 0:
+      raise UserError(f"config.model.{key}={m[key]!r}: must be > 0")
+  if m.head_dim < 0:
+    raise UserError(f"config.model.head_dim={m.head_dim!r}: must be >= 0 (0 = linear)")
+  for key in ("embed_dropout", "word_dropout"):
+    if not 0 <= m[key] < 1:
+      raise UserError(f"config.model.{key}={m[key]!r}: must be in [0, 1)")
+  if not (len(m.kernel_sizes) > 0 and all(k > 0 for k in m.kernel_sizes)):
+    raise UserError(f"config.model.kernel_sizes={m.kernel_sizes!r}: must be one or more "
+                    f"widths > 0")
+  if m.name == "text_transformer" and m.hidden_dim % m.num_heads:
+    raise UserError(f"config.model.hidden_dim={m.hidden_dim!r}: must be divisible by "
+                    f"model.num_heads={m.num_heads}")
+  if m.pool not in POOLS:
+    raise UserError(f"config.model.pool={m.pool!r}: must be one of {', '.join(POOLS)}")
+
+
+def from_config(m, *, vocab_size: int, num_classes: int, max_len: int) -> TextClassifier:
+  """model.name 'text_lstm' | 'text_cnn' | 'text_transformer' of config.model."""
+  return TextClassifier(
+      encoder=m.name[len("text_"):], vocab_size=vocab_size, num_classes=num_classes,
+      embed_dim=m.embed_dim, hidden_dim=m.hidden_dim, num_layers=m.num_layers,
+      num_heads=m.num_heads, kernel_sizes=tuple(m.kernel_sizes), max_len=max_len,
+      head_dim=m.head_dim, pool=m.pool, dropout=m.dropout, embed_dropout=m.embed_dropout,
+      word_dropout=m.word_dropout)

@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdl.errors import UserError
+
 POSITIONS = ("learned", "rope")
 IMPLS = ("auto", "flax", "cpu")  # config.model.impl
 _INIT_STD = 0.02  # GPT-2's init: normal(0.02) everywhere, residual projections scaled down
@@ -262,3 +264,37 @@ def init_cache(model: TransformerLM, batch_size: int) -> dict:
       lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((batch_size, 1), jnp.int32),
                          train=False, decode=True))["cache"]
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # config.model.dtype
+
+
+def check(m) -> None:
+  """The Transformer LM's keys of config.model."""
+  if not 0 <= m.dropout < 1:
+    raise UserError(f"config.model.dropout={m.dropout!r}: must be in [0, 1)")
+  for key in ("num_layers", "num_heads", "width", "mlp_ratio", "block_size"):
+    if not m[key] > 0:
+      raise UserError(f"config.model.{key}={m[key]!r}: must be > 0")
+  if m.width % m.num_heads:
+    raise UserError(f"config.model.width={m.width!r}: must be divisible by "
+                    f"model.num_heads={m.num_heads}")
+  if m.positions not in POSITIONS:
+    raise UserError(f"config.model.positions={m.positions!r}: must be one of "
+                    f"{', '.join(POSITIONS)}")
+  if m.positions == "rope" and (m.width // m.num_heads) % 2:
+    raise UserError(f"config.model.positions={m.positions!r}: needs an even head width "
+                    f"(model.width / model.num_heads) for rotary pairs")
+  if m.dtype not in DTYPES:
+    raise UserError(f"config.model.dtype={m.dtype!r}: must be one of {', '.join(DTYPES)}")
+  if m.impl not in IMPLS:
+    raise UserError(f"config.model.impl={m.impl!r}: must be one of {', '.join(IMPLS)}")
+
+
+def from_config(m, *, vocab_size: int) -> TransformerLM:
+  """The decoder of config.model; the vocabulary size comes from the data."""
+  return TransformerLM(vocab_size=vocab_size, num_layers=m.num_layers, num_heads=m.num_heads,
+                       width=m.width, mlp_ratio=m.mlp_ratio, block_size=m.block_size,
+                       positions=m.positions, dropout=m.dropout,
+                       tie_embeddings=m.tie_embeddings, use_bias=m.use_bias,
+                       dtype=DTYPES[m.dtype], impl=m.impl)

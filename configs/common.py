@@ -1,0 +1,72 @@
+"""The blocks every experiment shares, each key commented once here.
+
+An experiment file (configs/mnist.py, ...) starts from `get_config()`, sets its task, model, data
+and (for classifiers) loss blocks, and overrides the values it needs. A config file of your own
+can do the same, or start from a shipped experiment (README "Your own model, task or data"):
+
+  import os, sys
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo
+  from configs import common
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """Cadence, optimizer, train and parallel blocks, unlocked: the caller adds its own and locks."""
+  c = ml_collections.ConfigDict()
+  c.task = ""                 # a built-in task name (jaxdl/tasks) or a user's 'pkg.module'
+  c.seed = 0                  # init, shuffling, dropout and augmentation all derive from it
+  c.batch_size = 64           # global batch, split evenly over all devices
+  c.eval_batch_size = 512     # global eval batch; the last one is padded and masked
+  c.num_epochs = 10           # passes over the training split
+  c.num_train_steps = -1      # if > 0, the run length in steps, overriding num_epochs
+  c.log_every = 50            # steps between train lines on the console and in metrics.jsonl
+  c.eval_every = 0            # steps between evals of the eval split; 0 = at every epoch's end
+  c.checkpoint_every = 500    # steps between checkpoints; one is always written at the end
+  c.keep_checkpoints = 3      # how many of the newest checkpoints to keep
+  c.steps_per_dispatch = 1    # train steps fused into one compiled call (lax.scan), at most;
+                              # the loop uses the largest k <= this dividing log_every, the eval
+                              # interval and checkpoint_every. 1 (one step per call) is fastest
+                              # on CPU, where a fused call compiles k unrolled copies of the step
+  c.profile_steps = ""        # 'START:STOP' traces train steps START..STOP-1 into WORKDIR/profile
+                              # (jax.profiler; README "Profiling"); '' = no trace
+
+  c.opt = ml_collections.ConfigDict()
+  c.opt.name = "adamw"        # sgd | adam | adamw (optax names)
+  c.opt.lr = 1e-3             # peak learning rate
+  c.opt.schedule = "cosine"   # constant | cosine (linear warmup, cosine decay)
+  c.opt.warmup_steps = 200    # steps of linear warmup from 0 (cosine schedule only)
+  c.opt.end_lr_factor = 0.0   # final lr = lr * end_lr_factor (cosine schedule only)
+  c.opt.momentum = 0.0        # sgd momentum; 0 = plain SGD
+  c.opt.nesterov = False      # sgd: Nesterov momentum
+  c.opt.b1 = 0.9              # adam/adamw first-moment decay
+  c.opt.b2 = 0.999            # adam/adamw second-moment decay
+  c.opt.weight_decay = 1e-4   # adamw: decoupled decay; sgd: L2 added to the gradient
+  c.opt.decay_mask = "all"    # params decayed: all | matrices (>= 2 dims: not biases/norms)
+  c.opt.grad_clip_norm = 0.0  # clip gradients to this global norm; 0 = off
+
+  c.train = ml_collections.ConfigDict()
+  c.train.skip_nonfinite = False  # True: skip (and count) updates with a non-finite loss or
+                                  # gradient; False: stop the run with an error naming the step
+  c.train.ema_decay = 0.0  # > 0: keep ema = d * ema + (1 - d) * params after every step and
+                          # evaluate, checkpoint and predict with it (Polyak averaging); 0 = off
+
+  c.parallel = ml_collections.ConfigDict()
+  c.parallel.mode = "jit"       # jit: one program on a device Mesh | pmap: jax.pmap + lax.pmean
+  c.parallel.fsdp = False       # jit: shard params + optimizer state over 'data' (ZeRO-3)
+  c.parallel.fsdp_min_size = 1024  # fsdp: arrays with fewer elements stay replicated
+  c.parallel.mesh_shape = (-1,)  # devices per mesh axis ('data',); -1 = all the job's devices
+  c.parallel.cpu_devices = 0   # CPU backend: split this process into N CPU devices, so the batch
+                                # runs data-parallel over the cores (XLA:CPU runs one op at a time
+                                # on small models); 0 = JAX's default (one device)
+  return c
+
+
+def check_preset(preset: str | None, presets: tuple[str, ...], config_file: str) -> str:
+  """The preset named after ':' in --config ('' = the default), or a ValueError listing them."""
+  preset = preset or ""
+  if preset not in presets:
+    raise ValueError(f"unknown preset {preset!r} for {config_file}; valid: "
+                     f"{', '.join(repr(p) for p in presets)}")
+  return preset

@@ -1,0 +1,28 @@
+"""MNIST with a user's linen ResNet (experiments/custom/linen_resnet.py): the shipped MNIST
+config with its model block replaced. Results: experiments/custom/README.md.
+
+  python -m jaxdl.main --config=experiments/custom/resnet_mnist.py --workdir=runs/resnet \
+      --config.data.path=../shared/data/mnist-10k
+"""
+
+import os
+import sys
+
+import ml_collections
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from configs import mnist  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
+  c = mnist.get_config(preset)  # task, data, opt, train, parallel: as the MNIST experiment
+  c.unlock()
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "experiments.custom.linen_resnet:ResNet"  # PACKAGE.MODULE:ATTR
+  c.model.num_classes = 10    # the image task checks its data's labels against it
+  c.model.widths = (16, 32)   # channels of each stage; each later stage halves the resolution
+  c.model.blocks = 1          # residual blocks per stage
+  c.model.dropout = 0.1       # before the classifier
+  c.num_epochs = 8
+  c.lock()
+  return c

@@ -1,0 +1,75 @@
+"""Prepared TFDS copies read with tfds.data_source (ArrayRecord files; no TensorFlow needed):
+image splits, labelled-text splits, and the text of a corpus."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from jaxdl.data.tables import TEXT_COLUMNS, TextSplit
+from jaxdl.errors import UserError, first_line
+
+# The split names a text classifier uses → TFDS's split names.
+TEXT_SPLITS = {"train": "train", "dev": "validation", "test": "test"}
+
+
+def _source(name: str, split: str, data_dir: str | None):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (slow import)
+  return tfds.data_source(name, split=split, data_dir=data_dir or None, download=False)
+
+
+def _decode(value) -> str:
+  return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def read_images(name: str, data_dir: str | None) -> dict[str, dict[str, np.ndarray]]:
+  """The 'train' and 'test' splits of an image dataset: uint8 [N,H,W,C] images, int32 labels."""
+  splits = {}
+  for split in ("train", "test"):
+    try:
+      source = _source(name, split, data_dir)
+      examples = [source[i] for i in range(len(source))]
+    except Exception as e:  # pylint: disable=broad-except  (TFDS raises many types)
+      raise UserError(f"TFDS dataset {name!r} split {split!r}: {first_line(e)}") from None
+    images = np.stack([np.asarray(ex["image"], np.uint8) for ex in examples])
+    labels = np.asarray([ex["label"] for ex in examples], np.int32)
+    if images.ndim == 3:
+      images = images[..., None]
+    splits[split] = {"image": images, "label": labels}
+  return splits
+
+
+def read_text_splits(name: str, data_dir: str | None
+                     ) -> tuple[dict[str, TextSplit], list[str]]:
+  """The train/validation/test splits a labelled-text dataset has; also its label names."""
+  splits, label_names = {}, []
+  for split, tfds_split in TEXT_SPLITS.items():
+    try:
+      source = _source(name, tfds_split, data_dir)
+    except Exception as e:  # pylint: disable=broad-except  (TFDS raises many types)
+      if split != "train" and "split" in str(e).lower():
+        continue  # the dataset has no such split (imdb_reviews has no validation)
+      raise UserError(f"TFDS dataset {name!r} split {tfds_split!r}: {first_line(e)}") from None
+    features = source.dataset_info.features
+    text_col = next((c for c in TEXT_COLUMNS if c in features), None)
+    if text_col is None or "label" not in features:
+      raise UserError(f"TFDS dataset {name!r} has no 'sentence'/'text' and 'label' features "
+                      f"(it has {', '.join(features)})")
+    label_names = list(getattr(features["label"], "names", None) or [])
+    examples = [source[i] for i in range(len(source))]
+    texts = [_decode(ex[text_col]) for ex in examples]
+    labels = np.asarray([int(ex["label"]) for ex in examples], np.int32)
+    splits[split] = TextSplit(texts, labels)
+  return splits, label_names
+
+
+def read_corpus(name: str, data_dir: str | None) -> str:
+  """All splits of a text corpus (one 'text' example each), joined in order."""
+  parts = []
+  for split in ("train", "validation", "test"):
+    try:
+      source = _source(name, split, data_dir)
+      texts = [source[i]["text"] for i in range(len(source))]
+    except Exception as e:  # pylint: disable=broad-except  (TFDS raises many types)
+      raise UserError(f"TFDS dataset {name!r} split {split!r}: {first_line(e)}") from None
+    parts += [_decode(t) for t in texts]
+  return "".join(parts)

@@ -1,0 +1,72 @@
+"""A language model's windows: random training windows addressed by step, fixed validation ones.
+
+Training windows are a pure function of (seed, step): batch `step` takes `batch_size` windows of
+`block_size + 1` tokens starting at offsets drawn from default_rng([seed, step]), so a resumed
+run reads exactly what the uninterrupted one would. Evaluation uses a fixed set: the
+non-overlapping windows at offsets 0, L, 2L, ... of the validation text (L = block_size; the
+last partial window is left out), or `eval_windows` of them evenly spaced; each window predicts
+its L next tokens, with the context available since the window start.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from jaxdl.errors import UserError
+
+Batch = dict[str, np.ndarray]
+
+
+class TrainWindows:
+  """Global batch `step` = `batch_size` random windows drawn from (seed, step); the data
+  iterator the loop uses (batch / position / check_position / size / steps_per_epoch)."""
+
+  def __init__(self, ids: np.ndarray, block_size: int, batch_size: int, seed: int,
+               process_index: int = 0, process_count: int = 1):
+    if len(ids) <= block_size:
+      raise UserError(f"the training text has {len(ids):,} tokens; model.block_size="
+                      f"{block_size} needs at least {block_size + 1}")
+    self.ids, self.block_size, self.batch_size, self.seed = ids, block_size, batch_size, seed
+    self.size = len(ids) - block_size  # distinct windows (each predicts block_size tokens)
+    # An "epoch" is as many tokens as the training text has: num_epochs and eval_every=0 use it.
+    self.steps_per_epoch = max(1, math.ceil(len(ids) / (batch_size * block_size)))
+    per_process = batch_size // process_count
+    self._local = slice(process_index * per_process, (process_index + 1) * per_process)
+
+  def position(self, step: int) -> dict[str, int]:
+    """What step `step` depends on besides the seed: saved with every checkpoint."""
+    return {"step": step, "batch_size": self.batch_size, "block_size": self.block_size,
+            "train_tokens": len(self.ids)}
+
+  def check_position(self, step: int, saved: dict[str, int]) -> None:
+    if saved != self.position(step):
+      raise UserError(f"the checkpoint's data position {saved} does not match this config's "
+                      f"{self.position(step)} (batch_size, block_size or text changed?)")
+
+  def batch(self, step: int) -> Batch:
+    """This process's rows of global batch `step`: inputs, targets (shifted by one), mask."""
+    starts_B = np.random.default_rng([self.seed, step]).integers(
+        0, self.size, self.batch_size)[self._local]
+    idx_BxL1 = starts_B[:, None] + np.arange(self.block_size + 1)[None, :]
+    windows = self.ids[idx_BxL1]
+    return {"inputs": windows[:, :-1], "targets": windows[:, 1:],
+            "mask": np.ones(len(starts_B), np.float32)}
+
+  def rows(self) -> None:
+    return None  # windows are cut from the token stream, not rows of an array
+
+
+def eval_windows(ids: np.ndarray, block_size: int, max_windows: int = 0) -> Batch:
+  """The fixed validation set: non-overlapping windows from offset 0 (partial tail left out),
+  or `max_windows` of them evenly spaced when 0 < max_windows < their number."""
+  n = (len(ids) - 1) // block_size
+  if n == 0:
+    raise UserError(f"the validation text has {len(ids):,} tokens; model.block_size={block_size} "
+                    f"needs at least {block_size + 1} (lower data.val_fraction or block_size)")
+  starts = np.arange(n) * block_size
+  if 0 < max_windows < n:
+    starts = starts[np.round(np.linspace(0, n - 1, max_windows)).astype(np.int64)]
+  idx_NxL = starts[:, None] + np.arange(block_size)[None, :]
+  return {"inputs": ids[idx_NxL], "targets": ids[idx_NxL + 1]}

@@ -1,0 +1,76 @@
+"""Tasks: what a run MEANS. One module per task; `get(name)` is the one place a name resolves.
+
+A task module provides these names (the built-in ones below are the examples; a user's module
+named by `--config.task=PACKAGE.MODULE` provides the same):
+
+  INPUT          the batch key the model reads ('image'); the state is initialised with it
+  UNIT           what the sums' 'count' counts ('examples', 'tokens'): train events log
+                 f'{UNIT}_per_s'
+  TRAIN_METRICS  summarise() keys logged with the loss in every train event (('accuracy',))
+  PLOT_METRICS   jaxdl.plot's default panels (('loss', 'accuracy'))
+  MODELS         built-in model families for it (model.name; 'pkg.module:attr' is any model)
+  check(config)            raises UserError for a bad value of the task's own keys
+  load(config, workdir)    -> data.Dataset (reads, never writes, the workdir)
+  objective(config, model) -> (params, batch, rng, train) -> (loss, sums of metrics)
+  summarise(sums)          -> {'loss': ..., 'count': ..., ...} from sums added over batches
+  brief(split, metrics)    -> the console text of a split's metrics
+Optional, for the tools: predictor(config, workdir, build_model, params) -> a function of a
+list of inputs (image paths, sentences) -> [(label, probability)] for jaxdl.predict, where
+build_model(**model_info) builds the run's model; tokenizer(config, workdir) -> an object with
+encode(text, what) and decode(ids), for jaxdl.sample.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+
+import ml_collections
+
+from jaxdl import metrics
+from jaxdl.errors import UserError, first_line
+from jaxdl.tasks import image_classification, language_model, text_classification
+
+TASKS = {"image_classification": image_classification,
+         "text_classification": text_classification,
+         "language_model": language_model}
+
+# The task of a config.json written before config.task existed, when jaxdl trained MNIST only.
+UNNAMED = "image_classification"
+
+REQUIRED = ("INPUT", "UNIT", "TRAIN_METRICS", "PLOT_METRICS", "MODELS", "check", "load",
+            "objective", "summarise", "brief")
+
+
+def get(name: str) -> ModuleType:
+  """The task module of config.task: a built-in name, or a user's importable 'pkg.module'."""
+  if name in TASKS:
+    return TASKS[name]
+  if "." not in name and not name.isidentifier():
+    raise UserError(f"config.task={name!r}: not one of {', '.join(TASKS)}, nor a module path")
+  try:
+    module = importlib.import_module(name)
+  except Exception as e:  # pylint: disable=broad-except  (the user's code may raise anything)
+    raise UserError(f"config.task={name!r}: not one of {', '.join(TASKS)}, and it cannot be "
+                    f"imported ({type(e).__name__}: {first_line(e)}; is it on PYTHONPATH or in "
+                    f"the current directory?)") from None
+  missing = [attr for attr in REQUIRED if not hasattr(module, attr)]
+  if missing:
+    raise UserError(f"config.task={name!r}: the module {module.__file__} lacks "
+                    f"{', '.join(missing)} (a task module provides {', '.join(REQUIRED)}; see "
+                    f"jaxdl/tasks/__init__.py)")
+  return module
+
+
+def of_run(workdir: str, needs: str, use: str) -> tuple[ml_collections.ConfigDict, ModuleType]:
+  """(config, task module) of the run in workdir (its config.json), for a tool that needs the
+  task's `needs` (e.g. 'predictor'); `use` says what the tool is for, in the error."""
+  config_path = os.path.join(workdir, "config.json")
+  if not metrics.exists(config_path):
+    raise UserError(f"{config_path}: not found (is --workdir a jaxdl run directory?)")
+  config = ml_collections.ConfigDict(metrics.read_json(config_path))
+  task = get(config.task)
+  if not hasattr(task, needs):
+    raise UserError(f"--workdir={workdir}: the run's task {config.task!r} has no {needs} ({use})")
+  return config, task

