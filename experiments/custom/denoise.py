@@ -98,7 +98,7 @@ class _Autoencoder(nn.Module):
     h = nn.relu(nn.Conv(2 * w, (3, 3), (2, 2))(h))           # 7x7
     h = nn.relu(nn.ConvTranspose(w, (3, 3), (2, 2))(h))      # 14x14
     h = nn.ConvTranspose(x_BxHxWxC.shape[-1], (3, 3), (2, 2))(h)  # 28x28
-    return nn.sigmoid(h)
+    return h  # linear: a sigmoid here saturated at 0 early in training (all-black output)
 
 
 def ConvAutoencoder(model_config) -> nn.Module:  # pylint: disable=invalid-name
