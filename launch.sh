@@ -23,10 +23,13 @@ Subcommands:
            whatever spaces or quotes they hold. WORKDIR must be a gs:// path: every host
            writes its part of each checkpoint there. Re-running the same run resumes it.
   logs     Follow a run's log (worker 0 by default; --worker=N or --worker=all).
-  stop     End a run on every worker: SIGTERM to its process group, SIGKILL 10 s later if
-           it is still there (a multi-process JAX job catches SIGTERM; a detached process
-           ignores SIGINT). Orbax commits checkpoints atomically, so a stopped run resumes
-           from its newest checkpoint when the same `run` is repeated.
+           A second `run` with the same run name, or the same workdir, while the first is
+           still running on a worker is refused (--force starts it anyway).
+  stop     End a run on every worker: SIGTERM to its process group, then wait up to
+           --grace seconds for it to exit (jaxdl saves the current step on SIGTERM and
+           exits), reporting for each worker whether it saved; SIGKILL only after the grace
+           time. Orbax commits checkpoints atomically, so a stopped run resumes from its
+           newest checkpoint when the same `run` is repeated.
   delete   Delete the TPU VM.
 
 Options (each also from the environment variable in brackets):
@@ -42,6 +45,9 @@ Options (each also from the environment variable in brackets):
   --run-name=NAME           for run/logs/stop: names the log and pid files (default: the
                             workdir's last path component) [JAXDL_RUN_NAME]
   --worker=N|all            for logs: which worker's log to follow (default 0)
+  --grace=SECONDS           for stop: how long to wait for the SIGTERM save before SIGKILL
+                            [JAXDL_STOP_GRACE] (default 300)
+  --force                   for run: start even if the run name or workdir is running
   --dry-run                 print the gcloud command lines, run nothing
   -h, --help                this text
 
@@ -95,7 +101,14 @@ do_cmd() {
 SUBCOMMAND=""
 DRY_RUN=0
 SPOT=0
+FORCE=0
 WORKER="0"
+# stop's wait for the SIGTERM save. jaxdl saves at the end of the current step and waits for
+# the write; on a pod every host writes its shard of the state to GCS. 300 s covers a step of
+# tens of seconds plus a few GB written per host at GCS's ~50-100 MB/s per stream with room to
+# spare (an estimate from those rates, not measured on a TPU pod); past it the job is killed
+# and resumes from its previous checkpoint.
+GRACE="${JAXDL_STOP_GRACE:-300}"
 NAME="${TPU_NAME:-}"
 ZONE="${TPU_ZONE:-}"
 PROJECT="${TPU_PROJECT:-}"
@@ -120,6 +133,8 @@ while [[ $# -gt 0 ]]; do
     --workdir=*) WORKDIR="${arg#*=}" ;;
     --run-name=*) RUN_NAME="${arg#*=}" ;;
     --worker=*) WORKER="${arg#*=}" ;;
+    --grace=*) GRACE="${arg#*=}" ;;
+    --force) FORCE=1 ;;
     --config|--config=*|--config.*) JAXDL_ARGS+=("$arg") ;;
     --) JAXDL_ARGS+=("$@"); break ;;
     create|setup|run|logs|stop|delete)
@@ -196,7 +211,13 @@ case "$SUBCOMMAND" in
     # Only the jaxdl command goes in the background (`a && b &` would background the whole
     # list, whose shell then holds ssh's output open and whose pid is not jaxdl's).
     jaxdl="$REMOTE_VENV/bin/python $(quote_all -m jaxdl.main "--workdir=$WORKDIR" "${JAXDL_ARGS[@]}")"
-    ssh_all all "set -e; mkdir -p $REMOTE_RUNS; cd $REMOTE_SRC; nohup setsid $jaxdl >> $log 2>&1 < /dev/null & echo \$! > $REMOTE_RUNS/$name.pid; echo \"worker \$(hostname): started pid \$(cat $REMOTE_RUNS/$name.pid), log $log\""
+    # Refuse a second job under this run name or on this workdir (two jobs writing one
+    # workdir corrupt each other's checkpoints and metrics), unless --force.
+    check=""
+    if [[ "$FORCE" == 0 ]]; then
+      check="for f in $REMOTE_RUNS/*.workdir; do [ -e \"\$f\" ] || continue; other=\${f%.workdir}; pid=\$(cat \"\$other.pid\" 2>/dev/null); if [ -n \"\$pid\" ] && kill -0 -- -\$pid 2>/dev/null && { [ \"\$other\" = $REMOTE_RUNS/$name ] || [ \"\$(cat \"\$f\")\" = $(quote "$WORKDIR") ]; }; then echo \"worker \$(hostname): refused: run \$(basename \"\$other\") (pid \$pid) is running on \$(cat \"\$f\"); stop it first, or pass --force\" >&2; exit 3; fi; done; "
+    fi
+    ssh_all all "set -e; mkdir -p $REMOTE_RUNS; ${check}cd $REMOTE_SRC; printf '%s\n' $(quote "$WORKDIR") > $REMOTE_RUNS/$name.workdir; nohup setsid $jaxdl >> $log 2>&1 < /dev/null & echo \$! > $REMOTE_RUNS/$name.pid; echo \"worker \$(hostname): started pid \$(cat $REMOTE_RUNS/$name.pid), log $log\""
     ;;
 
   logs)
@@ -206,9 +227,11 @@ case "$SUBCOMMAND" in
 
   stop)
     name="$(run_name)"
-    # SIGTERM first; a multi-process JAX job catches it (its preemption notifier), so SIGKILL
-    # follows after 10 s. Orbax commits checkpoints atomically: a kill loses no finished one.
-    ssh_all all "pid=\$(cat $REMOTE_RUNS/$name.pid 2>/dev/null); if [ -n \"\$pid\" ] && kill -TERM -- -\$pid 2>/dev/null; then for i in \$(seq 10); do kill -0 -- -\$pid 2>/dev/null || break; sleep 1; done; kill -KILL -- -\$pid 2>/dev/null; echo \"worker \$(hostname): stopped \$pid\"; else echo \"worker \$(hostname): $name is not running\"; fi"
+    [[ "$GRACE" =~ ^[0-9]+$ ]] || die "--grace=$GRACE: must be a whole number of seconds"
+    # SIGTERM, then wait: jaxdl saves the current step and exits 0 (a multi-host job agrees on
+    # the step through JAX's preemption sync). SIGKILL only once the grace time has run out.
+    log="$REMOTE_RUNS/$name.log"
+    ssh_all all "pid=\$(cat $REMOTE_RUNS/$name.pid 2>/dev/null); if [ -n \"\$pid\" ] && kill -TERM -- -\$pid 2>/dev/null; then waited=0; while kill -0 -- -\$pid 2>/dev/null && [ \$waited -lt $GRACE ]; do sleep 1; waited=\$((waited + 1)); done; if kill -0 -- -\$pid 2>/dev/null; then kill -KILL -- -\$pid 2>/dev/null; echo \"worker \$(hostname): stopped \$pid: no exit within ${GRACE}s of SIGTERM, killed (it resumes from its previous checkpoint)\"; else saved=\$(grep -o 'saved the checkpoint at step [0-9]*' $log 2>/dev/null | tail -n 1); echo \"worker \$(hostname): stopped \$pid after \${waited}s\${saved:+: \$saved}\"; fi; else echo \"worker \$(hostname): $name is not running\"; fi"
     ;;
 
   delete)

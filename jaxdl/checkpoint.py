@@ -13,7 +13,9 @@ Faults handled here:
     checkpoint; it is removed (with a WARNING) when the next run opens the directory.
   - a damaged step directory (truncated or missing files): `restore_latest` moves it aside to
     `checkpoints/damaged-<step>` (kept for inspection, never deleted) with a WARNING, and
-    falls back to the next newest intact checkpoint.
+    falls back to the next newest intact checkpoint. Only evidence of damage does that
+    (`damage_evidence`); any other restore error (out of memory, permission, transient I/O) is
+    a RestoreError that changes nothing.
   - a checkpoint whose arrays do not fit the config's state (another model or optimizer):
     refused with a UserError, never moved or touched.
   - a workdir whose config.json differs from this run's in a key that changes what the
@@ -46,7 +48,8 @@ HARMLESS_KEYS = ("num_train_steps", "num_epochs", "log_every", "eval_every", "ch
                  "train.skip_nonfinite", "parallel.mode", "parallel.fsdp",
                  "parallel.fsdp_min_size", "parallel.mesh_shape",  # Orbax reshards on restore
                  "parallel.cpu_devices",
-                 "steps_per_dispatch", "model.impl")
+                 "steps_per_dispatch", "model.impl",
+                 "profile_steps")  # a trace of a resumed run changes nothing it computes
 
 # Keys added to the configs after runs were made without them, each with the value that does what
 # those runs did: a workdir whose config.json lacks one resumes when the key has that value (the
@@ -126,6 +129,34 @@ def _layout(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
           for path, leaf in leaves}
 
 
+class RestoreError(UserError):
+  """A checkpoint could not be restored for a reason other than damage (out of memory,
+  permission, a transient I/O or network error): one line, exit 1, the workdir untouched."""
+
+
+# TensorStore's status codes for data that is absent or cut short (a missing chunk or manifest,
+# a truncated file, a zstd stream that ends early). Any other status (UNAVAILABLE,
+# PERMISSION_DENIED, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, UNKNOWN, ...) is not evidence.
+_DAMAGE_STATUSES = ("NOT_FOUND", "DATA_LOSS", "OUT_OF_RANGE", "FAILED_PRECONDITION")
+
+
+def damage_evidence(error: BaseException) -> str | None:
+  """What in `error` (or the errors it was raised from) shows missing or truncated checkpoint
+  files; None when nothing does. Orbax wraps TensorStore's errors in plain Exceptions, so the
+  whole chain is read."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, FileNotFoundError):
+      return first_line(error)
+    if isinstance(error, (MemoryError, PermissionError)):
+      return None  # not about the files' contents, whatever wraps it
+    if str(error).startswith(_DAMAGE_STATUSES):
+      return first_line(error)
+    error = error.__cause__ or error.__context__
+  return None
+
+
 class Checkpoints:
   """Save every N steps (the loop decides when), keep the last K, restore the newest intact."""
 
@@ -159,8 +190,9 @@ class Checkpoints:
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
         saved = _layout(self.manager.item_metadata(step)["state"])
-      except Exception as e:  # pylint: disable=broad-except  (unreadable metadata: damaged)
-        self._move_aside(step, f"unreadable metadata: {first_line(e)}")
+      except Exception as e:  # pylint: disable=broad-except  (Orbax raises many types)
+        # KeyError: the step has no 'state' item at all (a half-copied directory).
+        self._move_aside_or_raise(step, e, "unreadable metadata", isinstance(e, KeyError))
         continue
       if not saved:  # Orbax reads a missing metadata file as an empty tree
         self._move_aside(step, "no array metadata")
@@ -172,7 +204,7 @@ class Checkpoints:
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                           loop=ocp.args.JsonRestore()))
       except Exception as e:  # pylint: disable=broad-except  (Orbax raises many types)
-        self._move_aside(step, first_line(e))
+        self._move_aside_or_raise(step, e, "unreadable data")
         continue
       if not isinstance(restored["loop"], dict) or "data" not in restored["loop"]:
         self._move_aside(step, "the loop state is missing or empty")
@@ -187,6 +219,19 @@ class Checkpoints:
     return (f"the checkpoint at step {step} in {self.directory} does not fit this config's model "
             f"or optimizer ({len(diffs)} arrays differ, e.g. {'; '.join(diffs[:2])}); use a "
             f"new --workdir")
+
+  def _move_aside_or_raise(self, step: int, error: BaseException, what: str,
+                          damaged: bool = False) -> None:
+    """Moves the step aside when `error` is evidence of damage; otherwise raises RestoreError
+    and changes nothing: an out-of-memory, a permission or a transient I/O error says nothing
+    about the files, and falling back past it (to step 0 at worst, which empties metrics.jsonl)
+    would lose the run's history."""
+    evidence = first_line(error) if damaged else damage_evidence(error)
+    if evidence is None:
+      raise RestoreError(f"cannot restore the checkpoint at step {step} in {self.directory} "
+                         f"({type(error).__name__}: {first_line(error)}); this is not damage, "
+                         f"so nothing in the workdir was changed: fix the cause and re-run")
+    self._move_aside(step, f"{what}: {evidence}")
 
   def _move_aside(self, step: int, why: str) -> None:
     """Renames a damaged step to damaged-<step> (never deletes it) and warns, naming it."""

@@ -197,6 +197,10 @@ class Runner:
     abstract_state = jax.eval_shape(self._create, self._sample_inputs)
     self.state_sharding = parallel.state_shardings(
         abstract_state, mesh, config.parallel.fsdp, config.parallel.fsdp_min_size)
+    # The state's shapes, dtypes and layout, without its memory: what a restore fills in.
+    self.abstract_state = jax.tree.map(
+        lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+        abstract_state, self.state_sharding)
     bound = dict(objective=objective, tx=tx, skip_nonfinite=skip, ema_decay=ema_decay)
     if self.mode == "pmap":
       self._step = parallel.pmap_train_step(functools.partial(train_step, **bound), mesh)

@@ -51,13 +51,20 @@ def _start_line(config, dataset, state, num_steps: int) -> str:
           f"({dataset.train.steps_per_epoch} per epoch)")
 
 
-def _restore(ckpts, state, dataset, writer, workdir: str, resolved: dict, config_changes: dict,
+def _restore(ckpts, runner, dataset, writer, workdir: str, resolved: dict, config_changes: dict,
              num_steps: int):
-  """The newest intact checkpoint's (state, interval sums), or the fresh state; then the first
-  writes to the workdir: metrics trimmed to the restored step, config.json, the task's files."""
+  """The newest intact checkpoint's (state, interval sums), or a fresh state; then the first
+  writes to the workdir: metrics trimmed to the restored step, config.json, the task's files.
+
+  The checkpoint is restored into the abstract state (shapes and layout only), so a resume
+  never holds two copies of the state; a fresh state is made only when there is none to
+  restore. Trimming metrics.jsonl waits until the restore has succeeded (a RestoreError leaves
+  every file as it was)."""
   interval_sums = None  # metric sums since the last train log line
-  restored = ckpts.restore_latest(state)  # None for a fresh workdir
-  if restored is not None:
+  restored = ckpts.restore_latest(runner.abstract_state)  # None: no intact checkpoint
+  if restored is None:
+    state = runner.init_state()
+  else:
     state, loop = restored
     dataset.train.check_position(int(state.step), loop["data"])
     if loop["interval_sums"] is not None:
@@ -105,13 +112,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                else config.num_epochs * steps_per_epoch)
   eval_every = config.eval_every or steps_per_epoch
 
-  # 4. model, 5. optimizer, 6. state laid out on the mesh, and the compiled steps.
+  # 4. model, 5. optimizer, 6. the state's layout on the mesh, and the compiled steps.
   model = models.get(config.model, **dataset.model_info)
   tx = optim.make(config.opt, num_steps)
   lr_at = optim.schedule(config.opt, num_steps)
   runner = steps.Runner(config, model, task.objective(config, model), tx, dataset.train, mesh,
                         task.INPUT, eval_every)
-  state = runner.init_state()
 
   def evaluate(split: str) -> dict[str, Any]:
     return task.summarise(runner.evaluate(state, dataset.evals[split], config.eval_batch_size))
@@ -124,7 +130,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # From here SIGTERM/SIGINT only set a flag (checkpoint.StopSignals), read after each step.
   with (checkpoint.Checkpoints(workdir, config.keep_checkpoints) as ckpts,
         checkpoint.StopSignals(ckpts.manager) as signals):
-    state, interval_sums = _restore(ckpts, state, dataset, writer, workdir, resolved,
+    state, interval_sums = _restore(ckpts, runner, dataset, writer, workdir, resolved,
                                     config_changes, num_steps)
     start_step = int(state.step)
     runrecord.begin(workdir, resolved, start_step, num_steps)  # run.json: a segment per start

@@ -4,6 +4,7 @@ Each row of README.md's "What happens when..." table names its test here (or in 
 test_data.py).
 """
 
+import copy
 import importlib.util
 import json
 import logging
@@ -12,6 +13,7 @@ import shutil
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from conftest import REPO, load_config, run_main
@@ -283,12 +285,19 @@ def test_harmless_changes_resume_and_are_logged(finished_run, tmp_path, capsys):
   config, source, final = finished_run
   workdir = str(tmp_path / "w")
   shutil.copytree(source, workdir)
+  shutil.rmtree(os.path.join(workdir, "checkpoints", "24"))  # stopped after step 16: 8 to go
   other = config.copy_and_resolve_references()
   other.log_every, other.checkpoint_every, other.keep_checkpoints = 4, 6, 5
-  assert train.train_and_evaluate(other, workdir) == final
+  other.profile_steps = "18:20"  # a resumed run can be profiled
+  assert train.train_and_evaluate(other, workdir) == final  # the steps after the change train
   out = capsys.readouterr().out
-  for line in ("log_every: 5 -> 4", "checkpoint_every: 8 -> 6", "keep_checkpoints: 3 -> 5"):
+  assert "resumed from the checkpoint at step 16" in out
+  for line in ("log_every: 5 -> 4", "checkpoint_every: 8 -> 6", "keep_checkpoints: 3 -> 5",
+               "profile_steps: '' -> '18:20'"):
     assert f"resuming with a changed config: {line}" in out
+  assert os.listdir(os.path.join(workdir, "profile", "plugins", "profile"))
+  train_steps = [e["step"] for e in _kill_and_resume().events(workdir) if e["event"] == "train"]
+  assert train_steps == [5, 10, 15, 20, 24]  # the old cadence to 16, then every 4 steps
 
 
 # ---------------------------------------------------------------------------------------------
@@ -446,3 +455,56 @@ def test_bad_lm_text_is_one_error_and_writes_nothing(tmp_path, content, needle):
   config = load_config("tiny_lm")
   config.data.path = str(path)
   _assert_one_error_and_no_workdir(config, tmp_path, needle)
+
+
+def _file_bytes(root):
+  """{relative path: content} of every file under root: 'byte-for-byte as it was'."""
+  out = {}
+  for dirpath, _, filenames in os.walk(root):
+    for name in filenames:
+      path = os.path.join(dirpath, name)
+      with open(path, "rb") as f:
+        out[os.path.relpath(path, root)] = f.read()
+  return out
+
+
+@pytest.mark.parametrize("where", ["restore", "item_metadata"])
+@pytest.mark.parametrize("error", [
+    MemoryError("host out of memory"),
+    PermissionError(13, "Permission denied"),
+    OSError(5, "Input/output error"),
+    ValueError("UNAVAILABLE: connection reset by peer"),
+    RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 4.0GiB")],
+    ids=["MemoryError", "PermissionError", "EIO", "UNAVAILABLE", "device-OOM"])
+def test_a_restore_error_that_is_not_damage_changes_nothing(finished_run, tmp_path, monkeypatch,
+                                                            where, error):
+  """An error raised from inside the restore that is no evidence of damage: one line naming the
+  checkpoint and the cause; no checkpoint moved, metrics.jsonl and the event files intact."""
+  config, source, _ = finished_run
+  workdir = str(tmp_path / "w")
+  shutil.copytree(source, workdir)
+  config = copy.deepcopy(config)
+  config.num_train_steps = 32  # a resume with steps to go (a harmless change)
+  before = _file_bytes(workdir)
+  def failing(self, *args, **kwargs):
+    raise error
+  monkeypatch.setattr(ocp.CheckpointManager, where, failing)
+  with pytest.raises(checkpoint.RestoreError) as raised:
+    train.train_and_evaluate(config, workdir)
+  message = str(raised.value)
+  assert message.startswith("cannot restore the checkpoint at step 24 in ") and "\n" not in message
+  assert type(error).__name__ in message and str(error.args[-1])[:20] in message
+  assert _file_bytes(workdir) == before
+
+
+def test_damage_evidence_reads_the_whole_chain():
+  try:
+    try:
+      raise ValueError("OUT_OF_RANGE: Requested byte range [3, 9) is not valid for value of size 4")
+    except ValueError as inner:
+      raise Exception("Encountered error while reading array index") from inner
+  except Exception as outer:  # pylint: disable=broad-except
+    assert checkpoint.damage_evidence(outer).startswith("OUT_OF_RANGE")
+  assert checkpoint.damage_evidence(FileNotFoundError("File .../loop/metadata not found."))
+  assert checkpoint.damage_evidence(MemoryError()) is None
+  assert checkpoint.damage_evidence(ValueError("UNAVAILABLE: try again")) is None

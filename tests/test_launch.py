@@ -156,3 +156,81 @@ def test_help_explains_every_subcommand():
   assert result.returncode == 0
   for sub in ("create", "setup", "run", "logs", "stop", "delete", "--dry-run"):
     assert f"\n  {sub} " in result.stdout or f"  {sub}  " in result.stdout, sub
+
+
+def _fake_jaxdl(home, body):
+  """The worker's venv 'python' replaced by a bash script: `body` decides how it meets SIGTERM."""
+  python = home / "jaxdl-venv" / "bin" / "python"
+  python.write_text("#!/bin/bash\n" + body + "\n")
+  python.chmod(0o755)
+
+
+def _on_worker(command, home, timeout=60):
+  return subprocess.run(["bash", "-c", command], env={"HOME": str(home), "PATH": os.environ["PATH"]},
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def _start(home, *args):
+  (argv,) = _gcloud_lines("run", "--workdir=gs://bucket/runs/r1", "--config=configs/mnist.py",
+                          *args)
+  return _on_worker(_remote_command(argv), home)
+
+
+def _kill_all(home):
+  for pid_file in (home / "jaxdl-runs").glob("*.pid"):
+    pid = int(pid_file.read_text())
+    if _alive(pid):
+      os.killpg(pid, 9)
+
+
+def test_a_second_run_on_the_same_name_or_workdir_is_refused_unless_forced(tmp_path):
+  home = _fake_worker(tmp_path)
+  try:
+    assert _start(home).returncode == 0
+    again = _start(home)
+    assert again.returncode == 3 and "refused: run r1" in again.stderr, again
+    assert "stop it first, or pass --force" in again.stderr
+    other_name = _start(home, "--run-name=r2")  # another name, the same workdir
+    assert other_name.returncode == 3 and "is running on gs://bucket/runs/r1" in other_name.stderr
+    (argv,) = _gcloud_lines("run", "--workdir=gs://bucket/runs/r3", "--config=configs/mnist.py")
+    assert _on_worker(_remote_command(argv), home).returncode == 0  # another workdir: fine
+    forced = _start(home, "--force")
+    assert forced.returncode == 0 and "started pid" in forced.stdout
+  finally:
+    _kill_all(home)
+
+
+def test_stop_waits_for_the_save_and_escalates_only_after_the_grace_time(tmp_path):
+  home = _fake_worker(tmp_path)
+  _fake_jaxdl(home, 'trap \'echo "SIGTERM: saved the checkpoint at step 7 and waited"; exit 0\' '
+                    'TERM\nsleep 60 & wait')
+  try:
+    assert _start(home).returncode == 0
+    time.sleep(0.5)  # the trap is set
+    (stop_argv,) = _gcloud_lines("stop", "--run-name=r1")
+    assert "-lt 300 ]" in _remote_command(stop_argv)  # the default grace time
+    stopped = _on_worker(_remote_command(stop_argv), home)
+    assert "stopped" in stopped.stdout and "saved the checkpoint at step 7" in stopped.stdout
+    assert "killed" not in stopped.stdout, stopped.stdout
+
+    _fake_jaxdl(home, "trap '' TERM\nwhile true; do sleep 0.1; done")  # a job that never exits
+    assert _start(home).returncode == 0
+    time.sleep(0.5)
+    (stop_argv,) = _gcloud_lines("stop", "--run-name=r1", "--grace=1")
+    started = time.time()
+    stopped = _on_worker(_remote_command(stop_argv), home)
+    assert "no exit within 1s of SIGTERM, killed" in stopped.stdout, stopped.stdout
+    assert time.time() - started < 10
+    pid = int((home / "jaxdl-runs" / "r1.pid").read_text())
+    deadline = time.time() + 10
+    while _alive(pid) and time.time() < deadline:
+      time.sleep(0.05)
+    assert not _alive(pid)
+  finally:
+    _kill_all(home)
+
+
+def test_a_bad_grace_time_is_one_line():
+  result = _launch("--dry-run", "stop", "--run-name=r1", "--grace=soon")
+  assert result.returncode == 1 and result.stderr == (
+      "launch.sh: error: --grace=soon: must be a whole number of seconds\n")
