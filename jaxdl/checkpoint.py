@@ -89,6 +89,11 @@ def _step_dirs(directory: str) -> list[str]:
   return [n for n in os.listdir(directory) if n.isdigit()] if os.path.isdir(directory) else []
 
 
+def has_checkpoints(workdir: str) -> bool:
+  """Whether workdir holds a checkpoint step to resume (damaged or not)."""
+  return bool(_step_dirs(os.path.join(workdir, "checkpoints")))
+
+
 def check_resume_config(workdir: str, resolved: dict) -> dict[str, tuple[Any, Any]]:
   """The harmless config changes since the run that wrote workdir's checkpoints.
 

@@ -49,6 +49,16 @@ def schedule(opt_cfg, num_train_steps: int) -> optax.Schedule:
   raise UserError(f"opt.schedule={opt_cfg.schedule!r} is not one of {', '.join(SCHEDULES)}")
 
 
+def applied_updates(opt_state) -> int | None:
+  """How many updates the schedule has counted: the step of the next lr it gives. Updates that
+  train.skip_nonfinite skipped kept the old optimizer state, so they are not counted and the
+  schedule lags the train step by as many. None for a constant rate (no schedule state)."""
+  counts = [s.count for s in jax.tree.leaves(
+      opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByScheduleState))
+            if isinstance(s, optax.ScaleByScheduleState)]
+  return int(counts[0]) if counts else None
+
+
 def make(opt_cfg, num_train_steps: int) -> optax.GradientTransformation:
   """The optimizer config.opt names, called by its optax name, with optional global-norm clip."""
   lr = schedule(opt_cfg, num_train_steps)

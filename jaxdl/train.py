@@ -82,7 +82,7 @@ def _restore(ckpts, runner, dataset, writer, workdir: str, resolved: dict, confi
     metrics.write_json(os.path.join(workdir, "config.json"), resolved)
     for name, text in dataset.files.items():  # e.g. the vocabulary, kept beside checkpoints
       path = os.path.join(workdir, name)
-      if not metrics.exists(path):
+      if not metrics.exists(path) or restored is None:  # a fresh run's replace stale ones
         metrics.write_text(path, text)
   return state, interval_sums
 
@@ -106,7 +106,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   parallel.check_batch("eval_batch_size", config.eval_batch_size, mesh)
 
   # 3. data: train batches are a function of (seed, step); eval splits are whole in memory.
-  dataset = task.load(config, workdir)
+  # The files a run keeps beside its checkpoints (a vocabulary) are reused only when there are
+  # checkpoints to resume: a run killed before its first one starts afresh, on today's data.
+  resuming = checkpoint.has_checkpoints(workdir)
+  dataset = task.load(config, workdir if resuming else None)
   steps_per_epoch = dataset.train.steps_per_epoch
   num_steps = (config.num_train_steps if config.num_train_steps > 0
                else config.num_epochs * steps_per_epoch)
@@ -158,9 +161,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         _check_finite(interval_sums, skip_nonfinite, ckpts)
         train = task.summarise(interval_sums)
         seconds = max(time.time() - interval_start, 1e-9)
+        # The lr of the last update applied: the schedule's own count, which skipped updates
+        # (train.skip_nonfinite) did not advance; without skips it is done - 1.
+        applied = optim.applied_updates(state.opt_state) if skip_nonfinite else None
+        lr_step = done - 1 if applied is None else max(applied - 1, 0)
         # One event: a metrics.jsonl line, TensorBoard scalars, the progress bar or line.
         writer.write("train", done, {
-            "loss": train["loss"], "lr": float(lr_at(done - 1)),
+            "loss": train["loss"], "lr": float(lr_at(lr_step)),
             f"{task.UNIT}_per_s": train["count"] / seconds,
             **{name: train[name] for name in task.TRAIN_METRICS},
             **({"skipped_nonfinite": int(interval_sums["nonfinite"])} if skip_nonfinite else {})})

@@ -250,6 +250,11 @@ def test_skip_nonfinite_skips_and_counts(tiny_mnist, tmp_path, monkeypatch):
   events = [e for e in _kill_and_resume().events(workdir) if e["event"] == "train"]
   assert [e["skipped_nonfinite"] for e in events] == [0, 0, 1, 0, 0]  # steps 5 .. 24
   assert all(np.isfinite(e["loss"]) for e in events)
+  # The logged lr is the one optax applied last: after the skipped update the schedule counts
+  # one update fewer than the step (lr_at(t) = the lr of update t, 0-based).
+  lr_at = optim.schedule(tiny_mnist.opt, tiny_mnist.num_train_steps)
+  want = [float(lr_at(step - 1 - (step > 12))) for step in (5, 10, 15, 20, 24)]
+  assert [e["lr"] for e in events] == want
 
 
 # ---------------------------------------------------------------------------------------------

@@ -252,3 +252,26 @@ def test_fused_steps_with_cut_batches_are_refused(tiny_text, tmp_path):
   tiny_text.data.bucket = 0
   final = train.train_and_evaluate(tiny_text, str(tmp_path / "w"))
   assert final["dev_count"] == 40
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_afresh_on_new_data(
+    tiny_text, sst_dir, tmp_path, monkeypatch):
+  """No checkpoint to resume: the vocab.json it left is not reused (the re-run may point at other
+  data); the new run builds its own from today's data and replaces the stale file."""
+  workdir = str(tmp_path / "w")
+  interrupt_at(tiny_text, workdir, monkeypatch, at_step=3)  # before the first checkpoint (8)
+  assert not os.path.exists(os.path.join(workdir, "checkpoints", "8"))
+  stale = open(os.path.join(workdir, "vocab.json")).read()
+  other = tmp_path / "other"
+  other.mkdir()
+  for split, n, seed in (("train", 320, 5), ("dev", 40, 6)):
+    rows = [(s.replace("film", "movie"), 1 - y) for s, y in _sentences(n, seed)]  # other words
+    (other / f"{split}.tsv").write_text("sentence\tlabel\n" + "".join(f"{s}\t{y}\n"
+                                                                     for s, y in rows))
+  tiny_text.data.path = str(other)
+  train.train_and_evaluate(tiny_text, workdir)
+  fresh = str(tmp_path / "fresh")
+  train.train_and_evaluate(tiny_text, fresh)
+  vocab = open(os.path.join(workdir, "vocab.json")).read()
+  assert vocab != stale and vocab == open(os.path.join(fresh, "vocab.json")).read()
+  assert _events(workdir)[-1] == _events(fresh)[-1]  # the same final metrics as a fresh run

@@ -10,7 +10,9 @@ named by `--config.task=PACKAGE.MODULE` provides the same):
   PLOT_METRICS   jaxdl.plot's default panels (('loss', 'accuracy'))
   MODELS         built-in model families for it (model.name; 'pkg.module:attr' is any model)
   check(config)            raises UserError for a bad value of the task's own keys
-  load(config, workdir)    -> data.Dataset (reads, never writes, the workdir)
+  load(config, workdir)    -> data.Dataset; workdir is the run's directory when it holds
+                           checkpoints to resume (reuse the files saved beside them, e.g. a
+                           vocabulary), else None; it is read, never written
   objective(config, model) -> (params, batch, rng, train) -> (loss, sums of metrics)
   summarise(sums)          -> {'loss': ..., 'count': ..., ...} from sums added over batches
   brief(split, metrics)    -> the console text of a split's metrics

@@ -95,7 +95,7 @@ def _synthetic(size: int):
   return (splits, None), "SYNTHETIC random images (for tests and benchmarks only)"
 
 
-def load(config, workdir: str) -> Dataset:
+def load(config, workdir: str | None) -> Dataset:
   """Shuffled train batches; the test (else val) split evaluated during and after training."""
   del workdir  # nothing of an image run's data is read back from the workdir
   data_cfg = config.data

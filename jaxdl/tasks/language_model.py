@@ -82,11 +82,11 @@ def split_text(text: str, val_fraction: float) -> tuple[str, str]:
   return text[:cut], text[cut:]
 
 
-def tokenizer(config, workdir: str, text: str | None = None) -> CharVocab:
+def tokenizer(config, workdir: str | None, text: str | None = None) -> CharVocab:
   """WORKDIR/vocab.json if a run already wrote one (checked against data.vocab), else a new one
   built from `text` (None: the workdir must have one, as jaxdl.sample needs)."""
-  path = os.path.join(workdir, VOCAB_FILE)
-  if metrics.exists(path):
+  path = os.path.join(workdir, VOCAB_FILE) if workdir is not None else None
+  if path is not None and metrics.exists(path):
     vocab = CharVocab.from_json(metrics.read_text(path), path)
     if vocab.kind != config.data.vocab:
       raise UserError(f"config.data.vocab={config.data.vocab!r} but {path} is a {vocab.kind!r} "
@@ -97,7 +97,7 @@ def tokenizer(config, workdir: str, text: str | None = None) -> CharVocab:
   return CharVocab.build(config.data.vocab, text)
 
 
-def load(config, workdir: str) -> Dataset:
+def load(config, workdir: str | None) -> Dataset:
   """Random train windows, fixed 'val' windows, the vocabulary."""
   text, source = load_text(config.data)
   train_text, val_text = split_text(text, config.data.val_fraction)

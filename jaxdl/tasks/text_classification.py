@@ -74,8 +74,10 @@ def _ways(name: str) -> str:
           f"data.tfds_dir if it is not in ~/tensorflow_datasets")
 
 
-def read_vocab(workdir: str) -> WordVocab | None:
+def read_vocab(workdir: str | None) -> WordVocab | None:
   """WORKDIR/vocab.json when a run saved one (local or gs://), else None."""
+  if workdir is None:
+    return None
   path = os.path.join(workdir, VOCAB_FILE)
   return WordVocab.from_json(metrics.read_text(path), path) if metrics.exists(path) else None
 
@@ -90,7 +92,7 @@ def _check_labels(split: str, labels: np.ndarray, num_classes: int) -> None:
 
 
 
-def load(config, workdir: str) -> Dataset:
+def load(config, workdir: str | None) -> Dataset:
   """Splits, vocabulary (vocab.json in workdir if a previous run saved one), token arrays."""
   data_cfg = config.data
   (splits, label_names), source = sources.load(
