@@ -14,3 +14,14 @@ def first_line(error: BaseException) -> str:
   """A library exception's first line (or its type's name), to quote inside a UserError."""
   text = str(error).strip()
   return text.splitlines()[0][:200] if text else type(error).__name__
+
+
+def import_user_module(name: str, where: str):
+  """A user's module by its import path (a task, or a model's PACKAGE.MODULE). Its code may
+  raise anything while importing; every failure becomes one UserError naming `where`."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  try:
+    return importlib.import_module(name)
+  except Exception as e:  # pylint: disable=broad-except  (the user's code may raise anything)
+    raise UserError(f"{where}: cannot import {name!r} ({type(e).__name__}: {first_line(e)}; "
+                    f"is it on PYTHONPATH or in the current directory?)") from None

@@ -288,7 +288,8 @@ def test_a_bad_user_model_or_task_on_the_command_line_is_one_line(tmp_path, monk
   assert "config.task='halftask': the module" in result.stderr and "lacks UNIT" in result.stderr
   monkeypatch.syspath_prepend(str(tmp_path))
   tiny_mnist.task = "nosuch.task"
-  with pytest.raises(UserError, match="config.task='nosuch.task': .* cannot be imported"):
+  with pytest.raises(UserError, match=r"config.task='nosuch.task' \(not one of .*\): cannot "
+                                      r"import 'nosuch.task' \(ModuleNotFoundError"):
     train.train_and_evaluate(tiny_mnist, str(tmp_path / "w"))
   assert not (tmp_path / "w").exists()
 

@@ -16,14 +16,13 @@ Either way `module(inputs, train=bool)` returns what the task expects (logits).
 from __future__ import annotations
 
 import functools
-import importlib
 import inspect
 from typing import Any, Callable
 
 import flax.linen as nn
 from flax import nnx
 
-from jaxdl.errors import UserError, first_line
+from jaxdl.errors import UserError, first_line, import_user_module
 from jaxdl.models import cnn, text, transformer
 
 FAMILIES = {"cnn": cnn, "text_lstm": text, "text_cnn": text, "text_transformer": text,
@@ -36,12 +35,7 @@ def _user_builder(name: str) -> Callable[..., Any]:
   where = f"config.model.name={name!r}"
   if not module_name or not attr.isidentifier():
     raise UserError(f"{where}: expected PACKAGE.MODULE:ATTR (e.g. my_models:ResNet)")
-  try:
-    module = importlib.import_module(module_name)
-  except Exception as e:  # pylint: disable=broad-except  (the user's code may raise anything)
-    raise UserError(f"{where}: cannot import {module_name!r} ({type(e).__name__}: "
-                    f"{first_line(e)}; is it on PYTHONPATH or in the current directory?)"
-                    ) from None
+  module = import_user_module(module_name, where)
   if not hasattr(module, attr):
     raise UserError(f"{where}: {module_name!r} ({module.__file__}) has no {attr!r}")
   build = getattr(module, attr)

@@ -24,14 +24,13 @@ encode(text, what) and decode(ids), for jaxdl.sample.
 
 from __future__ import annotations
 
-import importlib
 import os
 from types import ModuleType
 
 import ml_collections
 
 from jaxdl import metrics
-from jaxdl.errors import UserError, first_line
+from jaxdl.errors import UserError, import_user_module
 from jaxdl.tasks import image_classification, language_model, text_classification
 
 TASKS = {"image_classification": image_classification,
@@ -51,12 +50,7 @@ def get(name: str) -> ModuleType:
     return TASKS[name]
   if "." not in name and not name.isidentifier():
     raise UserError(f"config.task={name!r}: not one of {', '.join(TASKS)}, nor a module path")
-  try:
-    module = importlib.import_module(name)
-  except Exception as e:  # pylint: disable=broad-except  (the user's code may raise anything)
-    raise UserError(f"config.task={name!r}: not one of {', '.join(TASKS)}, and it cannot be "
-                    f"imported ({type(e).__name__}: {first_line(e)}; is it on PYTHONPATH or in "
-                    f"the current directory?)") from None
+  module = import_user_module(name, f"config.task={name!r} (not one of {', '.join(TASKS)})")
   missing = [attr for attr in REQUIRED if not hasattr(module, attr)]
   if missing:
     raise UserError(f"config.task={name!r}: the module {module.__file__} lacks "
