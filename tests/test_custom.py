@@ -339,6 +339,10 @@ def test_image_folders_with_the_wrong_class_count_or_sizes_are_one_line(tmp_path
   tiny_mnist.data.path = _image_folders(tmp_path / "mixed", sizes=((16, 12), (18, 12)))
   with pytest.raises(UserError, match=r"18x12 pixels, but .* is 16x12; set data.image_size"):
     train.train_and_evaluate(tiny_mnist, str(tmp_path / "w"))
+  tiny_mnist.data.path = _image_folders(tmp_path / "tiny", sizes=((8, 8), (8, 8)))
+  with pytest.raises(UserError, match=r"the cnn model needs images of at least 10x10 pixels, "
+                                      r"these are 8x8 \(set data.image_size >= 10\)"):
+    train.train_and_evaluate(tiny_mnist, str(tmp_path / "w"))
   assert not (tmp_path / "w").exists()
 
 

@@ -185,6 +185,10 @@ class CNN(nn.Module):
     # the flax layers on CPU too (seed CNN eval at batch 512: 26,800 images/s against 13,400 for
     # 'cpu' and 6,000 for 'cpu_im2col', whose windows are a 59 MB copy at that batch).
     impl = resolve_impl(self.impl) if train else "flax"
+    h, w = images_BxHxWxC.shape[1:3]  # static: checked once, while the step is traced
+    if min(h, w) < 10:  # two 3x3 VALID convolutions, each followed by a 2x2 pool, need 10 px
+      raise UserError(f"the cnn model needs images of at least 10x10 pixels, these are {h}x{w} "
+                      f"(set data.image_size >= 10)")
     x = images_BxHxWxC.astype(jnp.float32) / 255.0  # the seed program's ToTensor(), no mean/std
     for i, features in enumerate((32, 64)):
       fan_in = 3 * 3 * x.shape[-1]
