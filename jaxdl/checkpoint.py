@@ -33,6 +33,7 @@ from typing import Any
 
 from absl import logging
 import jax
+from etils import epath
 import orbax.checkpoint as ocp
 
 from jaxdl import metrics
@@ -86,7 +87,8 @@ def _saved_value(key: str, old: Any) -> str:
 
 
 def _step_dirs(directory: str) -> list[str]:
-  return [n for n in os.listdir(directory) if n.isdigit()] if os.path.isdir(directory) else []
+  path = epath.Path(directory)  # a local directory or gs://: the same calls
+  return [p.name for p in path.iterdir() if p.name.isdigit()] if path.is_dir() else []
 
 
 def has_checkpoints(workdir: str) -> bool:
@@ -101,11 +103,10 @@ def check_resume_config(workdir: str, resolved: dict) -> dict[str, tuple[Any, An
   checkpoints or without config.json has nothing to check.
   """
   config_path = os.path.join(workdir, "config.json")
-  if not _step_dirs(os.path.join(workdir, "checkpoints")) or not os.path.isfile(config_path):
+  if not _step_dirs(os.path.join(workdir, "checkpoints")) or not metrics.exists(config_path):
     return {}
   try:
-    with open(config_path) as f:
-      saved = json.load(f)
+    saved = json.loads(metrics.read_text(config_path))
   except (OSError, ValueError) as e:
     raise UserError(f"{config_path}: unreadable ({first_line(e)}); use a new --workdir") from None
   changes = {k: (old, new) for k, (old, new) in config_changes(saved, resolved).items()
@@ -168,8 +169,9 @@ class Checkpoints:
   def __init__(self, workdir: str, keep: int):
     root = workdir if metrics.is_url(workdir) else os.path.abspath(workdir)  # gs:// as it is
     self.directory = os.path.join(root, "checkpoints")
-    unfinished = sorted(n for n in os.listdir(self.directory) if _TMP_MARK in n
-                        ) if os.path.isdir(self.directory) else []
+    directory = epath.Path(self.directory)
+    unfinished = sorted(p.name for p in directory.iterdir() if _TMP_MARK in p.name
+                        ) if directory.is_dir() else []
     if unfinished and jax.process_index() == 0:
       logging.warning("removing unfinished save(s) of a killed run in %s: %s", self.directory,
                       ", ".join(unfinished))
@@ -243,11 +245,11 @@ class Checkpoints:
     path = os.path.join(self.directory, str(step))
     target = os.path.join(self.directory, f"damaged-{step}")
     n = 1
-    while os.path.exists(target):
+    while metrics.exists(target):
       n += 1
       target = os.path.join(self.directory, f"damaged-{step}-{n}")
     if jax.process_index() == 0:  # the directory is shared; one process renames
-      os.rename(path, target)
+      epath.Path(path).rename(target)  # etils.epath: os.rename here, the backend's move on gs://
     logging.warning("checkpoint %s is damaged (%s); moved it to %s, falling back to an older "
                     "checkpoint", path, why, target)
     self.manager.reload()
@@ -276,9 +278,10 @@ def latest_params(workdir: str, config_file: str) -> Any:
   """The params of the newest checkpoint in WORKDIR/checkpoints, as host arrays (for sampling
   and prediction): its moving average when the run kept one. `config_file` names the config
   to train with in the error for a workdir without checkpoints."""
-  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  root = workdir if metrics.is_url(workdir) else os.path.abspath(workdir)  # gs:// as it is
+  directory = os.path.join(root, "checkpoints")
   step = None
-  if os.path.isdir(directory):
+  if epath.Path(directory).is_dir():
     with ocp.CheckpointManager(
         directory, item_handlers={"state": ocp.StandardCheckpointHandler()}) as manager:
       step = manager.latest_step()

@@ -14,6 +14,8 @@ import os
 import sys
 from typing import Any
 
+from etils import epath
+
 from jaxdl import metrics
 from jaxdl.errors import UserError
 
@@ -46,15 +48,16 @@ def load_run(workdir: str) -> Run:
   """A workdir's config and events; UserError if it holds neither."""
   config_path = os.path.join(workdir, "config.json")
   events_path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.isdir(workdir):
+  if not epath.Path(workdir).is_dir():  # a local directory or gs://
     raise UserError(f"{workdir}: no such directory")
-  if not os.path.exists(config_path) and not os.path.exists(events_path):
+  if not metrics.exists(config_path) and not metrics.exists(events_path):
     raise UserError(f"{workdir}: no config.json or metrics.jsonl (not a jaxdl workdir?)")
   try:
-    config = flatten(metrics.read_json(config_path)) if os.path.exists(config_path) else {}
+    config = flatten(metrics.read_json(config_path)) if metrics.exists(config_path) else {}
   except ValueError as e:
     raise UserError(f"{config_path}: not valid JSON ({e})") from None
-  return Run(os.path.normpath(workdir), config, metrics.read_events(events_path))
+  name = workdir if metrics.is_url(workdir) else os.path.normpath(workdir)  # normpath: gs:/ ...
+  return Run(name, config, metrics.read_events(events_path))
 
 
 def differing_keys(runs: list[Run]) -> list[str]:
