@@ -262,3 +262,26 @@ class Runner:
       out = self._eval(state, parallel.global_batch(batch, self.mesh))
       sums = out if sums is None else self._add(sums, out)
     return sums
+
+
+PREDICT_BATCH = 256  # inputs per forward pass of a classifier's predictions (jaxdl.predict)
+
+
+def classifier(model: nn.Module, params, label_names: list[str],
+               encode: Callable[[list], np.ndarray], batch_size: int = PREDICT_BATCH):
+  """(inputs) -> [(label name, probability)] of each input's likeliest class: `encode` turns a
+  list of inputs (sentences, image paths) into the model's array, batch_size at a time, the last
+  batch padded so that every call runs one compiled shape."""
+  probs = jax.jit(lambda x: jax.nn.softmax(model.apply({"params": params}, x, train=False), -1))
+
+  def predict(inputs: list) -> list[tuple[str, float]]:
+    out = []
+    for start in range(0, len(inputs), batch_size):
+      chunk = inputs[start:start + batch_size]
+      x = encode(chunk)
+      x = np.pad(x, [(0, batch_size - len(chunk))] + [(0, 0)] * (x.ndim - 1))
+      p_NxC = np.asarray(probs(x))[:len(chunk)]
+      out += [(label_names[c], float(p[c])) for c, p in zip(p_NxC.argmax(-1), p_NxC)]
+    return out
+
+  return predict

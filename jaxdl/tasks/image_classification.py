@@ -25,7 +25,7 @@ from absl import logging
 import jax
 import numpy as np
 
-from jaxdl import losses, metrics
+from jaxdl import losses, metrics, steps
 from jaxdl.data import download, idx, imagefolder, offline, sources, tfds
 from jaxdl.data.augment import random_shift
 from jaxdl.data.dataset import Dataset
@@ -72,6 +72,12 @@ def _read_path(path: str, image_size: int):
   return (idx.load_idx_dir(path), None), f"IDX files in {path}"
 
 
+def _downloadable(name: str) -> bool:
+  """A canonical download of `name` is known and its host answers (within 3 s)."""
+  rows = download.url_checksums(name)
+  return bool(rows) and download.reachable(rows[0][0])
+
+
 def _download(name: str, cache_dir: str):
   directory = download.download(name, cache_dir)
   return (idx.load_idx_dir(directory), None), f"{name} downloaded to {directory}"
@@ -100,13 +106,12 @@ def load(config, workdir: str | None) -> Dataset:
   del workdir  # nothing of an image run's data is read back from the workdir
   data_cfg = config.data
   name = data_cfg.name
-  rows = download.url_checksums(name)
   (splits, classes), source = sources.load(
       data_cfg, read_path=lambda path: _read_path(path, data_cfg.image_size),
       read_tfds=lambda n, d: (tfds.read_images(n, d), None),
       fallbacks=(
           sources.Fallback("download", lambda: _download(name, data_cfg.download_dir),
-                           auto=lambda: bool(rows) and download.reachable(rows[0][0])),
+                           auto=lambda: _downloadable(name)),
           sources.Fallback("synthetic", lambda: _synthetic(data_cfg.synthetic_size),
                            auto=lambda: False),
           sources.Fallback("sample", lambda: _sample(name),
@@ -172,11 +177,5 @@ def predictor(config, workdir: str, build_model, params):
   classes = imagefolder.read_classes_json(text, path)
   height, width, channels = json.loads(text)["image_shape"]
   model = build_model(num_classes=len(classes))
-  probs = jax.jit(lambda x: jax.nn.softmax(model.apply({"params": params}, x, train=False), -1))
-
-  def predict(paths: list[str]) -> list[tuple[str, float]]:
-    images = np.stack([imagefolder.read_image(p, channels, (height, width)) for p in paths])
-    p_NxC = np.asarray(probs(images))
-    return [(classes[c], float(p[c])) for c, p in zip(p_NxC.argmax(-1), p_NxC)]
-
-  return predict
+  return steps.classifier(model, params, classes, lambda paths: np.stack(
+      [imagefolder.read_image(p, channels, (height, width)) for p in paths]))

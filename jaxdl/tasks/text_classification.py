@@ -26,7 +26,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxdl import losses, metrics
+from jaxdl import losses, metrics, steps
 from jaxdl.data import sources, tables, tfds
 from jaxdl.data.dataset import Dataset
 from jaxdl.data.iterator import LengthGroupedBatches
@@ -39,7 +39,6 @@ TRAIN_METRICS = ("accuracy",)
 PLOT_METRICS = ("loss", "accuracy")
 MODELS = ("text_lstm", "text_cnn", "text_transformer")
 FALLBACKS = ()
-_PREDICT_BATCH = 256  # sentences per forward pass in jaxdl.predict
 
 
 def check(config) -> None:
@@ -183,17 +182,5 @@ def predictor(config, workdir: str, build_model, params):
   max_len = config.data.max_len
   model = build_model(vocab_size=len(vocab.words), num_classes=vocab.num_classes,
                       max_len=max_len)
-  probs = jax.jit(lambda tokens: jax.nn.softmax(
-      model.apply({"params": params}, tokens, train=False), -1))
-
-  def predict(texts: list[str]) -> list[tuple[str, float]]:
-    out = []
-    for start in range(0, len(texts), _PREDICT_BATCH):
-      chunk = texts[start:start + _PREDICT_BATCH]
-      tokens, _ = vocab.encode(chunk, max_len)
-      tokens = np.pad(tokens, ((0, _PREDICT_BATCH - len(chunk)), (0, 0)))  # one compiled shape
-      p_NxC = np.asarray(probs(tokens))[:len(chunk)]
-      out += [(vocab.label_names[c], float(p[c])) for c, p in zip(p_NxC.argmax(-1), p_NxC)]
-    return out
-
-  return predict
+  return steps.classifier(model, params, vocab.label_names,
+                          lambda texts: vocab.encode(texts, max_len)[0])
