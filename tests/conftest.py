@@ -62,6 +62,17 @@ def flat_keys(d: dict, prefix: str = "") -> set:
           for k in (flat_keys(v, f"{prefix}{key}.") if isinstance(v, dict) else [prefix + key])}
 
 
+def set_keys(config, values: dict):
+  """Sets dotted keys ('opt.lr': 0.1) in order, as --config.KEY=VALUE overrides do."""
+  for key, value in values.items():
+    *parents, leaf = key.split(".")
+    node = config
+    for part in parents:
+      node = getattr(node, part)
+    setattr(node, leaf, value)
+  return config
+
+
 def short_schedule(c):
   """The tiny runs' shared schedule: 24 steps; logs, evals and checkpoints falling apart."""
   c.num_train_steps = 24

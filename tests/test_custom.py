@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from conftest import REPO, run_main
+from conftest import REPO, run_main, set_keys
 from jaxdl import checkpoint, train
 from jaxdl.data import idx
 from jaxdl.errors import UserError
@@ -199,8 +199,8 @@ def _train_interrupted_and_whole(tmp_path, monkeypatch, config, extra_args, env)
   for arg in [*extra_args, *_SCHEDULE]:  # --config.a.b=v, as config_flags would set them
     key, value = arg[len("--config."):].split("=", 1)
     *parents, leaf = key.split(".")
-    block = functools.reduce(getattr, parents, c)
-    setattr(block, leaf, type(getattr(block, leaf))(value))
+    old = getattr(functools.reduce(getattr, parents, c), leaf)
+    set_keys(c, {key: type(old)(value)})
   train.train_and_evaluate(c, whole)
   assert _events(stopped) == _events(whole)
   got = checkpoint.latest_params(stopped, config)

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import load_config
+from conftest import load_config, set_keys
 from jaxdl import checkpoint, train
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "old_workdirs")
@@ -34,13 +34,7 @@ def _record(task):
 
 def _config(record, data_dir):
   """The fixture's config: get_config(preset), its overrides in order, data.path = data_dir."""
-  config = load_config(record["config"], record["preset"] or None)
-  for key, value in record["overrides"].items():
-    *parents, leaf = key.split(".")
-    node = config
-    for part in parents:
-      node = getattr(node, part)
-    setattr(node, leaf, value)
+  config = set_keys(load_config(record["config"], record["preset"] or None), record["overrides"])
   config.data.path = data_dir
   return config
 

@@ -31,9 +31,9 @@ class Fallback(Generic[T]):
   auto: Callable[[], bool] = lambda: True    # whether data.source='auto' takes it
 
 
-def names(fallbacks: tuple[Fallback, ...] | tuple[str, ...]) -> tuple[str, ...]:
+def names(fallbacks: tuple[str, ...]) -> tuple[str, ...]:
   """The data.source values a task accepts: auto, files, tfds and its fallbacks' names."""
-  return ("auto", "files", "tfds", *(f if isinstance(f, str) else f.name for f in fallbacks))
+  return ("auto", "files", "tfds", *fallbacks)
 
 
 def tfds_prepared(name: str, data_dir: str | None) -> bool:
@@ -68,7 +68,8 @@ def load(data_cfg: Any, *, read_path: Callable[[str], tuple[T, str]],
       return fallback.load()
   if source == "auto":
     raise UserError(ways)
-  raise UserError(f"data.source={source!r} is not one of {', '.join(names(fallbacks))}")
+  raise UserError(f"data.source={source!r} is not one of "
+                  f"{', '.join(names(tuple(f.name for f in fallbacks)))}")
 
 
 def check(data_cfg: Any, fallbacks: tuple[str, ...], path_kind: str = "any") -> None:
