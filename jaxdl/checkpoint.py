@@ -103,7 +103,7 @@ def check_resume_config(workdir: str, resolved: dict) -> dict[str, tuple[Any, An
   checkpoints or without config.json has nothing to check.
   """
   config_path = os.path.join(workdir, "config.json")
-  if not _step_dirs(os.path.join(workdir, "checkpoints")) or not metrics.exists(config_path):
+  if not has_checkpoints(workdir) or not metrics.exists(config_path):
     return {}
   try:
     saved = json.loads(metrics.read_text(config_path))
