@@ -14,7 +14,7 @@ slice runs the same command; jaxdl calls jax.distributed.initialize() itself on 
 Subcommands:
   create   Create the TPU VM (gcloud compute tpus tpu-vm create).
   setup    Copy this checkout (tracked and untracked, not ignored, files) to every worker and
-           install it there: Python 3.12 through uv, jax[tpu], jaxdl (pip install -e), gcsfs.
+           install it there: Python 3.12 through uv, jax[tpu], jaxdl with its gcs extra (gcsfs).
            Re-run it after changing the code.
   run      Start `python -m jaxdl.main --workdir=WORKDIR --config=... --config.k=v ...` on every
            worker, detached from ssh (setsid + nohup), so it survives a dropped connection.
@@ -197,7 +197,7 @@ case "$SUBCOMMAND" in
     fi
     do_cmd gcloud "${TPU[@]}" scp "$archive" "$NAME:jaxdl-src.tgz" "${WHERE[@]}" --worker=all
     # TPU VM images ship Python 3.10; jaxdl needs >= 3.11, so uv fetches a 3.12.
-    ssh_all all "set -e; rm -rf $REMOTE_SRC && mkdir -p $REMOTE_SRC && tar xzf ~/jaxdl-src.tgz -C $REMOTE_SRC && python3 -m pip install --user -q uv && ~/.local/bin/uv venv -q --allow-existing --python 3.12 $REMOTE_VENV && ~/.local/bin/uv pip install -q --python $REMOTE_VENV/bin/python 'jax[tpu]>=0.10.2' gcsfs -e $REMOTE_SRC && $REMOTE_VENV/bin/python -c 'import jax; print(jax.process_index(), jax.device_count(), jax.devices()[0].device_kind)'"
+    ssh_all all "set -e; rm -rf $REMOTE_SRC && mkdir -p $REMOTE_SRC && tar xzf ~/jaxdl-src.tgz -C $REMOTE_SRC && python3 -m pip install --user -q uv && ~/.local/bin/uv venv -q --allow-existing --python 3.12 $REMOTE_VENV && ~/.local/bin/uv pip install -q --python $REMOTE_VENV/bin/python 'jax[tpu]>=0.10.2' -e "$REMOTE_SRC[gcs]" && $REMOTE_VENV/bin/python -c 'import jax; print(jax.process_index(), jax.device_count(), jax.devices()[0].device_kind)'"
     ;;
 
   run)

@@ -9,7 +9,6 @@ writes, so a multi-host job logs once.
 from __future__ import annotations
 
 import datetime
-import glob
 import json
 import io
 import os
@@ -134,9 +133,8 @@ def read_tensorboard(directory: str) -> list[tuple[str, int, float, float]]:
   """
   from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
   scalars = []
-  for path in sorted(glob.glob(os.path.join(directory, EVENT_FILES))):
-    with open(path, "rb") as f:
-      data = f.read()
+  for path in event_files(directory):
+    data = path.read_bytes()
     pos = 0
     while pos + 12 <= len(data):
       (length,) = struct.unpack("<Q", data[pos:pos + 8])
@@ -147,6 +145,46 @@ def read_tensorboard(directory: str) -> list[tuple[str, int, float, float]]:
       for value in event.summary.value:
         scalars.append((value.tag, event.step, value.simple_value, event.wall_time))
   return scalars
+
+
+def event_files(directory: str) -> list[epath.Path]:
+  """The TensorBoard event files in a local or gs:// directory, in name (= time) order."""
+  path = epath.Path(directory)
+  return sorted(path.glob(EVENT_FILES)) if path.is_dir() else []
+
+
+class _ObjectFile:
+  """An event file on an object store (gs://), through etils.epath, for tensorboardX.
+
+  An object cannot be appended to, so each flush (every few seconds, and on close) rewrites
+  the whole file from the bytes written so far; event files are small (one float per scalar).
+  tensorboardX's own gs:// writer would need google-cloud-storage and its credentials, another
+  file-system layer besides the one every other workdir file goes through.
+  """
+
+  def __init__(self, path: str):
+    self.path, self.buffer, self.flushed = epath.Path(path), io.BytesIO(), -1
+
+  def write(self, data: bytes) -> None:
+    self.buffer.write(data)
+
+  def flush(self) -> None:
+    if self.buffer.tell() != self.flushed:
+      self.path.write_bytes(self.buffer.getvalue())
+      self.flushed = self.buffer.tell()
+
+  def close(self) -> None:
+    self.flush()
+
+
+class _ObjectFiles:
+  """tensorboardX's writer factory for one URL scheme (its directories need no making)."""
+
+  def open(self, path: str) -> _ObjectFile:
+    return _ObjectFile(path)
+
+  def directory_check(self, path: str) -> None:
+    del path
 
 
 _SHORT_UNITS = {"examples": "ex", "tokens": "tok"}  # in the progress view
@@ -268,12 +306,15 @@ class Writer:
 
   def _open_tensorboard(self) -> None:
     """Rebuilds the event files from metrics.jsonl (see the class docstring), once."""
-    if self._tb is not None or is_url(self.workdir):  # no TensorBoard files on gs:// (yet)
+    if self._tb is not None:
       return
     SummaryWriter = _summary_writer_class()  # pylint: disable=invalid-name
+    if is_url(self.workdir):
+      from tensorboardX import record_writer  # pylint: disable=g-import-not-at-top
+      record_writer.register_writer_factory(self.workdir.split("://")[0], _ObjectFiles())
     wall_times = {(tag, step): t for tag, step, _, t in read_tensorboard(self.workdir)}
-    for path in glob.glob(os.path.join(self.workdir, EVENT_FILES)):
-      os.remove(path)
+    for path in event_files(self.workdir):
+      path.unlink()
     # flush_secs: tensorboardX writes from a thread; events reach the file within 5 s.
     self._tb = SummaryWriter(self.workdir, flush_secs=5)
     for event in read_events(self.path):

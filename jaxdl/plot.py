@@ -10,14 +10,18 @@ they differ (from WORKDIR/config.json). Drawn with matplotlib's Agg backend: no 
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
+
+from etils import epath
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from jaxdl import metrics as jaxdl_metrics  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxdl import report  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxdl.errors import UserError  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -110,8 +114,13 @@ def plot(workdirs: list[str], out: str, metrics: list[str] | None = None,
   if title:
     fig.suptitle(title)
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  fig.savefig(out, dpi=90, bbox_inches="tight")
+  if jaxdl_metrics.is_url(out):  # gs://: the PNG's bytes, through etils.epath
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=90, bbox_inches="tight")
+    epath.Path(out).write_bytes(png.getvalue())
+  else:
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    fig.savefig(out, dpi=90, bbox_inches="tight")
   plt.close(fig)
   return out
 

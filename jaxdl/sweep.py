@@ -4,7 +4,7 @@ Each combination of the values runs `python -m jaxdl.main --config=CONFIG --work
 --config.KEY=V ...` in its own workdir, named from the keys with more than one value
 ('opt.lr=0.1,seed=2'); a key with one value is a setting shared by every run and not part of
 the names. Runs go one after another, or N at a time with -j N; each one's output goes to
-ROOT/NAME.log. Re-running the sweep skips finished runs (a `final` event in metrics.jsonl) and
+ROOT/NAME.log. ROOT may be gs://bucket/dir, like any workdir. Re-running the sweep skips finished runs (a `final` event in metrics.jsonl) and
 resumes unfinished ones from their newest checkpoint. At the end it prints the report table.
 
   experiments/sweep.sh configs/mnist.py 'opt.lr=0.1,0.03' 'seed=0,1,2' -j 2
@@ -19,8 +19,11 @@ import itertools
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+
+from etils import epath
 
 from jaxdl import metrics, report
 from jaxdl.errors import UserError
@@ -74,7 +77,27 @@ def status(workdir: str) -> str:
   events = metrics.read_events(os.path.join(workdir, "metrics.jsonl"))
   if any(e["event"] == "final" for e in events):
     return "finished"
-  return "unfinished" if os.path.isdir(workdir) and os.listdir(workdir) else "new"
+  path = epath.Path(workdir)  # a local directory or gs://
+  return "unfinished" if path.is_dir() and any(path.iterdir()) else "new"
+
+
+def _run_logged(command: list[str], log_path: str) -> tuple[int, str]:
+  """Runs command with its output appended to log_path; (exit code, last non-empty line).
+
+  A gs:// log cannot be appended to while the run writes it: the output goes to a local
+  temporary file, added to the log object when the run ends."""
+  local = not metrics.is_url(log_path)
+  with (open(log_path, "a") if local else tempfile.NamedTemporaryFile("w+")) as log:
+    log.write(f"$ {' '.join(command)}\n")
+    log.flush()
+    code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT,
+                          stdin=subprocess.DEVNULL, check=False).returncode
+    if not local:
+      log.seek(0)
+      old = metrics.read_text(log_path) if metrics.exists(log_path) else ""
+      metrics.write_text(log_path, old + log.read())
+  lines = [line.strip() for line in metrics.read_text(log_path).splitlines() if line.strip()]
+  return code, lines[-1] if lines else ""
 
 
 def sweep(config_arg: str, axes: list[tuple[str, list[str]]], root: str, jobs: int = 1,
@@ -86,7 +109,7 @@ def sweep(config_arg: str, axes: list[tuple[str, list[str]]], root: str, jobs: i
   out = out or sys.stdout
   combinations = [dict(zip([k for k, _ in axes], values))
                   for values in itertools.product(*[v for _, v in axes])]
-  os.makedirs(root, exist_ok=True)
+  epath.Path(root).mkdir(parents=True, exist_ok=True)  # nothing to make on gs://
   lock = threading.Lock()
   def say(line):
     with lock:
@@ -105,15 +128,9 @@ def sweep(config_arg: str, axes: list[tuple[str, list[str]]], root: str, jobs: i
                f"--workdir={workdir}", *(f"--config.{k}={v}" for k, v in combination.items())]
     log_path = os.path.join(root, f"{name}.log")
     start = time.time()
-    with open(log_path, "a") as log:
-      log.write(f"$ {' '.join(command)}\n")
-      log.flush()
-      code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, check=False).returncode
+    code, last = _run_logged(command, log_path)
     if code != 0:
-      with open(log_path) as log:
-        last = [line.strip() for line in log if line.strip()][-1:]
-      say(f"{tag}: FAILED (exit {code}): {last[0] if last else ''} (log: {log_path})")
+      say(f"{tag}: FAILED (exit {code}): {last} (log: {log_path})")
       return workdir, "failed"
     if status(workdir) != "finished":  # exit 0 without a final event: stopped by SIGTERM
       say(f"{tag}: stopped before its end (log: {log_path}); re-run the sweep to resume it")
@@ -152,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     root = args.root or os.path.join("runs", f"sweep-{stem}" + (f"-{preset}" if preset else ""))
     results = sweep(args.config, axes, root, args.jobs)
     runs = [report.load_run(w) for w in results
-            if os.path.exists(os.path.join(w, "config.json"))]
+            if metrics.exists(os.path.join(w, "config.json"))]
     if runs:
       print()
       print(report.table(runs))

@@ -1,0 +1,100 @@
+"""A Google Cloud Storage JSON-API server on loopback, for the gs:// tests.
+
+The server is gcp-storage-emulator (PyPI), run in a process of its own, as a user's would be.
+One addition: it leaves out the `x-goog-generation` header of a media download, which the real
+GCS sends and TensorStore (Orbax's array writer) needs to read an object it will update (its
+OCDBT manifest): without it, the second save of a run fails with "Malformed StorageGeneration".
+The header is added from the object's own metadata, which the emulator keeps. Nor does it
+have the objects.move call (`moveTo`, GA in GCS since 2025) that gcsfs tries first for a
+rename: gcsfs then falls back to copy and delete, after retries that took 40 s per damaged
+checkpoint moved aside. It is added as that copy and delete, done in the server.
+
+  with gcs_server.running("bucket") as env: ...   # env: what a child process needs
+"""
+
+from __future__ import annotations
+
+import contextlib
+from http import HTTPStatus
+import os
+import socket
+import subprocess
+import sys
+import threading
+
+
+def _env(port: int) -> dict[str, str]:
+  url = f"http://127.0.0.1:{port}"
+  return {
+      "STORAGE_EMULATOR_HOST": url,     # gcsfs (under etils.epath): the JSON API's host
+      "TENSORSTORE_GCS_HTTP_URL": url,  # TensorStore (under Orbax): the same endpoint
+      # gcsfs >= 2026 asks a gRPC control API for the bucket's layout first; the emulator has
+      # none, and each ask waits 60 s before it falls back to the JSON API.
+      "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+  }
+
+
+@contextlib.contextmanager
+def running(bucket: str):
+  """Starts the server on a free port with an empty in-memory `bucket`, sets this process's
+  environment to use it, yields that environment, and stops the server (and restores the
+  environment) after."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  proc = subprocess.Popen([sys.executable, __file__, str(port), bucket],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  try:
+    line = proc.stdout.readline()
+    if line.strip() != "ready":
+      raise RuntimeError(f"the GCS server did not start: {line}{proc.stdout.read()}")
+    threading.Thread(target=proc.stdout.read, daemon=True).start()  # drain its log
+    env = _env(port)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+      yield env
+    finally:
+      for k, v in saved.items():
+        if v is None:
+          os.environ.pop(k, None)
+        else:
+          os.environ[k] = v
+  finally:
+    proc.kill()
+    proc.wait()
+
+
+def _serve(port: int, bucket: str) -> None:
+  from gcp_storage_emulator.handlers import objects  # pylint: disable=g-import-not-at-top
+  download = objects.download
+
+  def download_with_generation(request, response, storage, *args, **kwargs):
+    download(request, response, storage, *args, **kwargs)
+    try:
+      obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
+    except Exception:  # pylint: disable=broad-except  (not found: download set the 404)
+      return
+    response["x-goog-generation"] = str(obj["generation"])
+    response["x-goog-metageneration"] = str(obj.get("metageneration", "1"))
+
+  def move(request, response, storage, *args, **kwargs):
+    request.params["dest_bucket_name"] = request.params["bucket_name"]
+    objects.copy(request, response, storage, *args, **kwargs)
+    if response.status == HTTPStatus.OK:
+      objects._delete(storage, request.params["bucket_name"], request.params["object_id"])  # pylint: disable=protected-access
+
+  objects.download = download_with_generation  # the server's routes look it up at import
+  from gcp_storage_emulator import server as emulator  # pylint: disable=g-import-not-at-top
+  emulator.HANDLERS = ((r"^/storage/v1/b/(?P<bucket_name>[-.\w]+)/o/(?P<object_id>.*[^/]+)"
+                        r"/moveTo/o/(?P<dest_object_id>.*[^/]+)$", {"POST": move}),
+                       *emulator.HANDLERS)
+  create_server = emulator.create_server
+  server = create_server("127.0.0.1", port, in_memory=True, default_bucket=bucket)
+  server.start()
+  print("ready", flush=True)
+  threading.Event().wait()
+
+
+if __name__ == "__main__":
+  _serve(int(sys.argv[1]), sys.argv[2])
