@@ -33,7 +33,9 @@ from typing import Any
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 from etils import epath
+import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxdl import metrics
@@ -163,6 +165,35 @@ def damage_evidence(error: BaseException) -> str | None:
   return None
 
 
+# The outcomes of reading a checkpoint step, gravest last (see _agree).
+_OUTCOMES = ("ok", "damaged", "refused", "error")
+
+
+def _broadcast_text(text: str, source: int = 0, size: int = 4096) -> str:
+  """`text` as process `source` has it, on every process (itself on a lone process)."""
+  if jax.process_count() == 1:
+    return text
+  data = np.zeros(size, np.uint8)
+  encoded = np.frombuffer(text.encode("utf-8")[:size], np.uint8)
+  data[:len(encoded)] = encoded
+  data = multihost_utils.broadcast_one_to_all(data, is_source=jax.process_index() == source)
+  return bytes(np.asarray(data)).rstrip(b"\0").decode("utf-8", errors="replace")
+
+
+def _agree(outcome: str, detail: str) -> tuple[str, str]:
+  """The outcome every process acts on: the gravest any process had (an error over a refusal
+  over damage over success), with that process's words. Damage that only one process reads
+  (the shards it restores) so moves the step aside for all, and an error on one stops all."""
+  if jax.process_count() == 1:
+    return outcome, detail
+  ranks = np.asarray(multihost_utils.process_allgather(np.int32(_OUTCOMES.index(outcome))))
+  source = int(np.argmax(ranks))
+  detail = _broadcast_text(detail, source)
+  if source != 0 and ranks[source] > 0:
+    detail = f"process {source}: {detail}"
+  return _OUTCOMES[int(ranks[source])], detail
+
+
 class Checkpoints:
   """Save every N steps (the loop decides when), keep the last K, restore the newest intact."""
 
@@ -178,10 +209,22 @@ class Checkpoints:
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=True,
                                            cleanup_tmp_directories=True)
-    self.manager = ocp.CheckpointManager(
-        self.directory, options=options,
-        item_handlers={"state": ocp.StandardCheckpointHandler(),
-                       "loop": ocp.JsonCheckpointHandler()})
+    handlers = lambda: {"state": ocp.StandardCheckpointHandler(),
+                        "loop": ocp.JsonCheckpointHandler()}
+    self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                         item_handlers=handlers())
+    # Restores go through a reader of this process alone: Orbax's restore ends in a barrier of
+    # every process, and a process whose restore raised (damage that only its shards show)
+    # never reaches it, so the others would wait there for ever. Each process reads its own
+    # shards anyway; `_agree` then makes the one decision, with collectives of jaxdl's own.
+    self.reader = self.manager
+    if jax.process_count() > 1:
+      alone = ocp.options.MultiprocessingOptions(primary_host=jax.process_index(),
+                                                 active_processes={jax.process_index()})
+      self.reader = ocp.CheckpointManager(
+          self.directory, item_handlers=handlers(),
+          options=ocp.CheckpointManagerOptions(read_only=True, create=False,
+                                               multiprocessing_options=alone))
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -190,34 +233,51 @@ class Checkpoints:
     """(state, loop) of the newest intact checkpoint, laid out like `like_state`; None if none.
 
     A damaged checkpoint is moved aside with a WARNING and the next older one is tried. One whose
-    arrays have other names, shapes or dtypes than like_state's is refused (UserError).
+    arrays have other names, shapes or dtypes than like_state's is refused (UserError); any
+    other failure is a RestoreError. On a multi-process job every process acts on one decision:
+    process 0's list of steps, and for each step the gravest outcome any process had (see
+    `_agree`), so no process restores a step that another moved aside.
     """
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like_state)
-    for step in sorted(self.manager.all_steps(), reverse=True):
-      try:
-        saved = _layout(self.manager.item_metadata(step)["state"])
-      except Exception as e:  # pylint: disable=broad-except  (Orbax raises many types)
-        # KeyError: the step has no 'state' item at all (a half-copied directory).
-        self._move_aside_or_raise(step, e, "unreadable metadata", isinstance(e, KeyError))
+    steps = json.loads(_broadcast_text(json.dumps(sorted(self.manager.all_steps(), reverse=True))))
+    for step in steps:
+      outcome, detail = _agree(*self._check_metadata(step, _layout(abstract)))
+      if outcome == "ok":
+        (outcome, detail), restored = self._restore_step(step, abstract)
+        outcome, detail = _agree(outcome, detail)
+      if outcome == "ok":
+        return restored["state"], restored["loop"]
+      if outcome == "damaged":
+        self._move_aside(step, detail)
         continue
-      if not saved:  # Orbax reads a missing metadata file as an empty tree
-        self._move_aside(step, "no array metadata")
-        continue
-      if saved != _layout(abstract):
-        raise UserError(self._mismatch(step, saved, _layout(abstract)))
-      try:
-        restored = self.manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                          loop=ocp.args.JsonRestore()))
-      except Exception as e:  # pylint: disable=broad-except  (Orbax raises many types)
-        self._move_aside_or_raise(step, e, "unreadable data")
-        continue
-      if not isinstance(restored["loop"], dict) or "data" not in restored["loop"]:
-        self._move_aside(step, "the loop state is missing or empty")
-        continue
-      return restored["state"], restored["loop"]
+      raise (UserError if outcome == "refused" else RestoreError)(detail)
     return None
+
+  def _check_metadata(self, step: int, wanted: dict) -> tuple[str, str]:
+    """('ok' | 'damaged' | 'refused' | 'error', what) for the step's array metadata."""
+    try:
+      saved = _layout(self.reader.item_metadata(step)["state"])
+    except Exception as e:  # pylint: disable=broad-except  (Orbax raises many types)
+      # KeyError: the step has no 'state' item at all (a half-copied directory).
+      return self._classify(step, e, "unreadable metadata", isinstance(e, KeyError))
+    if not saved:  # Orbax reads a missing metadata file as an empty tree
+      return "damaged", "no array metadata"
+    if saved != wanted:
+      return "refused", self._mismatch(step, saved, wanted)
+    return "ok", ""
+
+  def _restore_step(self, step: int, abstract: Any) -> tuple[tuple[str, str], Any]:
+    """((outcome, what), the restored items or None) for one step's arrays and loop state."""
+    try:
+      restored = self.reader.restore(
+          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                        loop=ocp.args.JsonRestore()))
+    except Exception as e:  # pylint: disable=broad-except  (Orbax raises many types)
+      return self._classify(step, e, "unreadable data"), None
+    if not isinstance(restored["loop"], dict) or "data" not in restored["loop"]:
+      return ("damaged", "the loop state is missing or empty"), None
+    return ("ok", ""), restored
 
   def _mismatch(self, step: int, saved: dict, wanted: dict) -> str:
     """One line naming the first arrays that differ between a checkpoint and the config."""
@@ -227,18 +287,18 @@ class Checkpoints:
             f"or optimizer ({len(diffs)} arrays differ, e.g. {'; '.join(diffs[:2])}); use a "
             f"new --workdir")
 
-  def _move_aside_or_raise(self, step: int, error: BaseException, what: str,
-                          damaged: bool = False) -> None:
-    """Moves the step aside when `error` is evidence of damage; otherwise raises RestoreError
-    and changes nothing: an out-of-memory, a permission or a transient I/O error says nothing
-    about the files, and falling back past it (to step 0 at worst, which empties metrics.jsonl)
-    would lose the run's history."""
+  def _classify(self, step: int, error: BaseException, what: str,
+                damaged: bool = False) -> tuple[str, str]:
+    """('damaged', evidence) when `error` shows damage; otherwise ('error', the RestoreError's
+    line): an out-of-memory, a permission or a transient I/O error says nothing about the
+    files, and falling back past it (to step 0 at worst, which empties metrics.jsonl) would
+    lose the run's history."""
     evidence = first_line(error) if damaged else damage_evidence(error)
     if evidence is None:
-      raise RestoreError(f"cannot restore the checkpoint at step {step} in {self.directory} "
-                         f"({type(error).__name__}: {first_line(error)}); this is not damage, "
-                         f"so nothing in the workdir was changed: fix the cause and re-run")
-    self._move_aside(step, f"{what}: {evidence}")
+      return "error", (f"cannot restore the checkpoint at step {step} in {self.directory} "
+                       f"({type(error).__name__}: {first_line(error)}); this is not damage, "
+                       f"so nothing in the workdir was changed: fix the cause and re-run")
+    return "damaged", f"{what}: {evidence}"
 
   def _move_aside(self, step: int, why: str) -> None:
     """Renames a damaged step to damaged-<step> (never deletes it) and warns, naming it."""
@@ -248,11 +308,16 @@ class Checkpoints:
     while metrics.exists(target):
       n += 1
       target = os.path.join(self.directory, f"damaged-{step}-{n}")
+    target = _broadcast_text(target)  # process 0's name, before it renames
     if jax.process_index() == 0:  # the directory is shared; one process renames
       epath.Path(path).rename(target)  # etils.epath: os.rename here, the backend's move on gs://
+    if jax.process_count() > 1:  # the others list the directory only once it is renamed
+      multihost_utils.sync_global_devices(f"jaxdl: moved aside {path}")
     logging.warning("checkpoint %s is damaged (%s); moved it to %s, falling back to an older "
                     "checkpoint", path, why, target)
     self.manager.reload()
+    if self.reader is not self.manager:
+      self.reader.reload()
 
   def save(self, step: int, state: Any, loop: dict) -> None:
     self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
@@ -266,6 +331,8 @@ class Checkpoints:
     """Waits for the last asynchronous save to be committed."""
     self.manager.wait_until_finished()
     self.manager.close()
+    if self.reader is not self.manager:
+      self.reader.close()
 
   def __enter__(self) -> "Checkpoints":
     return self
@@ -320,9 +387,12 @@ class StopSignals:
   step or an Orbax write. A second identical signal gets the default behaviour (kill / Ctrl-C
   raises KeyboardInterrupt) for a user who does not want to wait for the save.
 
-  Multi-host jobs must agree on the step to save, so there SIGTERM is left to JAX's preemption
-  service (jax.distributed) and `reached_preemption(step)`, which returns True on every process
-  at the same step; SIGINT keeps Python's KeyboardInterrupt (no save).
+  A multi-process job must stop every process at the same step, after one save that all of
+  them write. JAX's distributed runtime catches SIGTERM on any process (its preemption
+  notifier) and Orbax's `reached_preemption(step)` turns true on every process at the same
+  step; a flag of this process alone would stop it a step apart from the others, which then
+  hang in their next collective. So there SIGINT (Ctrl-C on one host) is passed on as a
+  SIGTERM to this process, into that same agreement, and only the agreement stops the loop.
   """
 
   def __init__(self, manager: ocp.CheckpointManager):
@@ -334,14 +404,21 @@ class StopSignals:
     del frame
     self.signum = signum
     signal.signal(signum, self._previous[signum])
+    if jax.process_count() > 1:
+      os.kill(os.getpid(), signal.SIGTERM)  # JAX's handler: every process agrees on a step
 
   def requested(self, step: int) -> bool:
-    """Whether to save `step` and stop: a signal arrived, or all hosts reached a preemption."""
+    """Whether to save `step` and stop: a signal arrived, or all processes reached a
+    preemption sync point (on a multi-process job, only the latter)."""
+    if jax.process_count() > 1:
+      return self.manager.reached_preemption(step)
     return self.signum is not None or self.manager.reached_preemption(step)
 
   def __enter__(self) -> "StopSignals":
-    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-      for signum in (signal.SIGTERM, signal.SIGINT):
+    if threading.current_thread() is threading.main_thread():
+      # Multi-process: SIGTERM stays with JAX's preemption notifier.
+      handled = (signal.SIGTERM, signal.SIGINT) if jax.process_count() == 1 else (signal.SIGINT,)
+      for signum in handled:
         self._previous[signum] = signal.signal(signum, self._handle)
     return self
 

@@ -28,6 +28,9 @@ _COORDINATOR = flags.DEFINE_string(
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "processes in the job (0 = one, or "
                                       "detected)")
 _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "this process's index, 0..num_processes-1")
+_INIT_TIMEOUT = flags.DEFINE_integer(
+    "initialization_timeout", 300, "seconds to wait for every process of a multi-process job to "
+    "join; then each waiting process stops with one line", lower_bound=1)
 
 
 def _fail(message: str) -> None:
@@ -108,7 +111,8 @@ def main(argv: list[str]) -> None:
   from jaxdl.errors import UserError  # pylint: disable=g-import-not-at-top
   try:
     parallel.set_cpu_devices(_CONFIG.value.parallel.cpu_devices)
-    parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                        _INIT_TIMEOUT.value)
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except UserError as e:
     _fail(str(e))

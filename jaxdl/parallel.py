@@ -18,9 +18,12 @@ device.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
+import sys
+import threading
 from typing import Any, Callable
 
 import jax
@@ -141,14 +144,15 @@ def _on_cloud_tpu_vm() -> bool:
 
 
 def initialize(coordinator_address: str = "", num_processes: int = 0,
-               process_id: int = -1) -> None:
+               process_id: int = -1, timeout: int = 300) -> None:
   """Joins the multi-process job when one is configured; does nothing for a lone process.
 
   A job is configured by the arguments (main.py's --coordinator_address, --num_processes,
   --process_id), else by JAX's JAX_COORDINATOR_ADDRESS environment variable (the process count and
   id then come from the arguments or JAX's cluster detection: Slurm, Open MPI, Kubernetes), or by
   running on a Cloud TPU VM, where JAX finds every value itself. Must run before any JAX
-  computation.
+  computation. A process still waiting for the others after `timeout` seconds stops with one
+  line (exit 1).
   """
   address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
   source = "--coordinator_address" if coordinator_address else "JAX_COORDINATOR_ADDRESS"
@@ -158,7 +162,8 @@ def initialize(coordinator_address: str = "", num_processes: int = 0,
                       "(the address of process 0)")
     if not _on_cloud_tpu_vm():
       return  # one process: nothing to join
-    jax.distributed.initialize()  # a TPU VM: JAX reads the slice's workers from its metadata
+    with _join_deadline(timeout, "the TPU VM's workers"):
+      jax.distributed.initialize(initialization_timeout=timeout + _JAX_GRACE)  # from metadata
     _check_devices()
     return
 
@@ -176,8 +181,10 @@ def initialize(coordinator_address: str = "", num_processes: int = 0,
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   _size_cpu_thread_pool(_cpu_devices())
   try:
-    jax.distributed.initialize(address, num_processes if num_processes > 0 else None,
-                               process_id if process_id >= 0 else None)
+    with _join_deadline(timeout, f"the job at {source}={address}"):
+      jax.distributed.initialize(address, num_processes if num_processes > 0 else None,
+                                 process_id if process_id >= 0 else None,
+                                 initialization_timeout=timeout + _JAX_GRACE)
   except (ValueError, RuntimeError) as e:
     raise UserError(f"cannot join the job at {source}={address}: {first_line(e)} (pass "
                     f"--num_processes and --process_id)") from None
@@ -191,6 +198,31 @@ def initialize(coordinator_address: str = "", num_processes: int = 0,
         raise UserError(f"process {index} has --num_processes={count}, which disagrees with the "
                         f"coordinator at {address}, whose job has {jax.process_count()} processes")
   _check_devices()
+
+
+_JAX_GRACE = 30  # JAX's own deadline comes this much later than ours (see _join_deadline)
+
+
+@contextlib.contextmanager
+def _join_deadline(seconds: int, job: str):
+  """Stops this process with one line if the block (joining the job) takes over `seconds`.
+
+  When processes are missing, JAX's distributed client does not raise: at its deadline its C++
+  aborts the process with a stack trace. So jaxdl keeps a deadline of its own, ahead of JAX's;
+  the call releases the GIL while it waits, so a timer thread can end the process first.
+  """
+  def give_up():
+    print(f"jaxdl: error: not every process joined {job} within --initialization_timeout="
+          f"{seconds} s: a process is missing or still starting, or a host was given another "
+          f"--coordinator_address or --num_processes", file=sys.stderr, flush=True)
+    os._exit(1)  # pylint: disable=protected-access  (the main thread is inside JAX's C++)
+  timer = threading.Timer(seconds, give_up)
+  timer.daemon = True
+  timer.start()
+  try:
+    yield
+  finally:
+    timer.cancel()
 
 
 def set_cpu_devices(count) -> None:

@@ -191,7 +191,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         ckpts.save(done, state, {"data": dataset.train.position(done), "interval_sums": sums})
       if stop:
         ckpts.wait()
-        signum = signals.signum or signal.SIGTERM  # None: a multi-host preemption notice
+        signum = signals.signum or signal.SIGTERM  # None: a preemption notice, or another process's signal
         writer.print(f"{signal.Signals(signum).name}: saved the checkpoint at step {done} and "
                      f"waited for it to reach the disk; re-run the same command to resume")
         runrecord.end(workdir, done, None)  # a clean stop: end time, no final metrics

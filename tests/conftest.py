@@ -16,7 +16,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the user's ~/.cache): many tests train the same tiny programs, which then compile once (the
 # suite ran ~35% faster). Set at import, before any test module: JAX decides at its first
 # compilation whether it uses the cache. JAXDL_TEST_NO_CACHE=1 turns it off. Subprocesses
-# (run_main) keep theirs off unless a test gives them one. This is what
+# (run_main, the multi-process and gs:// tests) share it through SUBPROCESS_CACHE: a cached
+# executable is the program XLA would compile again, so their numbers do not change. This is what
 # main.enable_compilation_cache does; importing jaxdl.main here would define its absl flags a
 # second time beside jaxdl.sample's.
 _XLA_CACHE = tempfile.TemporaryDirectory(prefix="jaxdl-tests-xla-")
@@ -24,6 +25,7 @@ if not os.environ.get("JAXDL_TEST_NO_CACHE"):
   jax.config.update("jax_compilation_cache_dir", _XLA_CACHE.name)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+SUBPROCESS_CACHE = "" if os.environ.get("JAXDL_TEST_NO_CACHE") else _XLA_CACHE.name
 
 
 def load_config(name: str, preset: str | None = None):
@@ -116,11 +118,11 @@ def interrupt_at(config, workdir: str, monkeypatch, at_step: int, where=None) ->
 def run_main(*args: str, env: dict | None = None, timeout: float = 300):
   """Runs `python -m jaxdl.main ARGS` from the repo root; returns the CompletedProcess.
 
-  The persistent compilation cache is off unless `env` sets JAXDL_XLA_CACHE: tests never write
-  to the user's ~/.cache."""
+  The persistent compilation cache is the test session's (SUBPROCESS_CACHE) unless `env` sets
+  JAXDL_XLA_CACHE: tests never write to the user's ~/.cache."""
   return subprocess.run([sys.executable, "-m", "jaxdl.main", *args], cwd=REPO,
                         capture_output=True, text=True, timeout=timeout,
-                        env={**os.environ, "JAXDL_XLA_CACHE": "", **(env or {})})
+                        env={**os.environ, "JAXDL_XLA_CACHE": SUBPROCESS_CACHE, **(env or {})})
 
 
 # The tiny MNIST settings as sweep overrides, plus a profile of two steps.

@@ -1,9 +1,13 @@
 """Orbax round trip of the train state and the loop's JSON state."""
 
+import os
+import signal
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from jaxdl import checkpoint, steps
 from jaxdl.models.cnn import CNN
@@ -28,3 +32,26 @@ def test_state_and_loop_round_trip(tmp_path):
   assert restored_loop == loop
   for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
     np.testing.assert_array_equal(a, b)
+
+
+class _NoPreemption:
+  def reached_preemption(self, step):
+    del step
+    return False
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_second_signal_stops_at_once(signum):
+  """The first signal only asks for a save at the next step boundary; a second identical one
+  gets the default behaviour (Ctrl-C: KeyboardInterrupt; SIGTERM: the process dies, which is
+  checked here as the default handler being back in place)."""
+  with checkpoint.StopSignals(_NoPreemption()) as signals:
+    assert not signals.requested(3)
+    os.kill(os.getpid(), signum)
+    assert signals.requested(3) and signals.signum == signum
+    if signum == signal.SIGINT:
+      with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signum)
+    else:
+      assert signal.getsignal(signum) == signal.SIG_DFL
+  assert signal.getsignal(signal.SIGINT) == signal.default_int_handler  # restored after

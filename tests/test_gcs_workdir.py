@@ -14,7 +14,7 @@ from PIL import Image
 import pytest
 
 import gcs_server
-from conftest import REPO, load_config, run_main, tiny_lm_config
+from conftest import REPO, SUBPROCESS_CACHE, load_config, run_main, tiny_lm_config
 from jaxdl import checkpoint, metrics, plot, report, sweep, tasks, train, validate
 
 BUCKET = "jaxdl-test"
@@ -63,7 +63,7 @@ def gcs():
 def killed_run(gcs, tmp_path_factory):
   """A gs:// run SIGKILLed in the middle and re-run to its end, and a local uninterrupted one."""
   workdir = f"gs://{BUCKET}/killed"
-  env = {**os.environ, **gcs, "JAXDL_XLA_CACHE": ""}
+  env = {**os.environ, **gcs, "JAXDL_XLA_CACHE": SUBPROCESS_CACHE}
   proc = subprocess.Popen([sys.executable, "-m", "jaxdl.main", *_args(workdir)], cwd=REPO,
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   seen = []

@@ -4,15 +4,18 @@ devices each (gloo collectives) form one 4-device job. Each test kills what it s
 import json
 import os
 import re
+import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, load_config, run_main
+from conftest import REPO, SUBPROCESS_CACHE, load_config, run_main
 from jaxdl import parallel, train
 from jaxdl.errors import UserError
 
@@ -30,10 +33,37 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _start(*args, devices):
-  env = {**os.environ, "JAX_NUM_CPU_DEVICES": str(devices)}
+def _start(*args, devices, cache=SUBPROCESS_CACHE):
+  """`python -m jaxdl.main ARGS` on `devices` CPU devices, with the test session's persistent
+  compilation cache (restarted processes skip XLA's compile time), never the user's."""
+  env = {**os.environ, "JAX_NUM_CPU_DEVICES": str(devices), "JAXDL_XLA_CACHE": cache}
   return subprocess.Popen([sys.executable, "-m", "jaxdl.main", *args], cwd=REPO, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _start_job(args, processes=2, devices=2):
+  """The processes of one job, each with a compilation cache of its own: two processes writing
+  the same entries of one cache at once is a race this test suite does not need."""
+  port = _free_port()
+  return [_start(*args, *_job(port, processes, i), devices=devices,
+                 cache=os.path.join(SUBPROCESS_CACHE, f"process-{i}") if SUBPROCESS_CACHE else "")
+          for i in range(processes)]
+
+
+def _wait_for_line(proc, prefix, timeout=120):
+  """Reads proc's stdout until a line starts with `prefix`; returns the lines read."""
+  lines, deadline = [], time.monotonic() + timeout
+  for line in proc.stdout:
+    lines.append(line)
+    if line.startswith(prefix) or time.monotonic() > deadline:
+      break
+  assert lines and lines[-1].startswith(prefix), "".join(lines)
+  return lines
+
+
+def _params(workdir):
+  from jaxdl import checkpoint  # pylint: disable=g-import-not-at-top
+  return jax.tree.leaves(checkpoint.latest_params(workdir, "configs/mnist.py"))
 
 
 def _kill_all(procs):
@@ -90,7 +120,7 @@ def _config_from_args(args):
 
 def _events(workdir):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [{k: v for k, v in json.loads(line).items() if k != "examples_per_s"} for line in f]
+    return [{k: v for k, v in json.loads(line).items() if not k.endswith("_per_s")} for line in f]
 
 
 def _assert_close(events, expected, rtol):
@@ -103,45 +133,11 @@ def _assert_close(events, expected, rtol):
         assert got[key] == value, (got, want)
 
 
-def test_two_processes_match_one_process_and_resume_on_one_device(tmp_path, capsys):
-  job_dir, ref_dir = str(tmp_path / "job"), str(tmp_path / "ref")
-  port = _free_port()
-  # The 2-process job (8 steps) and the 1-process, 4-device reference (12 steps) run together.
-  procs = [_start(*ARGS, "--config.num_train_steps=8", f"--workdir={job_dir}",
-                  *_job(port, 2, i), devices=2) for i in range(2)]
-  procs.append(_start(*ARGS, "--config.num_train_steps=12", f"--workdir={ref_dir}", devices=4))
-  outputs = _finish(procs)
-  assert all(p.returncode == 0 for p in procs), _report(procs, outputs)
-  assert "4 cpu device(s) in 2 processes, batch 16 (4 per device)" in outputs[0][0]
-  # Process 1 prints nothing of its own: process 0 logs. Gloo (C++) announces each connection
-  # itself, from several threads without a lock, so its words interleave anywhere (seen: a
-  # line "2 is connected to ..." in CI, a lone "3" here): remove its words and numbers, and
-  # nothing may be left.
-  gloo = r"\[Gloo\] Rank|is connected to|(Expected number of connected )?peer ranks( is :|\.)|\d+"
-  assert not re.sub(gloo, "", outputs[1][0]).strip(), outputs[1][0]
-
-  # The same global batches on the same 4-device mesh: the same metrics (they were bitwise equal
-  # when measured; the tolerance only allows for a different all-reduce order).
-  ref = _events(ref_dir)
-  job = _events(job_dir)
-  _assert_close([e for e in job if e["event"] == "train"], [e for e in ref if e["step"] <= 8],
-                rtol=1e-6)
-  assert sorted(os.listdir(os.path.join(job_dir, "checkpoints"))) == ["4", "8"]
-
-  # The job's 4-device checkpoint restores in one process with one device (Orbax reshards) and
-  # continues as the reference did; a 1-device batch mean sums in another order (rtol 1e-5).
-  # (This pytest process is that single process: one CPU device.)
-  config = _config_from_args(ARGS + ["--config.num_train_steps=12"])
-  train.train_and_evaluate(config, job_dir)
-  assert "resumed from the checkpoint at step 8" in capsys.readouterr().out
-  _assert_close(_events(job_dir), ref, rtol=1e-5)
-
-
 def test_a_process_count_that_disagrees_with_the_coordinator(tmp_path):
   port = _free_port()
   workdir = str(tmp_path / "w")
   procs = [_start(*ARGS, "--config.num_train_steps=8", f"--workdir={workdir}",
-                  *_job(port, n, i), devices=2) for i, n in ((0, 2), (1, 3))]
+                  *_job(port, n, i), devices=2, cache="") for i, n in ((0, 2), (1, 3))]
   outputs = _finish(procs, timeout=120)
   for p, (_, err) in zip(procs, outputs):  # both stop, with the same line
     assert p.returncode == 1, err[-2000:]
@@ -168,3 +164,151 @@ def test_job_flags_without_a_coordinator_are_one_line(tmp_path):
 def test_bad_job_flags(address, num_processes, process_id, needle):
   with pytest.raises(UserError, match=needle):  # all raised before jax.distributed is touched
     parallel.initialize(address, num_processes, process_id)
+
+
+# A longer 2-process run for the stop and kill tests: evals, and log/checkpoint intervals that
+# differ, so a save often holds partial metric sums of a log interval.
+LONG = [*ARGS, "--config.num_train_steps=48", "--config.log_every=2", "--config.eval_every=16",
+        "--config.checkpoint_every=6"]
+
+
+@pytest.fixture(scope="module")
+def two_process_reference(tmp_path_factory):
+  """An uninterrupted 2-process run of LONG, and a 1-process 4-device one, run side by side."""
+  root = tmp_path_factory.mktemp("mp")
+  job, single = str(root / "job"), str(root / "single")
+  procs = _start_job([*LONG, f"--workdir={job}"])
+  procs.append(_start(*LONG, f"--workdir={single}", devices=4))
+  outputs = _finish(procs)
+  assert all(p.returncode == 0 for p in procs), _report(procs, outputs)
+  assert "4 cpu device(s) in 2 processes, batch 16 (4 per device)" in outputs[0][0]
+  # Process 1 prints nothing of its own: process 0 logs. Gloo (C++) announces each connection
+  # itself, from several threads without a lock, so its words interleave anywhere (seen: a
+  # line "2 is connected to ..." in CI, a lone "3" here): remove its words and numbers, and
+  # nothing may be left.
+  gloo = r"\[Gloo\] Rank|is connected to|(Expected number of connected )?peer ranks( is :|\.)|\d+"
+  assert not re.sub(gloo, "", outputs[1][0]).strip(), outputs[1][0]
+  return job, single
+
+
+def test_two_processes_match_one_process(two_process_reference):
+  """The same global batches on the same 4-device mesh: the same train, eval and final
+  numbers (they were bitwise equal when measured; the tolerance only allows for another
+  all-reduce order)."""
+  job, single = two_process_reference
+  got, want = _events(job), _events(single)
+  assert {e["event"] for e in got} == {"train", "eval", "final"}
+  _assert_close(got, want, rtol=1e-6)
+
+
+def test_a_two_process_checkpoint_resumes_on_one_device(two_process_reference, tmp_path,
+                                                        capsys):
+  """The job's oldest kept checkpoint (4 devices, 2 processes) restores in this pytest process,
+  on one CPU device (Orbax reshards), and continues as the reference did; a 1-device batch
+  mean sums in another order (rtol 1e-5)."""
+  job, single = two_process_reference
+  workdir = str(tmp_path / "w")
+  shutil.copytree(job, workdir)
+  ckpts = os.path.join(workdir, "checkpoints")
+  kept = sorted(int(n) for n in os.listdir(ckpts) if n.isdigit())
+  for step in kept[1:]:
+    shutil.rmtree(os.path.join(ckpts, str(step)))
+  train.train_and_evaluate(_config_from_args(LONG), workdir)
+  assert f"resumed from the checkpoint at step {kept[0]}" in capsys.readouterr().out
+  _assert_close(_events(workdir), _events(single), rtol=1e-5)
+
+
+def test_sigterm_to_one_process_stops_both_at_one_step(two_process_reference, tmp_path):
+  """SIGTERM reaches process 1 only: both save the same step and exit 0, and the job's resume
+  ends bitwise equal to the uninterrupted 2-process run."""
+  reference, _ = two_process_reference
+  workdir = str(tmp_path / "w")
+  procs = _start_job([*LONG, f"--workdir={workdir}"])
+  _wait_for_line(procs[0], "step 14/")
+  procs[1].send_signal(signal.SIGTERM)
+  outputs = _finish(procs)
+  assert [p.returncode for p in procs] == [0, 0], _report(procs, outputs)
+  saved = re.search(r"SIGTERM: saved the checkpoint at step (\d+)", outputs[0][0])
+  assert saved, _report(procs, outputs)
+  step = int(saved.group(1))
+  assert 14 <= step < 48 and str(step) in os.listdir(os.path.join(workdir, "checkpoints"))
+  procs = _start_job([*LONG, f"--workdir={workdir}"])
+  outputs = _finish(procs)
+  assert all(p.returncode == 0 for p in procs), _report(procs, outputs)
+  assert f"resumed from the checkpoint at step {step}" in outputs[0][0]
+  assert _events(workdir) == _events(reference)
+  for a, b in zip(_params(workdir), _params(reference)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_two_processes_killed_three_times_resume_bitwise(two_process_reference, tmp_path):
+  """The whole job SIGKILLed at 3 seeded random moments (a step line, then up to 0.3 s more:
+  mid-step or mid-save), then Ctrl-C on process 0 alone, then its newest checkpoint truncated;
+  restarted each time with the same commands, it ends as the uninterrupted job did."""
+  reference, _ = two_process_reference
+  workdir = str(tmp_path / "w")
+  rng = np.random.default_rng(0)
+  at = sorted(rng.choice(np.arange(4, 40, 2), 4, replace=False).tolist())
+  for step in at[:3]:
+    procs = _start_job([*LONG, f"--workdir={workdir}"])
+    try:
+      _wait_for_line(procs[0], f"step {step:>2}/")
+      time.sleep(float(rng.uniform(0, 0.3)))
+    finally:
+      _kill_all(procs)
+
+  procs = _start_job([*LONG, f"--workdir={workdir}"])
+  _wait_for_line(procs[0], f"step {at[3]:>2}/")
+  procs[0].send_signal(signal.SIGINT)  # Ctrl-C on process 0: both save one step
+  outputs = _finish(procs)
+  assert [p.returncode for p in procs] == [130, 0], _report(procs, outputs)
+  saved = int(re.search(r"SIGINT: saved the checkpoint at step (\d+)", outputs[0][0]).group(1))
+
+  # A save cut short on shared storage: both processes must fall back to the same older step.
+  step_dir = os.path.join(workdir, "checkpoints", str(saved))
+  files = [os.path.join(d, f) for d, _, names in os.walk(step_dir) for f in names]
+  largest = max(files, key=os.path.getsize)
+  os.truncate(largest, os.path.getsize(largest) // 2)
+  procs = _start_job([*LONG, f"--workdir={workdir}"])
+  outputs = _finish(procs)
+  assert all(p.returncode == 0 for p in procs), _report(procs, outputs)
+  assert f"damaged-{saved}" in os.listdir(os.path.join(workdir, "checkpoints"))
+  assert re.search(r"resumed from the checkpoint at step \d+", outputs[0][0])
+  assert _events(workdir) == _events(reference), at
+  for a, b in zip(_params(workdir), _params(reference)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_the_language_model_in_two_processes(tmp_path):
+  from conftest import write_play  # pylint: disable=g-import-not-at-top
+  text = str(tmp_path / "play.txt")
+  write_play(text)
+  args = ["--config=configs/tiny_lm.py", f"--config.data.path={text}",
+          "--config.model.num_layers=1", "--config.model.num_heads=2", "--config.model.width=32",
+          "--config.model.block_size=16", "--config.batch_size=8", "--config.eval_batch_size=8",
+          "--config.data.eval_windows=16", "--config.num_train_steps=8", "--config.log_every=2",
+          "--config.eval_every=4", "--config.checkpoint_every=4", "--config.opt.warmup_steps=2"]
+  job, single = str(tmp_path / "job"), str(tmp_path / "single")
+  procs = _start_job([*args, f"--workdir={job}"])
+  procs.append(_start(*args, f"--workdir={single}", devices=4))
+  outputs = _finish(procs)
+  assert all(p.returncode == 0 for p in procs), _report(procs, outputs)
+  got = _events(job)
+  assert {e["event"] for e in got} == {"train", "eval", "final"}
+  _assert_close(got, _events(single), rtol=1e-6)
+  with open(os.path.join(job, "vocab.json")) as f, open(os.path.join(single, "vocab.json")) as g:
+    assert f.read() == g.read()
+
+
+def test_too_few_processes_give_up_after_the_initialization_timeout(tmp_path):
+  workdir, port = str(tmp_path / "w"), _free_port()
+  start = time.monotonic()
+  result = run_main(*ARGS, f"--workdir={workdir}", f"--coordinator_address=127.0.0.1:{port}",
+                    "--num_processes=2", "--process_id=0", "--initialization_timeout=3")
+  assert result.returncode == 1 and time.monotonic() - start < 60
+  assert result.stderr.strip().splitlines()[-1] == (
+      "jaxdl: error: not every process joined the job at --coordinator_address="
+      f"127.0.0.1:{port} within --initialization_timeout=3 s: a process is "
+      "missing or still starting, or a host was given another --coordinator_address or "
+      "--num_processes"), result.stderr[-2000:]
+  assert not os.path.exists(workdir)
