@@ -20,7 +20,10 @@ Faults handled here:
     refused with a UserError, never moved or touched.
   - a workdir whose config.json differs from this run's in a key that changes what the
     checkpoint means: refused by `check_resume_config`, which lists the keys.
-  - SIGTERM / SIGINT: `StopSignals` sets a flag that the loop reads at step boundaries.
+  - SIGTERM / SIGINT: `StopSignals` sets a flag that the loop reads at step boundaries; on a
+    multi-process job, JAX's preemption sync stops every process at the same step.
+  - a multi-process restore: process 0's list of steps, and one outcome per step for all
+    processes (`_agree`), so they restore the same step and move the same ones aside.
 """
 
 from __future__ import annotations

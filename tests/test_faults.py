@@ -390,6 +390,23 @@ def test_unwritable_workdir_is_refused(tiny_mnist, tmp_path):
   assert blocker.read_text() == "a file where a directory should be"
 
 
+def test_a_directory_without_write_permission_is_refused(tiny_mnist, tmp_path, monkeypatch):
+  """The suite runs as root, for whom every directory is writable (and a subprocess as another
+  user cannot run this venv's Python under /root): the permission check is made to answer as
+  it would for a user without write permission, and the refusal then comes before any write."""
+  workdir, missing = tmp_path / "ro", tmp_path / "ro" / "sub"
+  workdir.mkdir()
+  real_access = os.access
+  monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(workdir)
+                      else real_access(p, mode))
+  with pytest.raises(UserError, match=r"--workdir=.*ro: directory is not writable"):
+    train.train_and_evaluate(tiny_mnist, str(workdir))
+  with pytest.raises(UserError, match=r"--workdir=.*sub: cannot be created \(.*ro is not a "
+                                      r"writable directory\)"):
+    train.train_and_evaluate(tiny_mnist, str(missing))
+  assert list(workdir.iterdir()) == []
+
+
 def test_bad_idx_from_the_command_line_is_one_line(tmp_path):
   """The whole path once from the shell: one line, exit 1, no traceback, no workdir."""
   directory = _mnist_dir(str(tmp_path / "data"))

@@ -168,7 +168,8 @@ def test_bad_job_flags(address, num_processes, process_id, needle):
 
 # A longer 2-process run for the stop and kill tests: evals, and log/checkpoint intervals that
 # differ, so a save often holds partial metric sums of a log interval.
-LONG = [*ARGS, "--config.num_train_steps=48", "--config.log_every=2", "--config.eval_every=16",
+# (6 % 4: the saves at 6, 18, 30 and 42 hold a log interval's partial sums.)
+LONG = [*ARGS, "--config.num_train_steps=48", "--config.log_every=4", "--config.eval_every=16",
         "--config.checkpoint_every=6"]
 
 
@@ -224,14 +225,14 @@ def test_sigterm_to_one_process_stops_both_at_one_step(two_process_reference, tm
   reference, _ = two_process_reference
   workdir = str(tmp_path / "w")
   procs = _start_job([*LONG, f"--workdir={workdir}"])
-  _wait_for_line(procs[0], "step 14/")
+  _wait_for_line(procs[0], "step 16/")
   procs[1].send_signal(signal.SIGTERM)
   outputs = _finish(procs)
   assert [p.returncode for p in procs] == [0, 0], _report(procs, outputs)
   saved = re.search(r"SIGTERM: saved the checkpoint at step (\d+)", outputs[0][0])
   assert saved, _report(procs, outputs)
   step = int(saved.group(1))
-  assert 14 <= step < 48 and str(step) in os.listdir(os.path.join(workdir, "checkpoints"))
+  assert 16 <= step < 48 and str(step) in os.listdir(os.path.join(workdir, "checkpoints"))
   procs = _start_job([*LONG, f"--workdir={workdir}"])
   outputs = _finish(procs)
   assert all(p.returncode == 0 for p in procs), _report(procs, outputs)
@@ -248,7 +249,7 @@ def test_two_processes_killed_three_times_resume_bitwise(two_process_reference, 
   reference, _ = two_process_reference
   workdir = str(tmp_path / "w")
   rng = np.random.default_rng(0)
-  at = sorted(rng.choice(np.arange(4, 40, 2), 4, replace=False).tolist())
+  at = sorted(rng.choice(np.arange(4, 40, 4), 4, replace=False).tolist())  # step lines
   for step in at[:3]:
     procs = _start_job([*LONG, f"--workdir={workdir}"])
     try:
@@ -279,7 +280,7 @@ def test_two_processes_killed_three_times_resume_bitwise(two_process_reference, 
     np.testing.assert_array_equal(a, b)
 
 
-def test_the_language_model_in_two_processes(tmp_path):
+def test_the_language_model_in_two_processes_with_fsdp(tmp_path):
   from conftest import write_play  # pylint: disable=g-import-not-at-top
   text = str(tmp_path / "play.txt")
   write_play(text)
@@ -287,12 +288,14 @@ def test_the_language_model_in_two_processes(tmp_path):
           "--config.model.num_layers=1", "--config.model.num_heads=2", "--config.model.width=32",
           "--config.model.block_size=16", "--config.batch_size=8", "--config.eval_batch_size=8",
           "--config.data.eval_windows=16", "--config.num_train_steps=8", "--config.log_every=2",
-          "--config.eval_every=4", "--config.checkpoint_every=4", "--config.opt.warmup_steps=2"]
+          "--config.eval_every=4", "--config.checkpoint_every=4", "--config.opt.warmup_steps=2",
+          "--config.parallel.fsdp=True", "--config.parallel.fsdp_min_size=64"]
   job, single = str(tmp_path / "job"), str(tmp_path / "single")
   procs = _start_job([*args, f"--workdir={job}"])
   procs.append(_start(*args, f"--workdir={single}", devices=4))
   outputs = _finish(procs)
   assert all(p.returncode == 0 for p in procs), _report(procs, outputs)
+  assert "in 2 processes, batch 8 (2 per device) | jit+fsdp, state" in outputs[0][0]
   got = _events(job)
   assert {e["event"] for e in got} == {"train", "eval", "final"}
   _assert_close(got, _events(single), rtol=1e-6)
