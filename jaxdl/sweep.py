@@ -4,8 +4,9 @@ Each combination of the values runs `python -m jaxdl.main --config=CONFIG --work
 --config.KEY=V ...` in its own workdir, named from the keys with more than one value
 ('opt.lr=0.1,seed=2'); a key with one value is a setting shared by every run and not part of
 the names. Runs go one after another, or N at a time with -j N; each one's output goes to
-ROOT/NAME.log. ROOT may be gs://bucket/dir, like any workdir. Re-running the sweep skips finished runs (a `final` event in metrics.jsonl) and
-resumes unfinished ones from their newest checkpoint. At the end it prints the report table.
+ROOT/NAME.log (ROOT may be gs://bucket/dir, like any workdir). Re-running the sweep skips
+finished runs (a `final` event in metrics.jsonl) and resumes unfinished ones from their newest
+checkpoint. At the end it prints the report table.
 
   experiments/sweep.sh configs/mnist.py 'opt.lr=0.1,0.03' 'seed=0,1,2' -j 2
 """
