@@ -243,9 +243,10 @@ class Checkpoints:
     """
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like_state)
+    wanted = _layout(abstract)
     steps = json.loads(_broadcast_text(json.dumps(sorted(self.manager.all_steps(), reverse=True))))
     for step in steps:
-      outcome, detail = _agree(*self._check_metadata(step, _layout(abstract)))
+      outcome, detail = _agree(*self._check_metadata(step, wanted))
       if outcome == "ok":
         (outcome, detail), restored = self._restore_step(step, abstract)
         outcome, detail = _agree(outcome, detail)
@@ -306,16 +307,16 @@ class Checkpoints:
   def _move_aside(self, step: int, why: str) -> None:
     """Renames a damaged step to damaged-<step> (never deletes it) and warns, naming it."""
     path = os.path.join(self.directory, str(step))
-    target = os.path.join(self.directory, f"damaged-{step}")
-    n = 1
-    while metrics.exists(target):
-      n += 1
-      target = os.path.join(self.directory, f"damaged-{step}-{n}")
-    target = _broadcast_text(target)  # process 0's name, before it renames
-    if jax.process_index() == 0:  # the directory is shared; one process renames
+    target = ""
+    if jax.process_index() == 0:  # the directory is shared: one process names and renames
+      target = os.path.join(self.directory, f"damaged-{step}")
+      n = 1
+      while metrics.exists(target):
+        n += 1
+        target = os.path.join(self.directory, f"damaged-{step}-{n}")
       epath.Path(path).rename(target)  # etils.epath: os.rename here, the backend's move on gs://
-    if jax.process_count() > 1:  # the others list the directory only once it is renamed
-      multihost_utils.sync_global_devices(f"jaxdl: moved aside {path}")
+    # Process 0 sends the name only once it has renamed, so the others list the directory after.
+    target = _broadcast_text(target)
     logging.warning("checkpoint %s is damaged (%s); moved it to %s, falling back to an older "
                     "checkpoint", path, why, target)
     self.manager.reload()

@@ -14,7 +14,7 @@ from PIL import Image
 import pytest
 
 import gcs_server
-from conftest import REPO, SUBPROCESS_CACHE, load_config, run_main, tiny_lm_config
+from conftest import REPO, SUBPROCESS_CACHE, load_config, run_main, set_keys, tiny_lm_config
 from jaxdl import checkpoint, metrics, plot, report, sweep, tasks, train, validate
 
 BUCKET = "jaxdl-test"
@@ -26,14 +26,7 @@ _FLAGS = {"data.source": "synthetic", "data.synthetic_size": 128, "batch_size": 
 
 
 def _config(**overrides):
-  config = load_config("mnist")
-  for key, value in {**_FLAGS, **overrides}.items():
-    *parents, leaf = key.split(".")
-    node = config
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+  return set_keys(load_config("mnist"), {**_FLAGS, **overrides})
 
 
 def _args(workdir, **overrides):

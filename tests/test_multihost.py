@@ -50,6 +50,16 @@ def _start_job(args, processes=2, devices=2):
           for i in range(processes)]
 
 
+def _beside_one_process(args, job, single):
+  """Runs a 2-process job (2 devices each) into `job` and, at the same time, one process with
+  4 devices into `single`; each process's (stdout, stderr), once all have exited 0."""
+  procs = _start_job([*args, f"--workdir={job}"])
+  procs.append(_start(*args, f"--workdir={single}", devices=4))
+  outputs = _finish(procs)
+  assert all(p.returncode == 0 for p in procs), _report(procs, outputs)
+  return outputs
+
+
 def _wait_for_line(proc, prefix, timeout=120):
   """Reads proc's stdout until a line starts with `prefix`; returns the lines read."""
   lines, deadline = [], time.monotonic() + timeout
@@ -178,10 +188,7 @@ def two_process_reference(tmp_path_factory):
   """An uninterrupted 2-process run of LONG, and a 1-process 4-device one, run side by side."""
   root = tmp_path_factory.mktemp("mp")
   job, single = str(root / "job"), str(root / "single")
-  procs = _start_job([*LONG, f"--workdir={job}"])
-  procs.append(_start(*LONG, f"--workdir={single}", devices=4))
-  outputs = _finish(procs)
-  assert all(p.returncode == 0 for p in procs), _report(procs, outputs)
+  outputs = _beside_one_process(LONG, job, single)
   assert "4 cpu device(s) in 2 processes, batch 16 (4 per device)" in outputs[0][0]
   # Process 1 prints nothing of its own: process 0 logs. Gloo (C++) announces each connection
   # itself, from several threads without a lock, so its words interleave anywhere (seen: a
@@ -291,10 +298,7 @@ def test_the_language_model_in_two_processes_with_fsdp(tmp_path):
           "--config.eval_every=4", "--config.checkpoint_every=4", "--config.opt.warmup_steps=2",
           "--config.parallel.fsdp=True", "--config.parallel.fsdp_min_size=64"]
   job, single = str(tmp_path / "job"), str(tmp_path / "single")
-  procs = _start_job([*args, f"--workdir={job}"])
-  procs.append(_start(*args, f"--workdir={single}", devices=4))
-  outputs = _finish(procs)
-  assert all(p.returncode == 0 for p in procs), _report(procs, outputs)
+  outputs = _beside_one_process(args, job, single)
   assert "in 2 processes, batch 8 (2 per device) | jit+fsdp, state" in outputs[0][0]
   got = _events(job)
   assert {e["event"] for e in got} == {"train", "eval", "final"}
