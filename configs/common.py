@@ -21,6 +21,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval_batch_size = 512     # global eval batch; the last one is padded and masked
   c.num_epochs = 10           # passes over the training split
   c.num_train_steps = -1      # if > 0, the run length in steps, overriding num_epochs
+  c.min_train_steps = 0       # num_epochs runs at least this many steps: a small training split
+                              # gets more epochs, so a recipe tuned in steps still has them
   c.log_every = 50            # steps between train lines on the console and in metrics.jsonl
   c.eval_every = 0            # steps between evals of the eval split; 0 = at every epoch's end
   c.checkpoint_every = 500    # steps between checkpoints; one is always written at the end
@@ -49,14 +51,22 @@ def get_config() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict()
   c.train.skip_nonfinite = False  # True: skip (and count) updates with a non-finite loss or
                                   # gradient; False: stop the run with an error naming the step
+  c.train.grad_accum_steps = 1  # k > 1: each step's batch runs as k microbatches (lax.scan),
+                                # gradients summed, one update: the same step in 1/k of the
+                                # activation memory; batch_size / devices must divide by k
   c.train.ema_decay = 0.0  # > 0: keep ema = d * ema + (1 - d) * params after every step and
                           # evaluate, checkpoint and predict with it (Polyak averaging); 0 = off
+  c.train.ema_warmup = True  # d = min(ema_decay, (1 + step) / (10 + step)) (TensorFlow's
+                             # num_updates): a short run's average is not its first, untrained
+                             # params; False = ema_decay from step 0 (runs before this key)
 
   c.parallel = ml_collections.ConfigDict()
   c.parallel.mode = "jit"       # jit: one program on a device Mesh | pmap: jax.pmap + lax.pmean
   c.parallel.fsdp = False       # jit: shard params + optimizer state over 'data' (ZeRO-3)
   c.parallel.fsdp_min_size = 1024  # fsdp: arrays with fewer elements stay replicated
-  c.parallel.mesh_shape = (-1,)  # devices per mesh axis ('data',); -1 = all the job's devices
+  c.parallel.mesh_shape = (-1,)  # devices per mesh axis (data, model): (-1,) = all on 'data';
+                                 # (4, 2): batches split 4 ways, the transformer's heads, MLP and
+                                 # vocabulary 2 ways (tensor parallelism); -1 = the rest
   c.parallel.cpu_devices = 0   # CPU backend: split this process into N CPU devices, so the batch
                                 # runs data-parallel over the cores (XLA:CPU runs one op at a time
                                 # on small models); 0 = JAX's default (one device)

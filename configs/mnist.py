@@ -5,8 +5,11 @@
 
 Presets (`--config=configs/mnist.py:NAME`):
   (default)  the best recipe found: AdamW + warmup/cosine, dropout, ±2 px random shifts,
-             15 epochs. On the 8,000/2,000 mnist-10k split: 98.80%, 99.05%, 98.75% test
-             accuracy for seeds 0, 1, 2, in about 35 s on 2 CPU cores (experiments/mnist).
+             15 epochs. Evaluated during training on 10% of the training split held out
+             (data.validation_size), the test split once at the end: on mnist-10k (7,200
+             train / 800 val / 2,000 test) 98.60%, 98.90%, 98.85% test accuracy for seeds 0,
+             1, 2 (val 99.00%, 98.88%, 98.88%); 65-70 s on 2 CPU cores beside other runs. (Trained on
+             all 8,000 with test evaluations, as the recipe was chosen: 98.80, 99.05, 98.75%.)
   seed       the seed program exactly: SGD lr 0.01, no momentum, batch 64, 10 epochs, no
              regularisation, PyTorch's default init. 89.85%, 90.10%, 90.15% there (the PyTorch
              program: 89.9%, 90.5%, 89.4%).
@@ -40,6 +43,9 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.model.dropout = 0.25      # dropout rate before each dense layer during training
   c.model.impl = "auto"       # flax | cpu (reshape max-pool) | cpu_im2col (+ matmul convs)
                               # | auto (cpu_im2col on CPU, flax elsewhere); same params and results
+  c.model.dtype = "auto"      # compute dtype: float32 | bfloat16 | auto = bfloat16 on GPU and
+                              # TPU, float32 on CPU (logits, softmax and losses stay float32)
+  c.model.param_dtype = "float32"  # params' (and optimizer state's) dtype: float32 | bfloat16
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "auto"      # auto | files | tfds | download | sample | synthetic
@@ -51,6 +57,9 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.data.download_dir = "~/.cache/jaxdl"  # where downloaded IDX files are cached
   c.data.synthetic_size = 4096  # train examples when source='synthetic' (tests, benchmarks)
   c.data.random_shift = 2     # max pixels each training image is translated by; 0 = off
+  c.data.validation_size = 0.1  # 'val' carved out of train by a fixed seed (a fraction, or a
+                              # count >= 1): evals during training use it, and the test split
+                              # is evaluated once, at the end; 0 = none (evals on test)
 
   c.opt.lr = 2e-3
 
@@ -66,6 +75,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.opt.lr = 0.01
     c.opt.schedule = "constant"
     c.opt.weight_decay = 0.0
+    c.data.validation_size = 0  # the seed program trains on all 8,000 and evaluates on test
 
   c.lock()  # unknown keys are errors, from the command line and from code alike
   return c

@@ -16,6 +16,14 @@ Presets (`--config=configs/tiny_lm.py:NAME`):
                model exactly; a PyTorch copy of nanoGPT gets 1.896 on the same validation set).
                On a CPU it splits the batch over 2 CPU devices (parallel.cpu_devices=2).
                See experiments/tiny_lm/README.md.
+  gpt2_small   GPT-2 small's body for one GPU or TPU host: 12 layers, 12 heads, width 768,
+               block 1024, learned positions, biases, tied embeddings; UTF-8 bytes
+               (data.vocab=bytes: no tokenizer to install or fit, and every text jaxdl reads
+               works; the 256-row table makes it 86.0M params, GPT-2's 50,257 BPE rows make
+               124M), bfloat16 compute on accelerators (model.dtype=auto), cuDNN flash
+               attention on GPU (model.attention=auto). Levers for memory: model.remat,
+               train.grad_accum_steps, parallel.mesh_shape=(data, model). Timed by
+               experiments/bench/accelerator.py; too slow to train on a CPU.
 
 With no data.path and no prepared TFDS copy it trains, offline, on CPython's English reference
 docs (pydoc_data.topics) and says so in a WARNING.
@@ -29,7 +37,7 @@ import ml_collections
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # `configs`
 from configs import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-PRESETS = ("", "nanogpt_cpu")
+PRESETS = ("", "nanogpt_cpu", "gpt2_small")
 
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
@@ -57,9 +65,16 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.model.dropout = 0.0       # attention-weight and residual dropout during training
   c.model.tie_embeddings = True  # output layer = transposed token embedding (GPT-2, nanoGPT)
   c.model.use_bias = True     # biases in dense layers and LayerNorms (nanoGPT: none)
-  c.model.dtype = "float32"   # matmul dtype: float32 | bfloat16 (params stay float32)
+  c.model.dtype = "auto"      # compute dtype: float32 | bfloat16 | auto = bfloat16 on GPU and
+                              # TPU, float32 on CPU (logits, softmax and losses stay float32)
+  c.model.param_dtype = "float32"  # params' (and optimizer state's) dtype: float32 | bfloat16
   c.model.impl = "auto"       # dense layers: flax | cpu (same params, a kernel gradient that
                               # XLA:CPU runs faster); auto = cpu on the CPU backend, else flax
+  c.model.attention = "auto"  # xla (materialised scores) | cudnn (fused flash attention, GPU,
+                              # bfloat16, no dropout) | auto = cudnn where it runs, else xla
+  c.model.remat = "none"      # none | block (recompute each block's activations in the backward
+                              # pass: less memory, ~1/3 more compute) | a jax.checkpoint_policies
+                              # name, e.g. dots_saveable (keep the matmul outputs)
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "auto"      # auto | files | tfds | pydoc (offline corpus); tasks/language_model.py
@@ -92,6 +107,23 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     # 1.2-1.4x faster on 2 cores, with the same losses (experiments/bench/README.md section 7).
     # Only the CPU backend is split; 0 gives back one device.
     c.parallel.cpu_devices = 2
+
+  if preset == "gpt2_small":
+    c.batch_size = 32          # 32 windows of 1,024 bytes: 32,768 tokens per step
+    c.eval_batch_size = 32
+    c.num_train_steps = 5_000
+    c.eval_every = 1_000
+    c.log_every = 50
+    c.model.num_layers = 12
+    c.model.num_heads = 12
+    c.model.width = 768
+    c.model.block_size = 1024
+    c.model.positions = "learned"  # GPT-2's
+    c.data.vocab = "bytes"
+    c.data.eval_windows = 64   # of the ~108 in Tiny Shakespeare's validation tenth
+    c.opt.lr = 6e-4            # GPT-2 small's (nanoGPT's train_gpt2 config)
+    c.opt.warmup_steps = 500
+    c.opt.b2 = 0.95
 
   c.lock()  # unknown keys are errors, from the command line and from code alike
   return c

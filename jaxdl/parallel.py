@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 import re
 import sys
@@ -34,15 +35,37 @@ import numpy as np
 from jaxdl.errors import UserError, first_line
 
 
+MESH_AXES = ("data", "model")
+
+# Logical axis names of params (models/transformer.py) → mesh axes: Megatron-style tensor
+# parallelism. Attention heads and the MLP's hidden units split over 'model' (qkv and mlp_in
+# column-parallel, out and mlp_out row-parallel: one all-reduce per sublayer), and so do the
+# vocabulary's rows (the embedding, and the logits of the tied or separate output layer). Any
+# other name (embed, kv, positions, a user's own) stays whole on 'model'.
+LOGICAL_RULES = {"heads": "model", "mlp": "model", "vocab": "model"}
+
+
+def mesh_dims(mesh_shape: tuple[int, ...], devices: int) -> tuple[int, int]:
+  """config.parallel.mesh_shape as (data, model) device counts: (-1,) or (n,) is every device on
+  'data'; (d, m) with at most one -1, filled in from the device count."""
+  shape = tuple(mesh_shape) + (1,) * (2 - len(mesh_shape))
+  if shape.count(-1) == 1:
+    rest = -math.prod(shape)
+    shape = tuple(devices // rest if n == -1 else n for n in shape) if devices % rest == 0 \
+        else shape
+  if math.prod(shape) != devices or -1 in shape:
+    raise UserError(f"config.parallel.mesh_shape={tuple(mesh_shape)} does not fit the job's "
+                    f"{devices} devices: (data, model) must multiply to {devices}, e.g. "
+                    f"({devices},) or ({max(devices // 2, 1)}, {min(devices, 2)})")
+  return shape
+
+
 def make_mesh(mesh_shape: tuple[int, ...] = (-1,)) -> Mesh:
-  """A 1-D mesh over every device of the job, on the 'data' axis; -1 means all devices."""
-  (size,) = mesh_shape
-  if size not in (-1, jax.device_count()):
-    raise UserError(f"config.parallel.mesh_shape={tuple(mesh_shape)} does not match the job's "
-                    f"{jax.device_count()} devices (use ({jax.device_count()},) or (-1,))")
+  """The (data, model) mesh over every device of the job (mesh_dims)."""
+  shape = mesh_dims(mesh_shape, jax.device_count())
   # Auto axes: jit propagates shardings from the inputs (classic GSPMD). make_mesh defaults to
   # Explicit axes, whose sharding-in-types rules this code does not need.
-  return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(AxisType.Auto,))
+  return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 2)
 
 
 def check_batch(name: str, batch_size: int, mesh: Mesh) -> None:
@@ -53,6 +76,14 @@ def check_batch(name: str, batch_size: int, mesh: Mesh) -> None:
                     f"mesh axis")
 
 
+def check_microbatch(batch_size: int, k: int, mesh: Mesh) -> None:
+  """Gradient accumulation splits each device's rows of a batch k ways (steps.microbatches)."""
+  per_device = batch_size // mesh.shape["data"]
+  if per_device % k:
+    raise UserError(f"config.train.grad_accum_steps={k}: must divide the per-device batch, "
+                    f"{per_device} (batch_size={batch_size} over {mesh.shape['data']} devices)")
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
@@ -61,24 +92,58 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P("data"))
 
 
-def state_shardings(abstract_state: Any, mesh: Mesh, fsdp: bool, min_size: int) -> Any:
-  """The train state's layout: replicated, or (fsdp) each large array split over 'data'.
+def _names(path) -> tuple[str, ...]:
+  return tuple(str(getattr(e, "key", getattr(e, "name", getattr(e, "idx", e)))) for e in path)
 
-  FSDP splits an array along its largest dimension that the 'data' axis divides, so each
-  device holds 1/n of it; arrays under `min_size` elements (biases, norms, scalars such as
-  the step and Adam's count) and arrays with no divisible dimension stay replicated. XLA
-  all-gathers the params where the step needs them whole.
+
+def state_specs(abstract_state: Any, axis_sizes: dict[str, int], fsdp: bool, min_size: int,
+                param_axes: Any = None) -> Any:
+  """The train state's PartitionSpecs: tensor-parallel over 'model', then (fsdp) over 'data'.
+
+  A param whose logical axis names LOGICAL_RULES maps to 'model' is split there, and so is
+  every array of the state that mirrors it (its optimizer moments, its moving average: the
+  leaves whose path ends in the param's path, with its shape); a dimension that 'model' does
+  not divide stays whole. FSDP then splits the largest remaining dimension that 'data'
+  divides, so each device holds 1/n of it; arrays under `min_size` elements (biases, norms,
+  scalars such as the step and Adam's count) and arrays with no divisible dimension stay
+  replicated on 'data'. XLA all-gathers the params where the step needs them whole.
   """
-  n = mesh.shape["data"]
+  tp = {}
+  for path, spec in jax.tree_util.tree_flatten_with_path(
+      param_axes or {}, is_leaf=lambda x: isinstance(x, P))[0]:
+    tp[_names(path)] = tuple(LOGICAL_RULES.get(name) for name in spec)
+  n, m = axis_sizes["data"], axis_sizes.get("model", 1)
 
-  def layout(x):
+  def layout(path, x):
+    names = _names(path)
+    axes = next((tp[names[i:]] for i in range(len(names)) if names[i:] in tp
+                 and len(tp[names[i:]]) == x.ndim), (None,) * x.ndim)
+    axes = [a if a is None or (m > 1 and x.shape[d] % m == 0) else None
+            for d, a in enumerate(axes)]
     if fsdp and x.size >= min_size:
       for dim in sorted(range(x.ndim), key=lambda d: -x.shape[d]):
-        if x.shape[dim] % n == 0:
-          return NamedSharding(mesh, P(*[None] * dim, "data"))
-    return replicated(mesh)
+        if axes[dim] is None and x.shape[dim] % n == 0:
+          axes[dim] = "data"
+          break
+    while axes and axes[-1] is None:
+      axes.pop()
+    return P(*axes)
 
-  return jax.tree.map(layout, abstract_state)
+  return jax.tree_util.tree_map_with_path(layout, abstract_state)
+
+
+def state_shardings(abstract_state: Any, mesh: Mesh, fsdp: bool, min_size: int,
+                    param_axes: Any = None) -> Any:
+  """state_specs as NamedShardings on `mesh`."""
+  return jax.tree.map(lambda spec: NamedSharding(mesh, spec),
+                      state_specs(abstract_state, dict(mesh.shape), fsdp, min_size, param_axes),
+                      is_leaf=lambda x: isinstance(x, P))
+
+
+def uses_model_axis(param_axes: Any) -> bool:
+  """Whether any param has a logical axis that LOGICAL_RULES puts on 'model'."""
+  return any(LOGICAL_RULES.get(name) == "model" for spec in jax.tree.leaves(
+      param_axes, is_leaf=lambda x: isinstance(x, P)) for name in spec)
 
 
 def sharded_bytes_per_device(state: Any) -> int:

@@ -20,6 +20,7 @@ import numpy as np
 import optax
 
 from jaxdl import parallel
+from jaxdl.errors import UserError
 from jaxdl.data import dataset, eval_batches
 
 Objective = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
@@ -45,10 +46,21 @@ def create_state(model: nn.Module, tx: optax.GradientTransformation, sample_inpu
   # An NNX model (models.get wraps it with nnx.bridge.ToLinen) is constructed inside init and
   # its nnx.Dropout layers ask for a 'dropout' stream then; linen params draw from 'params'
   # alone, so the extra stream changes no linen model's init.
-  params = model.init({"params": init_rng, "dropout": init_rng}, sample_inputs,
-                      train=False)["params"]
+  # Params carrying logical axis names (the transformer's, for tensor parallelism) come boxed;
+  # the state holds the plain arrays, and the names reach the layout through param_axes().
+  params = nn.unbox(model.init({"params": init_rng, "dropout": init_rng}, sample_inputs,
+                               train=False)["params"])
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                     rng=base_rng, ema_params=jax.tree.map(jnp.copy, params) if ema else None)
+
+
+def param_axes(model: nn.Module, sample_inputs: jax.Array) -> Any:
+  """The params' logical axis names, as a pytree of PartitionSpecs of names (P() for a param
+  without them), traced without computing anything."""
+  key = jax.random.PRNGKey(0)
+  boxed = jax.eval_shape(lambda: model.init({"params": key, "dropout": key}, sample_inputs,
+                                            train=False)["params"])
+  return nn.get_partition_spec(boxed)
 
 
 def eval_params(state: TrainState) -> Any:
@@ -59,6 +71,20 @@ def eval_params(state: TrainState) -> Any:
 # aux['first_nonfinite'] of a step whose loss and gradients are finite: above any step number
 # (float32 holds step numbers exactly up to 2**24).
 NO_NONFINITE = float(2**31)
+
+
+def ema_decay_at(decay: float, step: jax.Array | int, warmup: bool) -> jax.Array | float:
+  """The EMA decay of update `step` (0-based: the update after which state.step is step + 1).
+
+  With warmup, min(decay, (1 + step) / (10 + step)), as TensorFlow's
+  ExponentialMovingAverage(num_updates=step): early on the average weighs about the last ~11% of
+  the updates so far (a time constant of (10 + step) / 9 steps), so a short run's average is not
+  mostly its first, untrained params; it reaches `decay` at step (10 decay - 1) / (1 - decay)
+  (8,990 for 0.999). Without warmup, `decay` from the first update (runs made before it)."""
+  if not warmup:
+    return decay  # a Python float, as before the warm-up existed: the same rounding of 1 - d
+  step = jnp.asarray(step, jnp.float32)
+  return jnp.minimum(jnp.float32(decay), (1.0 + step) / (10.0 + step))
 
 
 def merge_sums(a: dict[str, jax.Array], b: dict[str, jax.Array]) -> dict[str, jax.Array]:
@@ -74,10 +100,44 @@ def empty_sums(shapes: dict[str, jax.ShapeDtypeStruct]) -> dict[str, jax.Array]:
           for k, v in shapes.items()}
 
 
+def microbatches(batch: dict[str, jax.Array], k: int) -> dict[str, jax.Array]:
+  """[B, ...] → [k, B/k, ...], microbatch i holding rows i, i + k, i + 2k, ...: strided, so that
+  each device's rows of a batch split over 'data' stay on it, k ways (no data moves)."""
+  return {key: jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1)
+          for key, x in batch.items()}
+
+
+def _accumulate(objective: Objective, params, batch, rng, k: int):
+  """(loss, aux sums, gradient) of the whole batch, from k microbatches in a lax.scan.
+
+  The objective's loss is its microbatch's mean, aux['loss_sum'] / aux['count'], so each
+  microbatch's gradient is weighted by its count and the sum divided by the batch's: the
+  gradient of the whole batch's mean, to float rounding, however the mask falls (a padded
+  last batch's empty microbatches add nothing). Microbatch i draws dropout from
+  fold_in(rng, i)."""
+  grad_fn = jax.value_and_grad(lambda p, mb, r: objective(p, mb, r, True), has_aux=True)
+
+  def body(carry, xs):
+    grads, sums = carry
+    i, mb = xs
+    (_, aux), g = grad_fn(params, mb, jax.random.fold_in(rng, i))
+    grads = jax.tree.map(lambda acc, gi: acc + aux["count"] * gi, grads, g)
+    return (grads, jax.tree.map(jnp.add, sums, aux)), None
+
+  micro = microbatches(batch, k)
+  first = jax.tree.map(lambda x: x[0], micro)
+  sums_shape = jax.eval_shape(lambda: objective(params, first, rng, True)[1])
+  zeros = (jax.tree.map(jnp.zeros_like, params),
+           jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), sums_shape))
+  (grads, aux), _ = jax.lax.scan(body, zeros, (jnp.arange(k), micro))
+  count = jnp.maximum(aux["count"], 1.0)
+  return aux["loss_sum"] / count, aux, jax.tree.map(lambda g: g / count, grads)
+
+
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, objective: Objective,
                tx: optax.GradientTransformation, skip_nonfinite: bool = False,
-               ema_decay: float = 0.0, axis_name: str | None = None
-               ) -> tuple[TrainState, dict[str, jax.Array]]:
+               ema_decay: float = 0.0, ema_warmup: bool = False, grad_accum_steps: int = 1,
+               axis_name: str | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
   """One update on one global batch; metrics are sums over its unmasked examples.
 
   Under jax.jit the batch is the global batch. Under jax.pmap (`axis_name` names the device
@@ -89,16 +149,23 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, objective: Obj
   the step still advances) and its loss sums are zeroed; the loop reads the flags only where
   it syncs with the device anyway.
 
-  With ema_decay > 0, state.ema_params becomes ema_decay * ema_params + (1 - ema_decay) * params
-  after the update (every device computes the same average under pmap).
+  With ema_decay > 0, state.ema_params becomes d * ema_params + (1 - d) * params after the
+  update, d = ema_decay_at(ema_decay, state.step, ema_warmup) (every device computes the same
+  average under pmap).
+
+  With grad_accum_steps = k > 1 the batch's gradient and sums are accumulated over k
+  microbatches (_accumulate), for 1/k of the activation memory; one update, as for the whole.
   """
   # Every random choice of this step derives from the base key and the step number, so a
   # resumed run draws exactly what the uninterrupted one did.
   rng = jax.random.fold_in(state.rng, state.step)
   if axis_name is not None:  # pmap: each device draws its own dropout and augmentation
     rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
-  loss_fn = lambda params: objective(params, batch, rng, True)
-  (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  if grad_accum_steps == 1:
+    loss_fn = lambda params: objective(params, batch, rng, True)
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  else:
+    loss, aux, grads = _accumulate(objective, state.params, batch, rng, grad_accum_steps)
   if axis_name is not None:
     # Each device's loss is the mean over its own rows. Weighting its gradient by its row count
     # (pmean(count * g) / pmean(count)) gives the gradient of the global-batch mean, as under
@@ -114,7 +181,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, objective: Obj
   params = optax.apply_updates(state.params, updates)
   ema_params = state.ema_params
   if ema_decay > 0:
-    ema_params = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, ema_params, params)
+    d = ema_decay_at(ema_decay, state.step, ema_warmup)
+    ema_params = jax.tree.map(lambda e, p: d * e + (1 - d) * p, ema_params, params)
   if skip_nonfinite:
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
     params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
@@ -137,7 +205,8 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *,
 def train_steps(state: TrainState, sums: dict[str, jax.Array], xs: dict[str, jax.Array],
                 arrays: dict[str, jax.Array] | None, *, objective: Objective,
                 tx: optax.GradientTransformation, skip_nonfinite: bool = False,
-                ema_decay: float = 0.0) -> tuple[TrainState, dict[str, jax.Array]]:
+                ema_decay: float = 0.0, ema_warmup: bool = False, grad_accum_steps: int = 1
+                ) -> tuple[TrainState, dict[str, jax.Array]]:
   """len(xs) train steps in one compiled call (lax.scan): train_step after train_step.
 
   xs holds the steps' batches stacked on a leading axis, or, when `arrays` (the training split,
@@ -150,7 +219,8 @@ def train_steps(state: TrainState, sums: dict[str, jax.Array], xs: dict[str, jax
     batch = x if arrays is None else {**{k: v[x["index"]] for k, v in arrays.items()},
                                       "mask": x["mask"]}
     state, aux = train_step(state, batch, objective=objective, tx=tx,
-                            skip_nonfinite=skip_nonfinite, ema_decay=ema_decay)
+                            skip_nonfinite=skip_nonfinite, ema_decay=ema_decay,
+                            ema_warmup=ema_warmup, grad_accum_steps=grad_accum_steps)
     return (state, merge_sums(sums, aux)), None
 
   # XLA's CPU backend runs a while loop's body several times slower than the same ops at top
@@ -195,13 +265,21 @@ class Runner:
                                      ema=ema_decay > 0)
     self._sample_inputs = sample[input_key]
     abstract_state = jax.eval_shape(self._create, self._sample_inputs)
+    axes = param_axes(model, self._sample_inputs)  # logical names → 'model' (tensor parallel)
+    if mesh.shape["model"] > 1 and not parallel.uses_model_axis(axes):
+      raise UserError(f"config.parallel.mesh_shape={tuple(config.parallel.mesh_shape)}: a "
+                      f"'model' axis of {mesh.shape['model']} needs a model whose params carry "
+                      f"logical axis names that parallel.LOGICAL_RULES puts on it (the "
+                      f"transformer's: heads, mlp, vocab); {config.model.name!r} has none")
     self.state_sharding = parallel.state_shardings(
-        abstract_state, mesh, config.parallel.fsdp, config.parallel.fsdp_min_size)
+        abstract_state, mesh, config.parallel.fsdp, config.parallel.fsdp_min_size, axes)
     # The state's shapes, dtypes and layout, without its memory: what a restore fills in.
     self.abstract_state = jax.tree.map(
         lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
         abstract_state, self.state_sharding)
-    bound = dict(objective=objective, tx=tx, skip_nonfinite=skip, ema_decay=ema_decay)
+    bound = dict(objective=objective, tx=tx, skip_nonfinite=skip, ema_decay=ema_decay,
+                 ema_warmup=config.train.ema_warmup,
+                 grad_accum_steps=config.train.grad_accum_steps)
     if self.mode == "pmap":
       self._step = parallel.pmap_train_step(functools.partial(train_step, **bound), mesh)
     else:

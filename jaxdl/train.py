@@ -8,6 +8,7 @@ comes from its module (jaxdl/tasks/); how the steps are compiled, from steps.Run
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import time
@@ -52,7 +53,7 @@ def _start_line(config, dataset, state, num_steps: int) -> str:
 
 
 def _restore(ckpts, runner, dataset, writer, workdir: str, resolved: dict, config_changes: dict,
-             num_steps: int):
+             adopted: dict, num_steps: int):
   """The newest intact checkpoint's (state, interval sums), or a fresh state; then the first
   writes to the workdir: metrics trimmed to the restored step, config.json, the task's files.
 
@@ -78,6 +79,9 @@ def _restore(ckpts, runner, dataset, writer, workdir: str, resolved: dict, confi
   if start_step:
     for key, (old, new) in config_changes.items():
       writer.print(f"resuming with a changed config: {key}: {old!r} -> {new!r}")
+    for key, (old, new) in adopted.items():
+      writer.print(f"resuming with {key}={new!r}, not {old!r}: this workdir's run was made "
+                   f"before the key existed, and {new!r} does what it did")
   if writer.enabled:
     metrics.write_json(os.path.join(workdir, "config.json"), resolved)
     for name, text in dataset.files.items():  # e.g. the vocabulary, kept beside checkpoints
@@ -96,6 +100,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # 0. task and 1. checks: every value rule, before any work; the workdir is only read.
   task = tasks.get(config.task)
   validate.validate(config, task, workdir)
+  # A workdir from before a key existed resumes with the value that does what its run did.
+  config = copy.deepcopy(config)  # the caller's config stays as it was given
+  adopted = checkpoint.adopt_added_keys(config, checkpoint.saved_config(workdir))
   resolved = config.to_dict()
   config_changes = checkpoint.check_resume_config(workdir, resolved)
   skip_nonfinite = config.train.skip_nonfinite
@@ -104,6 +111,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   mesh = parallel.make_mesh(config.parallel.mesh_shape)
   parallel.check_batch("batch_size", config.batch_size, mesh)
   parallel.check_batch("eval_batch_size", config.eval_batch_size, mesh)
+  parallel.check_microbatch(config.batch_size, config.train.grad_accum_steps, mesh)
+  models.check_model_axis(config.model, mesh.shape["model"])
 
   # 3. data: train batches are a function of (seed, step); eval splits are whole in memory.
   # The files a run keeps beside its checkpoints (a vocabulary) are reused only when there are
@@ -112,7 +121,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   dataset = task.load(config, workdir if resuming else None)
   steps_per_epoch = dataset.train.steps_per_epoch
   num_steps = (config.num_train_steps if config.num_train_steps > 0
-               else config.num_epochs * steps_per_epoch)
+               else max(config.num_epochs * steps_per_epoch, config.min_train_steps))
   eval_every = config.eval_every or steps_per_epoch
 
   # 4. model, 5. optimizer, 6. the state's layout on the mesh, and the compiled steps.
@@ -134,7 +143,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   with (checkpoint.Checkpoints(workdir, config.keep_checkpoints) as ckpts,
         checkpoint.StopSignals(ckpts.manager) as signals):
     state, interval_sums = _restore(ckpts, runner, dataset, writer, workdir, resolved,
-                                    config_changes, num_steps)
+                                    config_changes, adopted, num_steps)
     start_step = int(state.step)
     runrecord.begin(workdir, resolved, start_step, num_steps)  # run.json: a segment per start
     writer.print(_start_line(config, dataset, state, num_steps))

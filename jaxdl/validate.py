@@ -51,8 +51,12 @@ def validate(config, task, workdir: str) -> None:
   if config.num_train_steps <= 0:
     _require(config.num_epochs > 0, "num_epochs", config.num_epochs,
              "must be > 0 (or set num_train_steps > 0)")
+  _require(config.min_train_steps >= 0, "min_train_steps", config.min_train_steps,
+           "must be >= 0 (0 = num_epochs alone)")
   _require(config.eval_every >= 0, "eval_every", config.eval_every,
            "must be >= 0 (0 evaluates once per epoch)")
+  _require(config.train.grad_accum_steps >= 1, "train.grad_accum_steps",
+           config.train.grad_accum_steps, "must be >= 1 (1 = the whole batch at once)")
   _require(0 <= config.train.ema_decay < 1, "train.ema_decay", config.train.ema_decay,
            "must be in [0, 1) (0 = off)")
   _require(config.seed >= 0, "seed", config.seed, "must be >= 0")
@@ -63,10 +67,13 @@ def validate(config, task, workdir: str) -> None:
   _require(not (par.fsdp and par.mode == "pmap"), "parallel.fsdp", par.fsdp,
            "needs parallel.mode='jit' (pmap keeps a full copy of the state on every device)")
   _require(par.fsdp_min_size >= 0, "parallel.fsdp_min_size", par.fsdp_min_size, "must be >= 0")
-  _require(len(par.mesh_shape) == 1 and all(isinstance(n, int) and (n > 0 or n == -1)
-                                            for n in par.mesh_shape),
-           "parallel.mesh_shape", par.mesh_shape,
-           "must be one device count (or -1) for the one mesh axis, 'data', e.g. (8,)")
+  _require(len(par.mesh_shape) in (1, 2) and list(par.mesh_shape).count(-1) <= 1 and all(
+      isinstance(n, int) and not isinstance(n, bool) and (n > 0 or n == -1)
+      for n in par.mesh_shape), "parallel.mesh_shape", par.mesh_shape,
+           "must be (data,) or (data, model) device counts, one of them at most -1 (all the "
+           "rest), e.g. (8,), (-1,) or (4, 2)")
+  _require(par.mode == "jit" or tuple(par.mesh_shape)[1:] in ((), (1,)), "parallel.mesh_shape",
+           par.mesh_shape, "a 'model' axis needs parallel.mode='jit'")
 
   optim.check(config.opt)
   models.check(config.model, task.MODELS)

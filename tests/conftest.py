@@ -91,6 +91,7 @@ def tiny_mnist():
   c = load_config("mnist")
   c.data.source = "synthetic"
   c.data.synthetic_size = 200
+  c.data.validation_size = 0  # evals on the synthetic test split (test_data tests the carving)
   c.batch_size = 16
   c.eval_batch_size = 32
   short_schedule(c)

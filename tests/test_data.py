@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from jaxdl.data import download, idx, iterator, sources
+from jaxdl.data import download, idx, iterator, sources, subsets
 from jaxdl.tasks import image_classification
 from jaxdl.errors import UserError
 
@@ -80,6 +80,7 @@ def _load(**data):
   from conftest import load_config
   config = load_config("mnist")
   config.batch_size = 4
+  config.data.validation_size = 0  # whole splits as read (the carving has its own test)
   for k, v in data.items():
     config.data[k] = v
   dataset = image_classification.load(config, "/nonexistent")
@@ -199,3 +200,43 @@ def test_tfds_prepared_copy_is_found_by_auto(tmp_path, monkeypatch):
   with tfds.testing.mock_data(num_examples=5):
     splits, source = _load(tfds_dir=str(tmp_path))
   assert "TFDS mnist" in source and len(splits["test"]["label"]) == 5
+
+
+def test_carved_rows_are_fixed_disjoint_and_sized_by_count_or_fraction():
+  val, rest = subsets.carve(100, 0.1, "validation_size")
+  assert len(val) == 10 and len(rest) == 90 and not set(val) & set(rest)
+  assert sorted(set(val) | set(rest)) == list(range(100)) and list(rest) == sorted(rest)
+  again, _ = subsets.carve(100, 10, "validation_size")  # a count: the same rows as 10%
+  np.testing.assert_array_equal(again, val)
+  assert not np.array_equal(subsets.carve(100, 10, "k", salt=1)[0], val)
+  train, val2 = subsets.carve_train(100, 0.1, 0.5)  # val first, then half of the other 90
+  np.testing.assert_array_equal(val2, val)
+  assert len(train) == 45 and set(train) <= set(rest)
+  train, none = subsets.carve_train(100, 0, 0)
+  assert none is None and list(train) == list(range(100))
+  assert subsets.describe(100, train[:45], val) == "train 45 of 100 | val 10 carved from train"
+  with pytest.raises(UserError, match=r"config.data.train_size=100 is 100 of the training "
+                                      r"split's 100 examples; it must be fewer"):
+    subsets.carve_train(100, 0, 100)
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, float("nan")])
+def test_a_bad_carve_size_is_one_line(value):
+  with pytest.raises(UserError, match=r"config.data.validation_size=.*: must be 0 \(off\), a "
+                                      r"fraction of the training split in \(0, 1\), or a whole"):
+    subsets.check({"validation_size": value}, "validation_size")
+
+
+def test_the_image_task_validates_on_rows_carved_from_train(tmp_path, tiny_mnist):
+  arrays = _write_mnist_dir(tmp_path / "mnist", n_train=40, n_test=11)
+  tiny_mnist.data.source, tiny_mnist.data.path = "files", str(tmp_path / "mnist")
+  tiny_mnist.data.validation_size = 0.25
+  dataset = image_classification.load(tiny_mnist, None)
+  assert dataset.eval_split == "val" and dataset.final_splits == ("val", "test")
+  assert dataset.describe == "train 30 | val 10 carved from train | test 11"
+  val, rest = subsets.carve(40, 0.25, "validation_size")
+  np.testing.assert_array_equal(dataset.evals["val"]["image"], arrays["train"][0][val, ..., None])
+  assert dataset.train.size == 30 and dataset.evals["test"]["label"].shape == (11,)
+  tiny_mnist.data.validation_size = 0  # off: the test split is evaluated during training
+  dataset = image_classification.load(tiny_mnist, None)
+  assert dataset.eval_split == "test" and dataset.final_splits == ("test",)

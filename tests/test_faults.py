@@ -12,6 +12,7 @@ import os
 import shutil
 
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -58,6 +59,7 @@ def finished_run(tmp_path_factory):
   """A finished tiny run (checkpoints 8, 16, 24) that tests copy and then damage."""
   config = load_config("mnist")
   config.data.source, config.data.synthetic_size = "synthetic", 200
+  config.data.validation_size = 0  # as tiny_mnist
   config.batch_size, config.eval_batch_size, config.num_train_steps = 16, 32, 24
   config.log_every, config.eval_every, config.checkpoint_every = 5, 10, 8
   config.opt.warmup_steps = 4
@@ -73,7 +75,8 @@ _CHAOS_FLAGS = ("--config=configs/mnist.py", "--config.data.source=synthetic",
                 "--config.data.synthetic_size=200", "--config.batch_size=16",
                 "--config.eval_batch_size=50", "--config.num_train_steps=60",
                 "--config.log_every=3", "--config.eval_every=10",
-                "--config.checkpoint_every=4", "--config.opt.warmup_steps=4")
+                "--config.checkpoint_every=4", "--config.opt.warmup_steps=4",
+                "--config.data.validation_size=0")  # as tiny_mnist
 
 
 def test_killed_at_random_moments_resumes_bitwise(tmp_path, tiny_mnist):
@@ -441,6 +444,33 @@ def test_a_key_added_since_resumes_at_the_value_the_old_run_had(tmp_path):
                                       r"existed\) -> 4\. Use a new"):
     checkpoint.check_resume_config(str(workdir), {**old_ways, "data": {"max_len": 64,
                                                                        "prefix_backoff": 4}})
+
+
+def test_a_key_added_since_is_adopted_at_the_old_runs_value(tmp_path):
+  """Resuming a workdir from before train.ema_warmup, data.validation_size and
+  data.train_size existed sets them to what its run did (no warm-up, no carving), and says
+  so; check_resume_config then passes. A workdir with the key keeps the config's value."""
+  workdir = tmp_path / "w"
+  (workdir / "checkpoints" / "10").mkdir(parents=True)
+  (workdir / "config.json").write_text(json.dumps({"seed": 0, "train": {"ema_decay": 0.999},
+                                                   "data": {"max_len": 64}}))
+  config = ml_collections.ConfigDict({"seed": 0, "train": {"ema_decay": 0.999,
+                                                          "ema_warmup": True},
+                                      "data": {"max_len": 64, "validation_size": 0.1}})
+  saved = checkpoint.saved_config(str(workdir))
+  with pytest.raises(UserError, match=r"data.validation_size: absent \(so 0, from before the "
+                                      r"key existed\) -> 0.1; train.ema_warmup: absent \(so "
+                                      r"False, from before the key existed\) -> True\. Use"):
+    checkpoint.check_resume_config(str(workdir), config.to_dict())
+  assert checkpoint.adopt_added_keys(config, saved) == {"train.ema_warmup": (True, False),
+                                                        "data.validation_size": (0.1, 0)}
+  assert not config.train.ema_warmup and config.data.validation_size == 0
+  assert checkpoint.check_resume_config(str(workdir), config.to_dict()) == {}
+  config.train.ema_warmup, config.data.validation_size = True, 0.1
+  with_warmup = {**saved, "train": {"ema_decay": 0.999, "ema_warmup": True}}
+  assert checkpoint.adopt_added_keys(config, with_warmup) == {"data.validation_size": (0.1, 0)}
+  assert config.train.ema_warmup  # the saved run had the key: its value is the config's own
+  assert checkpoint.adopt_added_keys(config, None) == {}  # no checkpoints: a fresh run
 
 
 TEXT_BAD = {  # file content → the message's needle

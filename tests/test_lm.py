@@ -199,3 +199,36 @@ def test_tiny_lm_trains_and_resumes_exactly(trained_tiny_lm, tmp_path, monkeypat
       states.append(ckpts.restore_latest(like)[0])
   for a, b in zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[1])):
     np.testing.assert_array_equal(a, b)  # bitwise
+
+
+def test_the_gpt2_small_preset_is_gpt2_smalls_body_and_trains_at_toy_sizes(tmp_path):
+  """configs/tiny_lm.py:gpt2_small: 12 x 768, 12 heads, block 1024 over bytes, 86,039,040
+  params (shapes only); then the same preset at toy sizes, with every lever on (block remat,
+  2 microbatches, bfloat16 compute), trains 4 steps on CPU, params still float32."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  config = load_config("tiny_lm", "gpt2_small")
+  model = models.get(config.model, vocab_size=256)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 1024),
+                                                                              jnp.int32),
+                                             train=False)["params"])
+  assert sum(x.size for x in jax.tree.leaves(nn.unbox(shapes))) == 86_039_040
+  assert (config.data.vocab, config.model.positions, config.model.dtype) == (
+      "bytes", "learned", "auto")
+
+  from conftest import set_keys, write_play  # pylint: disable=g-import-not-at-top
+  text = str(tmp_path / "play.txt")
+  write_play(text)
+  set_keys(config, {"data.path": text, "model.num_layers": 2, "model.num_heads": 2,
+                    "model.width": 32, "model.block_size": 16, "batch_size": 4,
+                    "eval_batch_size": 4, "data.eval_windows": 8, "num_train_steps": 4,
+                    "log_every": 2, "eval_every": 1000, "checkpoint_every": 1000,
+                    "model.remat": "block", "train.grad_accum_steps": 2,
+                    "model.dtype": "bfloat16"})
+  final = train.train_and_evaluate(config, str(tmp_path / "w"))
+  assert np.isfinite(final["val_loss"]) and final["val_loss"] < np.log(256) + 0.5
+  toy = models.get(config.model, vocab_size=256)
+  tokens = jnp.zeros((2, 16), jnp.int32)
+  params = toy.init(jax.random.PRNGKey(0), tokens, train=False)["params"]
+  assert {x.dtype for x in jax.tree.leaves(nn.unbox(params))} == {jnp.dtype("float32")}
+  assert toy.apply({"params": params}, tokens, train=False).dtype == jnp.float32

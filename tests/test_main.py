@@ -128,7 +128,7 @@ def test_runs_on_two_devices(tmp_path):
                     "--config.parallel.cpu_devices=2", env={"JAXDL_XLA_CACHE": str(cache)})
   assert result.returncode == 0, result.stderr
   assert "2 cpu device(s), batch 16 (8 per device)" in result.stdout
-  assert "final: test accuracy" in result.stdout
+  assert "final: val accuracy" in result.stdout and "| test accuracy" in result.stdout
   assert len(list(cache.iterdir())) >= 3  # at least init, train step and eval step
   # Sampling and prediction read it on one device (Orbax would keep the 2 devices' topology).
   params = checkpoint.latest_params(workdir, "configs/mnist.py")

@@ -3,6 +3,7 @@ give the same losses, and a checkpoint written in one mode resumes in another.""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -88,26 +89,38 @@ def test_modes_match_a_single_device_and_resume_across_modes(tmp_path):
   _assert_same_curve(_losses(_events(crossed)), want, "fsdp_to_pmap")
 
 
-def test_lm_modes_match_a_single_device(tmp_path):
+# Tensor parallelism: (data, model) meshes on the 8 devices, with and without fsdp over 'data'.
+TP_MODES = {"tp4x2": {"parallel.mesh_shape": [4, 2]}, "tp2x4": {"parallel.mesh_shape": [2, 4]},
+            "tp4x2_fsdp": {"parallel.mesh_shape": [4, 2], "parallel.fsdp": True},
+            "tp2x4_fsdp": {"parallel.mesh_shape": [2, 4], "parallel.fsdp": True}}
+
+
+def test_lm_modes_and_tensor_parallel_meshes_match_a_single_device(tmp_path):
   # The tiny Transformer LM on a made-up play: 20 steps of 8 windows (1 per device on 8),
-  # no dropout (pmap draws it per device), every step logged.
+  # no dropout (pmap draws it per device), every step logged; 4 heads, an MLP of 128 and the
+  # 256 byte values, so a 'model' axis of 2 or 4 splits heads, MLP and vocabulary alike.
   text = str(tmp_path / "play.txt")
   write_play(text)
-  lm = {"data.path": text, "model.num_layers": 2, "model.num_heads": 2, "model.width": 32,
-        "model.block_size": 16, "model.dropout": 0.0, "batch_size": 8, "eval_batch_size": 16,
-        "data.eval_windows": 32, "num_train_steps": 20, "log_every": 1, "eval_every": 1000,
-        "checkpoint_every": 1000, "opt.warmup_steps": 4}
+  lm = {"data.path": text, "data.vocab": "bytes", "model.num_layers": 2, "model.num_heads": 4,
+        "model.width": 32, "model.block_size": 16, "model.dropout": 0.0, "batch_size": 8,
+        "eval_batch_size": 16, "data.eval_windows": 32, "num_train_steps": 20, "log_every": 1,
+        "eval_every": 1000, "checkpoint_every": 1000, "opt.warmup_steps": 4}
   config = _configured("tiny_lm", lm)
   single = str(tmp_path / "single")
   train.train_and_evaluate(config, single)
   want = _losses(_events(single))
   assert len([e for e in want if e[0] == "train"]) == 20
-  dirs = {mode: str(tmp_path / mode) for mode in MODES}
-  _run_on_8_devices("tiny_lm", lm, [[dirs[m], o, None] for m, o in MODES.items()])
-  for mode in MODES:
+  modes = {**MODES, **TP_MODES}
+  dirs = {mode: str(tmp_path / mode) for mode in modes}
+  out = _run_on_8_devices("tiny_lm", lm, [[dirs[m], o, None] for m, o in modes.items()])
+  for mode in modes:
     got = [(e["event"], e["step"], e.get("loss", e.get("val_loss"))) for e in _events(dirs[mode])]
     _assert_same_curve(got, [(e["event"], e["step"], e.get("loss", e.get("val_loss")))
                              for e in _events(single)], f"lm {mode}")
+  # The state per device: replicated on (8, 1); the split params' share halves on (4, 2) and
+  # quarters on (2, 4) (LayerNorms, the position-free rest and the step stay whole).
+  per_device = [float(x) for x in re.findall(r"\| jit(?:\+fsdp)?, state ([0-9.]+) of", out)]
+  assert len(per_device) == 6 and per_device[0] > per_device[2] > per_device[3], out
 
 
 def test_fsdp_shards_large_arrays_and_replicates_small_ones():
@@ -132,10 +145,35 @@ def test_fsdp_shards_large_arrays_and_replicates_small_ones():
   del mesh
 
 
+def test_tensor_parallel_specs_follow_the_logical_names_into_the_optimizer_state():
+  """LOGICAL_RULES puts heads, mlp and vocab on 'model': a param and every state array that
+  mirrors it (Adam's mu, the EMA) get the same split; a vocabulary of 65 rows, which 2 does
+  not divide, stays whole; fsdp then takes the largest free dimension over 'data'."""
+  P = parallel.P
+  axes = {"embed": {"embedding": P("vocab", "embed")}, "odd": {"embedding": P("vocab", "embed")},
+          "mlp_in": {"kernel": P("embed", "mlp"), "bias": P("mlp")}}
+  shape = lambda *s: jax.ShapeDtypeStruct(s, np.float32)
+  params = {"embed": {"embedding": shape(256, 64)}, "odd": {"embedding": shape(65, 64)},
+            "mlp_in": {"kernel": shape(64, 256), "bias": shape(256)}}
+  state = {"params": params, "opt_state": ({"mu": params}, {"count": shape()}), "ema": params}
+  specs = parallel.state_specs(state, {"data": 4, "model": 2}, fsdp=False, min_size=1024,
+                               param_axes=axes)
+  for tree in (specs["params"], specs["opt_state"][0]["mu"], specs["ema"]):
+    assert tree == {"embed": {"embedding": P("model")}, "odd": {"embedding": P()},
+                    "mlp_in": {"kernel": P(None, "model"), "bias": P("model")}}
+  assert specs["opt_state"][1]["count"] == P()
+  fsdp = parallel.state_specs(state, {"data": 4, "model": 2}, fsdp=True, min_size=1024,
+                              param_axes=axes)["params"]
+  assert fsdp["embed"]["embedding"] == P("model", "data")  # 64 % 4 == 0: the free dimension
+  assert fsdp["odd"]["embedding"] == P(None, "data")  # 65 % 4 != 0: the other one
+  assert fsdp["mlp_in"] == {"kernel": P("data", "model"), "bias": P("model")}  # bias < 1024
+
+
 @pytest.mark.parametrize("key, value, needle", [
     ("parallel.mode", "shard_map", "parallel.mode"),
     ("parallel.fsdp", True, "needs parallel.mode='jit'"),
-    ("parallel.mesh_shape", (2, 2), "parallel.mesh_shape"),
+    ("parallel.mesh_shape", (2, 2, 2), r"must be \(data,\) or \(data, model\)"),
+    ("parallel.mesh_shape", (-1, -1), r"one of them at most -1"),
 ])
 def test_parallel_config_rules(tmp_path, key, value, needle):
   config = load_config("mnist")
@@ -155,6 +193,10 @@ def test_bad_cpu_devices_is_one_line(count):
 
 
 def test_a_mesh_shape_that_does_not_match_the_devices():
-  with pytest.raises(UserError, match=r"mesh_shape=\(4,\) does not match the job's 1 devices"):
+  with pytest.raises(UserError, match=r"mesh_shape=\(4,\) does not fit the job's 1 devices: "
+                                      r"\(data, model\) must multiply to 1"):
     parallel.make_mesh((4,))
+  assert parallel.mesh_dims((-1, 2), 8) == (4, 2) and parallel.mesh_dims((8,), 8) == (8, 1)
+  with pytest.raises(UserError, match=r"mesh_shape=\(-1, 3\) does not fit the job's 8"):
+    parallel.mesh_dims((-1, 3), 8)
   assert parallel.make_mesh((1,)).shape["data"] == parallel.make_mesh((-1,)).shape["data"] == 1

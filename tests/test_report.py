@@ -17,7 +17,8 @@ def test_two_runs_differing_in_one_override_get_exactly_that_column(tiny_sweep):
   lines = result.stdout.strip().splitlines()
   header = [c.strip() for c in lines[0].strip("|").split("|")]
   assert header[:3] == ["run", "opt.lr", "step"]  # the one differing key, and no other
-  assert sorted(header[3:]) == ["test_accuracy", "test_count", "test_loss"]
+  assert sorted(header[3:]) == ["test_accuracy", "test_count", "test_loss", "val_accuracy",
+                                "val_count", "val_loss"]  # val: 10% of train, held out
   assert len(lines) == 4
   for line, workdir, lr in zip(lines[2:], workdirs, ("0.003", "0.01")):
     cells = dict(zip(header, (c.strip() for c in line.strip("|").split("|"))))
@@ -25,7 +26,7 @@ def test_two_runs_differing_in_one_override_get_exactly_that_column(tiny_sweep):
     assert (cells["run"], cells["opt.lr"], cells["step"]) == (workdir, lr, "8")
     assert cells["test_loss"] == f"{final['test_loss']:.4f}"
     assert cells["test_accuracy"] == f"{final['test_accuracy']:.4f}"
-    assert cells["test_count"] == "50"
+    assert cells["test_count"] == "50" and cells["val_count"] == "20"
 
 
 def _workdir(path, config, events):

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from jaxdl import steps
 from jaxdl.tasks import image_classification
@@ -112,18 +113,31 @@ class _Linear(nn.Module):
     return nn.Dense(10)(images.reshape(images.shape[0], -1) / 255.0)
 
 
-def test_ema_is_the_moving_average_and_what_eval_uses():
+def test_ema_warmup_follows_the_formula_at_steps_0_1_10_and_10000():
+  for t in (0, 1, 10, 10_000):
+    np.testing.assert_allclose(float(steps.ema_decay_at(0.999, t, True)),
+                               min(0.999, (1 + t) / (10 + t)), rtol=1e-7)
+  assert [round(float(steps.ema_decay_at(0.999, t, True)), 6) for t in (0, 1, 10, 10_000)] == [
+      0.1, round(2 / 11, 6), 0.55, 0.999]
+  assert steps.ema_decay_at(0.999, 10_000, False) == 0.999 == steps.ema_decay_at(0.999, 0, False)
+
+
+@pytest.mark.parametrize("warmup", [False, True])
+def test_ema_is_the_moving_average_and_what_eval_uses(warmup):
   model = _Linear()
   tx = optax.sgd(0.1)
   objective = functools.partial(image_classification.classify, model=model, label_smoothing=0.0,
                                 max_shift=0)
   state = steps.create_state(model, tx, _batch()["image"], seed=0, ema=True)
-  step = jax.jit(functools.partial(steps.train_step, objective=objective, tx=tx, ema_decay=0.9))
-  # By hand, in float64: e_0 = p_0, e_t = 0.9 e_{t-1} + 0.1 p_t.
+  step = jax.jit(functools.partial(steps.train_step, objective=objective, tx=tx, ema_decay=0.9,
+                                   ema_warmup=warmup))
+  # By hand, in float64: e_0 = p_0, e_t = d_t e_{t-1} + (1 - d_t) p_t, d_t = 0.9 or, warming
+  # up, min(0.9, t / (9 + t)) for update t = 1, 2, 3 (0.1, 2/11, 0.25).
   expected = jax.tree.map(lambda p: np.asarray(p, np.float64), state.params)
   for t in range(3):
     state, _ = step(state, _batch(seed=t))
-    expected = jax.tree.map(lambda e, p: 0.9 * e + 0.1 * np.asarray(p, np.float64), expected,
+    d = min(0.9, (1 + t) / (10 + t)) if warmup else 0.9
+    expected = jax.tree.map(lambda e, p: d * e + (1 - d) * np.asarray(p, np.float64), expected,
                             state.params)
   for e, got in zip(jax.tree.leaves(expected), jax.tree.leaves(state.ema_params)):
     np.testing.assert_allclose(got, e, rtol=1e-5, atol=1e-7)
@@ -135,6 +149,52 @@ def test_ema_is_the_moving_average_and_what_eval_uses():
   # A skipped (non-finite) update leaves the average as it was.
   bad = dict(_batch(), mask=_batch()["mask"] * np.float32("nan"))
   skipped, _ = jax.jit(functools.partial(steps.train_step, objective=objective, tx=tx,
-                                         ema_decay=0.9, skip_nonfinite=True))(state, bad)
+                                         ema_decay=0.9, ema_warmup=warmup,
+                                         skip_nonfinite=True))(state, bad)
   for a, b in zip(jax.tree.leaves(state.ema_params), jax.tree.leaves(skipped.ema_params)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_microbatches_are_strided_rows():
+  batch = {"x": np.arange(8), "y": np.arange(16).reshape(8, 2)}
+  micro = steps.microbatches(batch, 4)
+  np.testing.assert_array_equal(micro["x"], [[0, 4], [1, 5], [2, 6], [3, 7]])
+  assert micro["y"].shape == (4, 2, 2) and list(micro["y"][1, 1]) == [10, 11]
+
+
+class _Mlp(nn.Module):
+  @nn.compact
+  def __call__(self, images, train):
+    x = nn.relu(nn.Dense(32)(images.reshape(images.shape[0], -1) / 255.0))
+    return nn.Dense(10)(x)
+
+
+def test_gradient_accumulation_equals_the_whole_batch_with_padding_rows():
+  """grad_accum_steps 1 vs 4 vs 8, 10 SGD-momentum steps of a small ReLU net, a quarter of each batch's
+  rows masked (so some microbatches are mostly, or all, padding): the same losses and params
+  to 1e-5 relative, and the same metric sums. (Not Adam: it divides by sqrt(v), so on the
+  dead-ReLU weights whose gradient is ~0 float rounding becomes a full-size update of either
+  sign; with the MNIST CNN 71 of 819,200 kernel weights differed by up to 0.4% after 10 steps.)"""
+  tx = optax.sgd(0.05, momentum=0.9)
+  model = _Mlp()
+  objective = functools.partial(image_classification.classify, model=model, label_smoothing=0.0,
+                                max_shift=0)
+  state = steps.create_state(model, tx, _batch()["image"], seed=0)
+  step = functools.partial(steps.train_step, objective=objective, tx=tx)
+  runs = {}
+  for k in (1, 4, 8):
+    s, losses, sums = state, [], []
+    train_step = jax.jit(functools.partial(step, grad_accum_steps=k))
+    for t in range(10):
+      batch = _batch(seed=t)
+      batch["mask"][[1, 3, 9, 11]] = 0.0  # k=4: rows 1, 9 → microbatch 1; 3, 11 → 3; k=8: all
+      s, aux = train_step(s, batch)       # of microbatches 1 and 3
+      losses.append(float(aux["loss_sum"] / aux["count"]))
+      sums.append((float(aux["count"]), float(aux["correct"])))
+    runs[k] = (losses, sums, s.params)
+  for k in (4, 8):
+    np.testing.assert_allclose(runs[k][0], runs[1][0], rtol=1e-5)
+    assert runs[k][1] == runs[1][1]
+    assert all(c == 12.0 for c, _ in runs[k][1])
+    for a, b in zip(jax.tree.leaves(runs[k][2]), jax.tree.leaves(runs[1][2])):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)

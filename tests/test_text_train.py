@@ -103,7 +103,8 @@ def test_tiny_run_reports_classification_metrics_and_saves_the_vocab(trained):
 
 def test_resume_is_exact_and_reuses_the_saved_vocab(tiny_text, tmp_path, monkeypatch):
   tiny_text.model.word_dropout = 0.2  # exercise the step rng
-  tiny_text.train.ema_decay = 0.9  # and the moving average of the params, saved and restored
+  tiny_text.train.ema_decay = 0.9  # and the moving average of the params, saved and restored;
+  assert tiny_text.train.ema_warmup  # its warm-up decay is a function of the restored step
   full = str(tmp_path / "full")
   expected = train.train_and_evaluate(tiny_text, full)
 
@@ -275,3 +276,17 @@ def test_a_run_killed_before_its_first_checkpoint_starts_afresh_on_new_data(
   vocab = open(os.path.join(workdir, "vocab.json")).read()
   assert vocab != stale and vocab == open(os.path.join(fresh, "vocab.json")).read()
   assert _events(workdir)[-1] == _events(fresh)[-1]  # the same final metrics as a fresh run
+
+
+def test_train_size_and_validation_size_carve_the_training_split(tiny_text):
+  tiny_text.data.train_size = 0.25  # of the 320 training sentences, by a fixed seed
+  dataset = text_classification.load(tiny_text, None)
+  assert dataset.describe.startswith("train 80 of 320 | dev 40 | test 30 | 2 classes")
+  assert dataset.train.size == 80 and dataset.eval_split == "dev"
+  again = text_classification.load(tiny_text, None)  # the same rows every time
+  np.testing.assert_array_equal(again.train.rows()["tokens"], dataset.train.rows()["tokens"])
+  tiny_text.data.validation_size = 20  # carved first; train_size then keeps 25% of the rest
+  dataset = text_classification.load(tiny_text, None)
+  assert dataset.describe.startswith("train 75 of 320 | val 20 carved from train | dev 40")
+  assert dataset.eval_split == "val" and dataset.final_splits == ("val", "dev", "test")
+  assert len(dataset.evals["val"]["label"]) == 20

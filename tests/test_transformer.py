@@ -152,3 +152,54 @@ def test_dropout_only_in_training():
   b = model.apply({"params": params}, tokens, train=True, rngs={"dropout": jax.random.PRNGKey(3)})
   assert not np.allclose(a, b)
   np.testing.assert_array_equal(a, model.apply({"params": params}, tokens, train=False))
+
+
+@pytest.mark.parametrize("remat", ["block", "dots_saveable"])
+def test_remat_gives_the_same_loss_and_gradients(remat):
+  """model.remat recomputes activations in the backward pass: the params (names included), the
+  loss and its gradients are those without it; and the decode path still runs."""
+  model, params = _model("rope", dropout=0.1)
+  remat_model = model.clone(remat=remat)
+  assert jax.tree.structure(remat_model.init(jax.random.PRNGKey(0), jnp.zeros((1, 12), jnp.int32),
+                                             train=False)["params"]) == jax.tree.structure(params)
+  tokens = _tokens((3, 12))
+
+  def loss(m, p):
+    logits = m.apply({"params": p}, tokens, train=True, rngs={"dropout": jax.random.PRNGKey(2)})
+    return jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(
+        logits, tokens[..., None], -1)[..., 0])
+
+  (want, want_g), (got, got_g) = (jax.jit(jax.value_and_grad(lambda p, m=m: loss(m, p)))(params)
+                                  for m in (model, remat_model))
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(got_g), jax.tree.leaves(want_g)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  cache = init_cache(remat_model, 3)
+  out, _ = remat_model.apply({"params": params, "cache": cache}, tokens[:, :4], train=False,
+                             decode=True, mutable=["cache"])
+  np.testing.assert_allclose(out, model.apply({"params": params}, tokens[:, :4], train=False),
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_an_unknown_remat_policy_is_one_line():
+  config = load_config("tiny_lm")
+  config.model.remat = "save_only_these_names"  # a policy factory, not a policy
+  with pytest.raises(UserError, match=r"config.model.remat='save_only_these_names': must be one "
+                                      r"of none, block, dots_saveable"):
+    models.get(config.model, vocab_size=65)
+
+
+def test_the_bfloat16_policy_keeps_float32_params_and_logits_close():
+  """model.dtype=bfloat16 computes in bfloat16: the params stay float32, the logits are float32,
+  and the loss at init is within 0.02 of float32's."""
+  model, params = _model("rope")
+  tokens = _tokens((4, 12))
+
+  def loss(m):
+    logits = m.apply({"params": params}, tokens, train=False)
+    assert logits.dtype == jnp.float32
+    return float(jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(
+        logits, tokens[..., None], -1)[..., 0]))
+
+  assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype("float32")}
+  assert abs(loss(model.clone(dtype=jnp.bfloat16)) - loss(model)) < 0.02

@@ -34,7 +34,8 @@ def run(name: str, config: str, overrides: list[str], root: str) -> dict:
   assert final["event"] == "final", final
   shown = " ".join(["python -m jaxdl.main", f"--config={config}", "--workdir=W", *overrides])
   return {"name": name, "command": shown, "accuracy": final["test_accuracy"],
-          "count": final["test_count"], "wall_s": wall}
+          "count": final["test_count"], "val": final.get("val_accuracy"),
+          "val_count": final.get("val_count"), "wall_s": wall}
 
 
 def main() -> None:
@@ -53,10 +54,13 @@ def main() -> None:
       print(f"{r['name']}: {100 * r['accuracy']:.2f}% in {r['wall_s']:.0f}s", file=sys.stderr)
       results.append(r)
 
-  print("| run | test accuracy | wall time (launch to exit) |\n|---|---|---|")
+  # val: the split carved from train (data.validation_size) that evals during training see;
+  # test: evaluated once, at the end. A preset without a val split shows '-'.
+  share = lambda acc, n: f"{100 * acc:.2f}% ({round(acc * n)}/{n})"
+  print("| run | val accuracy | test accuracy | wall time (launch to exit) |\n|---|---|---|---|")
   for r in results:
-    print(f"| `{r['name']}` | {100 * r['accuracy']:.2f}% ({round(r['accuracy'] * r['count'])}"
-          f"/{r['count']}) | {r['wall_s']:.0f} s |")
+    val = "-" if r["val"] is None else share(r["val"], r["val_count"])
+    print(f"| `{r['name']}` | {val} | {share(r['accuracy'], r['count'])} | {r['wall_s']:.0f} s |")
   print("\nCommands:\n")
   for r in results:
     print(f"- `{r['name']}`: `{r['command']}`")

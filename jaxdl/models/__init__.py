@@ -68,6 +68,14 @@ def check(model_config, task_models: tuple[str, ...]) -> None:
                     f"(this task's models), or PACKAGE.MODULE:ATTR for your own")
 
 
+def check_model_axis(model_config, size: int) -> None:
+  """A built-in family's widths that a 'model' mesh axis of `size` devices must divide (a
+  family without tensor-parallel names is refused by steps.Runner instead)."""
+  family = FAMILIES.get(model_config.name)
+  if size > 1 and hasattr(family, "check_model_axis"):
+    family.check_model_axis(model_config, size)
+
+
 def get(model_config, **model_info) -> nn.Module:
   """The linen Module config.model names (an NNX model comes wrapped as one)."""
   name = model_config.name

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdl.errors import UserError
+from jaxdl.models import precision
 
 IMPLS = ("auto", "flax", "cpu", "cpu_im2col")  # config.model.impl
 
@@ -150,13 +151,17 @@ class Im2colConv(nn.Module):
   kernel_size: tuple[int, int]
   kernel_init: nn.initializers.Initializer = nn.linear.default_kernel_init
   bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
     kh, kw = self.kernel_size
-    kernel = self.param("kernel", self.kernel_init, (kh, kw, x_BxHxWxC.shape[-1], self.features))
-    bias = self.param("bias", self.bias_init, (self.features,))
-    return conv_cpu(x_BxHxWxC, kernel) + bias
+    kernel = self.param("kernel", self.kernel_init, (kh, kw, x_BxHxWxC.shape[-1], self.features),
+                        self.param_dtype)
+    bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+    return conv_cpu(x_BxHxWxC.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(
+        self.dtype)
 
 
 class CNN(nn.Module):
@@ -168,16 +173,20 @@ class CNN(nn.Module):
       seed recipe's result depends on).
     dropout: rate applied to the inputs of both dense layers during training.
     impl: 'flax', 'cpu' or 'cpu_im2col' (see the module docstring); 'auto' is resolved here.
+    dtype, param_dtype: compute and storage dtypes (models/precision.py); logits are float32.
   """
   num_classes: int = 10
   init_scheme: str = "flax"
   dropout: float = 0.0
   impl: str = "flax"
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
 
   def _inits(self, fan_in: int) -> dict:
+    policy = {"dtype": self.dtype, "param_dtype": self.param_dtype}
     if self.init_scheme == "torch":
-      return {"kernel_init": _torch_kernel_init(), "bias_init": _torch_bias_init(fan_in)}
-    return {}
+      return {"kernel_init": _torch_kernel_init(), "bias_init": _torch_bias_init(fan_in), **policy}
+    return policy
 
   @nn.compact
   def __call__(self, images_BxHxWxC: jax.Array, *, train: bool) -> jax.Array:
@@ -208,7 +217,7 @@ class CNN(nn.Module):
     x_BxF = nn.Dropout(self.dropout, deterministic=not train)(x_BxF)
     h_Bx512 = nn.relu(nn.Dense(512, **self._inits(x_BxF.shape[-1]))(x_BxF))
     h_Bx512 = nn.Dropout(self.dropout, deterministic=not train)(h_Bx512)
-    return nn.Dense(self.num_classes, **self._inits(512))(h_Bx512)
+    return nn.Dense(self.num_classes, **self._inits(512))(h_Bx512).astype(jnp.float32)
 
 
 INIT_SCHEMES = ("flax", "torch")  # config.model.init
@@ -222,8 +231,10 @@ def check(m) -> None:
     raise UserError(f"config.model.init={m.init!r}: must be one of {', '.join(INIT_SCHEMES)}")
   if m.impl not in IMPLS:
     raise UserError(f"config.model.impl={m.impl!r}: must be one of {', '.join(IMPLS)}")
+  precision.check(m)
 
 
 def from_config(m, *, num_classes: int) -> CNN:
   """The CNN of config.model (model.num_classes, which the image task checked against its data)."""
-  return CNN(num_classes=num_classes, init_scheme=m.init, dropout=m.dropout, impl=m.impl)
+  return CNN(num_classes=num_classes, init_scheme=m.init, dropout=m.dropout, impl=m.impl,
+             dtype=precision.compute_dtype(m.dtype), param_dtype=precision.DTYPES[m.param_dtype])

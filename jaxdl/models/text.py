@@ -20,9 +20,15 @@ import jax
 import jax.numpy as jnp
 
 from jaxdl.errors import UserError
+from jaxdl.models import precision
 
 PAD_ID = 0  # token id of padding (the vocabulary reserves it)
 OOV_ID = 1  # token id of out-of-vocabulary words; word dropout replaces tokens with it
+
+
+def _policy(module: nn.Module) -> dict:
+  """The module's precision policy as layer kwargs (models/precision.py)."""
+  return {"dtype": module.dtype, "param_dtype": module.param_dtype}
 
 
 class _Embed(nn.Module):
@@ -31,6 +37,8 @@ class _Embed(nn.Module):
   embed_dim: int
   word_dropout: float
   embed_dropout: float
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, tokens_BxL: jax.Array, mask_BxL: jax.Array, train: bool) -> jax.Array:
@@ -38,7 +46,7 @@ class _Embed(nn.Module):
       drop_BxL = jax.random.bernoulli(self.make_rng("dropout"), self.word_dropout,
                                       tokens_BxL.shape)
       tokens_BxL = jnp.where(drop_BxL & mask_BxL, OOV_ID, tokens_BxL)
-    x_BxLxD = nn.Embed(self.vocab_size, self.embed_dim,
+    x_BxLxD = nn.Embed(self.vocab_size, self.embed_dim, **_policy(self),
                        embedding_init=nn.initializers.normal(stddev=0.1))(tokens_BxL)
     x_BxLxD = nn.Dropout(self.embed_dropout, deterministic=not train)(x_BxLxD)
     return x_BxLxD * mask_BxL[..., None]
@@ -58,15 +66,17 @@ class _AttentionPool(nn.Module):
   """Softmax-weighted average over real positions, the weights scored from each vector alone
   (a query-free additive attention, as Flax's SST-2 example pools its LSTM)."""
   hidden_dim: int
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x_BxLxD: jax.Array, mask_BxL: jax.Array) -> jax.Array:
-    scores_BxL = nn.Dense(1, use_bias=False)(
-        nn.tanh(nn.Dense(self.hidden_dim, use_bias=False)(x_BxLxD)))[..., 0]
-    scores_BxL = jnp.where(mask_BxL, scores_BxL, -jnp.inf)
+    scores_BxL = nn.Dense(1, use_bias=False, **_policy(self))(
+        nn.tanh(nn.Dense(self.hidden_dim, use_bias=False, **_policy(self))(x_BxLxD)))[..., 0]
+    scores_BxL = jnp.where(mask_BxL, scores_BxL.astype(jnp.float32), -jnp.inf)  # softmax: f32
     # An empty row (all padding) would be 0/0: its weights become 0 and its pool 0.
     weights_BxL = jnp.where(mask_BxL.any(-1, keepdims=True), nn.softmax(scores_BxL, -1), 0.0)
-    return jnp.einsum("bl,bld->bd", weights_BxL, x_BxLxD)
+    return jnp.einsum("bl,bld->bd", weights_BxL.astype(x_BxLxD.dtype), x_BxLxD)
 
 
 class _Head(nn.Module):
@@ -74,14 +84,16 @@ class _Head(nn.Module):
   hidden_dim: int
   num_classes: int
   dropout: float
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, h_BxF: jax.Array, train: bool) -> jax.Array:
     h_BxF = nn.Dropout(self.dropout, deterministic=not train)(h_BxF)
     if self.hidden_dim:
-      h_BxF = nn.relu(nn.Dense(self.hidden_dim)(h_BxF))
+      h_BxF = nn.relu(nn.Dense(self.hidden_dim, **_policy(self))(h_BxF))
       h_BxF = nn.Dropout(self.dropout, deterministic=not train)(h_BxF)
-    return nn.Dense(self.num_classes)(h_BxF)
+    return nn.Dense(self.num_classes, **_policy(self))(h_BxF).astype(jnp.float32)
 
 
 class TextClassifier(nn.Module):
@@ -102,6 +114,7 @@ class TextClassifier(nn.Module):
     dropout: rate on pooled features and in the head (and inside Transformer blocks).
     embed_dropout: rate on embedding units.
     word_dropout: probability a real token is replaced by OOV during training.
+    dtype, param_dtype: compute and storage dtypes (models/precision.py); logits are float32.
   """
   encoder: str
   vocab_size: int
@@ -117,12 +130,14 @@ class TextClassifier(nn.Module):
   dropout: float = 0.0
   embed_dropout: float = 0.0
   word_dropout: float = 0.0
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, tokens_BxL: jax.Array, *, train: bool) -> jax.Array:
     mask_BxL = tokens_BxL != PAD_ID
     x_BxLxD = _Embed(self.vocab_size, self.embed_dim, self.word_dropout,
-                     self.embed_dropout)(tokens_BxL, mask_BxL, train)
+                     self.embed_dropout, **_policy(self))(tokens_BxL, mask_BxL, train)
     if self.encoder == "lstm":
       h_BxF = self._lstm(x_BxLxD, mask_BxL, train)
     elif self.encoder == "cnn":
@@ -131,18 +146,18 @@ class TextClassifier(nn.Module):
       h_BxF = self._transformer(x_BxLxD, mask_BxL, train)
     else:
       raise ValueError(f"unknown encoder {self.encoder!r}")  # text.check checks names
-    return _Head(self.head_dim, self.num_classes, self.dropout)(h_BxF, train)
+    return _Head(self.head_dim, self.num_classes, self.dropout, **_policy(self))(h_BxF, train)
 
   def _lstm(self, x_BxLxD, mask_BxL, train):
     # seq_lengths makes each direction skip padding: the forward carry stops at the last real
     # token and the backward pass starts there (flax flips each row within its own length).
     lengths_B = mask_BxL.sum(-1).astype(jnp.int32)
-    bilstm = nn.Bidirectional(nn.RNN(nn.OptimizedLSTMCell(self.hidden_dim)),
-                              nn.RNN(nn.OptimizedLSTMCell(self.hidden_dim)))
+    bilstm = nn.Bidirectional(nn.RNN(nn.OptimizedLSTMCell(self.hidden_dim, **_policy(self))),
+                              nn.RNN(nn.OptimizedLSTMCell(self.hidden_dim, **_policy(self))))
     h_BxLx2H = bilstm(x_BxLxD, seq_lengths=lengths_B)
     if self.pool == "attention":  # dropout on the outputs the weights are scored from
       h_BxLx2H = nn.Dropout(self.dropout, deterministic=not train)(h_BxLx2H)
-      return _AttentionPool(2 * self.hidden_dim)(h_BxLx2H, mask_BxL)
+      return _AttentionPool(2 * self.hidden_dim, **_policy(self))(h_BxLx2H, mask_BxL)
     if self.pool == "max_mean":
       return jnp.concatenate([_masked_max(h_BxLx2H, mask_BxL),
                               _masked_mean(h_BxLx2H, mask_BxL)], -1)
@@ -153,25 +168,29 @@ class TextClassifier(nn.Module):
     # (which SAME pads with zeros too), so real positions never see how much padding follows.
     pooled = []
     for width in self.kernel_sizes:
-      h_BxLxH = nn.relu(nn.Conv(self.hidden_dim, (width,), padding="SAME")(x_BxLxD))
+      h_BxLxH = nn.relu(nn.Conv(self.hidden_dim, (width,), padding="SAME", **_policy(self))(
+          x_BxLxD))
       pooled.append(_masked_max(h_BxLxH, mask_BxL))
     return jnp.concatenate(pooled, -1)
 
   def _transformer(self, x_BxLxD, mask_BxL, train):
     length = x_BxLxD.shape[1]
-    x_BxLxH = nn.Dense(self.hidden_dim)(x_BxLxD)
-    pos_LxH = self.param("pos_embed", nn.initializers.normal(0.02), (self.max_len, self.hidden_dim))
-    x_BxLxH = x_BxLxH + pos_LxH[:length]
+    p = _policy(self)
+    x_BxLxH = nn.Dense(self.hidden_dim, **p)(x_BxLxD)
+    pos_LxH = self.param("pos_embed", nn.initializers.normal(0.02), (self.max_len, self.hidden_dim),
+                         self.param_dtype)
+    x_BxLxH = x_BxLxH + pos_LxH[:length].astype(self.dtype)
     attn_mask_Bx1xLxL = nn.make_attention_mask(mask_BxL, mask_BxL)  # pad keys never attended
     for _ in range(self.num_layers):
-      h = nn.LayerNorm()(x_BxLxH)
+      h = nn.LayerNorm(**p)(x_BxLxH)
       h = nn.MultiHeadDotProductAttention(self.num_heads, dropout_rate=self.dropout,
-                                          deterministic=not train)(h, h, mask=attn_mask_Bx1xLxL)
+                                          deterministic=not train, **p)(h, h,
+                                                                        mask=attn_mask_Bx1xLxL)
       x_BxLxH = x_BxLxH + nn.Dropout(self.dropout, deterministic=not train)(h)
-      h = nn.Dense(4 * self.hidden_dim)(nn.LayerNorm()(x_BxLxH))
-      h = nn.Dense(self.hidden_dim)(nn.gelu(h))
+      h = nn.Dense(4 * self.hidden_dim, **p)(nn.LayerNorm(**p)(x_BxLxH))
+      h = nn.Dense(self.hidden_dim, **p)(nn.gelu(h))
       x_BxLxH = x_BxLxH + nn.Dropout(self.dropout, deterministic=not train)(h)
-    return _masked_mean(nn.LayerNorm()(x_BxLxH), mask_BxL)
+    return _masked_mean(nn.LayerNorm(**p)(x_BxLxH), mask_BxL)
 
 
 ENCODERS = ("lstm", "cnn", "transformer")
@@ -198,6 +217,7 @@ def check(m) -> None:
                     f"model.num_heads={m.num_heads}")
   if m.pool not in POOLS:
     raise UserError(f"config.model.pool={m.pool!r}: must be one of {', '.join(POOLS)}")
+  precision.check(m)
 
 
 def from_config(m, *, vocab_size: int, num_classes: int, max_len: int) -> TextClassifier:
@@ -207,4 +227,5 @@ def from_config(m, *, vocab_size: int, num_classes: int, max_len: int) -> TextCl
       embed_dim=m.embed_dim, hidden_dim=m.hidden_dim, num_layers=m.num_layers,
       num_heads=m.num_heads, kernel_sizes=tuple(m.kernel_sizes), max_len=max_len,
       head_dim=m.head_dim, pool=m.pool, dropout=m.dropout, embed_dropout=m.embed_dropout,
-      word_dropout=m.word_dropout)
+      word_dropout=m.word_dropout, dtype=precision.compute_dtype(m.dtype),
+      param_dtype=precision.DTYPES[m.param_dtype])

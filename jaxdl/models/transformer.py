@@ -16,6 +16,7 @@ the whole step); 'auto' is 'cpu' on the CPU backend and 'flax' elsewhere.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable
 
@@ -25,10 +26,28 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdl.errors import UserError
+from jaxdl.models import precision
 
 POSITIONS = ("learned", "rope")
+REMATS = ("none", "block")  # config.model.remat, or one of these jax.checkpoint_policies:
+REMAT_POLICIES = ("dots_saveable", "dots_with_no_batch_dims_saveable", "checkpoint_dots",
+                  "checkpoint_dots_with_no_batch_dims", "nothing_saveable",
+                  "everything_saveable")
 IMPLS = ("auto", "flax", "cpu")  # config.model.impl
 _INIT_STD = 0.02  # GPT-2's init: normal(0.02) everywhere, residual projections scaled down
+
+
+ATTENTIONS = ("auto", "xla", "cudnn")  # config.model.attention
+FUSED_IMPLEMENTATION = "cudnn"  # jax.nn.dot_product_attention's, for attention='cudnn'
+
+
+def resolve_attention(attention: str, dtype, dropout: float) -> str:
+  """'auto' → 'cudnn' on a GPU with a 16-bit compute dtype and no attention dropout (what the
+  fused kernel supports), else 'xla'; other names unchanged."""
+  if attention == "auto":
+    fits = jnp.dtype(dtype).itemsize == 2 and dropout == 0
+    return "cudnn" if jax.default_backend() == "gpu" and fits else "xla"
+  return attention
 
 
 def resolve_impl(impl: str) -> str:
@@ -72,6 +91,8 @@ class CpuDense(nn.Module):
   use_bias: bool = True
   dtype: jnp.dtype = jnp.float32
   kernel_init: Callable = nn.initializers.lecun_normal()
+  param_dtype: jnp.dtype = jnp.float32
+  kernel_axes: tuple = ()  # logical axis names of the kernel (and the bias: its feature axes)
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -79,22 +100,35 @@ class CpuDense(nn.Module):
     in_shape = x.shape[-self.in_axes:]
     k, m = math.prod(in_shape), math.prod(features)
     # Drawn as a K×M matrix and reshaped, as nn.DenseGeneral does, so the values are the same.
-    kernel = self.param("kernel", lambda key, shape: self.kernel_init(key, (k, m), jnp.float32)
-                        .reshape(shape), (*in_shape, *features))
+    init = lambda key, shape: self.kernel_init(key, (k, m), self.param_dtype).reshape(shape)
+    kernel = self.param("kernel", _named(init, self.kernel_axes), (*in_shape, *features))
     y = matmul_cpu(x.reshape(-1, k).astype(self.dtype), kernel.reshape(k, m).astype(self.dtype))
     y = y.reshape(*x.shape[:-self.in_axes], *features)
     if self.use_bias:
-      y = y + self.param("bias", nn.initializers.zeros_init(), features).astype(self.dtype)
+      bias_axes = self.kernel_axes[self.in_axes:] if self.kernel_axes else ()
+      y = y + self.param("bias", _named(nn.initializers.zeros_init(), bias_axes), features,
+                         self.param_dtype).astype(self.dtype)
     return y
 
 
+def _named(init: Callable, axes: tuple) -> Callable:
+  """init, its param annotated with logical axis names (parallel.LOGICAL_RULES maps them to
+  the mesh: Megatron-style tensor parallelism over 'model'); unannotated without names."""
+  return nn.with_logical_partitioning(init, axes) if axes else init
+
+
 def _dense(impl: str, features, *, in_axes: int = 1, use_bias: bool, dtype: jnp.dtype,
-           std: float, name: str) -> nn.Module:
-  """A dense layer of the resolved impl, with normal(std) kernels."""
+           param_dtype: jnp.dtype, std: float, axes: tuple, name: str) -> nn.Module:
+  """A dense layer of the resolved impl, with normal(std) kernels whose axes carry the logical
+  names `axes` (inputs then features; the bias takes the features' names)."""
   if impl == "cpu":
-    return CpuDense(features, in_axes, use_bias, dtype, nn.initializers.normal(std), name=name)
+    return CpuDense(features, in_axes, use_bias, dtype, nn.initializers.normal(std),
+                    param_dtype, axes, name=name)
   return nn.DenseGeneral(features, axis=tuple(range(-in_axes, 0)), use_bias=use_bias,
-                         dtype=dtype, kernel_init=nn.initializers.normal(std), name=name)
+                         dtype=dtype, param_dtype=param_dtype,
+                         kernel_init=_named(nn.initializers.normal(std), axes),
+                         bias_init=_named(nn.initializers.zeros_init(), axes[in_axes:]),
+                         name=name)
 
 
 def _rope(x_BxTxHxD: jax.Array, positions_T: jax.Array, block_size: int,
@@ -120,6 +154,12 @@ def _rope(x_BxTxHxD: jax.Array, positions_T: jax.Array, block_size: int,
   return out.astype(x_BxTxHxD.dtype)
 
 
+def _layer_norm(use_bias: bool, dtype, param_dtype, name: str) -> nn.LayerNorm:
+  return nn.LayerNorm(use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name,
+                      scale_init=_named(nn.initializers.ones_init(), ("embed",)),
+                      bias_init=_named(nn.initializers.zeros_init(), ("embed",)))
+
+
 class CausalSelfAttention(nn.Module):
   """Multi-head causal self-attention, with a key/value cache in decode mode."""
   num_heads: int
@@ -130,14 +170,19 @@ class CausalSelfAttention(nn.Module):
   use_bias: bool
   dtype: jnp.dtype
   impl: str
+  attention: str = "xla"  # resolved: xla | cudnn (resolve_attention)
+  param_dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x_BxTxD: jax.Array, positions_T: jax.Array, *, train: bool,
                decode: bool) -> jax.Array:
     b, t, d = x_BxTxD.shape
     h = self.num_heads
-    qkv_BxTx3xHxK = _dense(self.impl, (3, h, d // h), use_bias=self.use_bias, dtype=self.dtype,
-                           std=_INIT_STD, name="qkv")(x_BxTxD)
+    dense = functools.partial(_dense, self.impl, use_bias=self.use_bias, dtype=self.dtype,
+                              param_dtype=self.param_dtype)
+    # Column-parallel qkv (heads split over 'model'), row-parallel out: one all-reduce.
+    qkv_BxTx3xHxK = dense((3, h, d // h), std=_INIT_STD, axes=("embed", None, "heads", "kv"),
+                          name="qkv")(x_BxTxD)
     q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = (qkv_BxTx3xHxK[:, :, i] for i in range(3))
     if self.positions == "rope":
       rope = lambda x: _rope(x, positions_T, self.block_size, decode)
@@ -156,15 +201,21 @@ class CausalSelfAttention(nn.Module):
       key_positions_S = jnp.arange(self.block_size)
     else:
       k_BxSxHxK, v_BxSxHxK, key_positions_S = k_BxTxHxK, v_BxTxHxK, positions_T
-    mask_TxS = positions_T[:, None] >= key_positions_S[None, :]
+    if self.attention == "cudnn" and not decode:
+      # cuDNN's fused flash attention: the T×S scores never reach memory. No dropout on the
+      # attention weights (check() refuses one), so train and eval are the same call.
+      out_BxTxHxK = jax.nn.dot_product_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, is_causal=True,
+                                                 implementation=FUSED_IMPLEMENTATION)
+    else:
+      mask_TxS = positions_T[:, None] >= key_positions_S[None, :]
+      scores_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q_BxTxHxK, k_BxSxHxK) / jnp.sqrt(d // h)
+      scores_BxHxTxS = jnp.where(mask_TxS, scores_BxHxTxS.astype(jnp.float32), -1e30)
+      weights_BxHxTxS = jax.nn.softmax(scores_BxHxTxS, axis=-1).astype(self.dtype)
+      weights_BxHxTxS = nn.Dropout(self.dropout, deterministic=not train)(weights_BxHxTxS)
+      out_BxTxHxK = jnp.einsum("bhts,bshk->bthk", weights_BxHxTxS, v_BxSxHxK)
+    return dense(d, in_axes=2, std=_INIT_STD / (2 * self.num_layers) ** 0.5,
+                 axes=("heads", "kv", "embed"), name="out")(out_BxTxHxK)
 
-    scores_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q_BxTxHxK, k_BxSxHxK) / jnp.sqrt(d // h)
-    scores_BxHxTxS = jnp.where(mask_TxS, scores_BxHxTxS.astype(jnp.float32), -1e30)
-    weights_BxHxTxS = jax.nn.softmax(scores_BxHxTxS, axis=-1).astype(self.dtype)
-    weights_BxHxTxS = nn.Dropout(self.dropout, deterministic=not train)(weights_BxHxTxS)
-    out_BxTxHxK = jnp.einsum("bhts,bshk->bthk", weights_BxHxTxS, v_BxSxHxK)
-    return _dense(self.impl, d, in_axes=2, use_bias=self.use_bias, dtype=self.dtype,
-                  std=_INIT_STD / (2 * self.num_layers) ** 0.5, name="out")(out_BxTxHxK)
 
 
 class Block(nn.Module):
@@ -178,24 +229,32 @@ class Block(nn.Module):
   use_bias: bool
   dtype: jnp.dtype
   impl: str
+  attention: str = "xla"
+  param_dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x_BxTxD: jax.Array, positions_T: jax.Array, *, train: bool,
+  def __call__(self, x_BxTxD: jax.Array, positions_T: jax.Array, train: bool,
                decode: bool) -> jax.Array:
+    # train and decode are positional: under nn.remat they are static (static_argnums).
     d = x_BxTxD.shape[-1]
-    norm = lambda name: nn.LayerNorm(use_bias=self.use_bias, dtype=self.dtype, name=name)
+    norm = lambda name: _layer_norm(self.use_bias, self.dtype, self.param_dtype, name)
     drop = nn.Dropout(self.dropout, deterministic=not train)
     y = CausalSelfAttention(self.num_heads, self.block_size, self.positions, self.dropout,
-                            self.num_layers, self.use_bias, self.dtype, self.impl, name="attn")(
+                            self.num_layers, self.use_bias, self.dtype, self.impl,
+                            self.attention, self.param_dtype, name="attn")(
                                 norm("ln_attn")(x_BxTxD), positions_T, train=train, decode=decode)
     x_BxTxD = x_BxTxD + drop(y)
     y = norm("ln_mlp")(x_BxTxD)
+    # Column-parallel mlp_in (its outputs split over 'model'), row-parallel mlp_out.
     y = _dense(self.impl, self.mlp_ratio * d, use_bias=self.use_bias, dtype=self.dtype,
-               std=_INIT_STD, name="mlp_in")(y)
+               param_dtype=self.param_dtype, std=_INIT_STD, axes=("embed", "mlp"),
+               name="mlp_in")(y)
     y = nn.gelu(y)  # tanh-approximate GELU (GPT-2's; nanoGPT's PyTorch nn.GELU() is the erf one)
     # Always nn.Dense: its input is the wide one, whose transpose costs what CpuDense saves.
-    y = nn.Dense(d, use_bias=self.use_bias, dtype=self.dtype, name="mlp_out",
-                 kernel_init=nn.initializers.normal(_INIT_STD / (2 * self.num_layers) ** 0.5))(y)
+    y = nn.Dense(d, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
+                 name="mlp_out", kernel_init=_named(nn.initializers.normal(
+                     _INIT_STD / (2 * self.num_layers) ** 0.5), ("mlp", "embed")),
+                 bias_init=_named(nn.initializers.zeros_init(), ("embed",)))(y)
     return x_BxTxD + drop(y)
 
 
@@ -212,6 +271,11 @@ class TransformerLM(nn.Module):
     use_bias: biases in the dense layers and LayerNorms (nanoGPT's default is none).
     dtype: compute dtype of the matmuls (params stay float32; logits are float32).
     impl: 'auto', 'flax' or 'cpu': the dense layers (module docstring).
+    attention: 'xla' (scores materialised, softmax in float32; the only one with attention
+      dropout), 'cudnn' (jax.nn.dot_product_attention's fused flash kernel, GPU, bf16/fp16), or
+      'auto' (cudnn where it can run, else xla).
+    remat: 'none', 'block' (each block's activations recomputed in the backward pass, only its
+      input kept) or a jax.checkpoint_policies name (what the policy saves is kept).
   """
   vocab_size: int
   num_layers: int = 4
@@ -225,6 +289,9 @@ class TransformerLM(nn.Module):
   use_bias: bool = True
   dtype: jnp.dtype = jnp.float32
   impl: str = "flax"
+  remat: str = "none"
+  attention: str = "xla"
+  param_dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, inputs_BxL: jax.Array, *, train: bool, decode: bool = False) -> jax.Array:
@@ -235,27 +302,48 @@ class TransformerLM(nn.Module):
       index.value = index.value + t
     else:
       positions_T = jnp.arange(t)
-    embed = nn.Embed(self.vocab_size, self.width, dtype=self.dtype, name="embed",
-                     embedding_init=nn.initializers.normal(_INIT_STD))
+    # Vocab-parallel: the table's rows (and so the tied output layer's logits) split over 'model'.
+    embed = nn.Embed(self.vocab_size, self.width, dtype=self.dtype, param_dtype=self.param_dtype,
+                     name="embed", embedding_init=_named(nn.initializers.normal(_INIT_STD),
+                                                         ("vocab", "embed")))
     x_BxTxD = embed(inputs_BxL)
     if self.positions == "learned":
-      x_BxTxD = x_BxTxD + nn.Embed(self.block_size, self.width, name="pos_embed",
-                                   embedding_init=nn.initializers.normal(_INIT_STD))(
-                                       positions_T).astype(self.dtype)
+      x_BxTxD = x_BxTxD + nn.Embed(
+          self.block_size, self.width, param_dtype=self.param_dtype, name="pos_embed",
+          embedding_init=_named(nn.initializers.normal(_INIT_STD), ("positions", "embed")))(
+              positions_T).astype(self.dtype)
     x_BxTxD = self.perturb("embedded", x_BxTxD)  # a no-op hook for gradient tests
     x_BxTxD = nn.Dropout(self.dropout, deterministic=not train)(x_BxTxD)
+    block = Block if self.remat == "none" else nn.remat(  # self=0, so train=3 and decode=4
+        Block, static_argnums=(3, 4), policy=remat_policy(self.remat))
     for i in range(self.num_layers):
-      x_BxTxD = Block(self.num_heads, self.mlp_ratio, self.block_size, self.positions,
+      x_BxTxD = block(self.num_heads, self.mlp_ratio, self.block_size, self.positions,
                       self.dropout, self.num_layers, self.use_bias, self.dtype,
-                      resolve_impl(self.impl), name=f"block_{i}")(
-                          x_BxTxD, positions_T, train=train, decode=decode)
-    x_BxTxD = nn.LayerNorm(use_bias=self.use_bias, dtype=self.dtype, name="ln_final")(x_BxTxD)
+                      resolve_impl(self.impl),
+                      resolve_attention(self.attention, self.dtype, self.dropout),
+                      self.param_dtype, name=f"block_{i}")(
+                          x_BxTxD, positions_T, train, decode)
+    x_BxTxD = _layer_norm(self.use_bias, self.dtype, self.param_dtype, "ln_final")(x_BxTxD)
     if self.tie_embeddings:
       logits_BxTxV = embed.attend(x_BxTxD)
     else:
-      logits_BxTxV = nn.Dense(self.vocab_size, use_bias=False, dtype=self.dtype, name="head",
-                              kernel_init=nn.initializers.normal(_INIT_STD))(x_BxTxD)
+      logits_BxTxV = nn.Dense(self.vocab_size, use_bias=False, dtype=self.dtype,
+                              param_dtype=self.param_dtype, name="head",
+                              kernel_init=_named(nn.initializers.normal(_INIT_STD),
+                                                 ("embed", "vocab")))(x_BxTxD)
     return logits_BxTxV.astype(jnp.float32)
+
+
+def remat_policy(remat: str) -> Callable | None:
+  """What nn.remat keeps of a block for the backward pass: nothing but its input ('block'),
+  or what the named jax.checkpoint_policies policy saves (e.g. 'dots_saveable': the matmuls'
+  outputs, so only the elementwise ops are recomputed)."""
+  if remat in REMATS:
+    return None
+  if remat not in REMAT_POLICIES:  # the others in jax.checkpoint_policies are factories
+    raise UserError(f"config.model.remat={remat!r}: must be one of "
+                    f"{', '.join(REMATS + REMAT_POLICIES)}")
+  return getattr(jax.checkpoint_policies, remat)
 
 
 def init_cache(model: TransformerLM, batch_size: int) -> dict:
@@ -264,9 +352,6 @@ def init_cache(model: TransformerLM, batch_size: int) -> dict:
       lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((batch_size, 1), jnp.int32),
                          train=False, decode=True))["cache"]
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # config.model.dtype
 
 
 def check(m) -> None:
@@ -285,10 +370,30 @@ def check(m) -> None:
   if m.positions == "rope" and (m.width // m.num_heads) % 2:
     raise UserError(f"config.model.positions={m.positions!r}: needs an even head width "
                     f"(model.width / model.num_heads) for rotary pairs")
-  if m.dtype not in DTYPES:
-    raise UserError(f"config.model.dtype={m.dtype!r}: must be one of {', '.join(DTYPES)}")
+  precision.check(m)
   if m.impl not in IMPLS:
     raise UserError(f"config.model.impl={m.impl!r}: must be one of {', '.join(IMPLS)}")
+  remat_policy(m.remat)  # raises for an unknown name
+  if m.attention not in ATTENTIONS:
+    raise UserError(f"config.model.attention={m.attention!r}: must be one of "
+                    f"{', '.join(ATTENTIONS)}")
+  if m.attention == "cudnn":
+    for ok, why in ((jax.default_backend() == "gpu",
+                     f"needs a GPU (this job's backend is {jax.default_backend()})"),
+                    (precision.compute_dtype(m.dtype) == jnp.bfloat16,
+                     f"needs a bfloat16 compute dtype (model.dtype={m.dtype!r})"),
+                    (m.dropout == 0, f"has no attention dropout; set model.dropout=0 (it is "
+                                     f"{m.dropout})")):
+      if not ok:
+        raise UserError(f"config.model.attention='cudnn': {why}; 'auto' picks it where it runs")
+
+
+def check_model_axis(m, size: int) -> None:
+  """The widths that a 'model' mesh axis of `size` devices splits (parallel.LOGICAL_RULES)."""
+  for key, value in (("num_heads", m.num_heads), ("mlp_ratio * width", m.mlp_ratio * m.width)):
+    if value % size:
+      raise UserError(f"config.parallel.mesh_shape: a 'model' axis of {size} devices must divide "
+                      f"model.{key}={value}")
 
 
 def from_config(m, *, vocab_size: int) -> TransformerLM:
@@ -297,4 +402,6 @@ def from_config(m, *, vocab_size: int) -> TransformerLM:
                        width=m.width, mlp_ratio=m.mlp_ratio, block_size=m.block_size,
                        positions=m.positions, dropout=m.dropout,
                        tie_embeddings=m.tie_embeddings, use_bias=m.use_bias,
-                       dtype=DTYPES[m.dtype], impl=m.impl)
+                       dtype=precision.compute_dtype(m.dtype),
+                       param_dtype=precision.DTYPES[m.param_dtype], impl=m.impl, remat=m.remat,
+                       attention=m.attention)

@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 from jaxdl import losses, metrics, steps
-from jaxdl.data import download, idx, imagefolder, offline, sources, tfds
+from jaxdl.data import download, idx, imagefolder, offline, sources, subsets, tfds
 from jaxdl.data.augment import random_shift
 from jaxdl.data.dataset import Dataset
 from jaxdl.data.iterator import TrainBatches
@@ -43,6 +43,7 @@ FALLBACKS = ("download", "synthetic", "sample")  # data.source names after files
 def check(config) -> None:
   """The image task's own keys (data.*, loss.*, model.num_classes)."""
   sources.check(config.data, FALLBACKS, path_kind="dir")
+  subsets.check(config.data, "validation_size")
   for key, value, ok, rule in (
       ("model.num_classes", config.model.num_classes, config.model.num_classes > 1, "> 1"),
       ("data.random_shift", config.data.random_shift, config.data.random_shift >= 0, ">= 0"),
@@ -102,7 +103,8 @@ def _synthetic(size: int):
 
 
 def load(config, workdir: str | None) -> Dataset:
-  """Shuffled train batches; the test (else val) split evaluated during and after training."""
+  """Shuffled train batches; the val split (carved from train, or the data's own) evaluated
+  during training, else the test split; val and test at the end."""
   del workdir  # nothing of an image run's data is read back from the workdir
   data_cfg = config.data
   name = data_cfg.name
@@ -127,14 +129,26 @@ def load(config, workdir: str | None) -> Dataset:
     if arrays["label"].max() >= num_classes or arrays["label"].min() < 0:
       raise UserError(f"the {split} split has labels outside 0..{num_classes - 1} "
                       f"(config.model.num_classes={num_classes})")
+  # data.validation_size carves 'val' out of train by a fixed seed (data/subsets.py): evals
+  # during training (and any choice made on them) see it, and the test split is evaluated once,
+  # at the end. Data with a val split of its own (an ImageFolder val/) keeps it instead.
+  full = splits["train"]
+  n = len(full["label"])
+  kept, val = np.arange(n), None
+  if data_cfg.validation_size and "val" not in splits:
+    kept, val = subsets.carve_train(n, data_cfg.validation_size, 0)
+    splits = {**splits, "train": {k: v[kept] for k, v in full.items()},
+              "val": {k: v[val] for k, v in full.items()}}
   train = TrainBatches(splits["train"], config.batch_size, config.seed, jax.process_index(),
                        jax.process_count())
   evals = {k: v for k, v in splits.items() if k != "train"}
-  shape = tuple(int(n) for n in splits["train"]["image"].shape[1:])
+  shape = tuple(int(d) for d in splits["train"]["image"].shape[1:])
   return Dataset(
-      train=train, evals=evals, eval_split="test" if "test" in evals else "val",
+      train=train, evals=evals, eval_split="val" if "val" in evals else "test",
       final_splits=tuple(s for s in ("val", "test") if s in evals), source=source,
-      describe=" ".join(f"{s} {len(a['label']):,}" for s, a in splits.items()),
+      describe=" | ".join([subsets.describe(n, kept, val)] + [
+          f"{s} {len(a['label']):,}" for s, a in splits.items()
+          if s != "train" and not (s == "val" and val is not None)]),
       model_info={"num_classes": num_classes},
       files={imagefolder.CLASSES_FILE: imagefolder.classes_json(
           classes or [str(c) for c in range(num_classes)], shape)})

@@ -27,7 +27,7 @@ import jax
 import numpy as np
 
 from jaxdl import losses, metrics, steps
-from jaxdl.data import sources, tables, tfds
+from jaxdl.data import sources, subsets, tables, tfds
 from jaxdl.data.dataset import Dataset
 from jaxdl.data.iterator import LengthGroupedBatches
 from jaxdl.data.vocab import VOCAB_FILE, WordVocab, build_vocab
@@ -45,6 +45,8 @@ def check(config) -> None:
   """The text task's own keys (data.*, loss.*)."""
   data = config.data
   sources.check(data, FALLBACKS)
+  subsets.check(data, "train_size")
+  subsets.check(data, "validation_size")
   for key, ok, rule in (
       ("max_len", data.max_len > 0, "must be > 0"),
       ("min_count", data.min_count >= 1, "must be >= 1"),
@@ -102,6 +104,14 @@ def load(config, workdir: str | None) -> Dataset:
               if v.labels is not None and len(v.labels) and not (v.labels == -1).all()}
   if "train" not in labelled:
     raise UserError(f"the train split of {source} has no labels")
+  # data.validation_size carves a 'val' split out of train (for data without a dev split), and
+  # data.train_size keeps a subset of the rest; both by a fixed seed (data/subsets.py).
+  full = labelled["train"]
+  kept, val = subsets.carve_train(len(full.texts), data_cfg.validation_size, data_cfg.train_size)
+  pick = lambda rows: tables.TextSplit([full.texts[i] for i in rows], full.labels[rows])
+  labelled["train"] = splits["train"] = pick(kept)
+  if val is not None:
+    labelled["val"] = splits["val"] = pick(val)
   vocab = read_vocab(workdir)  # resume: the exact vocabulary the checkpoints were made with
   if vocab is not None:
     vocab_note = f"vocab {len(vocab.words):,} (from {os.path.join(workdir, VOCAB_FILE)})"
@@ -119,16 +129,19 @@ def load(config, workdir: str | None) -> Dataset:
   for split, s in labelled.items():
     tokens, counts[split] = vocab.encode(s.texts, data_cfg.max_len)
     arrays[split] = {"tokens": tokens, "label": s.labels}
-  eval_split = "dev" if "dev" in arrays else "test" if "test" in arrays else None
+  eval_split = next((s for s in ("val", "dev", "test") if s in arrays), None)
   if eval_split is None:
-    raise UserError(f"{source} has no labelled dev or test split to evaluate on")
-  final_splits = tuple(s for s in ("dev", "test") if s in arrays)
+    raise UserError(f"{source} has no labelled dev or test split to evaluate on (set "
+                    f"data.validation_size to carve one out of train)")
+  final_splits = tuple(s for s in ("val", "dev", "test") if s in arrays)
 
   train = LengthGroupedBatches(arrays["train"], config.batch_size, config.seed, data_cfg.bucket,
                       data_cfg.sort_pool, jax.process_index(), jax.process_count())
-  sizes = " | ".join(f"{split} {len(splits[split].texts):,}" +
-                     ("" if split in arrays else " (unlabelled: not evaluated)")
-                     for split in splits)
+  sizes = " | ".join(
+      [subsets.describe(len(full.texts), kept, val)] +
+      [f"{split} {len(splits[split].texts):,}" +
+       ("" if split in arrays else " (unlabelled: not evaluated)")
+       for split in splits if split not in ("train", "val")])
   cut = ", ".join(f"{c['truncated']:,} {split}" for split, c in counts.items())
 
   def share(key):  # e.g. '4.7% dev, 4.9% test': counts[split][key] per token of the eval splits

@@ -1,0 +1,60 @@
+"""Rows carved out of a training split by a fixed seed: a validation split for data that has
+none (data.validation_size), and a smaller training set (data.train_size, for learning curves).
+
+Both keys take a count (>= 1) or a fraction of the training split (0 < x < 1); 0 is off. The
+seed is fixed, not config.seed: the carved rows are part of the data, so runs with different
+seeds train and validate on the same rows, and their spread is the training's alone.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from jaxdl.errors import UserError
+
+CARVE_SEED = 1729  # fixed: changing it changes every carved split, so it is never a config key
+
+
+def check(data_cfg, key: str) -> None:
+  """config.data.<key>: 0 (off), a fraction in (0, 1), or a whole count >= 1."""
+  value = data_cfg[key]
+  if not (value == 0 or 0 < value < 1 or (value >= 1 and float(value).is_integer())):
+    raise UserError(f"config.data.{key}={value!r}: must be 0 (off), a fraction of the training "
+                    f"split in (0, 1), or a whole number of examples >= 1")
+
+
+def count(amount: float, n: int, key: str) -> int:
+  """How many of n rows data.<key>=amount means (a fraction rounds, and keeps at least one)."""
+  rows = max(1, round(amount * n)) if amount < 1 else int(amount)
+  if rows >= n:
+    raise UserError(f"config.data.{key}={amount!r} is {rows:,} of the training split's {n:,} "
+                    f"examples; it must be fewer")
+  return rows
+
+
+def carve(n: int, amount: float, key: str, salt: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """(carved, rest): sorted row indices, `count(amount)` of them carved at random by the fixed
+  seed (`salt` tells two carvings of one split apart), the rest in their file order."""
+  rows = count(amount, n, key)
+  order = np.random.default_rng([CARVE_SEED, salt]).permutation(n)
+  return np.sort(order[:rows]), np.sort(order[rows:])
+
+
+def carve_train(n: int, validation_size: float, train_size: float
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+  """(training rows, validation rows or None) of an n-row training split: validation_size rows
+  are carved first, then train_size of the rest are kept (0 = all of them)."""
+  train, val = np.arange(n), None
+  if validation_size:
+    val, train = carve(n, validation_size, "validation_size", salt=0)
+  if train_size:
+    kept, _ = carve(len(train), train_size, "train_size", salt=1)
+    train = train[kept]
+  return train, val
+
+
+def describe(n: int, train: np.ndarray, val: np.ndarray | None) -> str:
+  """'train 3,367 of 67,349 | val 800 carved from train' for the start-up line."""
+  text = f"train {len(train):,}" + (f" of {n:,}" if len(train) + len(val if val is not None
+                                                                      else ()) < n else "")
+  return text + (f" | val {len(val):,} carved from train" if val is not None else "")

@@ -1,0 +1,35 @@
+"""The precision policy every model family shares: config.model.dtype and model.param_dtype.
+
+`dtype` is the compute dtype of the matmuls and convolutions (activations between them follow
+it); `param_dtype` is the params' storage dtype, and with it the optimizer state's. Logits,
+softmax, losses and metric sums are float32 whatever the policy: each family casts its output
+to float32, and losses.py computes in float32. 'auto' computes in bfloat16 on GPU and TPU,
+whose matrix units run it at 2-16x float32's rate, and in float32 on CPU, where bfloat16 is
+emulated and slower.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxdl.errors import UserError
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+COMPUTE_DTYPES = (*DTYPES, "auto")  # config.model.dtype
+
+
+def compute_dtype(name: str) -> jnp.dtype:
+  """config.model.dtype as a dtype: 'auto' is bfloat16 on GPU and TPU, float32 elsewhere."""
+  if name == "auto":
+    return jnp.bfloat16 if jax.default_backend() in ("gpu", "tpu") else jnp.float32
+  return DTYPES[name]
+
+
+def check(m) -> None:
+  """config.model.dtype and model.param_dtype."""
+  if m.dtype not in COMPUTE_DTYPES:
+    raise UserError(f"config.model.dtype={m.dtype!r}: must be one of {', '.join(COMPUTE_DTYPES)}")
+  if m.param_dtype not in DTYPES:
+    raise UserError(f"config.model.param_dtype={m.param_dtype!r}: must be one of "
+                    f"{', '.join(DTYPES)}")
