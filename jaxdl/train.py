@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxdl import (checkpoint, metrics, models, optim, parallel, profiler, runrecord, steps,
-                   tasks, validate)
+from jaxdl import (checkpoint, metrics, models, optim, parallel, profiler, resume, runrecord,
+                   steps, tasks, validate)
 from jaxdl.errors import UserError
 
 
@@ -102,9 +102,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   validate.validate(config, task, workdir)
   # A workdir from before a key existed resumes with the value that does what its run did.
   config = copy.deepcopy(config)  # the caller's config stays as it was given
-  adopted = checkpoint.adopt_added_keys(config, checkpoint.saved_config(workdir))
+  adopted = resume.adopt_added_keys(config, resume.saved_config(workdir))
   resolved = config.to_dict()
-  config_changes = checkpoint.check_resume_config(workdir, resolved)
+  config_changes = resume.check_resume_config(workdir, resolved)
   skip_nonfinite = config.train.skip_nonfinite
 
   # 2. parallel: one mesh over all devices; batches split over its 'data' axis.

@@ -18,7 +18,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from conftest import REPO, load_config, run_main
-from jaxdl import checkpoint, data, models, optim, steps, train
+from jaxdl import checkpoint, data, models, optim, resume, steps, train
 from jaxdl.data import idx
 from jaxdl.errors import UserError
 
@@ -427,8 +427,8 @@ def test_a_config_section_added_since_is_a_harmless_change():
   """A workdir written before `train.skip_nonfinite` existed still resumes."""
   old = {"seed": 0, "model": {"name": "cnn"}}
   new = {"seed": 0, "model": {"name": "cnn"}, "train": {"skip_nonfinite": False}}
-  assert checkpoint.config_changes(old, new) == {"train.skip_nonfinite": (None, False)}
-  assert checkpoint.config_changes(new, old) == {"train.skip_nonfinite": (False, None)}
+  assert resume.config_changes(old, new) == {"train.skip_nonfinite": (None, False)}
+  assert resume.config_changes(new, old) == {"train.skip_nonfinite": (False, None)}
 
 
 def test_a_key_added_since_resumes_at_the_value_the_old_run_had(tmp_path):
@@ -439,10 +439,10 @@ def test_a_key_added_since_resumes_at_the_value_the_old_run_had(tmp_path):
   (workdir / "config.json").write_text(json.dumps({"seed": 0, "data": {"max_len": 64}}))
   old_ways = {"seed": 0, "data": {"max_len": 64, "prefix_backoff": 0},
               "train": {"ema_decay": 0.0}}
-  assert checkpoint.check_resume_config(str(workdir), old_ways) == {}
+  assert resume.check_resume_config(str(workdir), old_ways) == {}
   with pytest.raises(UserError, match=r"data.prefix_backoff: absent \(so 0, from before the key "
                                       r"existed\) -> 4\. Use a new"):
-    checkpoint.check_resume_config(str(workdir), {**old_ways, "data": {"max_len": 64,
+    resume.check_resume_config(str(workdir), {**old_ways, "data": {"max_len": 64,
                                                                        "prefix_backoff": 4}})
 
 
@@ -457,20 +457,20 @@ def test_a_key_added_since_is_adopted_at_the_old_runs_value(tmp_path):
   config = ml_collections.ConfigDict({"seed": 0, "train": {"ema_decay": 0.999,
                                                           "ema_warmup": True},
                                       "data": {"max_len": 64, "validation_size": 0.1}})
-  saved = checkpoint.saved_config(str(workdir))
+  saved = resume.saved_config(str(workdir))
   with pytest.raises(UserError, match=r"data.validation_size: absent \(so 0, from before the "
                                       r"key existed\) -> 0.1; train.ema_warmup: absent \(so "
                                       r"False, from before the key existed\) -> True\. Use"):
-    checkpoint.check_resume_config(str(workdir), config.to_dict())
-  assert checkpoint.adopt_added_keys(config, saved) == {"train.ema_warmup": (True, False),
+    resume.check_resume_config(str(workdir), config.to_dict())
+  assert resume.adopt_added_keys(config, saved) == {"train.ema_warmup": (True, False),
                                                         "data.validation_size": (0.1, 0)}
   assert not config.train.ema_warmup and config.data.validation_size == 0
-  assert checkpoint.check_resume_config(str(workdir), config.to_dict()) == {}
+  assert resume.check_resume_config(str(workdir), config.to_dict()) == {}
   config.train.ema_warmup, config.data.validation_size = True, 0.1
   with_warmup = {**saved, "train": {"ema_decay": 0.999, "ema_warmup": True}}
-  assert checkpoint.adopt_added_keys(config, with_warmup) == {"data.validation_size": (0.1, 0)}
+  assert resume.adopt_added_keys(config, with_warmup) == {"data.validation_size": (0.1, 0)}
   assert config.train.ema_warmup  # the saved run had the key: its value is the config's own
-  assert checkpoint.adopt_added_keys(config, None) == {}  # no checkpoints: a fresh run
+  assert resume.adopt_added_keys(config, None) == {}  # no checkpoints: a fresh run
 
 
 TEXT_BAD = {  # file content → the message's needle

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from conftest import load_config, set_keys
-from jaxdl import checkpoint, train
+from jaxdl import checkpoint, resume, train
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "old_workdirs")
 TASKS = ("image_classification", "text_classification", "language_model")
@@ -82,8 +82,8 @@ def test_an_old_workdir_resumes_to_the_uninterrupted_result(task, tmp_path):
   # The fresh run takes the keys added since at the values the old run had, as the resume
   # adopts them (the text classifier's train.ema_warmup=False, MNIST's data.validation_size=0).
   fresh_config = copy.deepcopy(config)
-  adopted = checkpoint.adopt_added_keys(fresh_config, saved)
-  assert set(adopted) <= set(checkpoint.ADDED_KEYS)
+  adopted = resume.adopt_added_keys(fresh_config, saved)
+  assert set(adopted) <= set(resume.ADDED_KEYS)
   resumed = train.train_and_evaluate(config, workdir)
   fresh = str(tmp_path / "fresh")
   expected = train.train_and_evaluate(fresh_config, fresh)
