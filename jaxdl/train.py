@@ -107,7 +107,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   config_changes = resume.check_resume_config(workdir, resolved)
   skip_nonfinite = config.train.skip_nonfinite
 
-  # 2. parallel: one mesh over all devices; batches split over its 'data' axis.
+  # 2. parallel: one (data, model) mesh over all devices; batches split over its 'data' axis.
   mesh = parallel.make_mesh(config.parallel.mesh_shape)
   parallel.check_batch("batch_size", config.batch_size, mesh)
   parallel.check_batch("eval_batch_size", config.eval_batch_size, mesh)
