@@ -21,7 +21,8 @@ Presets (`--config=configs/tiny_lm.py:NAME`):
                (data.vocab=bytes: no tokenizer to install or fit, and every text jaxdl reads
                works; the 256-row table makes it 86.0M params, GPT-2's 50,257 BPE rows make
                124M), bfloat16 compute on accelerators (model.dtype=auto), cuDNN flash
-               attention on GPU (model.attention=auto). Levers for memory: model.remat,
+               attention on GPU (model.attention=auto), the blocks scanned
+               (model.scan_layers). Levers for memory: model.remat,
                train.grad_accum_steps, parallel.mesh_shape=(data, model). Timed by
                experiments/bench/accelerator.py; too slow to train on a CPU.
 
@@ -75,6 +76,8 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.model.remat = "none"      # none | block (recompute each block's activations in the backward
                               # pass: less memory, ~1/3 more compute) | a jax.checkpoint_policies
                               # name, e.g. dots_saveable (keep the matmul outputs)
+  c.model.scan_layers = False  # the blocks as one lax.scan over stacked params (params['blocks'],
+                              # not block_0..): compiled once; remat then frees memory on CPU too
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "auto"      # auto | files | tfds | pydoc (offline corpus); tasks/language_model.py
@@ -119,6 +122,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.model.width = 768
     c.model.block_size = 1024
     c.model.positions = "learned"  # GPT-2's
+    c.model.scan_layers = True  # one compiled block; with model.remat=block, 8x less memory
     c.data.vocab = "bytes"
     c.data.eval_windows = 64   # of the ~108 in Tiny Shakespeare's validation tenth
     c.opt.lr = 6e-4            # GPT-2 small's (nanoGPT's train_gpt2 config)

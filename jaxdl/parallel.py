@@ -44,6 +44,23 @@ MESH_AXES = ("data", "model")
 # other name (embed, kv, positions, a user's own) stays whole on 'model'.
 LOGICAL_RULES = {"heads": "model", "mlp": "model", "vocab": "model"}
 
+# Logical axis names of activations, for the constraints a model places with
+# nn.with_logical_constraint(x, names, rules=ACTIVATION_RULES) (the transformer's, between
+# scanned blocks): the batch over 'data'. In a loop over stacked layers (model.scan_layers),
+# XLA's sharding propagation otherwise follows fsdp's split of the params' embed dimension onto
+# the activations and replicates the batch: 12.7 GB of temp memory per device for the 86M step
+# on (8,)+fsdp, 2.8 GB with it (bench README section 8). The rules are passed, not set as
+# Flax's context: there Flax would also constrain every boxed param by them (nn.DenseGeneral's
+# reshaped kernel then fails to trace).
+ACTIVATION_RULES = (("batch", "data"),)
+
+
+def activation_sharding(mesh: Mesh):
+  """The mesh in context (jax.set_mesh), under which a model's logical constraints take effect
+  in the jit steps traced there; outside it (sample, predict) they do nothing. jax.jit keys its
+  cache on the mesh context, so every call of such a step is made under it."""
+  return jax.set_mesh(mesh)
+
 
 def mesh_dims(mesh_shape: tuple[int, ...], devices: int) -> tuple[int, int]:
   """config.parallel.mesh_shape as (data, model) device counts: (-1,) or (n,) is every device on

@@ -41,7 +41,7 @@ ADDED_KEYS = {"train.ema_decay": 0.0, "data.prefix_backoff": 0, "parallel.cpu_de
               "data.image_size": 0, "loss.label_smoothing": 0.0, "data.validation_size": 0,
               "data.train_size": 0, "train.ema_warmup": False, "train.grad_accum_steps": 1,
               "model.remat": "none", "model.attention": "xla", "model.param_dtype": "float32",
-              "model.dtype": "float32"}
+              "model.dtype": "float32", "model.scan_layers": False}
 
 
 def config_changes(old: dict, new: dict, prefix: str = "") -> dict[str, tuple[Any, Any]]:
@@ -95,13 +95,14 @@ def adopt_added_keys(config, saved: dict | None) -> dict[str, tuple[Any, Any]]:
   return adopted
 
 
-def check_resume_config(workdir: str, resolved: dict) -> dict[str, tuple[Any, Any]]:
-  """The harmless config changes since the run that wrote workdir's checkpoints.
+def check_resume_config(workdir: str, saved: dict | None,
+                        resolved: dict) -> dict[str, tuple[Any, Any]]:
+  """The harmless config changes since the run that wrote workdir's checkpoints, whose
+  config.json is `saved` (saved_config(workdir), read once per start).
 
   Raises UserError listing the keys when any other key differs. Reads only; a workdir without
-  checkpoints or without config.json has nothing to check.
+  checkpoints or without config.json (saved is None) has nothing to check.
   """
-  saved = saved_config(workdir)
   if saved is None:
     return {}
   changes = {k: (old, new) for k, (old, new) in config_changes(saved, resolved).items()

@@ -7,6 +7,7 @@ compiles them for the mesh: jax.jit, one step per call or k fused by lax.scan, o
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from typing import Any, Callable
@@ -300,6 +301,17 @@ class Runner:
     self._sums_shape = None if self.fuse == 1 else jax.eval_shape(
         self._step, abstract_state, sample)[1]
 
+  def compile_step(self, batch: dict[str, jax.Array]):
+    """The jit train step compiled for a global batch of `batch`'s shapes and layout, without
+    running it: its cost_analysis() and memory_analysis() (experiments/bench/accelerator.py)."""
+    if self.mode == "pmap":
+      raise UserError("Runner.compile_step: parallel.mode='pmap' has no single compiled step; "
+                      "use parallel.mode='jit'")
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                            batch)
+    with self._context():
+      return self._step.lower(self.abstract_state, abstract).compile()
+
   def init_state(self) -> TrainState:
     """The initial state, initialised directly into its layout (replicated, or fsdp)."""
     return jax.jit(self._create, out_shardings=self.state_sharding)(self._sample_inputs)
@@ -310,7 +322,7 @@ class Runner:
 
   def run(self, state: TrainState, sums, step: int, k: int):
     """Steps step..step+k-1; their metric sums are merged onto `sums` (None: none yet)."""
-    with jax.profiler.StepTraceAnnotation("train", step_num=step):
+    with jax.profiler.StepTraceAnnotation("train", step_num=step), self._context():
       if k == 1:
         batch = self.batches.batch(step)  # this process's rows of global batch `step`
         if self.mode == "jit":
@@ -336,10 +348,17 @@ class Runner:
   def evaluate(self, state: TrainState, arrays: dict[str, np.ndarray], batch_size: int):
     """The eval sums over every example of a split exactly once (ragged end padded, masked)."""
     sums = None
-    for batch in eval_batches(arrays, batch_size, jax.process_index(), jax.process_count()):
-      out = self._eval(state, parallel.global_batch(batch, self.mesh))
-      sums = out if sums is None else self._add(sums, out)
+    with self._context():
+      for batch in eval_batches(arrays, batch_size, jax.process_index(), jax.process_count()):
+        out = self._eval(state, parallel.global_batch(batch, self.mesh))
+        sums = out if sums is None else self._add(sums, out)
     return sums
+
+  def _context(self):
+    """What the jit steps are traced and called under: the mesh, so that a model's activation
+    constraints take effect (parallel.activation_sharding); a pmap step has none."""
+    return (contextlib.nullcontext() if self.mode == "pmap"
+            else parallel.activation_sharding(self.mesh))
 
 
 PREDICT_BATCH = 256  # inputs per forward pass of a classifier's predictions (jaxdl.predict)

@@ -102,9 +102,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   validate.validate(config, task, workdir)
   # A workdir from before a key existed resumes with the value that does what its run did.
   config = copy.deepcopy(config)  # the caller's config stays as it was given
-  adopted = resume.adopt_added_keys(config, resume.saved_config(workdir))
+  saved = resume.saved_config(workdir)
+  adopted = resume.adopt_added_keys(config, saved)
   resolved = config.to_dict()
-  config_changes = resume.check_resume_config(workdir, resolved)
+  config_changes = resume.check_resume_config(workdir, saved, resolved)
   skip_nonfinite = config.train.skip_nonfinite
 
   # 2. parallel: one (data, model) mesh over all devices; batches split over its 'data' axis.

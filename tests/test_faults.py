@@ -439,11 +439,12 @@ def test_a_key_added_since_resumes_at_the_value_the_old_run_had(tmp_path):
   (workdir / "config.json").write_text(json.dumps({"seed": 0, "data": {"max_len": 64}}))
   old_ways = {"seed": 0, "data": {"max_len": 64, "prefix_backoff": 0},
               "train": {"ema_decay": 0.0}}
-  assert resume.check_resume_config(str(workdir), old_ways) == {}
+  saved = resume.saved_config(str(workdir))
+  assert resume.check_resume_config(str(workdir), saved, old_ways) == {}
   with pytest.raises(UserError, match=r"data.prefix_backoff: absent \(so 0, from before the key "
                                       r"existed\) -> 4\. Use a new"):
-    resume.check_resume_config(str(workdir), {**old_ways, "data": {"max_len": 64,
-                                                                       "prefix_backoff": 4}})
+    resume.check_resume_config(str(workdir), saved, {**old_ways, "data": {"max_len": 64,
+                                                                          "prefix_backoff": 4}})
 
 
 def test_a_key_added_since_is_adopted_at_the_old_runs_value(tmp_path):
@@ -461,11 +462,11 @@ def test_a_key_added_since_is_adopted_at_the_old_runs_value(tmp_path):
   with pytest.raises(UserError, match=r"data.validation_size: absent \(so 0, from before the "
                                       r"key existed\) -> 0.1; train.ema_warmup: absent \(so "
                                       r"False, from before the key existed\) -> True\. Use"):
-    resume.check_resume_config(str(workdir), config.to_dict())
+    resume.check_resume_config(str(workdir), saved, config.to_dict())
   assert resume.adopt_added_keys(config, saved) == {"train.ema_warmup": (True, False),
                                                         "data.validation_size": (0.1, 0)}
   assert not config.train.ema_warmup and config.data.validation_size == 0
-  assert resume.check_resume_config(str(workdir), config.to_dict()) == {}
+  assert resume.check_resume_config(str(workdir), saved, config.to_dict()) == {}
   config.train.ema_warmup, config.data.validation_size = True, 0.1
   with_warmup = {**saved, "train": {"ema_decay": 0.999, "ema_warmup": True}}
   assert resume.adopt_added_keys(config, with_warmup) == {"data.validation_size": (0.1, 0)}

@@ -203,8 +203,8 @@ def test_tiny_lm_trains_and_resumes_exactly(trained_tiny_lm, tmp_path, monkeypat
 
 def test_the_gpt2_small_preset_is_gpt2_smalls_body_and_trains_at_toy_sizes(tmp_path):
   """configs/tiny_lm.py:gpt2_small: 12 x 768, 12 heads, block 1024 over bytes, 86,039,040
-  params (shapes only); then the same preset at toy sizes, with every lever on (block remat,
-  2 microbatches, bfloat16 compute), trains 4 steps on CPU, params still float32."""
+  params (shapes only); then the same preset at toy sizes, with every lever on (scanned blocks,
+  block remat, 2 microbatches, bfloat16 compute), trains 4 steps on CPU, params still float32."""
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   config = load_config("tiny_lm", "gpt2_small")
@@ -213,8 +213,8 @@ def test_the_gpt2_small_preset_is_gpt2_smalls_body_and_trains_at_toy_sizes(tmp_p
                                                                               jnp.int32),
                                              train=False)["params"])
   assert sum(x.size for x in jax.tree.leaves(nn.unbox(shapes))) == 86_039_040
-  assert (config.data.vocab, config.model.positions, config.model.dtype) == (
-      "bytes", "learned", "auto")
+  assert (config.data.vocab, config.model.positions, config.model.dtype,
+          config.model.scan_layers) == ("bytes", "learned", "auto", True)
 
   from conftest import set_keys, write_play  # pylint: disable=g-import-not-at-top
   text = str(tmp_path / "play.txt")

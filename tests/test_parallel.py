@@ -92,7 +92,9 @@ def test_modes_match_a_single_device_and_resume_across_modes(tmp_path):
 # Tensor parallelism: (data, model) meshes on the 8 devices, with and without fsdp over 'data'.
 TP_MODES = {"tp4x2": {"parallel.mesh_shape": [4, 2]}, "tp2x4": {"parallel.mesh_shape": [2, 4]},
             "tp4x2_fsdp": {"parallel.mesh_shape": [4, 2], "parallel.fsdp": True},
-            "tp2x4_fsdp": {"parallel.mesh_shape": [2, 4], "parallel.fsdp": True}}
+            # scanned blocks: params stacked on a leading 'layers' axis, which stays whole
+            "tp2x4_fsdp_scan": {"parallel.mesh_shape": [2, 4], "parallel.fsdp": True,
+                                "model.scan_layers": True}}
 
 
 def test_lm_modes_and_tensor_parallel_meshes_match_a_single_device(tmp_path):
@@ -105,19 +107,21 @@ def test_lm_modes_and_tensor_parallel_meshes_match_a_single_device(tmp_path):
         "model.width": 32, "model.block_size": 16, "model.dropout": 0.0, "batch_size": 8,
         "eval_batch_size": 16, "data.eval_windows": 32, "num_train_steps": 20, "log_every": 1,
         "eval_every": 1000, "checkpoint_every": 1000, "opt.warmup_steps": 4}
-  config = _configured("tiny_lm", lm)
-  single = str(tmp_path / "single")
-  train.train_and_evaluate(config, single)
-  want = _losses(_events(single))
-  assert len([e for e in want if e[0] == "train"]) == 20
+  singles = {}
+  for scan in (False, True):  # scanned blocks draw their init from split keys: a reference each
+    singles[scan] = str(tmp_path / f"single_scan{int(scan)}")
+    train.train_and_evaluate(_configured("tiny_lm", {**lm, "model.scan_layers": scan}),
+                             singles[scan])
+  curve = lambda d: [(e["event"], e["step"], e.get("loss", e.get("val_loss")))
+                     for e in _events(d)]
+  assert len([e for e in curve(singles[False]) if e[0] == "train"]) == 20
   # pmap (maintenance mode in JAX) is compared on the MNIST test above; here the jit meshes.
   modes = {"mesh": MODES["mesh"], "fsdp": MODES["fsdp"], **TP_MODES}
   dirs = {mode: str(tmp_path / mode) for mode in modes}
   out = _run_on_8_devices("tiny_lm", lm, [[dirs[m], o, None] for m, o in modes.items()])
-  for mode in modes:
-    got = [(e["event"], e["step"], e.get("loss", e.get("val_loss"))) for e in _events(dirs[mode])]
-    _assert_same_curve(got, [(e["event"], e["step"], e.get("loss", e.get("val_loss")))
-                             for e in _events(single)], f"lm {mode}")
+  for mode, overrides in modes.items():
+    want = curve(singles[overrides.get("model.scan_layers", False)])
+    _assert_same_curve(curve(dirs[mode]), want, f"lm {mode}")
   # The state per device: replicated on (8, 1); the split params' share halves on (4, 2) and
   # quarters on (2, 4) (LayerNorms, the position-free rest and the step stay whole).
   per_device = [float(x) for x in re.findall(r"\| jit(?:\+fsdp)?, state ([0-9.]+) of", out)]
@@ -168,6 +172,27 @@ def test_tensor_parallel_specs_follow_the_logical_names_into_the_optimizer_state
   assert fsdp["embed"]["embedding"] == P("model", "data")  # 64 % 4 == 0: the free dimension
   assert fsdp["odd"]["embedding"] == P(None, "data")  # 65 % 4 != 0: the other one
   assert fsdp["mlp_in"] == {"kernel": P("data", "model"), "bias": P("model")}  # bias < 1024
+
+
+def test_scanned_blocks_keep_the_batch_on_data_only_under_the_runners_context():
+  """The transformer's scanned blocks constrain their carry's batch to 'data' (without it, fsdp
+  replicated the activations in the loop: parallel.ACTIVATION_RULES). The constraint is in the
+  traced step under activation_sharding, which Runner sets around its jit steps, and nowhere
+  outside it (sample, predict)."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from jaxdl.models.transformer import TransformerLM  # pylint: disable=g-import-not-at-top
+  model = TransformerLM(vocab_size=11, num_layers=2, num_heads=2, width=16, block_size=8,
+                        scan_layers=True)
+  tokens = jnp.zeros((2, 8), jnp.int32)
+  params = nn.unbox(jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), tokens,
+                                                     train=False)))  # the state holds these
+  forward = lambda p: model.apply(p, tokens, train=False)
+  assert "sharding_constraint" not in str(jax.make_jaxpr(forward)(params))
+  with parallel.activation_sharding(parallel.make_mesh((-1,))):
+    jaxpr = str(jax.make_jaxpr(forward)(params))
+  assert jaxpr.count("sharding_constraint") == 2, jaxpr  # the carry in and out of the body
+  assert jaxpr.count("spec=P('data', None, None)") == 2, jaxpr
 
 
 @pytest.mark.parametrize("key, value, needle", [

@@ -1,5 +1,6 @@
 """The Transformer LM: shapes, causality, and the key/value cache agreeing with the full pass."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -179,6 +180,44 @@ def test_remat_gives_the_same_loss_and_gradients(remat):
                              decode=True, mutable=["cache"])
   np.testing.assert_allclose(out, model.apply({"params": params}, tokens[:, :4], train=False),
                              rtol=1e-5, atol=1e-5)
+
+
+def _stacked(params, num_layers):
+  """An unrolled model's params in the scanned layout: block_0.. stacked into 'blocks'."""
+  rest = {k: v for k, v in params.items() if not k.startswith("block_")}
+  return {**rest, "blocks": jax.tree.map(lambda *x: jnp.stack(x),
+                                          *(params[f"block_{i}"] for i in range(num_layers)))}
+
+
+def test_scanned_blocks_are_the_same_function_over_stacked_params():
+  """model.scan_layers runs the blocks as one lax.scan: its params are the unrolled model's
+  stacked on a leading axis (with 'layers' as that axis's logical name), and with them the
+  logits, the gradients and the decode cache's logits are the unrolled model's, remat on
+  (the scanned form without remat runs in test_parallel's tensor-parallel test)."""
+  model, params = _model("rope", num_layers=3)
+  params = nn.unbox(params)
+  scanned = model.clone(scan_layers=True, remat="block")
+  boxed = scanned.init(jax.random.PRNGKey(0), jnp.zeros((1, 12), jnp.int32), train=False)
+  qkv = boxed["params"]["blocks"]["attn"]["qkv"]["kernel"]
+  assert qkv.names == ("layers", "embed", None, "heads", "kv") and qkv.value.shape[0] == 3
+  stacked = _stacked(params, 3)
+  assert jax.tree.structure(stacked) == jax.tree.structure(nn.unbox(boxed["params"]))
+  tokens = _tokens((2, 12))
+  loss = lambda m, p: jnp.sum(m.apply({"params": p}, tokens, train=False) ** 2)
+  want, want_g = jax.jit(jax.value_and_grad(lambda p: loss(model, p)))(params)
+  got, got_g = jax.jit(jax.value_and_grad(lambda p: loss(scanned, p)))(stacked)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(got_g), jax.tree.leaves(_stacked(want_g, 3))):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
+  cache = init_cache(scanned, 2)
+  assert cache["blocks"]["attn"]["key"].shape == (3, 2, 12, 2, 8)
+  out, state = scanned.apply({"params": stacked, "cache": cache}, tokens[:, :5], train=False,
+                             decode=True, mutable=["cache"])
+  out2, _ = scanned.apply({"params": stacked, "cache": state["cache"]}, tokens[:, 5:],
+                          train=False, decode=True, mutable=["cache"])
+  np.testing.assert_allclose(jnp.concatenate([out, out2], 1),
+                             model.apply({"params": params}, tokens, train=False),
+                             rtol=1e-5, atol=1e-4)
 
 
 def test_an_unknown_remat_policy_is_one_line():

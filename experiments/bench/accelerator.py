@@ -12,7 +12,9 @@ one JSON line:
   - flops_analytic: model FLOPs per step, 6 x (params outside the embeddings) x tokens for the
     matmuls' forward and backward, plus 12 x layers x width x block x tokens for attention's
     scores and weighted values (the PaLM paper's count; remat's recomputation not counted);
-  - flops_xla: XLA's own count, compiled.cost_analysis()['flops'] (per device);
+  - flops_xla: XLA's own count, compiled.cost_analysis()['flops'] (per device); it counts a
+    loop's body once, so with model.scan_layers (a loop over the blocks) or
+    train.grad_accum_steps > 1 (over the microbatches) it is a fraction of the step's;
   - step_s: the median of --steps timed steps after 3 warm-up steps (not with --compile_only);
   - mfu: flops_analytic / (step_s x devices x the device's peak), with the peak and its source
     from PEAKS (bf16 dense for accelerators), or --peak_tflops;
@@ -120,10 +122,8 @@ def main() -> None:
   runner = steps.Runner(config, model, task.objective(config, model), tx, RandomWindows(), mesh,
                         task.INPUT, eval_every=10**9)
   batch = parallel.global_batch(RandomWindows().batch(0), mesh)
-  abstract_batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                                               sharding=x.sharding), batch)
   start = time.time()
-  compiled = runner._step.lower(runner.abstract_state, abstract_batch).compile()  # pylint: disable=protected-access
+  compiled = runner.compile_step(batch)
   compile_s = time.time() - start
   mem = compiled.memory_analysis()
   cost = compiled.cost_analysis()
@@ -157,7 +157,7 @@ def main() -> None:
     for i in range(3 + args.steps):
       batch = parallel.global_batch(RandomWindows().batch(i), mesh)
       t0 = time.perf_counter()
-      state, sums = runner._step(state, batch)  # pylint: disable=protected-access
+      state, sums = compiled(state, batch)  # the program analysed above
       jax.block_until_ready((state, sums))
       if i >= 3:
         times.append(time.perf_counter() - t0)

@@ -54,7 +54,8 @@ def carve_train(n: int, validation_size: float, train_size: float
 
 
 def describe(n: int, train: np.ndarray, val: np.ndarray | None) -> str:
-  """'train 3,367 of 67,349 | val 800 carved from train' for the start-up line."""
-  text = f"train {len(train):,}" + (f" of {n:,}" if len(train) + len(val if val is not None
-                                                                      else ()) < n else "")
-  return text + (f" | val {len(val):,} carved from train" if val is not None else "")
+  """'train 3,367 of 67,349 | val 800 carved from train' for the start-up line ('of N' only
+  when train_size dropped rows)."""
+  carved = 0 if val is None else len(val)
+  text = f"train {len(train):,}" + (f" of {n:,}" if len(train) + carved < n else "")
+  return text + (f" | val {carved:,} carved from train" if val is not None else "")

@@ -8,16 +8,13 @@ Positions are learned embeddings or rotary (RoPE). The same module runs in two m
     positions and returns the chunk's logits, so generating one character costs one position's
     compute instead of a pass over the whole context. `init_cache` makes an empty cache.
 
-`impl` (config.model.impl) picks the dense layers that read the LayerNorm outputs and the
-attention output: 'flax' (nn.Dense, nn.DenseGeneral) or 'cpu' (CpuDense: the same params, init
-and function, with a hand-written kernel gradient that XLA's CPU backend runs ~25% faster over
-the whole step); 'auto' is 'cpu' on the CPU backend and 'flax' elsewhere.
+The dense layers (config.model.impl: flax | cpu | auto) and the logical axis names that
+shard them over a 'model' mesh axis are in dense.py.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 from typing import Callable
 
 import flax.linen as nn
@@ -25,15 +22,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdl import parallel
 from jaxdl.errors import UserError
-from jaxdl.models import precision
+from jaxdl.models import dense, precision
 
 POSITIONS = ("learned", "rope")
 REMATS = ("none", "block")  # config.model.remat, or one of these jax.checkpoint_policies:
 REMAT_POLICIES = ("dots_saveable", "dots_with_no_batch_dims_saveable", "checkpoint_dots",
                   "checkpoint_dots_with_no_batch_dims", "nothing_saveable",
                   "everything_saveable")
-IMPLS = ("auto", "flax", "cpu")  # config.model.impl
 _INIT_STD = 0.02  # GPT-2's init: normal(0.02) everywhere, residual projections scaled down
 
 
@@ -48,87 +45,6 @@ def resolve_attention(attention: str, dtype, dropout: float) -> str:
     fits = jnp.dtype(dtype).itemsize == 2 and dropout == 0
     return "cudnn" if jax.default_backend() == "gpu" and fits else "xla"
   return attention
-
-
-def resolve_impl(impl: str) -> str:
-  """'auto' → 'cpu' on the CPU backend, 'flax' on accelerators; other names unchanged."""
-  if impl == "auto":
-    return "cpu" if jax.default_backend() == "cpu" else "flax"
-  return impl
-
-
-@jax.custom_vjp
-def matmul_cpu(x_NxK: jax.Array, w_KxM: jax.Array) -> jax.Array:
-  """x @ w, whose kernel gradient is x's transpose, made on its own, times the output gradient.
-
-  Autodiff's kernel gradient contracts the rows of x and of the output gradient g, and leaves
-  the layouts to XLA. XLA:CPU transposed g instead of x, fused into the op that makes g (the
-  GELU's backward for mlp_in, the attention's for out and qkv), which then wrote strided at
-  ~10 ns an element: 1.5-3.5 ms per layer in the tiny LM's profile. Transposing x (the 128-wide
-  LayerNorm or attention output) behind an optimization barrier, so that XLA keeps it a plain
-  copy, leaves two row-major products."""
-  return x_NxK @ w_KxM
-
-
-def _matmul_cpu_fwd(x_NxK, w_KxM):
-  return x_NxK @ w_KxM, (x_NxK, w_KxM)
-
-
-def _matmul_cpu_bwd(residuals, g_NxM):
-  x_NxK, w_KxM = residuals
-  return g_NxM @ w_KxM.T, jax.lax.optimization_barrier(x_NxK.T) @ g_NxM
-
-
-matmul_cpu.defvjp(_matmul_cpu_fwd, _matmul_cpu_bwd)
-
-
-class CpuDense(nn.Module):
-  """nn.DenseGeneral over the last `in_axes` input axes, by matmul_cpu. The same parameter
-  tree, init and function as nn.Dense (in_axes=1, int features) and nn.DenseGeneral, so
-  checkpoints move between the two."""
-  features: int | tuple[int, ...]
-  in_axes: int = 1
-  use_bias: bool = True
-  dtype: jnp.dtype = jnp.float32
-  kernel_init: Callable = nn.initializers.lecun_normal()
-  param_dtype: jnp.dtype = jnp.float32
-  kernel_axes: tuple = ()  # logical axis names of the kernel (and the bias: its feature axes)
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    features = self.features if isinstance(self.features, tuple) else (self.features,)
-    in_shape = x.shape[-self.in_axes:]
-    k, m = math.prod(in_shape), math.prod(features)
-    # Drawn as a K×M matrix and reshaped, as nn.DenseGeneral does, so the values are the same.
-    init = lambda key, shape: self.kernel_init(key, (k, m), self.param_dtype).reshape(shape)
-    kernel = self.param("kernel", _named(init, self.kernel_axes), (*in_shape, *features))
-    y = matmul_cpu(x.reshape(-1, k).astype(self.dtype), kernel.reshape(k, m).astype(self.dtype))
-    y = y.reshape(*x.shape[:-self.in_axes], *features)
-    if self.use_bias:
-      bias_axes = self.kernel_axes[self.in_axes:] if self.kernel_axes else ()
-      y = y + self.param("bias", _named(nn.initializers.zeros_init(), bias_axes), features,
-                         self.param_dtype).astype(self.dtype)
-    return y
-
-
-def _named(init: Callable, axes: tuple) -> Callable:
-  """init, its param annotated with logical axis names (parallel.LOGICAL_RULES maps them to
-  the mesh: Megatron-style tensor parallelism over 'model'); unannotated without names."""
-  return nn.with_logical_partitioning(init, axes) if axes else init
-
-
-def _dense(impl: str, features, *, in_axes: int = 1, use_bias: bool, dtype: jnp.dtype,
-           param_dtype: jnp.dtype, std: float, axes: tuple, name: str) -> nn.Module:
-  """A dense layer of the resolved impl, with normal(std) kernels whose axes carry the logical
-  names `axes` (inputs then features; the bias takes the features' names)."""
-  if impl == "cpu":
-    return CpuDense(features, in_axes, use_bias, dtype, nn.initializers.normal(std),
-                    param_dtype, axes, name=name)
-  return nn.DenseGeneral(features, axis=tuple(range(-in_axes, 0)), use_bias=use_bias,
-                         dtype=dtype, param_dtype=param_dtype,
-                         kernel_init=_named(nn.initializers.normal(std), axes),
-                         bias_init=_named(nn.initializers.zeros_init(), axes[in_axes:]),
-                         name=name)
 
 
 def _rope(x_BxTxHxD: jax.Array, positions_T: jax.Array, block_size: int,
@@ -156,8 +72,8 @@ def _rope(x_BxTxHxD: jax.Array, positions_T: jax.Array, block_size: int,
 
 def _layer_norm(use_bias: bool, dtype, param_dtype, name: str) -> nn.LayerNorm:
   return nn.LayerNorm(use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name,
-                      scale_init=_named(nn.initializers.ones_init(), ("embed",)),
-                      bias_init=_named(nn.initializers.zeros_init(), ("embed",)))
+                      scale_init=dense.named(nn.initializers.ones_init(), ("embed",)),
+                      bias_init=dense.named(nn.initializers.zeros_init(), ("embed",)))
 
 
 class CausalSelfAttention(nn.Module):
@@ -178,11 +94,11 @@ class CausalSelfAttention(nn.Module):
                decode: bool) -> jax.Array:
     b, t, d = x_BxTxD.shape
     h = self.num_heads
-    dense = functools.partial(_dense, self.impl, use_bias=self.use_bias, dtype=self.dtype,
-                              param_dtype=self.param_dtype)
+    linear = functools.partial(dense.dense, self.impl, use_bias=self.use_bias,
+                               dtype=self.dtype, param_dtype=self.param_dtype)
     # Column-parallel qkv (heads split over 'model'), row-parallel out: one all-reduce.
-    qkv_BxTx3xHxK = dense((3, h, d // h), std=_INIT_STD, axes=("embed", None, "heads", "kv"),
-                          name="qkv")(x_BxTxD)
+    qkv_BxTx3xHxK = linear((3, h, d // h), std=_INIT_STD, axes=("embed", None, "heads", "kv"),
+                           name="qkv")(x_BxTxD)
     q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = (qkv_BxTx3xHxK[:, :, i] for i in range(3))
     if self.positions == "rope":
       rope = lambda x: _rope(x, positions_T, self.block_size, decode)
@@ -213,8 +129,8 @@ class CausalSelfAttention(nn.Module):
       weights_BxHxTxS = jax.nn.softmax(scores_BxHxTxS, axis=-1).astype(self.dtype)
       weights_BxHxTxS = nn.Dropout(self.dropout, deterministic=not train)(weights_BxHxTxS)
       out_BxTxHxK = jnp.einsum("bhts,bshk->bthk", weights_BxHxTxS, v_BxSxHxK)
-    return dense(d, in_axes=2, std=_INIT_STD / (2 * self.num_layers) ** 0.5,
-                 axes=("heads", "kv", "embed"), name="out")(out_BxTxHxK)
+    return linear(d, in_axes=2, std=_INIT_STD / (2 * self.num_layers) ** 0.5,
+                  axes=("heads", "kv", "embed"), name="out")(out_BxTxHxK)
 
 
 
@@ -246,15 +162,15 @@ class Block(nn.Module):
     x_BxTxD = x_BxTxD + drop(y)
     y = norm("ln_mlp")(x_BxTxD)
     # Column-parallel mlp_in (its outputs split over 'model'), row-parallel mlp_out.
-    y = _dense(self.impl, self.mlp_ratio * d, use_bias=self.use_bias, dtype=self.dtype,
-               param_dtype=self.param_dtype, std=_INIT_STD, axes=("embed", "mlp"),
-               name="mlp_in")(y)
+    y = dense.dense(self.impl, self.mlp_ratio * d, use_bias=self.use_bias, dtype=self.dtype,
+                    param_dtype=self.param_dtype, std=_INIT_STD, axes=("embed", "mlp"),
+                    name="mlp_in")(y)
     y = nn.gelu(y)  # tanh-approximate GELU (GPT-2's; nanoGPT's PyTorch nn.GELU() is the erf one)
     # Always nn.Dense: its input is the wide one, whose transpose costs what CpuDense saves.
     y = nn.Dense(d, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
-                 name="mlp_out", kernel_init=_named(nn.initializers.normal(
+                 name="mlp_out", kernel_init=dense.named(nn.initializers.normal(
                      _INIT_STD / (2 * self.num_layers) ** 0.5), ("mlp", "embed")),
-                 bias_init=_named(nn.initializers.zeros_init(), ("embed",)))(y)
+                 bias_init=dense.named(nn.initializers.zeros_init(), ("embed",)))(y)
     return x_BxTxD + drop(y)
 
 
@@ -276,6 +192,9 @@ class TransformerLM(nn.Module):
       'auto' (cudnn where it can run, else xla).
     remat: 'none', 'block' (each block's activations recomputed in the backward pass, only its
       input kept) or a jax.checkpoint_policies name (what the policy saves is kept).
+    scan_layers: the blocks as one lax.scan over params stacked on a leading 'layers' axis
+      (params['blocks'], its leaves [num_layers, ...]) instead of params['block_0'], ...: the
+      same function, another param layout, a compile time that does not grow with depth.
   """
   vocab_size: int
   num_layers: int = 4
@@ -292,6 +211,7 @@ class TransformerLM(nn.Module):
   remat: str = "none"
   attention: str = "xla"
   param_dtype: jnp.dtype = jnp.float32
+  scan_layers: bool = False
 
   @nn.compact
   def __call__(self, inputs_BxL: jax.Array, *, train: bool, decode: bool = False) -> jax.Array:
@@ -304,33 +224,50 @@ class TransformerLM(nn.Module):
       positions_T = jnp.arange(t)
     # Vocab-parallel: the table's rows (and so the tied output layer's logits) split over 'model'.
     embed = nn.Embed(self.vocab_size, self.width, dtype=self.dtype, param_dtype=self.param_dtype,
-                     name="embed", embedding_init=_named(nn.initializers.normal(_INIT_STD),
-                                                         ("vocab", "embed")))
+                     name="embed", embedding_init=dense.named(
+                         nn.initializers.normal(_INIT_STD), ("vocab", "embed")))
     x_BxTxD = embed(inputs_BxL)
     if self.positions == "learned":
       x_BxTxD = x_BxTxD + nn.Embed(
           self.block_size, self.width, param_dtype=self.param_dtype, name="pos_embed",
-          embedding_init=_named(nn.initializers.normal(_INIT_STD), ("positions", "embed")))(
+          embedding_init=dense.named(nn.initializers.normal(_INIT_STD), ("positions", "embed")))(
               positions_T).astype(self.dtype)
     x_BxTxD = self.perturb("embedded", x_BxTxD)  # a no-op hook for gradient tests
     x_BxTxD = nn.Dropout(self.dropout, deterministic=not train)(x_BxTxD)
     block = Block if self.remat == "none" else nn.remat(  # self=0, so train=3 and decode=4
-        Block, static_argnums=(3, 4), policy=remat_policy(self.remat))
-    for i in range(self.num_layers):
-      x_BxTxD = block(self.num_heads, self.mlp_ratio, self.block_size, self.positions,
-                      self.dropout, self.num_layers, self.use_bias, self.dtype,
-                      resolve_impl(self.impl),
-                      resolve_attention(self.attention, self.dtype, self.dropout),
-                      self.param_dtype, name=f"block_{i}")(
-                          x_BxTxD, positions_T, train, decode)
+        Block, static_argnums=(3, 4), policy=remat_policy(self.remat),
+        prevent_cse=not self.scan_layers)  # a scan body needs no CSE barrier (jax.checkpoint)
+    make = functools.partial(block, self.num_heads, self.mlp_ratio, self.block_size,
+                             self.positions, self.dropout, self.num_layers, self.use_bias,
+                             self.dtype, dense.resolve_impl(self.impl),
+                             resolve_attention(self.attention, self.dtype, self.dropout),
+                             self.param_dtype)
+    if self.scan_layers:
+      # One block's program run num_layers times by lax.scan, over params (and decode caches)
+      # stacked on a leading 'layers' axis: compiled once, and under remat the one form in
+      # which XLA:CPU frees each block's activations (experiments/bench/README.md section 8).
+      # The carry keeps its batch on 'data' (parallel.ACTIVATION_RULES says why).
+      batch_on_data = lambda x: nn.with_logical_constraint(x, ("batch", None, None),
+                                                           rules=parallel.ACTIVATION_RULES)
+
+      def body(module: nn.Module, x_BxTxD: jax.Array, positions_T: jax.Array):
+        return batch_on_data(module(batch_on_data(x_BxTxD), positions_T, train, decode)), None
+
+      blocks = nn.scan(body, variable_axes={"params": 0, "cache": 0},
+                       split_rngs={"params": True, "dropout": True}, in_axes=(nn.broadcast,),
+                       length=self.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
+      x_BxTxD, _ = blocks(make(name="blocks"), x_BxTxD, positions_T)
+    else:
+      for i in range(self.num_layers):
+        x_BxTxD = make(name=f"block_{i}")(x_BxTxD, positions_T, train, decode)
     x_BxTxD = _layer_norm(self.use_bias, self.dtype, self.param_dtype, "ln_final")(x_BxTxD)
     if self.tie_embeddings:
       logits_BxTxV = embed.attend(x_BxTxD)
     else:
       logits_BxTxV = nn.Dense(self.vocab_size, use_bias=False, dtype=self.dtype,
                               param_dtype=self.param_dtype, name="head",
-                              kernel_init=_named(nn.initializers.normal(_INIT_STD),
-                                                 ("embed", "vocab")))(x_BxTxD)
+                              kernel_init=dense.named(nn.initializers.normal(_INIT_STD),
+                                                      ("embed", "vocab")))(x_BxTxD)
     return logits_BxTxV.astype(jnp.float32)
 
 
@@ -371,8 +308,8 @@ def check(m) -> None:
     raise UserError(f"config.model.positions={m.positions!r}: needs an even head width "
                     f"(model.width / model.num_heads) for rotary pairs")
   precision.check(m)
-  if m.impl not in IMPLS:
-    raise UserError(f"config.model.impl={m.impl!r}: must be one of {', '.join(IMPLS)}")
+  if m.impl not in dense.IMPLS:
+    raise UserError(f"config.model.impl={m.impl!r}: must be one of {', '.join(dense.IMPLS)}")
   remat_policy(m.remat)  # raises for an unknown name
   if m.attention not in ATTENTIONS:
     raise UserError(f"config.model.attention={m.attention!r}: must be one of "
@@ -404,4 +341,4 @@ def from_config(m, *, vocab_size: int) -> TransformerLM:
                        tie_embeddings=m.tie_embeddings, use_bias=m.use_bias,
                        dtype=precision.compute_dtype(m.dtype),
                        param_dtype=precision.DTYPES[m.param_dtype], impl=m.impl, remat=m.remat,
-                       attention=m.attention)
+                       attention=m.attention, scan_layers=m.scan_layers)
