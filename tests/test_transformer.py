@@ -18,7 +18,9 @@ VOCAB = 11
 def _model(positions="learned", **kw):
   kw = {"num_layers": 2, "num_heads": 2, "width": 16, "block_size": 12, **kw}
   model = TransformerLM(vocab_size=VOCAB, positions=positions, **kw)
-  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 12), jnp.int32), train=False)["params"]
+  # jit: one compile costs less than running the init op by op (~4 s for 2 blocks on CPU).
+  params = jax.jit(lambda x: model.init(jax.random.PRNGKey(0), x, train=False))(
+      jnp.zeros((1, 12), jnp.int32))["params"]
   # Scale the small init up so the logits depend visibly on every input.
   params = jax.tree.map(lambda p: p * 8 if p.ndim >= 2 else p, params)
   return model, params
@@ -34,9 +36,11 @@ def test_output_shape_and_get_model(tmp_path):
   config.model.positions, config.model.use_bias = "learned", True  # GPT-2's layers
   model = models.get(config.model, vocab_size=65)
   assert isinstance(model, TransformerLM) and model.block_size == 64 and model.num_layers == 4
-  params = model.init(jax.random.PRNGKey(0), jnp.zeros((2, 64), jnp.int32), train=False)["params"]
-  assert model.apply({"params": params}, jnp.zeros((2, 64), jnp.int32),
-                     train=False).shape == (2, 64, 65)
+  # Shapes only (eval_shape): the counts need no values, and running them op by op took ~5 s.
+  params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((2, 64), jnp.int32),
+                                             train=False)["params"])
+  assert jax.eval_shape(lambda p: model.apply({"params": p}, jnp.zeros((2, 64), jnp.int32),
+                                              train=False), params).shape == (2, 64, 65)
   # Per block: qkv 128*384+384, out 128*128+128, MLP 128*512+512 and 512*128+128, 2 LayerNorms
   # 2*256; then token 65*128 and position 64*128 embeddings (the output layer is tied), the final
   # LayerNorm 256.
@@ -45,8 +49,8 @@ def test_output_shape_and_get_model(tmp_path):
   assert sum(x.size for x in jax.tree.leaves(params)) == expected == 809_856
   # Without biases (nanoGPT's bias=False) the LayerNorms keep only their scales.
   config.model.use_bias = False
-  params = models.get(config.model, vocab_size=65).init(
-      jax.random.PRNGKey(0), jnp.zeros((1, 64), jnp.int32), train=False)["params"]
+  params = jax.eval_shape(lambda: models.get(config.model, vocab_size=65).init(
+      jax.random.PRNGKey(0), jnp.zeros((1, 64), jnp.int32), train=False)["params"])
   biases = 4 * (384 + 128 + 512 + 128 + 2 * 128) + 128
   assert sum(x.size for x in jax.tree.leaves(params)) == expected - biases == 804_096
   task = tasks.get(config.task)
@@ -155,14 +159,15 @@ def test_dropout_only_in_training():
   np.testing.assert_array_equal(a, model.apply({"params": params}, tokens, train=False))
 
 
-@pytest.mark.parametrize("remat", ["block", "dots_saveable"])
-def test_remat_gives_the_same_loss_and_gradients(remat):
+def test_remat_gives_the_same_loss_and_gradients():
   """model.remat recomputes activations in the backward pass: the params (names included), the
-  loss and its gradients are those without it; and the decode path still runs."""
+  loss and its gradients are those without it; and the decode path still runs. (A
+  jax.checkpoint_policies name: the scanned-blocks test below.)"""
   model, params = _model("rope", dropout=0.1)
-  remat_model = model.clone(remat=remat)
-  assert jax.tree.structure(remat_model.init(jax.random.PRNGKey(0), jnp.zeros((1, 12), jnp.int32),
-                                             train=False)["params"]) == jax.tree.structure(params)
+  remat_model = model.clone(remat="block")
+  assert jax.tree.structure(jax.eval_shape(lambda: remat_model.init(
+      jax.random.PRNGKey(0), jnp.zeros((1, 12), jnp.int32), train=False))["params"]) == \
+      jax.tree.structure(params)
   tokens = _tokens((3, 12))
 
   def loss(m, p):
@@ -176,8 +181,9 @@ def test_remat_gives_the_same_loss_and_gradients(remat):
   for a, b in zip(jax.tree.leaves(got_g), jax.tree.leaves(want_g)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   cache = init_cache(remat_model, 3)
-  out, _ = remat_model.apply({"params": params, "cache": cache}, tokens[:, :4], train=False,
-                             decode=True, mutable=["cache"])
+  out, _ = jax.jit(lambda p, c: remat_model.apply({"params": p, "cache": c}, tokens[:, :4],
+                                                  train=False, decode=True, mutable=["cache"]))(
+                                                      params, cache)
   np.testing.assert_allclose(out, model.apply({"params": params}, tokens[:, :4], train=False),
                              rtol=1e-5, atol=1e-5)
 
@@ -192,12 +198,14 @@ def _stacked(params, num_layers):
 def test_scanned_blocks_are_the_same_function_over_stacked_params():
   """model.scan_layers runs the blocks as one lax.scan: its params are the unrolled model's
   stacked on a leading axis (with 'layers' as that axis's logical name), and with them the
-  logits, the gradients and the decode cache's logits are the unrolled model's, remat on
-  (the scanned form without remat runs in test_parallel's tensor-parallel test)."""
+  logits, the gradients and the decode cache's logits are the unrolled model's, with remat by a
+  jax.checkpoint_policies policy (the scanned form without remat runs in test_parallel's
+  tensor-parallel test)."""
   model, params = _model("rope", num_layers=3)
   params = nn.unbox(params)
-  scanned = model.clone(scan_layers=True, remat="block")
-  boxed = scanned.init(jax.random.PRNGKey(0), jnp.zeros((1, 12), jnp.int32), train=False)
+  scanned = model.clone(scan_layers=True, remat="dots_saveable")
+  boxed = jax.eval_shape(lambda: scanned.init(jax.random.PRNGKey(0), jnp.zeros((1, 12), jnp.int32),
+                                              train=False))
   qkv = boxed["params"]["blocks"]["attn"]["qkv"]["kernel"]
   assert qkv.names == ("layers", "embed", None, "heads", "kv") and qkv.value.shape[0] == 3
   stacked = _stacked(params, 3)
@@ -211,10 +219,10 @@ def test_scanned_blocks_are_the_same_function_over_stacked_params():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
   cache = init_cache(scanned, 2)
   assert cache["blocks"]["attn"]["key"].shape == (3, 2, 12, 2, 8)
-  out, state = scanned.apply({"params": stacked, "cache": cache}, tokens[:, :5], train=False,
-                             decode=True, mutable=["cache"])
-  out2, _ = scanned.apply({"params": stacked, "cache": state["cache"]}, tokens[:, 5:],
-                          train=False, decode=True, mutable=["cache"])
+  decode = jax.jit(lambda c, x: scanned.apply({"params": stacked, "cache": c}, x, train=False,
+                                              decode=True, mutable=["cache"]))
+  out, state = decode(cache, tokens[:, :5])
+  out2, _ = decode(state["cache"], tokens[:, 5:])
   np.testing.assert_allclose(jnp.concatenate([out, out2], 1),
                              model.apply({"params": params}, tokens, train=False),
                              rtol=1e-5, atol=1e-4)
