@@ -229,6 +229,7 @@ def test_the_gpt2_small_preset_is_gpt2_smalls_body_and_trains_at_toy_sizes(tmp_p
   assert np.isfinite(final["val_loss"]) and final["val_loss"] < np.log(256) + 0.5
   toy = models.get(config.model, vocab_size=256)
   tokens = jnp.zeros((2, 16), jnp.int32)
-  params = toy.init(jax.random.PRNGKey(0), tokens, train=False)["params"]
+  params = jax.eval_shape(lambda: toy.init(jax.random.PRNGKey(0), tokens, train=False)["params"])
   assert {x.dtype for x in jax.tree.leaves(nn.unbox(params))} == {jnp.dtype("float32")}
-  assert toy.apply({"params": params}, tokens, train=False).dtype == jnp.float32
+  assert jax.eval_shape(lambda p: toy.apply({"params": p}, tokens, train=False),
+                        nn.unbox(params)).dtype == jnp.float32

@@ -73,7 +73,8 @@ def test_cpu_dense_layers_match_flax_layers(positions, use_bias):
   flax_model, _ = _model(positions, use_bias=use_bias, impl="flax")
   cpu_model = flax_model.clone(impl="cpu")
   tokens = jax.random.randint(jax.random.PRNGKey(1), (3, 12), 0, VOCAB)
-  init = lambda m: m.init(jax.random.PRNGKey(0), tokens, train=False)["params"]
+  init = lambda m: jax.jit(lambda x: m.init(jax.random.PRNGKey(0), x, train=False))(
+      tokens)["params"]
   params = init(flax_model)
   jax.tree.map(np.testing.assert_array_equal, init(cpu_model), params)  # also the tree's keys
   loss = lambda m: lambda p: jnp.mean(m.apply({"params": p}, tokens, train=True) ** 2)
@@ -88,10 +89,11 @@ def test_cpu_dense_layers_match_flax_layers(positions, use_bias):
 def test_causality_by_perturbation(positions):
   model, params = _model(positions)
   tokens = _tokens((2, 12))
-  logits = model.apply({"params": params}, tokens, train=False)
+  forward = jax.jit(lambda x: model.apply({"params": params}, x, train=False))
+  logits = forward(tokens)
   for t in (0, 5, 11):
     changed = tokens.at[:, t].set((tokens[:, t] + 1) % VOCAB)
-    other = model.apply({"params": params}, changed, train=False)
+    other = forward(changed)
     np.testing.assert_array_equal(other[:, :t], logits[:, :t])  # the past is untouched
     assert np.abs(other[:, t] - logits[:, t]).max() > 1e-3  # position t sees its own token
 
@@ -101,14 +103,15 @@ def test_causality_by_gradient(positions):
   model, params = _model(positions)
   tokens = _tokens((1, 12))
   # flax's perturb() hook: a zero added to the input embeddings, differentiable per position.
-  zeros = model.init(jax.random.PRNGKey(0), tokens, train=False)["perturbations"]
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(
+      lambda: model.init(jax.random.PRNGKey(0), tokens, train=False)["perturbations"]))
 
   def logit_sums_L(perturbations):
     logits = model.apply({"params": params, "perturbations": perturbations}, tokens, train=False)
     return logits[0].sum(-1)
 
   # jac[t, s] = d(sum of position t's logits) / d(position s's embedding), all t and s at once.
-  jac_LxLxD = jax.jacrev(logit_sums_L)(zeros)["embedded"][:, 0]
+  jac_LxLxD = jax.jit(jax.jacrev(logit_sums_L))(zeros)["embedded"][:, 0]
   influence_LxL = np.abs(np.asarray(jac_LxLxD)).sum(-1)
   assert np.all(np.triu(influence_LxL, k=1) == 0)  # nothing from the future
   assert np.all(influence_LxL[np.tril_indices(12)] > 0)  # every past position and itself
@@ -120,10 +123,11 @@ def test_cached_decoding_matches_the_full_pass(positions):
   tokens = _tokens((3, 12), seed=2)
   full = model.apply({"params": params}, tokens, train=False)
   cache = init_cache(model, 3)
+  decode = jax.jit(lambda c, x: model.apply({"params": params, "cache": c}, x, train=False,
+                                            decode=True, mutable=["cache"]))
   steps = [(0, 5)] + [(t, t + 1) for t in range(5, 12)]  # a 5-token prompt, then one at a time
   for start, end in steps:
-    logits, variables = model.apply({"params": params, "cache": cache}, tokens[:, start:end],
-                                    train=False, decode=True, mutable=["cache"])
+    logits, variables = decode(cache, tokens[:, start:end])
     cache = variables["cache"]
     np.testing.assert_allclose(logits, full[:, start:end], atol=2e-5, rtol=2e-5)
   assert int(cache["index"]) == 12
@@ -153,10 +157,13 @@ def test_rope_rotates_each_pair_by_its_position_angle():
 def test_dropout_only_in_training():
   model, params = _model(dropout=0.5)
   tokens = _tokens((2, 12))
-  a = model.apply({"params": params}, tokens, train=False)
-  b = model.apply({"params": params}, tokens, train=True, rngs={"dropout": jax.random.PRNGKey(3)})
+  forward = jax.jit(lambda x, train, rng: model.apply({"params": params}, x, train=train,
+                                                      rngs={"dropout": rng}),
+                    static_argnames="train")
+  a = forward(tokens, False, jax.random.PRNGKey(3))
+  b = forward(tokens, True, jax.random.PRNGKey(3))
   assert not np.allclose(a, b)
-  np.testing.assert_array_equal(a, model.apply({"params": params}, tokens, train=False))
+  np.testing.assert_array_equal(a, forward(tokens, False, jax.random.PRNGKey(4)))
 
 
 def test_remat_gives_the_same_loss_and_gradients():
@@ -243,7 +250,7 @@ def test_the_bfloat16_policy_keeps_float32_params_and_logits_close():
   tokens = _tokens((4, 12))
 
   def loss(m):
-    logits = m.apply({"params": params}, tokens, train=False)
+    logits = jax.jit(lambda p: m.apply({"params": p}, tokens, train=False))(params)
     assert logits.dtype == jnp.float32
     return float(jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(
         logits, tokens[..., None], -1)[..., 0]))
