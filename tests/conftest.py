@@ -20,12 +20,18 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # executable is the program XLA would compile again, so their numbers do not change. This is what
 # main.enable_compilation_cache does; importing jaxdl.main here would define its absl flags a
 # second time beside jaxdl.sample's.
-_XLA_CACHE = tempfile.TemporaryDirectory(prefix="jaxdl-tests-xla-")
+# pytest-xdist's workers share it too: the controller imports this file before it starts them,
+# and they inherit the directory's name through the environment (the same tiny programs compile
+# in modules on both workers). The controller's TemporaryDirectory removes it at the end.
+_XLA_CACHE_DIR = os.environ.get("JAXDL_TEST_XLA_CACHE_DIR")
+if not _XLA_CACHE_DIR:
+  _XLA_CACHE = tempfile.TemporaryDirectory(prefix="jaxdl-tests-xla-")
+  _XLA_CACHE_DIR = os.environ["JAXDL_TEST_XLA_CACHE_DIR"] = _XLA_CACHE.name
 if not os.environ.get("JAXDL_TEST_NO_CACHE"):
-  jax.config.update("jax_compilation_cache_dir", _XLA_CACHE.name)
+  jax.config.update("jax_compilation_cache_dir", _XLA_CACHE_DIR)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
-SUBPROCESS_CACHE = "" if os.environ.get("JAXDL_TEST_NO_CACHE") else _XLA_CACHE.name
+SUBPROCESS_CACHE = "" if os.environ.get("JAXDL_TEST_NO_CACHE") else _XLA_CACHE_DIR
 
 
 def load_config(name: str, preset: str | None = None):
