@@ -196,8 +196,9 @@ case "$SUBCOMMAND" in
       (cd "$repo" && git ls-files -z --cached --others --exclude-standard | tar --null -T - -czf "$archive")
     fi
     do_cmd gcloud "${TPU[@]}" scp "$archive" "$NAME:jaxdl-src.tgz" "${WHERE[@]}" --worker=all
-    # TPU VM images ship Python 3.10; jaxdl needs >= 3.11, so uv fetches a 3.12.
-    ssh_all all "set -e; rm -rf $REMOTE_SRC && mkdir -p $REMOTE_SRC && tar xzf ~/jaxdl-src.tgz -C $REMOTE_SRC && python3 -m pip install --user -q uv && ~/.local/bin/uv venv -q --allow-existing --python 3.12 $REMOTE_VENV && ~/.local/bin/uv pip install -q --python $REMOTE_VENV/bin/python 'jax[tpu]>=0.10.2' -e "$REMOTE_SRC[gcs]" && $REMOTE_VENV/bin/python -c 'import jax; print(jax.process_index(), jax.device_count(), jax.devices()[0].device_kind)'"
+    # TPU VM images ship Python 3.10; jaxdl needs >= 3.11, so uv fetches a 3.12. The install is
+    # the tested set: constraints.txt pins every package to the newest set that passed CI.
+    ssh_all all "set -e; rm -rf $REMOTE_SRC && mkdir -p $REMOTE_SRC && tar xzf ~/jaxdl-src.tgz -C $REMOTE_SRC && python3 -m pip install --user -q uv && ~/.local/bin/uv venv -q --allow-existing --python 3.12 $REMOTE_VENV && ~/.local/bin/uv pip install -q --python $REMOTE_VENV/bin/python -c $REMOTE_SRC/constraints.txt 'jax[tpu]' -e "$REMOTE_SRC[gcs]" && $REMOTE_VENV/bin/python -c 'import jax; print(jax.process_index(), jax.device_count(), jax.devices()[0].device_kind)'"
     ;;
 
   run)

@@ -127,6 +127,13 @@ def _agree(outcome: str, detail: str) -> tuple[str, str]:
   return _OUTCOMES[int(ranks[source])], detail
 
 
+def _handlers() -> dict[str, ocp.CheckpointHandler]:
+  """A checkpoint's items: the train state's arrays and the loop's JSON (data position, sums).
+  A manager that reads only the state still names both: Orbax warns about an item it has no
+  handler for whenever it reads the step's metadata."""
+  return {"state": ocp.StandardCheckpointHandler(), "loop": ocp.JsonCheckpointHandler()}
+
+
 class Checkpoints:
   """Save every N steps (the loop decides when), keep the last K, restore the newest intact."""
 
@@ -142,10 +149,8 @@ class Checkpoints:
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=True,
                                            cleanup_tmp_directories=True)
-    handlers = lambda: {"state": ocp.StandardCheckpointHandler(),
-                        "loop": ocp.JsonCheckpointHandler()}
     self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                         item_handlers=handlers())
+                                         item_handlers=_handlers())
     # Restores go through a reader of this process alone: Orbax's restore ends in a barrier of
     # every process, and a process whose restore raised (damage that only its shards show)
     # never reaches it, so the others would wait there for ever. Each process reads its own
@@ -155,7 +160,7 @@ class Checkpoints:
       alone = ocp.options.MultiprocessingOptions(primary_host=jax.process_index(),
                                                  active_processes={jax.process_index()})
       self.reader = ocp.CheckpointManager(
-          self.directory, item_handlers=handlers(),
+          self.directory, item_handlers=_handlers(),
           options=ocp.CheckpointManagerOptions(read_only=True, create=False,
                                                multiprocessing_options=alone))
 
@@ -283,8 +288,8 @@ def latest_params(workdir: str, config_file: str) -> Any:
   directory = os.path.join(root, "checkpoints")
   step = None
   if epath.Path(directory).is_dir():
-    with ocp.CheckpointManager(
-        directory, item_handlers={"state": ocp.StandardCheckpointHandler()}) as manager:
+    with ocp.CheckpointManager(directory, item_handlers=_handlers(),
+                               options=ocp.CheckpointManagerOptions(create=False)) as manager:
       step = manager.latest_step()
       if step is not None:
         try:

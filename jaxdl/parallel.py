@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import glob
+import importlib.util
 import math
 import os
 import re
@@ -213,16 +215,18 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, ja
 
 
 def _on_cloud_tpu_vm() -> bool:
-  """True on a Cloud TPU VM (TPU chips on the PCI bus and libtpu installed).
+  """True on a Cloud TPU VM: libtpu is installed and TPU chips are attached.
 
-  JAX decides this when it is imported; the flag is private, so a JAX without it counts as
-  'not a TPU VM' (a TPU VM then needs an explicit coordinator).
+  JAX keeps its own answer in a private module (cloud_tpu_init), which changes between
+  releases, so this asks the same two questions through public means. TPU chips appear as
+  /dev/accel* (TPU v2-v4) or as VFIO groups /dev/vfio/<n> (v5e and later); a machine without
+  libtpu (a GPU host with VFIO passthrough) is not a TPU VM whatever it has. Elsewhere an
+  explicit --coordinator_address (or JAX_COORDINATOR_ADDRESS) starts a multi-process job.
   """
-  try:
-    from jax._src import cloud_tpu_init  # pylint: disable=g-import-not-at-top
-  except ImportError:
+  if importlib.util.find_spec("libtpu") is None:
     return False
-  return bool(getattr(cloud_tpu_init, "running_in_cloud_tpu_vm", False))
+  return bool(glob.glob("/dev/accel*") or
+              [p for p in glob.glob("/dev/vfio/*") if os.path.basename(p).isdigit()])
 
 
 def initialize(coordinator_address: str = "", num_processes: int = 0,

@@ -39,13 +39,15 @@ def _check_finite(sums, skip_nonfinite: bool, ckpts: checkpoint.Checkpoints) -> 
 
 
 def _start_line(config, dataset, state, num_steps: int) -> str:
-  """'data: ... | 8 cpu device(s), batch 16 (2 per device) | jit+fsdp, state 1.28 of 10.1 MB
-  per device | 1,500 steps (100 per epoch)'."""
+  """'data: ... | model: 1,199,882 params | 8 cpu device(s), batch 16 (2 per device) |
+  jit+fsdp, state 1.28 of 10.1 MB per device | 1,500 steps (100 per epoch)'."""
   mode = config.parallel.mode + ("+fsdp" if config.parallel.fsdp else "")
   total = sum(x.nbytes for x in jax.tree.leaves(state)) / 1e6
   per_device = parallel.sharded_bytes_per_device(state) / 1e6
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
   processes = f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""
-  return (f"data: {dataset.source} | {dataset.describe} | {jax.device_count()} "
+  return (f"data: {dataset.source} | {dataset.describe} | model: {num_params:,} params | "
+          f"{jax.device_count()} "
           f"{jax.devices()[0].platform} device(s){processes}, batch {config.batch_size} "
           f"({config.batch_size // jax.device_count()} per device) | {mode}, state "
           f"{per_device:.3g} of {total:.3g} MB per device | {num_steps:,} steps "
@@ -154,6 +156,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     profile = profiler.Profiler(config.profile_steps, workdir, writer.print)
     writer.start_progress(start_step, num_steps, steps_per_epoch)  # bar on a TTY, else lines
     run_start = interval_start = time.time()
+    # Throughput leaves out the first dispatch, which compiles the step: the first interval's
+    # rate counts only what ran after it, over the time since it finished.
+    uncounted = 0.0
     step = start_step
     while step < num_steps:
       profile.at(step, state)  # starts/stops the trace at config.profile_steps
@@ -163,25 +168,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       writer.advance(done)
       if step == start_step:
         jax.block_until_ready(state)
+        interval_start = time.time()
+        uncounted = float(interval_sums["count"])
         writer.print(f"first {'step' if k == 1 else f'{k} steps'} (compilation included) "
-                     f"took {time.time() - run_start:.1f}s")
+                     f"took {interval_start - run_start:.1f}s")
       step = done
 
       if done % config.log_every == 0 or done == num_steps:
         _check_finite(interval_sums, skip_nonfinite, ckpts)
         train = task.summarise(interval_sums)
-        seconds = max(time.time() - interval_start, 1e-9)
+        counted = train["count"] - uncounted
+        # An interval that held only the compiling dispatch (log_every = its steps) has no rate.
+        rate = {f"{task.UNIT}_per_s": counted / max(time.time() - interval_start, 1e-9)
+                } if counted > 0 else {}
         # The lr of the last update applied: the schedule's own count, which skipped updates
         # (train.skip_nonfinite) did not advance; without skips it is done - 1.
         applied = optim.applied_updates(state.opt_state) if skip_nonfinite else None
         lr_step = done - 1 if applied is None else max(applied - 1, 0)
         # One event: a metrics.jsonl line, TensorBoard scalars, the progress bar or line.
         writer.write("train", done, {
-            "loss": train["loss"], "lr": float(lr_at(lr_step)),
-            f"{task.UNIT}_per_s": train["count"] / seconds,
+            "loss": train["loss"], "lr": float(lr_at(lr_step)), **rate,
             **{name: train[name] for name in task.TRAIN_METRICS},
             **({"skipped_nonfinite": int(interval_sums["nonfinite"])} if skip_nonfinite else {})})
-        interval_sums, interval_start = None, time.time()
+        interval_sums, interval_start, uncounted = None, time.time(), 0.0
 
       if done % eval_every == 0 and done != num_steps:
         _check_finite(interval_sums, skip_nonfinite, ckpts)

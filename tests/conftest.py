@@ -1,12 +1,14 @@
 """Shared fixtures: tiny configs derived from the real config files."""
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
 import tempfile
 
 import jax
+import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,6 +34,16 @@ if not os.environ.get("JAXDL_TEST_NO_CACHE"):
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 SUBPROCESS_CACHE = "" if os.environ.get("JAXDL_TEST_NO_CACHE") else _XLA_CACHE_DIR
+
+
+# The processes that tests start (python -m jaxdl.main, .predict, .sample, the multi-process
+# jobs) fail on a DeprecationWarning or FutureWarning as the tests themselves do (pyproject.toml's
+# filterwarnings), through the environment they inherit. Allowed, with the reason:
+# - ml_collections' config_flags loads the --config file with importlib's deprecated
+#   load_module() (Python 3.12 warns); jaxdl cannot choose how absl flags import a file.
+os.environ["PYTHONWARNINGS"] = ",".join([
+    "error::DeprecationWarning", "error::FutureWarning",
+    "ignore:the load_module() method is deprecated:DeprecationWarning"])
 
 
 def load_config(name: str, preset: str | None = None):
@@ -79,6 +91,42 @@ def set_keys(config, values: dict):
       node = getattr(node, part)
     setattr(node, leaf, value)
   return config
+
+
+def read_events(workdir: str, wall_clock: bool = False) -> list[dict]:
+  """WORKDIR/metrics.jsonl's events (local or gs://), each line parsed; without the wall-clock
+  throughput fields (`*_per_s`), which differ from run to run, unless `wall_clock`."""
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  text = epath.Path(workdir, "metrics.jsonl").read_text()
+  events = [json.loads(line) for line in text.splitlines() if line.strip()]
+  return events if wall_clock else [
+      {k: v for k, v in e.items() if not k.endswith("_per_s")} for e in events]
+
+
+def assert_close_events(got: list[dict], want: list[dict], rtol: float, atol: float = 0.0):
+  """Events (or final-metric dicts) equal key for key: floats, and lists of numbers (per-class
+  scores, a confusion matrix), to rtol/atol; everything else (event names, steps, counts)
+  exactly. Callers say why their tolerance is not 0."""
+  assert [sorted(e) for e in got] == [sorted(e) for e in want], (got, want)
+  for g, w in zip(got, want):
+    for key, value in w.items():
+      if isinstance(value, (float, list)):
+        np.testing.assert_allclose(g[key], value, rtol=rtol, atol=atol, err_msg=f"{key}: {g}")
+      else:
+        assert g[key] == value, (key, g, w)
+
+
+def assert_same_params(got, want, rtol: float | None = None, atol: float = 0.0):
+  """Two pytrees of arrays (e.g. checkpoint.latest_params of two workdirs): the same structure,
+  shapes and dtypes, and the same values: bit for bit, or to rtol/atol where given."""
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.dtype == b.dtype and a.shape == b.shape, (a.dtype, a.shape, b.dtype, b.shape)
+    if rtol is None:
+      np.testing.assert_array_equal(a, b)
+    else:
+      np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)
 
 
 def short_schedule(c):

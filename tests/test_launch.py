@@ -120,6 +120,9 @@ def test_every_subcommand_prints_its_gcloud_lines():
   setup = _gcloud_lines("setup")
   assert setup[1][:5] == ["gcloud", "compute", "tpus", "tpu-vm", "scp"]
   assert "--worker=all" in setup[1] and "pip install" in _remote_command(setup[2])
+  # the tested set: every package pinned by the committed constraints file
+  assert "pip install -q --python ~/jaxdl-venv/bin/python -c ~/jaxdl/constraints.txt 'jax[tpu]'" \
+      in _remote_command(setup[2])
   logs = _gcloud_lines("logs", "--workdir=gs://b/runs/r2/", "--worker=1")
   assert "--worker=1" in logs[0] and "~/jaxdl-runs/r2.log" in _remote_command(logs[0])
   assert _gcloud_lines("delete")[0][:6] == ["gcloud", "compute", "tpus", "tpu-vm", "delete",
