@@ -161,7 +161,7 @@ class Checkpoints:
                                                  active_processes={jax.process_index()})
       self.reader = ocp.CheckpointManager(
           self.directory, item_handlers=_handlers(),
-          options=ocp.CheckpointManagerOptions(read_only=True, create=False,
+          options=ocp.CheckpointManagerOptions(create=False,
                                                multiprocessing_options=alone))
 
   def latest_step(self) -> int | None:
@@ -320,7 +320,7 @@ class Stopped(Exception):
 
 
 class StopSignals:
-  """SIGTERM and SIGINT set a flag; the loop checks `requested(step)` at every step boundary.
+  """SIGTERM and SIGINT set a flag; the loop checks `requested()` at every step boundary.
 
   The handler only records the signal: saving from inside a handler could interrupt a half-done
   step or an Orbax write. A second identical signal gets the default behaviour (kill / Ctrl-C
@@ -338,6 +338,7 @@ class StopSignals:
     self.manager = manager
     self.signum: int | None = None
     self._previous: dict[int, Any] = {}
+    self._calls = 0  # requested() calls in this process: the preemption sync's counter
 
   def _handle(self, signum, frame) -> None:
     del frame
@@ -346,12 +347,20 @@ class StopSignals:
     if jax.process_count() > 1:
       os.kill(os.getpid(), signal.SIGTERM)  # JAX's handler: every process agrees on a step
 
-  def requested(self, step: int) -> bool:
+  def requested(self) -> bool:
     """Whether to save `step` and stop: a signal arrived, or all processes reached a
-    preemption sync point (on a multi-process job, only the latter)."""
-    if jax.process_count() > 1:
-      return self.manager.reached_preemption(step)
-    return self.signum is not None or self.manager.reached_preemption(step)
+    preemption sync point (on a multi-process job, only the latter).
+
+    JAX's sync point is one more than the largest counter any process reported when the notice
+    came, and a process that has not been asked yet reports 0. So the counter is this process's
+    count of calls, 1, 2, ..., not the step: a resumed job starts at step N, and a notice that
+    came before its first step (during the restore) set the sync point to 1, which the step
+    numbers would never meet, and the job never stopped. Every process of a job restores the
+    same step and dispatches the same steps, so their counts agree as their steps do.
+    """
+    self._calls += 1  # the loop asks once per dispatch, in the same order on every process
+    reached = self.manager.reached_preemption(self._calls)
+    return reached if jax.process_count() > 1 else (self.signum is not None or reached)
 
   def __enter__(self) -> "StopSignals":
     if threading.current_thread() is threading.main_thread():

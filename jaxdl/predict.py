@@ -18,7 +18,10 @@ import sys
 
 from absl import app, flags, logging
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "the training run's directory")
+# The flags exist only when this file runs as a program, so that `predictor` can be imported
+# beside jaxdl.sample (each defining --workdir would be absl's DuplicateFlagError).
+if __name__ == "__main__":
+  _WORKDIR = flags.DEFINE_string("workdir", None, "the training run's directory")
 
 
 def _fail(message: str) -> None:

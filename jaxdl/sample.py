@@ -24,12 +24,15 @@ from jaxdl import checkpoint, models, tasks
 from jaxdl.errors import UserError
 from jaxdl.models import transformer
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "a language-model run's workdir")
-_PROMPT = flags.DEFINE_string("prompt", "\n", "text the sample continues (default: a newline)")
-_NUM_CHARS = flags.DEFINE_integer("num_chars", 500, "characters (tokens) to generate")
-_TEMPERATURE = flags.DEFINE_float("temperature", 0.8, "softmax temperature; 0 = greedy")
-_TOP_K = flags.DEFINE_integer("top_k", 40, "sample among the k likeliest tokens; 0 = all")
-_SEED = flags.DEFINE_integer("seed", 0, "sampling seed")
+# The flags exist only when this file runs as a program, so that `sample` and `generate` can be
+# imported beside jaxdl.predict (each defining --workdir would be absl's DuplicateFlagError).
+if __name__ == "__main__":
+  _WORKDIR = flags.DEFINE_string("workdir", None, "a language-model run's workdir")
+  _PROMPT = flags.DEFINE_string("prompt", "\n", "text the sample continues (default: a newline)")
+  _NUM_CHARS = flags.DEFINE_integer("num_chars", 500, "characters (tokens) to generate")
+  _TEMPERATURE = flags.DEFINE_float("temperature", 0.8, "softmax temperature; 0 = greedy")
+  _TOP_K = flags.DEFINE_integer("top_k", 40, "sample among the k likeliest tokens; 0 = all")
+  _SEED = flags.DEFINE_integer("seed", 0, "sampling seed")
 
 
 def _sample_token(logits_V: jax.Array, key: jax.Array, temperature: float,

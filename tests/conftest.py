@@ -13,6 +13,15 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# The loop's tests train a small MLP (tests/small_models.py), named as a user names a model of
+# their own: importable from tests/, here and in every process the tests start.
+SMALL_MODEL = "small_models:mlp"
+_TESTS = os.path.join(REPO, "tests")
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [_TESTS, *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]])
+if _TESTS not in sys.path:
+  sys.path.insert(0, _TESTS)
+
 
 # One persistent compilation cache for this pytest process, in a temporary directory (never
 # the user's ~/.cache): many tests train the same tiny programs, which then compile once (the
@@ -46,12 +55,18 @@ os.environ["PYTHONWARNINGS"] = ",".join([
     "ignore:the load_module() method is deprecated:DeprecationWarning"])
 
 
-def load_config(name: str, preset: str | None = None):
-  """configs/<name>.py's get_config(preset), imported by path as config_flags does."""
-  spec = importlib.util.spec_from_file_location(f"configs_{name}", f"{REPO}/configs/{name}.py")
+def load_config_file(path: str, preset: str | None = None):
+  """A config file's get_config(preset), imported by its path as config_flags does."""
+  name = "config_" + os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(preset)
+
+
+def load_config(name: str, preset: str | None = None):
+  """configs/<name>.py's get_config(preset)."""
+  return load_config_file(f"{REPO}/configs/{name}.py", preset)
 
 
 def _assigned_fields(lines):
@@ -83,14 +98,30 @@ def flat_keys(d: dict, prefix: str = "") -> set:
 
 
 def set_keys(config, values: dict):
-  """Sets dotted keys ('opt.lr': 0.1) in order, as --config.KEY=VALUE overrides do."""
+  """Sets dotted keys ('opt.lr': 0.1) in order, as --config.KEY=VALUE overrides do. A list (as
+  JSON gives it) is set as a tuple, the configs' type for sequences (parallel.mesh_shape)."""
   for key, value in values.items():
     *parents, leaf = key.split(".")
     node = config
     for part in parents:
       node = getattr(node, part)
-    setattr(node, leaf, value)
+    setattr(node, leaf, tuple(value) if isinstance(value, list) else value)
   return config
+
+
+def flag_values(args) -> dict:
+  """{dotted key: value} of the `--config.KEY=VALUE` flags among `args`, each value parsed as
+  config_flags parses it (a Python literal: 16, 1e-3, True, (2, 4); anything else a string)."""
+  import ast  # pylint: disable=g-import-not-at-top
+  values = {}
+  for arg in args:
+    if arg.startswith("--config."):
+      key, text = arg[len("--config."):].split("=", 1)
+      try:
+        values[key] = ast.literal_eval(text)
+      except (ValueError, SyntaxError):
+        values[key] = text
+  return values
 
 
 def read_events(workdir: str, wall_clock: bool = False) -> list[dict]:
@@ -141,8 +172,14 @@ def short_schedule(c):
 
 @pytest.fixture
 def tiny_mnist():
-  """The real MNIST config shrunk to seconds: synthetic data, a few steps, frequent events."""
+  return tiny_mnist_config()
+
+
+def tiny_mnist_config():
+  """The real MNIST config shrunk to seconds: synthetic data, a few steps, frequent events, and
+  the small MLP of tests/small_models.py in place of the seed CNN."""
   c = load_config("mnist")
+  c.model.name = SMALL_MODEL
   c.data.source = "synthetic"
   c.data.synthetic_size = 200
   c.data.validation_size = 0  # evals on the synthetic test split (test_data tests the carving)
@@ -181,9 +218,9 @@ def run_main(*args: str, env: dict | None = None, timeout: float = 300):
 
 
 # The tiny MNIST settings as sweep overrides, plus a profile of two steps.
-TINY_OVERRIDES = ("data.source=synthetic", "data.synthetic_size=200", "batch_size=16",
-                  "eval_batch_size=32", "num_train_steps=8", "log_every=2", "eval_every=4",
-                  "checkpoint_every=4", "opt.warmup_steps=2", "profile_steps=2:4")
+TINY_OVERRIDES = (f"model.name={SMALL_MODEL}", "data.source=synthetic", "data.synthetic_size=200",
+                  "batch_size=16", "eval_batch_size=32", "num_train_steps=8", "log_every=2",
+                  "eval_every=4", "checkpoint_every=4", "opt.warmup_steps=2", "profile_steps=2:4")
 
 
 @pytest.fixture(scope="session")
@@ -204,6 +241,32 @@ def tiny_sweep(tmp_path_factory):
   finally:
     os.chdir(cwd)
   return root, axes, results, out.getvalue()
+
+
+def write_mnist_dir(directory, n_train: int = 30, n_test: int = 11, gz: bool = True,
+                    learnable: bool = False, seed: int = 0) -> dict:
+  """The four MNIST IDX files (.gz unless gz=False) of seeded random images and labels in
+  `directory`; returns {'train': (images, labels), 'test': (images, labels)}. The images are
+  uniform noise, or with `learnable` a dim background with a bright square where the label says
+  (an easy task a small model learns in a hundred steps)."""
+  from jaxdl.data import idx  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  os.makedirs(directory, exist_ok=True)
+  ext = ".gz" if gz else ""
+  arrays = {}
+  for split, n, prefix in (("train", n_train, "train"), ("test", n_test, "t10k")):
+    if learnable:
+      labels = rng.integers(0, 10, n).astype(np.uint8)
+      images = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
+      for i, label in enumerate(labels):
+        images[i, 2 * label:2 * label + 8, 4:12] = 250
+    else:
+      images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+      labels = rng.integers(0, 10, (n,), dtype=np.uint8)
+    idx.write_idx(f"{directory}/{prefix}-images-idx3-ubyte{ext}", images)
+    idx.write_idx(f"{directory}/{prefix}-labels-idx1-ubyte{ext}", labels)
+    arrays[split] = (images, labels)
+  return arrays
 
 
 def write_play(path, num_lines: int = 400, seed: int = 0) -> str:
@@ -252,3 +315,17 @@ def trained_tiny_lm(tmp_path_factory):
   config = tiny_lm_config(str(root / "play.txt"))
   workdir = str(root / "run")
   return config, workdir, train.train_and_evaluate(config, workdir)
+
+
+if os.environ.get("JAXDL_TEST_CPU_LOG"):  # TEMPORARY: CPU seconds per test
+  import resource  # pylint: disable=g-import-not-at-top
+
+  @pytest.fixture(autouse=True)
+  def _cpu_log(request):
+    def cpu():
+      a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+      return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+    start, wall = cpu(), __import__("time").time()
+    yield
+    with open(os.environ["JAXDL_TEST_CPU_LOG"], "a") as f:
+      f.write(f"{cpu() - start:.2f} {__import__('time').time() - wall:.2f} {request.node.nodeid}\n")

@@ -1,11 +1,10 @@
-"""Runs one experiment in several parallel modes in this process; used by test_parallel.py.
+"""Runs experiments in several parallel modes in this process; used by test_parallel.py.
 
-  JAX_NUM_CPU_DEVICES=8 python tests/parallel_worker.py SPEC_JSON
+  JAX_NUM_CPU_DEVICES=4 python tests/parallel_worker.py RUNS_JSON
 
-SPEC_JSON: {"config": name, "overrides": {dotted key: value},
-            "runs": [[workdir, {overrides}, null | [source workdir, step]]]}.
-Each run trains the config with its overrides in its workdir, in order; a run with a source
-first copies that workdir without its checkpoints after `step`, so it resumes from `step`.
+RUNS_JSON: [[config name, {dotted key: value}, workdir, null | [source workdir, step]], ...].
+Each run trains configs/<name>.py with its overrides in its workdir, in order; a run with a
+source first copies that workdir without its checkpoints after `step`, so it resumes from `step`.
 """
 
 import json
@@ -16,29 +15,19 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from conftest import load_config  # pylint: disable=g-import-not-at-top
+from conftest import load_config, set_keys  # pylint: disable=g-import-not-at-top
 from jaxdl import train  # pylint: disable=g-import-not-at-top
 
 
-def _set(config, key, value):
-  *parents, leaf = key.split(".")
-  for p in parents:
-    config = config[p]
-  config[leaf] = tuple(value) if isinstance(value, list) else value
-
-
-def main(spec):
-  for workdir, overrides, source in spec["runs"]:
+def main(runs):
+  for name, overrides, workdir, source in runs:
     if source:
       src, step = source
       shutil.copytree(src, workdir)
-      for name in os.listdir(os.path.join(workdir, "checkpoints")):
-        if name.isdigit() and int(name) > step:
-          shutil.rmtree(os.path.join(workdir, "checkpoints", name))
-    config = load_config(spec["config"])
-    for key, value in {**spec["overrides"], **overrides}.items():
-      _set(config, key, value)
-    train.train_and_evaluate(config, workdir)
+      for entry in os.listdir(os.path.join(workdir, "checkpoints")):
+        if entry.isdigit() and int(entry) > step:
+          shutil.rmtree(os.path.join(workdir, "checkpoints", entry))
+    train.train_and_evaluate(set_keys(load_config(name), overrides), workdir)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,6 @@ the result equals an uninterrupted run (train.train_and_evaluate, in this proces
 `python -m jaxdl.predict`. The shipped examples in experiments/custom/ get a short run each.
 """
 
-import functools
-import importlib.util
 import json
 import os
 import signal
@@ -19,8 +17,10 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from conftest import REPO, run_main, set_keys
-from jaxdl import checkpoint, train
+from conftest import (REPO, SUBPROCESS_CACHE, assert_same_params, flag_values, interrupt_at,
+                      load_config, load_config_file, read_events, run_main, set_keys,
+                      write_mnist_dir)
+from jaxdl import checkpoint, predict, train
 from jaxdl.data import idx
 from jaxdl.errors import UserError
 
@@ -135,37 +135,31 @@ def _config_file(path, base: str, model_block: str, task: str = "") -> str:
   return str(path)
 
 
-def _digits(directory, n_train=64, n_test=32, seed=0):
-  """Small MNIST-format IDX files of seeded random 'digits' (a bright square per class)."""
-  rng = np.random.default_rng(seed)
-  os.makedirs(directory, exist_ok=True)
-  for prefix, n in (("train", n_train), ("t10k", n_test)):
-    labels = rng.integers(0, 10, n).astype(np.uint8)
-    images = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
-    for i, label in enumerate(labels):
-      images[i, 2 * label:2 * label + 8, 4:12] = 250
-    idx.write_idx(f"{directory}/{prefix}-images-idx3-ubyte.gz", images)
-    idx.write_idx(f"{directory}/{prefix}-labels-idx1-ubyte.gz", labels)
-  return str(directory)
-
-
 _SCHEDULE = ("--config.batch_size=16", "--config.eval_batch_size=32",
              "--config.num_train_steps=400", "--config.log_every=5", "--config.eval_every=100",
              "--config.checkpoint_every=50", "--config.opt.warmup_steps=4")
 
 
-def _events(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [{k: v for k, v in json.loads(line).items() if not k.endswith("_per_s")}
-            for line in f]
+def _digits(tmp_path):
+  """Small MNIST-format IDX files of easy 'digits' (a bright square per class)."""
+  data = str(tmp_path / "digits")
+  write_mnist_dir(data, n_train=64, n_test=32, learnable=True)
+  return data
+
+
+def _user_config(monkeypatch, user_dir, config_file, args):
+  """The user's config file, loaded in this process as jaxdl.main loads it, with their modules
+  (in user_dir) importable and the --config.KEY=VALUE flags `args` set."""
+  monkeypatch.syspath_prepend(str(user_dir))
+  for name in ("mymodels_linen", "mymodels_nnx", "mytask", "mytask_model"):
+    monkeypatch.delitem(sys.modules, name, raising=False)  # another test's tmp_path copy
+  return set_keys(load_config_file(config_file), flag_values(args))
 
 
 def _sigterm_then_resume(args, env):
   """Runs jaxdl.main with `args`, SIGTERMs it after its first train line, then re-runs it."""
   cmd = [sys.executable, "-m", "jaxdl.main", *args]
-  # One compilation cache for both processes: the resumed one reuses the first one's programs
-  # (a cached executable is what the compiler would build again: results stay bitwise).
-  env = {**os.environ, "JAXDL_XLA_CACHE": env["PYTHONPATH"] + "/xla-cache", **env}
+  env = {**os.environ, "JAXDL_XLA_CACHE": SUBPROCESS_CACHE, **env}
   proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
   out = []
@@ -183,71 +177,86 @@ def _sigterm_then_resume(args, env):
   return text
 
 
-def _train_interrupted_and_whole(tmp_path, monkeypatch, config, extra_args, env):
-  """Trains twice: stopped + resumed through the command line, and whole in this process (the
-  function jaxdl.main calls, which saves the suite a process start); asserts bitwise."""
-  whole, stopped = str(tmp_path / "whole"), str(tmp_path / "stopped")
-  args = [f"--config={config}", *extra_args, *_SCHEDULE]
-  _sigterm_then_resume([*args, f"--workdir={stopped}"], env)
-  monkeypatch.syspath_prepend(env["PYTHONPATH"])
-  for name in ("mymodels_linen", "mymodels_nnx", "mytask", "mytask_model"):
-    monkeypatch.delitem(sys.modules, name, raising=False)  # the module of this test's tmp_path
-  spec = importlib.util.spec_from_file_location("user_config", config)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config()
-  for arg in [*extra_args, *_SCHEDULE]:  # --config.a.b=v, as config_flags would set them
-    key, value = arg[len("--config."):].split("=", 1)
-    *parents, leaf = key.split(".")
-    old = getattr(functools.reduce(getattr, parents, c), leaf)
-    set_keys(c, {key: type(old)(value)})
-  train.train_and_evaluate(c, whole)
-  assert _events(stopped) == _events(whole)
-  got = checkpoint.latest_params(stopped, config)
-  want = checkpoint.latest_params(whole, config)
-  assert sorted(got) == sorted(want)
-  import jax  # pylint: disable=g-import-not-at-top
-  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # bitwise
-  return whole
+def _model_config(tmp_path, kind, source, name):
+  """The user's model module and config file (the MNIST config with their model block)."""
+  (tmp_path / f"{name.split(':')[0]}.py").write_text(source)
+  return _config_file(tmp_path / f"{kind}_config.py", "mnist",
+                      f"dict(name={name!r}, num_classes=10, hidden=32)")
 
 
-@pytest.mark.parametrize("kind,source,name", [
-    ("linen", LINEN_MODEL, "mymodels_linen:build"),
-    ("nnx", NNX_MODEL, "mymodels_nnx:MLP")])
-def test_a_users_model_trains_resumes_bitwise_and_predicts(tmp_path, monkeypatch, kind, source,
-                                                           name):
-  module = name.split(":")[0]
-  (tmp_path / f"{module}.py").write_text(source)
-  config = _config_file(tmp_path / f"{kind}_config.py", "mnist",
-                        f"dict(name={name!r}, num_classes=10, hidden=32)")
-  data = _digits(tmp_path / "digits")
-  env = {"PYTHONPATH": str(tmp_path)}
-  whole = _train_interrupted_and_whole(tmp_path, monkeypatch, config,
-                                       [f"--config.data.path={data}"], env)
-  final = [e for e in _events(whole) if e["event"] == "final"][0]
+def _predicts_a_digit(predictions, image):
+  (label, prob), = predictions
+  assert label in [str(c) for c in range(10)] and 0 < float(prob) <= 1, (label, prob, image)
+
+
+@pytest.mark.slow
+def test_a_users_linen_model_trains_resumes_bitwise_and_predicts_from_the_command_line(
+    tmp_path, monkeypatch):
+  """The user's module on PYTHONPATH, through the commands a user types: trained, stopped by
+  SIGTERM and resumed; equal bit for bit to an uninterrupted run (in this process: the function
+  jaxdl.main calls); then jaxdl.predict labels a picture."""
+  config = _model_config(tmp_path, "linen", LINEN_MODEL, "mymodels_linen:build")
+  args = [f"--config.data.path={_digits(tmp_path)}", *_SCHEDULE]
+  stopped, whole = str(tmp_path / "stopped"), str(tmp_path / "whole")
+  _sigterm_then_resume([f"--config={config}", *args, f"--workdir={stopped}"],
+                       {"PYTHONPATH": str(tmp_path)})
+  train.train_and_evaluate(_user_config(monkeypatch, tmp_path, config, args), whole)
+  assert read_events(stopped) == read_events(whole)
+  assert_same_params(checkpoint.latest_params(stopped, config),
+                     checkpoint.latest_params(whole, config))  # bitwise
+  final = [e for e in read_events(whole) if e["event"] == "final"][0]
   assert final["test_accuracy"] > 0.5  # the squares are easy: it learnt
 
-  digit = idx.read_idx(f"{data}/t10k-images-idx3-ubyte.gz")[0]
+  digit = idx.read_idx(f"{tmp_path}/digits/t10k-images-idx3-ubyte.gz")[0]
   Image.fromarray(digit).save(tmp_path / "digit.png")
   predicted = subprocess.run(
       [sys.executable, "-m", "jaxdl.predict", f"--workdir={whole}", str(tmp_path / "digit.png")],
-      cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
+      cwd=REPO, env={**os.environ, "PYTHONPATH": str(tmp_path)}, capture_output=True, text=True,
+      timeout=300)
   assert predicted.returncode == 0, predicted.stderr
   label, prob, path = predicted.stdout.strip().split("\t")
-  assert label in [str(c) for c in range(10)] and 0 < float(prob) <= 1 and path.endswith(".png")
+  assert path.endswith("digit.png")
+  _predicts_a_digit([(label, prob)], path)
+
+
+def test_a_users_nnx_model_trains_resumes_bitwise_and_predicts(tmp_path, monkeypatch):
+  """An NNX module (wrapped by nnx.bridge) in the same state, checkpoints and step as linen's:
+  interrupted and resumed, it ends bit for bit as an uninterrupted run, and predicts. (The
+  command-line path of a user's module is the linen test's.)"""
+  config = _model_config(tmp_path, "nnx", NNX_MODEL, "mymodels_nnx:MLP")
+  c = _user_config(monkeypatch, tmp_path, config,
+                   [f"--config.data.path={_digits(tmp_path)}", *_SCHEDULE])
+  stopped, whole = str(tmp_path / "stopped"), str(tmp_path / "whole")
+  interrupt_at(c, stopped, monkeypatch, at_step=77)  # dropout: the step rng resumes too
+  train.train_and_evaluate(c, stopped)
+  train.train_and_evaluate(c, whole)
+  assert read_events(stopped) == read_events(whole)
+  assert_same_params(checkpoint.latest_params(stopped, config),
+                     checkpoint.latest_params(whole, config))  # bitwise
+  final = [e for e in read_events(whole) if e["event"] == "final"][0]
+  assert final["test_accuracy"] > 0.5  # the squares are easy: it learnt
+  digit = idx.read_idx(f"{tmp_path}/digits/t10k-images-idx3-ubyte.gz")[0]
+  Image.fromarray(digit).save(tmp_path / "digit.png")
+  _predicts_a_digit(predict.predictor(whole)([str(tmp_path / "digit.png")]), "digit.png")
 
 
 def test_a_users_task_trains_and_resumes_bitwise(tmp_path, monkeypatch):
+  """A task module of the user's own (its data, loss, metrics), with their model: interrupted
+  and resumed, it ends bit for bit as an uninterrupted run, and logs the task's metrics."""
   (tmp_path / "mytask.py").write_text(USER_TASK)
   (tmp_path / "mytask_model.py").write_text(USER_TASK_MODEL)
   config = _config_file(tmp_path / "task_config.py", "common",
                         "dict(name='mytask_model:autoencoder')", task="mytask")
-  data = _digits(tmp_path / "digits")
-  whole = _train_interrupted_and_whole(tmp_path, monkeypatch, config,
-                                       [f"--config.data.path={data}"],
-                                       {"PYTHONPATH": str(tmp_path)})
-  events = _events(whole)
+  c = _user_config(monkeypatch, tmp_path, config,
+                   [f"--config.data.path={_digits(tmp_path)}", *_SCHEDULE])
+  stopped, whole = str(tmp_path / "stopped"), str(tmp_path / "whole")
+  interrupt_at(c, stopped, monkeypatch, at_step=77)  # the noise comes from the step rng
+  train.train_and_evaluate(c, stopped)
+  train.train_and_evaluate(c, whole)
+  assert read_events(stopped) == read_events(whole)
+  assert_same_params(checkpoint.latest_params(stopped, config),
+                     checkpoint.latest_params(whole, config))  # bitwise
+  events = read_events(whole)
   assert {"loss", "lr", "psnr"} <= set(events[0])  # the task's TRAIN_METRICS
   final = [e for e in events if e["event"] == "final"][0]
   assert set(final) == {"event", "step", "test_loss", "test_count", "test_psnr"}
@@ -306,20 +315,18 @@ def _image_folders(root, sizes=((16, 12), (16, 12))):
   return str(root)
 
 
-def test_image_folders_train_and_predict_with_their_class_names(tmp_path):
-  data = _image_folders(tmp_path / "pictures")
+def test_image_folders_train_and_predict_with_their_class_names(tmp_path, capsys):
+  """Pictures in class folders train the shipped image task; jaxdl.predict names the class."""
+  config = set_keys(load_config("mnist"), {
+      "data.path": _image_folders(tmp_path / "pictures"), "model.num_classes": 2,
+      "batch_size": 8, "eval_batch_size": 8, "num_train_steps": 40, "log_every": 10,
+      "opt.warmup_steps": 5, "data.random_shift": 1})
   workdir = tmp_path / "w"
-  result = run_main("--config=configs/mnist.py", f"--workdir={workdir}",
-                    f"--config.data.path={data}", "--config.model.num_classes=2",
-                    "--config.batch_size=8", "--config.eval_batch_size=8",
-                    "--config.num_train_steps=40", "--config.log_every=10",
-                    "--config.opt.warmup_steps=5",
-                    "--config.data.random_shift=1")
-  assert result.returncode == 0, result.stderr
-  assert "image folders in" in result.stdout
+  train.train_and_evaluate(config, str(workdir))
+  assert "image folders in" in capsys.readouterr().out
   saved = json.loads((workdir / "classes.json").read_text())
   assert saved == {"classes": ["circle", "square"], "image_shape": [12, 16, 3]}
-  final = [e for e in _events(workdir) if e["event"] == "final"][0]
+  final = [e for e in read_events(str(workdir)) if e["event"] == "final"][0]
   assert final["test_accuracy"] == 1.0  # grey against bright
   # A picture of another size is resized to the training size.
   Image.fromarray(np.full((20, 16, 3), 230, np.uint8)).save(tmp_path / "bright.png")
@@ -331,6 +338,7 @@ def test_image_folders_train_and_predict_with_their_class_names(tmp_path):
 
 
 def test_image_folders_with_the_wrong_class_count_or_sizes_are_one_line(tmp_path, tiny_mnist):
+  tiny_mnist.model.name = "cnn"  # the size rule is the seed CNN's
   tiny_mnist.data.source, tiny_mnist.data.path = "auto", _image_folders(tmp_path / "pictures")
   with pytest.raises(UserError, match="has 2 class folders but config.model.num_classes=10; "
                                       "set --config.model.num_classes=2"):
@@ -346,12 +354,14 @@ def test_image_folders_with_the_wrong_class_count_or_sizes_are_one_line(tmp_path
   assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", ["resnet_mnist", "mlp_nnx_mnist", "denoise_mnist"])
-def test_the_shipped_custom_examples_run(tmp_path, config):
-  data = _digits(tmp_path / "digits")
-  result = run_main(f"--config=experiments/custom/{config}.py", f"--workdir={tmp_path / 'w'}",
-                    f"--config.data.path={data}", "--config.num_train_steps=6",
-                    "--config.batch_size=16", "--config.eval_batch_size=32",
-                    "--config.log_every=3")
-  assert result.returncode == 0, result.stderr
-  assert "final:" in result.stdout
+def test_the_shipped_custom_examples_run(tmp_path, monkeypatch, config):
+  """Each example of experiments/custom/ (its config file, model and task modules, imported by
+  their paths from the repository root, as jaxdl.main there imports them) trains a few steps."""
+  monkeypatch.syspath_prepend(REPO)
+  c = set_keys(load_config_file(f"{REPO}/experiments/custom/{config}.py"), {
+      "data.path": _digits(tmp_path), "num_train_steps": 6, "batch_size": 16,
+      "eval_batch_size": 32, "log_every": 3})
+  final = train.train_and_evaluate(c, str(tmp_path / "w"))
+  assert final["test_count"] == 32 and np.isfinite(final["test_loss"])

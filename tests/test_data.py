@@ -11,28 +11,15 @@ import time
 import numpy as np
 import pytest
 
+from conftest import load_config, write_mnist_dir
 from jaxdl.data import download, idx, iterator, sources, subsets
 from jaxdl.tasks import image_classification
 from jaxdl.errors import UserError
 
 
-def _write_mnist_dir(directory, n_train=30, n_test=11, gz=True):
-  rng = np.random.default_rng(0)
-  os.makedirs(directory, exist_ok=True)
-  ext = ".gz" if gz else ""
-  arrays = {}
-  for split, n, prefix in (("train", n_train, "train"), ("test", n_test, "t10k")):
-    x = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
-    y = rng.integers(0, 10, (n,), dtype=np.uint8)
-    idx.write_idx(f"{directory}/{prefix}-images-idx3-ubyte{ext}", x)
-    idx.write_idx(f"{directory}/{prefix}-labels-idx1-ubyte{ext}", y)
-    arrays[split] = (x, y)
-  return arrays
-
-
 @pytest.mark.parametrize("gz", [True, False])
 def test_idx_round_trip(tmp_path, gz):
-  arrays = _write_mnist_dir(str(tmp_path), gz=gz)
+  arrays = write_mnist_dir(str(tmp_path), gz=gz)
   splits = idx.load_idx_dir(str(tmp_path))
   for split, (x, y) in arrays.items():
     np.testing.assert_array_equal(splits[split]["image"][..., 0], x)
@@ -65,7 +52,7 @@ def test_idx_bad_magic_and_truncation(tmp_path):
 
 
 def test_idx_count_mismatch_and_missing_file(tmp_path):
-  _write_mnist_dir(str(tmp_path))
+  write_mnist_dir(str(tmp_path))
   idx.write_idx(str(tmp_path / "t10k-labels-idx1-ubyte.gz"), np.zeros(5, np.uint8))
   with pytest.raises(UserError, match="has 11 images but .* has 5 labels"):
     idx.load_idx_dir(str(tmp_path))
@@ -77,7 +64,6 @@ def test_idx_count_mismatch_and_missing_file(tmp_path):
 def _load(**data):
   """(splits, source) that the image task loads with the MNIST config's data block set to
   `data` (a batch small enough for the tiny splits here)."""
-  from conftest import load_config
   config = load_config("mnist")
   config.batch_size = 4
   config.data.validation_size = 0  # whole splits as read (the carving has its own test)
@@ -88,7 +74,7 @@ def _load(**data):
 
 
 def test_auto_prefers_the_path(tmp_path):
-  _write_mnist_dir(str(tmp_path))
+  write_mnist_dir(str(tmp_path))
   splits, source = _load(path=str(tmp_path))
   assert len(splits["train"]["label"]) == 30 and str(tmp_path) in source
 
@@ -124,7 +110,7 @@ def test_auto_with_nothing_fails_fast_listing_the_ways(monkeypatch):
 
 def test_download_verifies_and_caches(tmp_path, monkeypatch):
   served = tmp_path / "served"
-  _write_mnist_dir(str(served))
+  write_mnist_dir(str(served))
   handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
   handler.log_message = lambda *a: None
   server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -228,7 +214,7 @@ def test_a_bad_carve_size_is_one_line(value):
 
 
 def test_the_image_task_validates_on_rows_carved_from_train(tmp_path, tiny_mnist):
-  arrays = _write_mnist_dir(tmp_path / "mnist", n_train=40, n_test=11)
+  arrays = write_mnist_dir(tmp_path / "mnist", n_train=40, n_test=11)
   tiny_mnist.data.source, tiny_mnist.data.path = "files", str(tmp_path / "mnist")
   tiny_mnist.data.validation_size = 0.25
   dataset = image_classification.load(tiny_mnist, None)

@@ -17,7 +17,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import REPO, load_config, run_main
+from conftest import (REPO, SMALL_MODEL, SUBPROCESS_CACHE, assert_same_params, load_config,
+                      read_events, run_main, tiny_mnist_config, write_mnist_dir)
 from jaxdl import checkpoint, data, models, optim, resume, steps, train
 from jaxdl.data import idx
 from jaxdl.errors import UserError
@@ -48,21 +49,10 @@ def _like(config):
   return steps.create_state(model, tx, np.zeros((1, 28, 28, 1), np.uint8), seed=0)
 
 
-def _params(workdir, like):
-  with checkpoint.Checkpoints(workdir, keep=3) as ckpts:
-    state, _ = ckpts.restore_latest(like)
-  return jax.tree.leaves(state.params)
-
-
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
   """A finished tiny run (checkpoints 8, 16, 24) that tests copy and then damage."""
-  config = load_config("mnist")
-  config.data.source, config.data.synthetic_size = "synthetic", 200
-  config.data.validation_size = 0  # as tiny_mnist
-  config.batch_size, config.eval_batch_size, config.num_train_steps = 16, 32, 24
-  config.log_every, config.eval_every, config.checkpoint_every = 5, 10, 8
-  config.opt.warmup_steps = 4
+  config = tiny_mnist_config()
   workdir = str(tmp_path_factory.mktemp("finished") / "w")
   final = train.train_and_evaluate(config, workdir)
   return config, workdir, final
@@ -71,7 +61,8 @@ def finished_run(tmp_path_factory):
 # ---------------------------------------------------------------------------------------------
 # Exact resume under SIGKILL, SIGTERM and SIGINT, from the command line.
 
-_CHAOS_FLAGS = ("--config=configs/mnist.py", "--config.data.source=synthetic",
+_CHAOS_FLAGS = ("--config=configs/mnist.py", f"--config.model.name={SMALL_MODEL}",
+                "--config.data.source=synthetic",
                 "--config.data.synthetic_size=200", "--config.batch_size=16",
                 "--config.eval_batch_size=50", "--config.num_train_steps=60",
                 "--config.log_every=3", "--config.eval_every=10",
@@ -79,20 +70,20 @@ _CHAOS_FLAGS = ("--config=configs/mnist.py", "--config.data.source=synthetic",
                 "--config.data.validation_size=0")  # as tiny_mnist
 
 
+@pytest.mark.slow
 def test_killed_at_random_moments_resumes_bitwise(tmp_path, tiny_mnist):
-  """3 SIGKILLs (one mid-save), a SIGTERM and a SIGINT at seeded random moments, each followed
+  """2 SIGKILLs (one mid-save), a SIGTERM and a SIGINT at seeded random moments, each followed
   by the same command; the result equals an uninterrupted run bit for bit. (5 kills is the
-  real-data experiment's, experiments/mnist/kill_and_resume.py; 3 keep this test quick.)"""
+  real-data experiment's, experiments/mnist/kill_and_resume.py; 2 keep this test quick.)"""
   kr = _kill_and_resume()
   workdir = str(tmp_path / "killed")
   cmd = [kr.sys.executable, "-m", "jaxdl.main", f"--workdir={workdir}", *_CHAOS_FLAGS]
-  # A persistent compilation cache spares the restarted processes XLA's compile time; a cached
-  # executable is the program the compiler would produce again, so results stay bitwise equal.
-  cache = {"JAX_COMPILATION_CACHE_DIR": str(tmp_path / "xla-cache"),
-           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
-  record = kr.interrupt_until_done(cmd, workdir, seed=0, kills=3, log=print, env=cache)
-  assert sum(line.startswith("kill") for line in record) >= 3, record
+  # The session's persistent compilation cache spares the restarted processes XLA's compile
+  # time; a cached executable is the program the compiler would produce again, so results stay
+  # bitwise equal.
+  record = kr.interrupt_until_done(cmd, workdir, seed=0, kills=2, log=print,
+                                   env={"JAXDL_XLA_CACHE": SUBPROCESS_CACHE})
+  assert sum(line.startswith("kill") for line in record) >= 2, record
   assert any("unfinished save left" in line for line in record), record
 
   # The reference: the same config, uninterrupted, in this process.
@@ -100,12 +91,12 @@ def test_killed_at_random_moments_resumes_bitwise(tmp_path, tiny_mnist):
   tiny_mnist.checkpoint_every, tiny_mnist.eval_batch_size = 4, 50
   reference = str(tmp_path / "reference")
   train.train_and_evaluate(tiny_mnist, reference)
-  got, want = kr.events(workdir), kr.events(reference)
+  got, want = read_events(workdir), read_events(reference)
   assert got == want
   train_steps = [e["step"] for e in got if e["event"] == "train"]
   assert train_steps == sorted(set(train_steps)) == [*range(3, 61, 3)]  # none twice/missing
-  for a, b in zip(_params(workdir, _like(tiny_mnist)), _params(reference, _like(tiny_mnist))):
-    np.testing.assert_array_equal(a, b)  # bitwise
+  assert_same_params(checkpoint.latest_params(workdir, "x"),
+                     checkpoint.latest_params(reference, "x"))  # bitwise
 
 
 def test_sigterm_saves_the_current_step(finished_run, tiny_mnist, tmp_path, monkeypatch,
@@ -128,7 +119,7 @@ def test_sigterm_saves_the_current_step(finished_run, tiny_mnist, tmp_path, monk
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["6"]
   assert train.train_and_evaluate(tiny_mnist, workdir) == expected
   assert "resumed from the checkpoint at step 6" in capsys.readouterr().out
-  assert _kill_and_resume().events(workdir) == _kill_and_resume().events(full)
+  assert read_events(workdir) == read_events(full)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,7 +175,7 @@ def test_damaged_checkpoint_run_ends_as_if_nothing_happened(finished_run, tmp_pa
   shutil.copytree(source, workdir)
   _truncate(os.path.join(workdir, "checkpoints", "24"))
   assert train.train_and_evaluate(config, workdir) == final
-  assert _kill_and_resume().events(workdir) == _kill_and_resume().events(source)
+  assert read_events(workdir) == read_events(source)
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == [
       "16", "24", "8", "damaged-24"]
 
@@ -250,7 +241,7 @@ def test_skip_nonfinite_skips_and_counts(tiny_mnist, tmp_path, monkeypatch):
   _poison(monkeypatch, at_step=12)
   final = train.train_and_evaluate(tiny_mnist, workdir)
   assert np.isfinite(final["test_loss"])
-  events = [e for e in _kill_and_resume().events(workdir) if e["event"] == "train"]
+  events = [e for e in read_events(workdir) if e["event"] == "train"]
   assert [e["skipped_nonfinite"] for e in events] == [0, 0, 1, 0, 0]  # steps 5 .. 24
   assert all(np.isfinite(e["loss"]) for e in events)
   # The logged lr is the one optax applied last: after the skipped update the schedule counts
@@ -304,7 +295,7 @@ def test_harmless_changes_resume_and_are_logged(finished_run, tmp_path, capsys):
                "profile_steps: '' -> '18:20'"):
     assert f"resuming with a changed config: {line}" in out
   assert os.listdir(os.path.join(workdir, "profile", "plugins", "profile"))
-  train_steps = [e["step"] for e in _kill_and_resume().events(workdir) if e["event"] == "train"]
+  train_steps = [e["step"] for e in read_events(workdir) if e["event"] == "train"]
   assert train_steps == [5, 10, 15, 20, 24]  # the old cadence to 16, then every 4 steps
 
 
@@ -312,14 +303,8 @@ def test_harmless_changes_resume_and_are_logged(finished_run, tmp_path, capsys):
 # Bad input: one UserError line naming the file or key, and no workdir.
 
 
-def _mnist_dir(path, n_train=40, n_test=10):
-  rng = np.random.default_rng(0)
-  os.makedirs(path, exist_ok=True)
-  for prefix, n in (("train", n_train), ("t10k", n_test)):
-    idx.write_idx(f"{path}/{prefix}-images-idx3-ubyte",
-                  rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
-    idx.write_idx(f"{path}/{prefix}-labels-idx1-ubyte",
-                  rng.integers(0, 10, (n,), dtype=np.uint8))
+def _mnist_dir(path):
+  write_mnist_dir(path, n_train=40, n_test=10, gz=False)
   return path
 
 

@@ -14,13 +14,13 @@ from PIL import Image
 import pytest
 
 import gcs_server
-from conftest import REPO, SUBPROCESS_CACHE, load_config, run_main, set_keys, tiny_lm_config
+from conftest import REPO, SMALL_MODEL, SUBPROCESS_CACHE, load_config, run_main, set_keys, tiny_lm_config
 from jaxdl import checkpoint, metrics, plot, report, sweep, tasks, train, validate
 
 BUCKET = "jaxdl-test"
 
 # The tiny MNIST run of these tests, as flags (the killed run) and as a config (the reference).
-_FLAGS = {"data.source": "synthetic", "data.synthetic_size": 128, "batch_size": 16,
+_FLAGS = {"model.name": SMALL_MODEL, "data.source": "synthetic", "data.synthetic_size": 128, "batch_size": 16,
           "eval_batch_size": 32, "num_train_steps": 24, "log_every": 3, "eval_every": 8,
           "checkpoint_every": 4, "opt.warmup_steps": 4}
 

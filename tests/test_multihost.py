@@ -1,7 +1,6 @@
 """Multi-process jobs for real: two `python -m jaxdl.main` processes on 127.0.0.1 with 2 CPU
 devices each (gloo collectives) form one 4-device job. Each test kills what it started."""
 
-import json
 import os
 import re
 import shutil
@@ -11,17 +10,18 @@ import subprocess
 import sys
 import time
 
-import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, SUBPROCESS_CACHE, load_config, run_main
-from jaxdl import parallel, train
+from conftest import (REPO, SMALL_MODEL, SUBPROCESS_CACHE, assert_close_events, assert_same_params,
+                      flag_values, load_config, read_events, run_main, set_keys, write_play)
+from jaxdl import checkpoint, parallel, train
 from jaxdl.errors import UserError
 
 # Tiny synthetic MNIST; a constant learning rate so that the 8-step job and a 12-step run follow
 # the same schedule.
-ARGS = ["--config=configs/mnist.py", "--config.data.source=synthetic",
+ARGS = ["--config=configs/mnist.py", f"--config.model.name={SMALL_MODEL}",
+        "--config.data.source=synthetic",
         "--config.data.synthetic_size=128", "--config.batch_size=16",
         "--config.eval_batch_size=16", "--config.log_every=4", "--config.checkpoint_every=4",
         "--config.opt.schedule=constant", "--config.eval_every=1000"]
@@ -72,8 +72,7 @@ def _wait_for_line(proc, prefix, timeout=120):
 
 
 def _params(workdir):
-  from jaxdl import checkpoint  # pylint: disable=g-import-not-at-top
-  return jax.tree.leaves(checkpoint.latest_params(workdir, "configs/mnist.py"))
+  return checkpoint.latest_params(workdir, "configs/mnist.py")
 
 
 def _kill_all(procs):
@@ -114,35 +113,7 @@ def _job(port, num_processes, process_id):
           f"--process_id={process_id}"]
 
 
-def _config_from_args(args):
-  """configs/mnist.py with ARGS' --config.k=v overrides applied, as config_flags would."""
-  config = load_config("mnist")
-  for arg in args:
-    if arg.startswith("--config."):
-      key, value = arg[len("--config."):].split("=", 1)
-      *parents, leaf = key.split(".")
-      node = config
-      for p in parents:
-        node = node[p]
-      node[leaf] = type(node[leaf])(value)
-  return config
-
-
-def _events(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [{k: v for k, v in json.loads(line).items() if not k.endswith("_per_s")} for line in f]
-
-
-def _assert_close(events, expected, rtol):
-  assert [(e["event"], e["step"]) for e in events] == [(e["event"], e["step"]) for e in expected]
-  for got, want in zip(events, expected):
-    for key, value in want.items():
-      if isinstance(value, float):
-        np.testing.assert_allclose(got[key], value, rtol=rtol, err_msg=f"{got}")
-      else:
-        assert got[key] == value, (got, want)
-
-
+@pytest.mark.slow
 def test_a_process_count_that_disagrees_with_the_coordinator(tmp_path):
   port = _free_port()
   workdir = str(tmp_path / "w")
@@ -157,6 +128,7 @@ def test_a_process_count_that_disagrees_with_the_coordinator(tmp_path):
   assert not os.path.exists(workdir)
 
 
+@pytest.mark.slow
 def test_job_flags_without_a_coordinator_are_one_line(tmp_path):
   workdir = str(tmp_path / "w")
   result = run_main(*ARGS, f"--workdir={workdir}", "--num_processes=2", "--process_id=0")
@@ -199,16 +171,18 @@ def two_process_reference(tmp_path_factory):
   return job, single
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process(two_process_reference):
   """The same global batches on the same 4-device mesh: the same train, eval and final
   numbers (they were bitwise equal when measured; the tolerance only allows for another
   all-reduce order)."""
   job, single = two_process_reference
-  got, want = _events(job), _events(single)
+  got, want = read_events(job), read_events(single)
   assert {e["event"] for e in got} == {"train", "eval", "final"}
-  _assert_close(got, want, rtol=1e-6)
+  assert_close_events(got, want, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_two_process_checkpoint_resumes_on_one_device(two_process_reference, tmp_path,
                                                         capsys):
   """The job's oldest kept checkpoint (4 devices, 2 processes) restores in this pytest process,
@@ -221,52 +195,45 @@ def test_a_two_process_checkpoint_resumes_on_one_device(two_process_reference, t
   kept = sorted(int(n) for n in os.listdir(ckpts) if n.isdigit())
   for step in kept[1:]:
     shutil.rmtree(os.path.join(ckpts, str(step)))
-  train.train_and_evaluate(_config_from_args(LONG), workdir)
+  train.train_and_evaluate(set_keys(load_config("mnist"), flag_values(LONG)), workdir)
   assert f"resumed from the checkpoint at step {kept[0]}" in capsys.readouterr().out
-  _assert_close(_events(workdir), _events(single), rtol=1e-5)
+  assert_close_events(read_events(workdir), read_events(single), rtol=1e-5)
 
 
-def test_sigterm_to_one_process_stops_both_at_one_step(two_process_reference, tmp_path):
-  """SIGTERM reaches process 1 only: both save the same step and exit 0, and the job's resume
-  ends bitwise equal to the uninterrupted 2-process run."""
+@pytest.mark.slow
+def test_two_processes_stopped_and_killed_resume_bitwise(two_process_reference, tmp_path):
+  """The whole job SIGKILLed at a seeded random moment (a step line, then up to 0.3 s more:
+  mid-step or mid-save); then SIGTERM to process 1 alone (a preempted host): both save the same
+  step and exit 0; then Ctrl-C on process 0 alone: both save one step, it exits 130; then the
+  newest checkpoint truncated. Restarted each time with the same commands, the job ends as the
+  uninterrupted one did, bit for bit. (Kills of one process at more moments, one mid-save among
+  them: test_faults.py's chaos test.)"""
   reference, _ = two_process_reference
   workdir = str(tmp_path / "w")
+  rng = np.random.default_rng(0)
+  # Early step lines: a stop passed through JAX's preemption sync lands some steps after the
+  # signal (measured: 3 in a fresh job, 12 in a resumed one), and each stop must land before
+  # the job's 48 steps are done.
+  at = sorted(rng.choice(np.arange(4, 16, 4), 2, replace=False).tolist())
   procs = _start_job([*LONG, f"--workdir={workdir}"])
-  _wait_for_line(procs[0], "step 16/")
+  try:
+    _wait_for_line(procs[0], f"step {at[0]:>2}/")
+    time.sleep(float(rng.uniform(0, 0.3)))
+  finally:
+    _kill_all(procs)
+
+  procs = _start_job([*LONG, f"--workdir={workdir}"])
+  _wait_for_line(procs[0], f"step {at[1]:>2}/")
   procs[1].send_signal(signal.SIGTERM)
   outputs = _finish(procs)
   assert [p.returncode for p in procs] == [0, 0], _report(procs, outputs)
   saved = re.search(r"SIGTERM: saved the checkpoint at step (\d+)", outputs[0][0])
   assert saved, _report(procs, outputs)
-  step = int(saved.group(1))
-  assert 16 <= step < 48 and str(step) in os.listdir(os.path.join(workdir, "checkpoints"))
-  procs = _start_job([*LONG, f"--workdir={workdir}"])
-  outputs = _finish(procs)
-  assert all(p.returncode == 0 for p in procs), _report(procs, outputs)
-  assert f"resumed from the checkpoint at step {step}" in outputs[0][0]
-  assert _events(workdir) == _events(reference)
-  for a, b in zip(_params(workdir), _params(reference)):
-    np.testing.assert_array_equal(a, b)
-
-
-def test_two_processes_killed_three_times_resume_bitwise(two_process_reference, tmp_path):
-  """The whole job SIGKILLed at 3 seeded random moments (a step line, then up to 0.3 s more:
-  mid-step or mid-save), then Ctrl-C on process 0 alone, then its newest checkpoint truncated;
-  restarted each time with the same commands, it ends as the uninterrupted job did."""
-  reference, _ = two_process_reference
-  workdir = str(tmp_path / "w")
-  rng = np.random.default_rng(0)
-  at = sorted(rng.choice(np.arange(4, 40, 4), 4, replace=False).tolist())  # step lines
-  for step in at[:3]:
-    procs = _start_job([*LONG, f"--workdir={workdir}"])
-    try:
-      _wait_for_line(procs[0], f"step {step:>2}/")
-      time.sleep(float(rng.uniform(0, 0.3)))
-    finally:
-      _kill_all(procs)
+  stopped = int(saved.group(1))
+  assert at[1] <= stopped < 48 and str(stopped) in os.listdir(os.path.join(workdir, "checkpoints"))
 
   procs = _start_job([*LONG, f"--workdir={workdir}"])
-  _wait_for_line(procs[0], f"step {at[3]:>2}/")
+  _wait_for_line(procs[0], f"resumed from the checkpoint at step {stopped} ")
   procs[0].send_signal(signal.SIGINT)  # Ctrl-C on process 0: both save one step
   outputs = _finish(procs)
   assert [p.returncode for p in procs] == [130, 0], _report(procs, outputs)
@@ -282,13 +249,15 @@ def test_two_processes_killed_three_times_resume_bitwise(two_process_reference, 
   assert all(p.returncode == 0 for p in procs), _report(procs, outputs)
   assert f"damaged-{saved}" in os.listdir(os.path.join(workdir, "checkpoints"))
   assert re.search(r"resumed from the checkpoint at step \d+", outputs[0][0])
-  assert _events(workdir) == _events(reference), at
-  for a, b in zip(_params(workdir), _params(reference)):
-    np.testing.assert_array_equal(a, b)
+  assert read_events(workdir) == read_events(reference), at
+  assert_same_params(_params(workdir), _params(reference))
 
 
+@pytest.mark.slow
 def test_the_language_model_in_two_processes_with_fsdp(tmp_path):
-  from conftest import write_play  # pylint: disable=g-import-not-at-top
+  """The LM (a corpus read by each process, its vocabulary written once) as a 2-process fsdp job
+  gives what one device in this process gives; a 1-device mean sums in another order than the
+  job's 4 devices (rtol 1e-5)."""
   text = str(tmp_path / "play.txt")
   write_play(text)
   args = ["--config=configs/tiny_lm.py", f"--config.data.path={text}",
@@ -298,15 +267,19 @@ def test_the_language_model_in_two_processes_with_fsdp(tmp_path):
           "--config.eval_every=4", "--config.checkpoint_every=4", "--config.opt.warmup_steps=2",
           "--config.parallel.fsdp=True", "--config.parallel.fsdp_min_size=64"]
   job, single = str(tmp_path / "job"), str(tmp_path / "single")
-  outputs = _beside_one_process(args, job, single)
+  procs = _start_job([*args, f"--workdir={job}"])
+  train.train_and_evaluate(set_keys(load_config("tiny_lm"), flag_values(args)), single)
+  outputs = _finish(procs)
+  assert all(p.returncode == 0 for p in procs), _report(procs, outputs)
   assert "in 2 processes, batch 8 (2 per device) | jit+fsdp, state" in outputs[0][0]
-  got = _events(job)
+  got = read_events(job)
   assert {e["event"] for e in got} == {"train", "eval", "final"}
-  _assert_close(got, _events(single), rtol=1e-6)
+  assert_close_events(got, read_events(single), rtol=1e-5)
   with open(os.path.join(job, "vocab.json")) as f, open(os.path.join(single, "vocab.json")) as g:
     assert f.read() == g.read()
 
 
+@pytest.mark.slow
 def test_too_few_processes_give_up_after_the_initialization_timeout(tmp_path):
   workdir, port = str(tmp_path / "w"), _free_port()
   start = time.monotonic()
