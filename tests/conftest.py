@@ -42,6 +42,12 @@ if not os.environ.get("JAXDL_TEST_NO_CACHE"):
   jax.config.update("jax_compilation_cache_dir", _XLA_CACHE_DIR)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+  # Every process the tests start shares it as well: jaxdl.main through JAXDL_XLA_CACHE (never
+  # the user's ~/.cache), jaxdl.sample and .predict through JAX's own variables.
+  os.environ.update({"JAXDL_XLA_CACHE": _XLA_CACHE_DIR,
+                     "JAX_COMPILATION_CACHE_DIR": _XLA_CACHE_DIR,
+                     "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+                     "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"})
 SUBPROCESS_CACHE = "" if os.environ.get("JAXDL_TEST_NO_CACHE") else _XLA_CACHE_DIR
 
 

@@ -72,18 +72,20 @@ _CHAOS_FLAGS = ("--config=configs/mnist.py", f"--config.model.name={SMALL_MODEL}
 
 @pytest.mark.slow
 def test_killed_at_random_moments_resumes_bitwise(tmp_path, tiny_mnist):
-  """2 SIGKILLs (one mid-save), a SIGTERM and a SIGINT at seeded random moments, each followed
-  by the same command; the result equals an uninterrupted run bit for bit. (5 kills is the
-  real-data experiment's, experiments/mnist/kill_and_resume.py; 2 keep this test quick.)"""
+  """A SIGKILL mid-save, a SIGTERM and a SIGINT, in a seeded random order at seeded random
+  moments, each followed by the same command; the result equals an uninterrupted run bit for
+  bit. (5 kills, at random moments too, are the real-data experiment's,
+  experiments/mnist/kill_and_resume.py; a whole job SIGKILLed at a random moment is
+  test_multihost.py's.)"""
   kr = _kill_and_resume()
   workdir = str(tmp_path / "killed")
   cmd = [kr.sys.executable, "-m", "jaxdl.main", f"--workdir={workdir}", *_CHAOS_FLAGS]
   # The session's persistent compilation cache spares the restarted processes XLA's compile
   # time; a cached executable is the program the compiler would produce again, so results stay
   # bitwise equal.
-  record = kr.interrupt_until_done(cmd, workdir, seed=0, kills=2, log=print,
+  record = kr.interrupt_until_done(cmd, workdir, seed=0, kills=1, log=print,
                                    env={"JAXDL_XLA_CACHE": SUBPROCESS_CACHE})
-  assert sum(line.startswith("kill") for line in record) >= 2, record
+  assert sum(line.startswith("kill") for line in record) >= 1, record
   assert any("unfinished save left" in line for line in record), record
 
   # The reference: the same config, uninterrupted, in this process.

@@ -14,8 +14,11 @@ from PIL import Image
 import pytest
 
 import gcs_server
-from conftest import REPO, SMALL_MODEL, SUBPROCESS_CACHE, load_config, run_main, set_keys, tiny_lm_config
-from jaxdl import checkpoint, metrics, plot, report, sweep, tasks, train, validate
+from conftest import (REPO, SMALL_MODEL, SUBPROCESS_CACHE, interrupt_at, load_config, run_main,
+                      set_keys, tiny_lm_config)
+from jaxdl import (checkpoint, metrics, plot, predict, report, sample, sweep, tasks, train,
+                   validate)
+from jaxdl.data import windows
 
 BUCKET = "jaxdl-test"
 
@@ -99,12 +102,8 @@ def test_tools_read_a_gs_run(killed_run, tmp_path):
   assert metrics.epath.Path(out).read_bytes().startswith(b"\x89PNG")
   image = str(tmp_path / "digit.png")
   Image.fromarray(np.zeros((28, 28), np.uint8)).save(image)
-  predicted = subprocess.run([sys.executable, "-m", "jaxdl.predict", f"--workdir={workdir}", image],
-                             cwd=REPO, capture_output=True, text=True, timeout=120,
-                             env={**os.environ})
-  assert predicted.returncode == 0, predicted.stderr[-2000:]
-  label, prob, name = predicted.stdout.strip().split("\t")
-  assert name == image and 0 < float(prob) <= 1 and label.isdigit()
+  (label, prob), = predict.predictor(workdir)([image])  # the command line: test_custom.py
+  assert 0 < float(prob) <= 1 and label.isdigit()
 
 
 def test_resuming_a_gs_run_with_another_seed_is_refused_untouched(killed_run):
@@ -133,23 +132,21 @@ def test_damaged_newest_gs_checkpoint_falls_back(gcs, tmp_path, caplog):
   assert _events(workdir) == events
 
 
-def test_lm_on_gs_samples_and_keeps_its_vocabulary(gcs, tmp_path):
+def test_lm_on_gs_samples_and_keeps_its_vocabulary(gcs, tmp_path, monkeypatch):
+  """jaxdl.sample reads a gs:// run (its config, vocabulary and checkpoint, in this process:
+  the command line is test_sample.py's), and a resume reads the vocabulary back from gs://.
+  (conftest's tiny LM as it is, so its compiled steps are the other LM tests'.)"""
   workdir = f"gs://{BUCKET}/lm"
   config = tiny_lm_config(str(tmp_path / "play.txt"))
-  config.num_train_steps = 4
-  train.train_and_evaluate(config, workdir)
+  interrupt_at(config, workdir, monkeypatch, at_step=10, where=(windows.TrainWindows, "batch"))
   vocab = metrics.read_text(f"{workdir}/vocab.json")
-  sampled = subprocess.run(
-      [sys.executable, "-m", "jaxdl.sample", f"--workdir={workdir}", "--prompt=ROMEO:",
-       "--num_chars=20", "--seed=0"], cwd=REPO, capture_output=True, text=True, timeout=120)
-  assert sampled.returncode == 0, sampled.stderr[-2000:]
-  assert sampled.stdout.startswith("ROMEO:") and len(sampled.stdout.rstrip("\n")) == 26
+  text = sample.sample(workdir, "ROMEO:", 20, 0.8, 40, 0)  # from the step-8 checkpoint
+  assert text.startswith("ROMEO:") and len(text) == 26
   # A resume reads the vocabulary back from gs:// (it was once rebuilt from the data found
   # then): the text's capital R became r (same length, so the data position still fits), and
   # a vocabulary rebuilt without R would shift the ids of every later character.
-  text = tmp_path / "play.txt"
-  text.write_text(text.read_text().replace("R", "r"))
-  config.num_train_steps = 8
+  play = tmp_path / "play.txt"
+  play.write_text(play.read_text().replace("R", "r"))
   train.train_and_evaluate(config, workdir)
   assert metrics.read_text(f"{workdir}/vocab.json") == vocab
 

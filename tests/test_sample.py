@@ -21,11 +21,14 @@ def _reference(model, params, prompt, num_new):
   context rule as sample.generate: when the context would pass block_size, it restarts from
   the newest block_size // 2 tokens."""
   seq, start, keep = list(prompt), 0, model.block_size // 2
-  # Compiled (once per context length): op-by-op passes took ~10 s of the suite.
+  # One compiled pass over block_size positions: the context, then zeros after it, which a
+  # causal model's logits at the context's last position do not see (test_transformer.py's
+  # causality tests); one shape, so one compilation for every context length.
   forward = jax.jit(lambda x: model.apply({"params": params}, x, train=False))
   for _ in range(num_new):
-    logits = forward(jnp.asarray([seq[start:]]))
-    seq.append(int(jnp.argmax(logits[0, -1])))
+    context = seq[start:]
+    logits = forward(jnp.asarray([context + [0] * (model.block_size - len(context))]))
+    seq.append(int(jnp.argmax(logits[0, len(context) - 1])))
     if len(seq) - start > model.block_size:
       start = len(seq) - keep
   return seq
@@ -61,10 +64,12 @@ def _sample_cli(*args):
 
 def test_sample_cli_on_a_tiny_trained_run(trained_tiny_lm):
   _, workdir, _ = trained_tiny_lm
+  # In this process first: the command line then finds its compiled program in the session's
+  # persistent cache (conftest.py).
+  text = sample.sample(workdir, "ROMEO:", 40, 0.8, 40, 3)  # the CLI's defaults
   cli = _sample_cli(f"--workdir={workdir}", "--prompt=ROMEO:", "--num_chars=40", "--seed=3")
   assert cli.returncode == 0, cli.stderr
   assert cli.stdout.startswith("ROMEO:") and len(cli.stdout) == len("ROMEO:") + 40 + 1  # + \n
-  text = sample.sample(workdir, "ROMEO:", 40, 0.8, 40, 3)  # the CLI's defaults
   assert cli.stdout == text + "\n"  # deterministic per seed, across processes
   assert sample.sample(workdir, "ROMEO:", 40, 0.8, 40, 4) != text
 

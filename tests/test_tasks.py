@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import load_config, set_keys
+from conftest import load_config, set_keys, tiny_lm_config, tiny_mnist_config
 from jaxdl import models, tasks
 from jaxdl.errors import UserError
 from jaxdl.tasks import image_classification, language_model, text_classification
@@ -336,3 +336,37 @@ def test_the_language_model_refuses_a_bad_value_of_its_keys(key, value, message)
   with pytest.raises(UserError) as error:
     language_model.check(config)
   assert str(error.value) == message
+
+
+def _small_run_config(name, tmp_path):
+  """Each shipped config with small data of its task: synthetic images, a made-up play, a TSV."""
+  if name == "image_classification":
+    return tiny_mnist_config()
+  if name == "language_model":
+    return tiny_lm_config(str(tmp_path / "play.txt"))
+  rng = np.random.default_rng(0)
+  for split, n in (("train", 64), ("dev", 8)):
+    rows = [(" ".join(rng.choice(["good", "bad", "film", "a", "plot"], rng.integers(1, 9))),
+             int(rng.integers(0, 2))) for _ in range(n)]
+    (tmp_path / f"{split}.tsv").write_text(
+        "sentence\tlabel\n" + "".join(f"{s}\t{y}\n" for s, y in rows))
+  return set_keys(load_config("text_classifier"), {"data.path": str(tmp_path),
+                                                   "batch_size": 16})
+
+
+@pytest.mark.parametrize("name", list(tasks.TASKS))
+def test_each_task_gives_each_process_its_rows_of_the_global_batch(name, tmp_path, monkeypatch):
+  """On a job of 2 processes, each task's train iterator hands each process its half of global
+  batch `step` (jax.make_array_from_process_local_data then assembles it): process 0's rows and
+  process 1's, in order, are the one-process batch. (Real processes: test_multihost.py.)"""
+  config = _small_run_config(name, tmp_path)
+  task = tasks.get(config.task)
+  whole = task.load(config, None).train.batch(3)
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  parts = []
+  for index in (0, 1):
+    monkeypatch.setattr(jax, "process_index", lambda index=index: index)
+    parts.append(task.load(config, None).train.batch(3))
+  assert len(parts[0]["mask"]) == len(whole["mask"]) // 2
+  for key, value in whole.items():
+    np.testing.assert_array_equal(np.concatenate([part[key] for part in parts]), value, key)

@@ -16,7 +16,12 @@ and recipe.
   python experiments/bench/side_by_side.py --model=lm \
       --data=../shared/data/tiny_shakespeare/input.txt --rounds=3 --steps=600
 
-Needs PyTorch for the reference (pip install torch==2.13.0).
+Needs PyTorch for the reference (pip install torch==2.13.0). `--stacks` runs jaxdl under other
+interpreters too, interleaved with the rest, e.g. the floor and the newest stack of CI:
+
+  python experiments/bench/side_by_side.py --model=lm --data=... --rounds=2 \
+      --stacks=floor=.venv/bin/python,newest=.venv-newest/bin/python \
+      --only='jaxdl (the preset: rotary positions) [floor];jaxdl (the preset: rotary positions) [newest];torch (default threads)'
 """
 
 from __future__ import annotations
@@ -57,7 +62,8 @@ RATE = {"cnn": "images_per_s", "lm": "tokens_per_s"}
 QUALITY = {"cnn": "test_accuracy", "lm": "val_loss"}
 
 
-def run_jaxdl(model: str, data: str, length: int, extra: list[str]) -> dict:
+def run_jaxdl(model: str, data: str, length: int, extra: list[str],
+              python: str = sys.executable) -> dict:
   if model == "cnn":
     run = ["--config=configs/mnist.py:seed", f"--config.num_epochs={length}",
            f"--config.log_every={STEPS_PER_EPOCH}"]
@@ -65,7 +71,7 @@ def run_jaxdl(model: str, data: str, length: int, extra: list[str]) -> dict:
     run = ["--config=configs/tiny_lm.py:nanogpt_cpu", f"--config.num_train_steps={length}",
            f"--config.log_every={LM_LOG_EVERY}"]
   with tempfile.TemporaryDirectory() as workdir:
-    cmd = [sys.executable, "-m", "jaxdl.main", *run, f"--workdir={workdir}",
+    cmd = [python, "-m", "jaxdl.main", *run, f"--workdir={workdir}",
            f"--config.data.path={data}", *extra]
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=True)
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
@@ -98,9 +104,18 @@ def main():
   parser.add_argument("--epochs", type=int, default=10, help="cnn: epochs per run")
   parser.add_argument("--steps", type=int, default=2000, help="lm: steps per run")
   parser.add_argument("--only", default="", help="variant names to run, separated by ';'")
+  parser.add_argument("--stacks", default="",
+                      help="NAME=PYTHON,...: run each jaxdl variant under each of these "
+                           "interpreters (venvs with another jax), named 'VARIANT [NAME]'; "
+                           "default: this interpreter only. PyTorch runs under this one.")
   args = parser.parse_args()
   data = os.path.abspath(args.data)
-  jax_variants = JAX_VARIANTS[args.model]
+  jax_variants = {name: (extra, sys.executable) for name, extra in JAX_VARIANTS[args.model].items()}
+  if args.stacks:
+    stacks = dict(item.split("=", 1) for item in args.stacks.split(","))
+    jax_variants = {f"{name} [{stack}]": (extra, python)
+                    for name, (extra, _) in jax_variants.items()
+                    for stack, python in stacks.items()}
   length = args.epochs if args.model == "cnn" else args.steps
   rate, quality = RATE[args.model], QUALITY[args.model]
   names = list(jax_variants) + list(TORCH_VARIANTS)
@@ -110,7 +125,7 @@ def main():
   for r in range(args.rounds):
     for name in names[r % len(names):] + names[:r % len(names)]:
       if name in jax_variants:
-        res = run_jaxdl(args.model, data, length, jax_variants[name])
+        res = run_jaxdl(args.model, data, length, *jax_variants[name])
       else:
         res = run_torch(args.model, data, length, TORCH_VARIANTS[name])
       results[name].append(res)
