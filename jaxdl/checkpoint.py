@@ -367,7 +367,10 @@ class StopSignals:
       # Multi-process: SIGTERM stays with JAX's preemption notifier.
       handled = (signal.SIGTERM, signal.SIGINT) if jax.process_count() == 1 else (signal.SIGINT,)
       for signum in handled:
-        self._previous[signum] = signal.signal(signum, self._handle)
+        # An ignored signal stays ignored: `nohup`, or a shell script's `cmd &` (which starts
+        # with SIGINT ignored so that the terminal's Ctrl-C leaves it alone), chose that.
+        if signal.getsignal(signum) != signal.SIG_IGN:
+          self._previous[signum] = signal.signal(signum, self._handle)
     return self
 
   def __exit__(self, *exc) -> None:

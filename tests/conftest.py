@@ -322,16 +322,3 @@ def trained_tiny_lm(tmp_path_factory):
   workdir = str(root / "run")
   return config, workdir, train.train_and_evaluate(config, workdir)
 
-
-if os.environ.get("JAXDL_TEST_CPU_LOG"):  # TEMPORARY: CPU seconds per test
-  import resource  # pylint: disable=g-import-not-at-top
-
-  @pytest.fixture(autouse=True)
-  def _cpu_log(request):
-    def cpu():
-      a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-      return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
-    start, wall = cpu(), __import__("time").time()
-    yield
-    with open(os.environ["JAXDL_TEST_CPU_LOG"], "a") as f:
-      f.write(f"{cpu() - start:.2f} {__import__('time').time() - wall:.2f} {request.node.nodeid}\n")

@@ -40,11 +40,24 @@ class _NoPreemption:
     return False
 
 
+@pytest.fixture
+def default_handlers():
+  """SIGINT and SIGTERM at Python's defaults for the test, whatever pytest was started with (a
+  shell script's `pytest &` starts with SIGINT ignored); restored after."""
+  before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+  signal.signal(signal.SIGINT, signal.default_int_handler)
+  signal.signal(signal.SIGTERM, signal.SIG_DFL)
+  yield
+  for signum, handler in before.items():
+    signal.signal(signum, handler)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_a_second_signal_stops_at_once(signum):
+def test_a_second_signal_stops_at_once(signum, default_handlers):
   """The first signal only asks for a save at the next step boundary; a second identical one
   gets the default behaviour (Ctrl-C: KeyboardInterrupt; SIGTERM: the process dies, which is
   checked here as the default handler being back in place)."""
+  del default_handlers
   with checkpoint.StopSignals(_NoPreemption()) as signals:
     assert not signals.requested()
     os.kill(os.getpid(), signum)
@@ -55,3 +68,15 @@ def test_a_second_signal_stops_at_once(signum):
     else:
       assert signal.getsignal(signum) == signal.SIG_DFL
   assert signal.getsignal(signal.SIGINT) == signal.default_int_handler  # restored after
+  assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_an_ignored_signal_stays_ignored(default_handlers):
+  """`nohup` or a script's `cmd &` starts a run with SIGINT ignored: it stays so."""
+  del default_handlers
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  with checkpoint.StopSignals(_NoPreemption()) as signals:
+    assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    os.kill(os.getpid(), signal.SIGINT)
+    assert not signals.requested()
+  assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN

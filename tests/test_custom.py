@@ -219,6 +219,7 @@ def test_a_users_linen_model_trains_resumes_bitwise_and_predicts_from_the_comman
   _predicts_a_digit([(label, prob)], path)
 
 
+@pytest.mark.slow
 def test_a_users_nnx_model_trains_resumes_bitwise_and_predicts(tmp_path, monkeypatch):
   """An NNX module (wrapped by nnx.bridge) in the same state, checkpoints and step as linen's:
   interrupted and resumed, it ends bit for bit as an uninterrupted run, and predicts. (The
@@ -240,6 +241,7 @@ def test_a_users_nnx_model_trains_resumes_bitwise_and_predicts(tmp_path, monkeyp
   _predicts_a_digit(predict.predictor(whole)([str(tmp_path / "digit.png")]), "digit.png")
 
 
+@pytest.mark.slow
 def test_a_users_task_trains_and_resumes_bitwise(tmp_path, monkeypatch):
   """A task module of the user's own (its data, loss, metrics), with their model: interrupted
   and resumed, it ends bit for bit as an uninterrupted run, and logs the task's metrics."""
@@ -283,6 +285,7 @@ def test_a_bad_user_model_is_one_line_and_writes_nothing(tmp_path, monkeypatch, 
   assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.slow
 def test_a_bad_user_model_or_task_on_the_command_line_is_one_line(tmp_path, monkeypatch,
                                                                   tiny_mnist):
   (tmp_path / "halftask.py").write_text("INPUT = 'image'\ndef load(config, workdir): pass\n")
@@ -315,6 +318,7 @@ def _image_folders(root, sizes=((16, 12), (16, 12))):
   return str(root)
 
 
+@pytest.mark.slow
 def test_image_folders_train_and_predict_with_their_class_names(tmp_path, capsys):
   """Pictures in class folders train the shipped image task; jaxdl.predict names the class."""
   config = set_keys(load_config("mnist"), {

@@ -20,6 +20,9 @@ from jaxdl import (checkpoint, metrics, plot, predict, report, sample, sweep, ta
                    validate)
 from jaxdl.data import windows
 
+# Every test here needs the GCS server (a process of its own) or the runs made on it.
+pytestmark = pytest.mark.slow
+
 BUCKET = "jaxdl-test"
 
 # The tiny MNIST run of these tests, as flags (the killed run) and as a config (the reference).

@@ -177,6 +177,7 @@ def test_an_existing_vocab_file_is_used_and_checked(tiny_lm, tmp_path):
 # --- the loop on a tiny LM ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_tiny_lm_trains_and_resumes_exactly(trained_tiny_lm, tmp_path, monkeypatch):
   config, full, expected = trained_tiny_lm
   assert expected["val_count"] == 40 * 16
@@ -201,6 +202,7 @@ def test_tiny_lm_trains_and_resumes_exactly(trained_tiny_lm, tmp_path, monkeypat
     np.testing.assert_array_equal(a, b)  # bitwise
 
 
+@pytest.mark.slow
 def test_the_gpt2_small_preset_is_gpt2_smalls_body_and_trains_at_toy_sizes(tmp_path):
   """configs/tiny_lm.py:gpt2_small: 12 x 768, 12 heads, block 1024 over bytes, 86,039,040
   params (shapes only); then the same preset at toy sizes, with every lever on (scanned blocks,

@@ -116,6 +116,7 @@ def test_every_config_field_has_a_comment():
   assert flat_keys(load_config("mnist").to_dict()) == set(declared)
 
 
+@pytest.mark.slow
 def test_runs_on_two_devices(tmp_path):
   """The mesh path with the batch split over 2 CPU devices (made by config.parallel.cpu_devices),
   end to end from the command line; its compiled steps land in the persistent compilation cache

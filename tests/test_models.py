@@ -37,6 +37,7 @@ def test_output_shape_and_layer_shapes():
                     "Dense_0": (1600, 512), "Dense_1": (512, 10)}
 
 
+@pytest.mark.slow
 def test_torch_init_matches_pytorch_default_bounds():
   params = _params("torch")
   for name, fan_in in (("Conv_0", 9), ("Conv_1", 288), ("Dense_0", 1600), ("Dense_1", 512)):
@@ -48,6 +49,7 @@ def test_torch_init_matches_pytorch_default_bounds():
   assert np.all(np.asarray(_params("flax")["Dense_0"]["bias"]) == 0)
 
 
+@pytest.mark.slow
 def test_dropout_only_in_training():
   model = CNN(dropout=0.5)
   images = jax.random.randint(jax.random.PRNGKey(1), (4, 28, 28, 1), 0, 255).astype(jnp.uint8)
@@ -72,6 +74,7 @@ def test_get_model_is_explicit(tmp_path):
     models.get(config.model, num_classes=config.model.num_classes)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("impl", ["cpu", "cpu_im2col"])
 @pytest.mark.parametrize("size", [28, 29])  # 29: conv1's output is odd too, so both crop
 def test_cpu_impls_match_flax_layers(impl, size):
@@ -125,6 +128,7 @@ def test_max_pool_2x2_gradient_is_autodiffs_with_ties_split():
                              rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("channels", [1, 3])  # 1: the multiply-add forward; 3: im2col
 def test_conv_cpu_matches_xla_convolution_and_its_gradients(channels):
   from jaxdl.models.cnn import conv_cpu

@@ -52,6 +52,7 @@ def _read(path):
     return f.read()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", TASKS)
 def test_an_old_workdir_resumes_to_the_uninterrupted_result(task, tmp_path):
   record = _record(task)

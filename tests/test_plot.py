@@ -11,6 +11,7 @@ from jaxdl import plot, report
 from jaxdl.errors import UserError
 
 
+@pytest.mark.slow
 def test_plot_of_two_runs_is_a_real_png(tiny_sweep, tmp_path):
   _, _, results, _ = tiny_sweep
   out = str(tmp_path / "curves.png")

@@ -25,6 +25,7 @@ def test_validate_checks_it(tmp_path):
     validate.validate(config, tasks.get(config.task), str(tmp_path / "w"))
 
 
+@pytest.mark.slow
 def test_a_run_with_profile_steps_writes_a_trace(tiny_sweep):
   _, _, results, _ = tiny_sweep  # the sweep's runs have profile_steps=2:4
   for workdir in results:

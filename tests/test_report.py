@@ -4,10 +4,13 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 from jaxdl import report
 
 
+@pytest.mark.slow
 def test_two_runs_differing_in_one_override_get_exactly_that_column(tiny_sweep):
   _, _, results, _ = tiny_sweep
   workdirs = sorted(results)  # opt.lr=0.003, opt.lr=0.01

@@ -34,6 +34,7 @@ def _reference(model, params, prompt, num_new):
   return seq
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("positions", ["learned", "rope"])
 def test_cached_generation_matches_full_passes(positions):
   model = TransformerLM(vocab_size=13, num_layers=1, num_heads=2, width=16, block_size=8,
@@ -46,6 +47,7 @@ def test_cached_generation_matches_full_passes(positions):
   assert out.tolist() == _reference(model, params, prompt, 14)
 
 
+@pytest.mark.slow
 def test_sampling_is_deterministic_per_seed_and_respects_top_k():
   model = TransformerLM(vocab_size=13, num_layers=1, num_heads=2, width=16, block_size=8)
   params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32), train=False)["params"]
@@ -62,6 +64,7 @@ def _sample_cli(*args):
                         capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_sample_cli_on_a_tiny_trained_run(trained_tiny_lm):
   _, workdir, _ = trained_tiny_lm
   # In this process first: the command line then finds its compiled program in the session's

@@ -44,6 +44,7 @@ def test_train_step_lowers_loss_on_a_fixed_batch():
   assert int(state.step) == 30
 
 
+@pytest.mark.slow
 def test_jit_equals_no_jit():
   # SGD, not Adam: Adam's first step is ~lr*sign(g), which turns float noise in g ≈ 0 into lr.
   _, state, step = _setup(max_shift=2, dropout=0.25, tx=optax.sgd(0.1))
@@ -124,6 +125,7 @@ def test_ema_warmup_follows_the_formula_at_steps_0_1_10_and_10000():
   assert steps.ema_decay_at(0.999, 10_000, False) == 0.999 == steps.ema_decay_at(0.999, 0, False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("warmup", [False, True])
 def test_ema_is_the_moving_average_and_what_eval_uses(warmup):
   model = _Linear()
@@ -164,6 +166,7 @@ def test_microbatches_are_strided_rows():
   assert micro["y"].shape == (4, 2, 2) and list(micro["y"][1, 1]) == [10, 11]
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_the_whole_batch_with_padding_rows():
   """grad_accum_steps 1 vs 4 vs 8, 10 SGD-momentum steps of a small ReLU net, a quarter of each batch's
   rows masked (so some microbatches are mostly, or all, padding): the same losses and params

@@ -13,6 +13,7 @@ from jaxdl import sweep
 from jaxdl.errors import UserError
 
 
+@pytest.mark.slow
 def test_two_runs_each_in_its_own_workdir(tiny_sweep):
   root, _, results, out = tiny_sweep
   assert sorted(os.path.basename(w) for w in results) == ["opt.lr=0.003", "opt.lr=0.01"]
@@ -25,6 +26,7 @@ def test_two_runs_each_in_its_own_workdir(tiny_sweep):
     assert os.path.exists(os.path.join(root, os.path.basename(workdir) + ".log"))
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_runs_and_resumes_an_unfinished_one(tiny_sweep, monkeypatch):
   root, axes, results, _ = tiny_sweep
   before = {w: open(os.path.join(w, "metrics.jsonl")).read() for w in results}

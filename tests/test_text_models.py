@@ -30,6 +30,7 @@ def _apply(model):
       {"params": p}, t, train=train, rngs={"dropout": rng}), static_argnames="train")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("encoder", ENCODERS + ("lstm_attention",))
 def test_padding_never_changes_the_prediction(encoder):
   model = _model(encoder)
@@ -58,6 +59,7 @@ def test_padding_never_changes_the_prediction(encoder):
   assert not np.allclose(apply(params, moved)[0], long[0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("encoder", ENCODERS)
 def test_dropout_comes_from_the_rng(encoder):
   model = _model(encoder, dropout=0.5, embed_dropout=0.3, word_dropout=0.3)

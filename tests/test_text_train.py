@@ -101,6 +101,7 @@ def test_tiny_run_reports_classification_metrics_and_saves_the_vocab(trained):
   assert vocab.words[:2] == ["<pad>", "<oov>"] and set(POS + NEG) <= set(vocab.words)
 
 
+@pytest.mark.slow
 def test_resume_is_exact_and_reuses_the_saved_vocab(tiny_text, tmp_path, monkeypatch):
   tiny_text.model.word_dropout = 0.2  # exercise the step rng
   tiny_text.train.ema_decay = 0.9  # and the moving average of the params, saved and restored;
@@ -206,6 +207,7 @@ def test_model_and_task_must_agree(tiny_text, tmp_path):
     validate.validate(tiny_text, tasks.get(tiny_text.task), str(tmp_path / "w"))
 
 
+@pytest.mark.slow
 def test_predict_cli_from_arguments_and_stdin(trained, tmp_path):
   workdir = trained[0]
   run = lambda *args, stdin=None: subprocess.run(
@@ -242,6 +244,7 @@ def test_resuming_with_another_length_grouping_is_refused(tiny_text):
     text_classification.load(tiny_text, "/nonexistent").train.check_position(7, saved)
 
 
+@pytest.mark.slow
 def test_fused_steps_with_cut_batches_are_refused(tiny_text, tmp_path):
   """Fused steps scan over one batch shape; length-cut batches have several: one line, before
   any work (with data.bucket=0 the same fused run trains, as test_train's fused tests do)."""
@@ -255,6 +258,7 @@ def test_fused_steps_with_cut_batches_are_refused(tiny_text, tmp_path):
   assert final["dev_count"] == 40
 
 
+@pytest.mark.slow
 def test_a_run_killed_before_its_first_checkpoint_starts_afresh_on_new_data(
     tiny_text, sst_dir, tmp_path, monkeypatch):
   """No checkpoint to resume: the vocab.json it left is not reused (the re-run may point at other

@@ -168,6 +168,7 @@ def test_learns_real_digits_from_the_offline_sample(tmp_path, monkeypatch):
   assert final["test_accuracy"] >= 0.93, final
 
 
+@pytest.mark.slow
 def test_fused_steps_match_one_step_per_call(tiny_mnist, tmp_path, monkeypatch):
   """lax.scan over k steps (batches gathered on the device, or stacked on the host) gives the
   unfused loop's events at the same steps and its params to float rounding; a fused run resumes

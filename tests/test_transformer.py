@@ -66,6 +66,7 @@ def test_output_shape_and_get_model(tmp_path):
     validate.validate(config, task, str(tmp_path / "w"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("positions,use_bias", [("learned", True), ("rope", False)])
 def test_cpu_dense_layers_match_flax_layers(positions, use_bias):
   """impl='cpu' (CpuDense, a hand-written kernel gradient) against nn.Dense/DenseGeneral: the
@@ -117,6 +118,7 @@ def test_causality_by_gradient(positions):
   assert np.all(influence_LxL[np.tril_indices(12)] > 0)  # every past position and itself
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("positions", ["learned", "rope"])
 def test_cached_decoding_matches_the_full_pass(positions):
   model, params = _model(positions)
@@ -154,6 +156,7 @@ def test_rope_rotates_each_pair_by_its_position_angle():
                              atol=1e-5)
 
 
+@pytest.mark.slow
 def test_dropout_only_in_training():
   model, params = _model(dropout=0.5)
   tokens = _tokens((2, 12))
@@ -166,6 +169,7 @@ def test_dropout_only_in_training():
   np.testing.assert_array_equal(a, forward(tokens, False, jax.random.PRNGKey(4)))
 
 
+@pytest.mark.slow
 def test_remat_gives_the_same_loss_and_gradients():
   """model.remat recomputes activations in the backward pass: the params (names included), the
   loss and its gradients are those without it; and the decode path still runs. (A
@@ -202,6 +206,7 @@ def _stacked(params, num_layers):
                                           *(params[f"block_{i}"] for i in range(num_layers)))}
 
 
+@pytest.mark.slow
 def test_scanned_blocks_are_the_same_function_over_stacked_params():
   """model.scan_layers runs the blocks as one lax.scan: its params are the unrolled model's
   stacked on a leading axis (with 'layers' as that axis's logical name), and with them the
@@ -242,6 +247,7 @@ def test_an_unknown_remat_policy_is_one_line():
     models.get(config.model, vocab_size=65)
 
 
+@pytest.mark.slow
 def test_the_bfloat16_policy_keeps_float32_params_and_logits_close():
   """model.dtype=bfloat16 computes in bfloat16: the params stay float32, the logits are float32,
   and the loss at init is within 0.02 of float32's."""
