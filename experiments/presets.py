@@ -56,6 +56,22 @@ def run(out: str, data: str, steps: int, names: list[str]) -> None:
     print(f"{name}: {len(events(workdir))} events, {time.time() - start:.0f} s", flush=True)
 
 
+def _largest_relative_difference(ea: list[dict], eb: list[dict]):
+  """(relative difference, key, step) of the numbers that differ most between events at the
+  same (event, step) in both runs (another stack's, say); None if none are comparable."""
+  b_at = {(e["event"], e["step"]): e for e in eb}
+  worst = None
+  for x in ea:
+    y = b_at.get((x["event"], x["step"]))
+    for key, value in (y and x.items()) or ():
+      other = y.get(key)
+      if isinstance(value, (int, float)) and isinstance(other, (int, float)) and key != "step":
+        rel = abs(value - other) / max(abs(value), abs(other), 1e-30)
+        if worst is None or rel > worst[0]:
+          worst = (rel, key, x["step"])
+  return worst
+
+
 def compare(before: str, after: str) -> bool:
   same = True
   for name in PRESETS:
@@ -70,6 +86,9 @@ def compare(before: str, after: str) -> bool:
     same = False
     diff = next((x, y) for x, y in zip(ea + [None] * len(eb), eb + [None] * len(ea)) if x != y)
     print(f"{name}: DIFFERENT; first difference:\n  before {diff[0]}\n  after  {diff[1]}")
+    worst = _largest_relative_difference(ea, eb)
+    if worst:
+      print(f"  largest relative difference: {worst[0]:.2e} in {worst[1]} at step {worst[2]}")
   return same
 
 

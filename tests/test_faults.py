@@ -548,3 +548,22 @@ def test_damage_evidence_reads_the_whole_chain():
   assert checkpoint.damage_evidence(FileNotFoundError("File .../loop/metadata not found."))
   assert checkpoint.damage_evidence(MemoryError()) is None
   assert checkpoint.damage_evidence(ValueError("UNAVAILABLE: try again")) is None
+
+
+def test_every_test_the_fault_table_names_exists():
+  """The README's "What happens when..." table names a test for each row: each named test is a
+  test function of tests/ (a renamed or merged test must take its rows along)."""
+  import glob  # pylint: disable=g-import-not-at-top
+  import re  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+    readme = f.read()
+  table = readme[readme.index("## What happens when"):]
+  table = table[:table.index("\n## ", 1)]
+  named = set(re.findall(r"\b(test_[a-z0-9_]+)\b", table)) - {
+      "test_faults", "test_main", "test_data", "test_checkpoint"}  # module names
+  named = {n for n in named if not re.search(rf"tests/{n}\.py|\b{n}\.py", table)}
+  defined = set()
+  for path in glob.glob(os.path.join(REPO, "tests", "test_*.py")):
+    with open(path, encoding="utf-8") as f:
+      defined |= set(re.findall(r"^def (test_[a-z0-9_]+)", f.read(), re.M))
+  assert named and named <= defined, sorted(named - defined)
