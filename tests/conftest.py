@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -21,6 +22,14 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
     [_TESTS, *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]])
 if _TESTS not in sys.path:
   sys.path.insert(0, _TESTS)
+
+# Ctrl-C as a terminal sends it, whatever this session was started with. A session started with
+# SIGINT ignored (nohup, or `cmd &` in a shell script) passes the ignoring on to every process it
+# starts, and jaxdl leaves an ignored signal ignored (checkpoint.StopSignals), so the tests that
+# send SIGINT would see runs that never stop. A handled signal is reset to the default in a
+# child, so the processes the tests start get Python's own KeyboardInterrupt handler.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+  signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 # One persistent compilation cache for this pytest process, in a temporary directory (never

@@ -78,7 +78,8 @@ def run_jaxdl(model: str, data: str, length: int, extra: list[str],
       events = [json.loads(line) for line in f]
   rate = RATE[model]
   logged = "examples_per_s" if model == "cnn" else rate  # metrics.jsonl's name for it
-  per_interval = [e[logged] for e in events if e["event"] == "train"]
+  # An interval that held only the compiling first dispatch logs no rate.
+  per_interval = [e[logged] for e in events if e["event"] == "train" and logged in e]
   warm = per_interval[1:]  # equal-length intervals: total count / total time
   final = next(e for e in events if e["event"] == "final")
   return {rate: len(warm) / sum(1 / x for x in warm),

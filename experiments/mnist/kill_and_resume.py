@@ -39,8 +39,11 @@ class _Run:
   """One `python -m jaxdl.main` process whose stdout lines are collected as they come."""
 
   def __init__(self, cmd: list[str], env: dict | None):
+    # The run gets SIGINT's default even if this script was started with it ignored (nohup,
+    # `cmd &` in a script), which jaxdl would keep: the SIGINT interruption must reach it.
     self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 text=True, env={**os.environ, **(env or {})})
+                                 text=True, env={**os.environ, **(env or {})},
+                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     self.out: list[str] = []
     self.err: list[str] = []
     self.threads = [threading.Thread(target=self._read, args=(s, l), daemon=True)
