@@ -8,6 +8,7 @@ comes from its module (jaxdl/tasks/); how the steps are compiled, from steps.Run
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import signal
@@ -22,6 +23,18 @@ import numpy as np
 from jaxdl import (checkpoint, metrics, models, optim, parallel, profiler, resume, runrecord,
                    steps, tasks, validate)
 from jaxdl.errors import UserError
+
+
+@contextlib.contextmanager
+def _closed_on_error(writer: metrics.Writer):
+  """Closes `writer` when an exception leaves the run (divergence, a second Ctrl-C, a failed
+  restore): its queued TensorBoard events reach the file, and no tensorboardX thread is left
+  for interpreter exit, where Python 3.12 cannot stop it and prints a traceback."""
+  try:
+    yield
+  except BaseException:
+    writer.close()
+    raise
 
 
 def _check_finite(sums, skip_nonfinite: bool, ckpts: checkpoint.Checkpoints) -> None:
@@ -143,7 +156,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     os.makedirs(workdir, exist_ok=True)
   writer = metrics.Writer(workdir)
   # From here SIGTERM/SIGINT only set a flag (checkpoint.StopSignals), read after each step.
-  with (checkpoint.Checkpoints(workdir, config.keep_checkpoints) as ckpts,
+  with (_closed_on_error(writer),
+        checkpoint.Checkpoints(workdir, config.keep_checkpoints) as ckpts,
         checkpoint.StopSignals(ckpts.manager) as signals):
     state, interval_sums = _restore(ckpts, runner, dataset, writer, workdir, resolved,
                                     config_changes, adopted, num_steps)

@@ -19,7 +19,7 @@ import pytest
 
 from conftest import (REPO, SMALL_MODEL, SUBPROCESS_CACHE, assert_same_params, load_config,
                       read_events, run_main, tiny_mnist_config, write_mnist_dir)
-from jaxdl import checkpoint, data, models, optim, resume, steps, train
+from jaxdl import checkpoint, data, metrics, models, optim, resume, steps, train
 from jaxdl.data import idx
 from jaxdl.errors import UserError
 
@@ -230,6 +230,10 @@ def test_nonfinite_loss_stops_naming_the_step(tiny_mnist, tmp_path, monkeypatch)
                                       r"checkpoint is step 8, left intact\)"):
     train.train_and_evaluate(tiny_mnist, workdir)
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["8"]
+  # The TensorBoard writer was closed on the way out: the events logged before the divergence
+  # are in its file now, not waiting on a flush timer (tensorboardX's thread is stopped).
+  logged = {step for tag, step, _, _ in metrics.read_tensorboard(workdir) if tag == "train/loss"}
+  assert logged == {5, 10}
   monkeypatch.undo()
   with checkpoint.Checkpoints(workdir, keep=3) as ckpts:
     state, _ = ckpts.restore_latest(_like(tiny_mnist))
