@@ -348,7 +348,7 @@ class StopSignals:
       os.kill(os.getpid(), signal.SIGTERM)  # JAX's handler: every process agrees on a step
 
   def requested(self) -> bool:
-    """Whether to save `step` and stop: a signal arrived, or all processes reached a
+    """Whether to save the step just done and stop: a signal arrived, or all processes reached a
     preemption sync point (on a multi-process job, only the latter).
 
     JAX's sync point is one more than the largest counter any process reported when the notice
