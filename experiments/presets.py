@@ -63,7 +63,9 @@ def _largest_relative_difference(ea: list[dict], eb: list[dict]):
   worst = None
   for x in ea:
     y = b_at.get((x["event"], x["step"]))
-    for key, value in (y and x.items()) or ():
+    if y is None:
+      continue
+    for key, value in x.items():
       other = y.get(key)
       if isinstance(value, (int, float)) and isinstance(other, (int, float)) and key != "step":
         rel = abs(value - other) / max(abs(value), abs(other), 1e-30)

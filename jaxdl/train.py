@@ -228,8 +228,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         writer.print(f"{signal.Signals(signum).name}: saved the checkpoint at step {done} and "
                      f"waited for it to reach the disk; re-run the same command to resume")
         runrecord.end(workdir, done, None)  # a clean stop: end time, no final metrics
-        writer.close()
-        raise checkpoint.Stopped(signum, done)
+        raise checkpoint.Stopped(signum, done)  # _closed_on_error closes the writer
 
     # 9. finish: final evals (the last step saved the final checkpoint), summary line.
     profile.stop(state, num_steps)

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, read_events
 from jaxdl import report
 
 
@@ -25,7 +25,7 @@ def test_two_runs_differing_in_one_override_get_exactly_that_column(tiny_sweep):
   assert len(lines) == 4
   for line, workdir, lr in zip(lines[2:], workdirs, ("0.003", "0.01")):
     cells = dict(zip(header, (c.strip() for c in line.strip("|").split("|"))))
-    final = [json.loads(l) for l in open(f"{workdir}/metrics.jsonl")][-1]
+    final = read_events(workdir)[-1]
     assert (cells["run"], cells["opt.lr"], cells["step"]) == (workdir, lr, "8")
     assert cells["test_loss"] == f"{final['test_loss']:.4f}"
     assert cells["test_accuracy"] == f"{final['test_accuracy']:.4f}"

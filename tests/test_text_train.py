@@ -12,7 +12,8 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, declared_fields, flat_keys, interrupt_at, load_config, short_schedule
+from conftest import (REPO, declared_fields, flat_keys, interrupt_at, load_config, read_events,
+                      short_schedule)
 from jaxdl import checkpoint, losses, models, optim, steps, tasks, train
 from jaxdl.data.vocab import WordVocab
 from jaxdl.tasks import text_classification
@@ -68,11 +69,6 @@ def tiny_text(sst_dir):
   return _tiny_config(sst_dir)
 
 
-def _events(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [{k: v for k, v in json.loads(line).items() if k != "examples_per_s"} for line in f]
-
-
 @pytest.fixture(scope="module")
 def trained(sst_dir, tmp_path_factory):
   """One tiny run shared by the output and predict tests: (workdir, final metrics, console)."""
@@ -95,7 +91,7 @@ def test_tiny_run_reports_classification_metrics_and_saves_the_vocab(trained):
                                     [0, final["dev_confusion"][1][1]]]
   assert np.sum(final["dev_confusion"]) == 40 and len(final["test_f1"]) == 2
   assert final["dev_macro_f1"] == 1.0 and "test_macro_precision" in final
-  evals = [e for e in _events(workdir) if e["event"] == "eval"]
+  evals = [e for e in read_events(workdir) if e["event"] == "eval"]
   assert [e["step"] for e in evals] == [10, 20, 30, 40, 50] and "dev_confusion" in evals[0]
   vocab = WordVocab.from_json(open(os.path.join(workdir, "vocab.json")).read(), "vocab.json")
   assert vocab.words[:2] == ["<pad>", "<oov>"] and set(POS + NEG) <= set(vocab.words)
@@ -113,7 +109,7 @@ def test_resume_is_exact_and_reuses_the_saved_vocab(tiny_text, tmp_path, monkeyp
   interrupt_at(tiny_text, resumed, monkeypatch, at_step=19)
   assert sorted(os.listdir(os.path.join(resumed, "checkpoints"))) == ["16", "8"]
   assert train.train_and_evaluate(tiny_text, resumed) == expected
-  assert _events(resumed) == _events(full)
+  assert read_events(resumed) == read_events(full)
 
   dataset = text_classification.load(tiny_text, full)
   like = steps.create_state(models.get(tiny_text.model, **dataset.model_info),
@@ -279,7 +275,7 @@ def test_a_run_killed_before_its_first_checkpoint_starts_afresh_on_new_data(
   train.train_and_evaluate(tiny_text, fresh)
   vocab = open(os.path.join(workdir, "vocab.json")).read()
   assert vocab != stale and vocab == open(os.path.join(fresh, "vocab.json")).read()
-  assert _events(workdir)[-1] == _events(fresh)[-1]  # the same final metrics as a fresh run
+  assert read_events(workdir)[-1] == read_events(fresh)[-1]  # the same final metrics as a fresh run
 
 
 def test_train_size_and_validation_size_carve_the_training_split(tiny_text):

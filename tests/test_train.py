@@ -7,19 +7,9 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import interrupt_at, load_config, set_keys
+from conftest import interrupt_at, load_config, read_events, set_keys
 from jaxdl import checkpoint, data, metrics, parallel, steps, tasks, train
 from jaxdl.data import download, offline, sources
-
-
-def _events(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]
-
-
-def _comparable(workdir):
-  """metrics.jsonl without the throughput, which differs from run to run."""
-  return [{k: v for k, v in e.items() if k != "examples_per_s"} for e in _events(workdir)]
 
 
 def _tensorboard(workdir):
@@ -42,7 +32,7 @@ def test_tiny_run_writes_its_outputs(tiny_mnist, tmp_path, capsys):
   assert "final: test accuracy" in out and "SYNTHETIC" in out and "ETA" in out
   assert "\r" not in out  # not a terminal: plain lines, no progress bar
   assert final["test_count"] == 50  # synthetic test split: 200 // 4, every example once
-  events = _events(workdir)
+  events = read_events(workdir, wall_clock=True)
   assert [e["step"] for e in events if e["event"] == "train"] == [5, 10, 15, 20, 24]
   assert [e["step"] for e in events if e["event"] == "eval"] == [10, 20]
   assert events[-1]["event"] == "final" and events[-1]["test_count"] == 50
@@ -82,7 +72,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_mnist, tmp_
   assert sorted(os.listdir(os.path.join(resumed, "checkpoints"))) == ["16", "8"]
 
   assert train.train_and_evaluate(tiny_mnist, resumed) == expected
-  assert _comparable(resumed) == _comparable(full)  # no step lost, none logged twice
+  assert read_events(resumed) == read_events(full)  # no step lost, none logged twice
   assert _tensorboard(resumed) == _tensorboard(full)  # in TensorBoard too
   segments = json.load(open(os.path.join(resumed, "run.json")))["segments"]
   assert [(s["start_step"], s["end_step"]) for s in segments] == [(0, None), (16, 24)]
@@ -99,9 +89,9 @@ def test_killed_before_the_first_checkpoint_logs_nothing_twice(tiny_mnist, tmp_p
   train.train_and_evaluate(tiny_mnist, full)
   again = str(tmp_path / "again")
   interrupt_at(tiny_mnist, again, monkeypatch, at_step=6)  # after the step-5 log line, no ckpt yet
-  assert len(_events(again)) == 1
+  assert len(read_events(again, wall_clock=True)) == 1
   train.train_and_evaluate(tiny_mnist, again)
-  assert _comparable(again) == _comparable(full)
+  assert read_events(again) == read_events(full)
 
 
 def test_a_checkpoint_past_the_configured_end_is_refused(tiny_mnist, tmp_path):
@@ -131,10 +121,10 @@ def _model_tx(config):
 def test_rerunning_a_finished_run_changes_nothing(tiny_mnist, tmp_path, capsys):
   workdir = str(tmp_path / "w")
   first = train.train_and_evaluate(tiny_mnist, workdir)
-  events = _events(workdir)
+  events = read_events(workdir, wall_clock=True)
   tiny_mnist.log_every = 6
   assert train.train_and_evaluate(tiny_mnist, workdir) == first
-  assert len(_events(workdir)) == len(events)
+  assert len(read_events(workdir, wall_clock=True)) == len(events)
   assert "resuming with a changed config: log_every: 5 -> 6" in capsys.readouterr().out
 
 
@@ -189,7 +179,7 @@ def test_fused_steps_match_one_step_per_call(tiny_mnist, tmp_path, monkeypatch):
       if not on_device:
         patch.setattr(steps, "_DEVICE_DATA_MAX_BYTES", 0)
       result = train.train_and_evaluate(tiny_mnist, fused)
-    a, b = _comparable(one), _comparable(fused)
+    a, b = read_events(one), read_events(fused)
     assert [(e["event"], e["step"]) for e in a] == [(e["event"], e["step"]) for e in b]
     for x, y in zip(a, b):
       for key in set(x) - {"event"}:
@@ -205,7 +195,7 @@ def test_fused_steps_match_one_step_per_call(tiny_mnist, tmp_path, monkeypatch):
                where=(data.TrainBatches, "indices"))
   assert sorted(os.listdir(os.path.join(resumed, "checkpoints"))) == ["8"]
   train.train_and_evaluate(tiny_mnist, resumed)
-  assert _comparable(resumed) == _comparable(fused)
+  assert read_events(resumed) == read_events(fused)
   for x, y in zip(jax.tree.leaves(_final_params(fused, like)),
                   jax.tree.leaves(_final_params(resumed, like))):
     np.testing.assert_array_equal(x, y)
