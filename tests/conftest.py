@@ -8,9 +8,22 @@ import subprocess
 import sys
 import tempfile
 
-import jax
-import numpy as np
-import pytest
+# XLA:CPU compiles the suite's programs without LLVM's optimization passes (O0), unless XLA_FLAGS
+# already names a level (XLA_FLAGS=--xla_backend_optimization_level=2 runs the suite as users
+# run jaxdl). Compiling was ~70% of the suite's CPU time, for tiny programs that then run for
+# milliseconds: at O0 the whole suite took 307 s instead of 536 s on 2 cores (2026-12-04, AMD
+# EPYC, jax 0.10.2). The programs compute the same operations; rounding differs from the default
+# level's in the last bits, and no test compares numbers across levels: the runs that resume the
+# old workdirs (made at the default level) train at the default level (test_old_workdirs.py), as
+# does test_main.py's two-device run from the command line. Set before jax is imported: XLA
+# reads XLA_FLAGS once, when its CPU client starts; every process the tests start inherits it.
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = " ".join(
+      [os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0"]).strip()
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -68,6 +81,23 @@ SUBPROCESS_CACHE = "" if os.environ.get("JAXDL_TEST_NO_CACHE") else _XLA_CACHE_D
 os.environ["PYTHONWARNINGS"] = ",".join([
     "error::DeprecationWarning", "error::FutureWarning",
     "ignore:the load_module() method is deprecated:DeprecationWarning"])
+
+
+# The modules that cost the most CPU-seconds, heaviest first (measured 2026-12-04: 25-75 s each,
+# tests/README.md); the others follow in their usual order. Under `-n 2 --dist loadscope` a free
+# worker takes the next whole module (pyproject.toml turns xdist's reordering by test count
+# off), so the heavy ones start early and the light ones fill in at the end: sorted by test
+# count, a 50-second module of 3 tests started last and ran alone for its last 20 s.
+HEAVY_MODULES = ("test_multihost.py", "test_custom.py", "test_old_workdirs.py", "test_train.py",
+                 "test_transformer.py", "test_faults.py", "test_gcs_workdir.py",
+                 "test_parallel.py", "test_main.py", "test_text_train.py", "test_lm.py",
+                 "test_text_models.py", "test_sample.py", "test_sweep.py", "test_steps.py",
+                 "test_models.py")
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(HEAVY_MODULES)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within kept
 
 
 def load_config_file(path: str, preset: str | None = None):
@@ -173,6 +203,16 @@ def assert_same_params(got, want, rtol: float | None = None, atol: float = 0.0):
       np.testing.assert_array_equal(a, b)
     else:
       np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)
+
+
+def state_like(model, tx, sample_inputs, ema: bool = False):
+  """steps.create_state's arrays as shapes and dtypes on this process's first device, traced
+  without computing anything: the target Checkpoints.restore_latest takes. (Running the init
+  op by op, as the tests once did, compiled each of its ~80 ops: ~5 CPU-s for the tiny LM.)"""
+  from jaxdl import steps  # pylint: disable=g-import-not-at-top
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  shapes = jax.eval_shape(lambda: steps.create_state(model, tx, sample_inputs, 0, ema=ema))
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), shapes)
 
 
 def short_schedule(c):

@@ -1,10 +1,13 @@
-"""Runs experiments in several parallel modes in this process; used by test_parallel.py.
+"""Runs experiments one after another in this process, for the tests that need a process set up
+otherwise than pytest's: test_parallel.py's on 4 CPU devices, test_old_workdirs.py's at XLA's
+default optimization level.
 
   JAX_NUM_CPU_DEVICES=4 python tests/parallel_worker.py RUNS_JSON
 
-RUNS_JSON: [[config name, {dotted key: value}, workdir, null | [source workdir, step]], ...].
-Each run trains configs/<name>.py with its overrides in its workdir, in order; a run with a
-source first copies that workdir without its checkpoints after `step`, so it resumes from `step`.
+RUNS_JSON: [[config name[:preset], {dotted key: value}, workdir, null | [source workdir, step]],
+...]. Each run trains configs/<name>.py (its preset) with its overrides in its workdir, in order;
+a run with a source first copies that workdir without its checkpoints after `step`, so it
+resumes from `step`.
 """
 
 import json
@@ -27,7 +30,8 @@ def main(runs):
       for entry in os.listdir(os.path.join(workdir, "checkpoints")):
         if entry.isdigit() and int(entry) > step:
           shutil.rmtree(os.path.join(workdir, "checkpoints", entry))
-    train.train_and_evaluate(set_keys(load_config(name), overrides), workdir)
+    name, _, preset = name.partition(":")
+    train.train_and_evaluate(set_keys(load_config(name, preset or None), overrides), workdir)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 from conftest import (REPO, SMALL_MODEL, SUBPROCESS_CACHE, assert_same_params, load_config,
-                      read_events, run_main, tiny_mnist_config, write_mnist_dir)
-from jaxdl import checkpoint, data, metrics, models, optim, resume, steps, train
+                      read_events, run_main, state_like, tiny_mnist_config, write_mnist_dir)
+from jaxdl import checkpoint, data, metrics, models, optim, resume, train
 from jaxdl.data import idx
 from jaxdl.errors import UserError
 
@@ -48,7 +48,7 @@ def _snapshot(root):
 def _like(config):
   model = models.get(config.model, num_classes=config.model.num_classes)
   tx = optim.make(config.opt, config.num_train_steps)
-  return steps.create_state(model, tx, np.zeros((1, 28, 28, 1), np.uint8), seed=0)
+  return state_like(model, tx, np.zeros((1, 28, 28, 1), np.uint8))
 
 
 @pytest.fixture(scope="module")

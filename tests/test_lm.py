@@ -8,8 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import interrupt_at, load_config
-from jaxdl import checkpoint, models, optim, steps, train
+from conftest import interrupt_at, load_config, state_like
+from jaxdl import checkpoint, models, optim, train
 from jaxdl.data import corpus, sources
 from jaxdl.data.vocab import CharVocab
 from jaxdl.data.windows import TrainWindows, eval_windows
@@ -192,8 +192,8 @@ def test_tiny_lm_trains_and_resumes_exactly(trained_tiny_lm, tmp_path, monkeypat
   assert train.train_and_evaluate(config, resumed) == expected
   assert open(os.path.join(resumed, "vocab.json"), encoding="utf-8").read() == vocab_text
   vocab_size = len(json.loads(vocab_text)["chars"])
-  like = steps.create_state(models.get(config.model, vocab_size=vocab_size),
-                            optim.make(config.opt, 24), np.zeros((1, 16), np.int32), 0)
+  like = state_like(models.get(config.model, vocab_size=vocab_size), optim.make(config.opt, 24),
+                    np.zeros((1, 16), np.int32))
   states = []
   for workdir in (full, resumed):
     with checkpoint.Checkpoints(workdir, 3) as ckpts:

@@ -30,27 +30,38 @@ def _apply(model):
       {"params": p}, t, train=train, rngs={"dropout": rng}), static_argnames="train")
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("encoder", ENCODERS + ("lstm_attention",))
-def test_padding_never_changes_the_prediction(encoder):
-  model = _model(encoder)
+def _batches():
+  """Four sentences of 1, 3, 5 and 6 tokens, padded to 6 and to 10."""
   rng = np.random.default_rng(0)
-  lengths = [1, 3, 5, 6]
   short_BxL = np.zeros((4, 6), np.int32)
-  for i, n in enumerate(lengths):
+  for i, n in enumerate([1, 3, 5, 6]):
     short_BxL[i, :n] = rng.integers(2, 50, n)
-  long_BxL = np.pad(short_BxL, ((0, 0), (0, 4)))  # the same sentences, 4 more pads each
+  return short_BxL, np.pad(short_BxL, ((0, 0), (0, 4)))  # the same sentences, 4 more pads each
+
+
+@pytest.fixture(scope="module", params=ENCODERS + ("lstm_attention",))
+def compiled(request):
+  """(encoder, model, params, the short batch's logits, apply) per encoder, shared by this module's tests: each program
+  compiles once (2-4 CPU-s each for these tiny encoders). The model has every dropout on
+  (train=False ignores them); params come with the short batch's logits, from one program."""
+  model = _model(request.param, dropout=0.5, embed_dropout=0.3, word_dropout=0.3)
 
   @jax.jit
-  def init_and_apply(tokens):  # one program for the params and the short batch's logits
+  def init_and_apply(tokens):
     params = model.init(jax.random.PRNGKey(1), tokens, train=False)["params"]
     # Non-zero params everywhere (zero-init biases would hide a pad leaking in through them).
     params = jax.tree.map(
         lambda p: p + 0.1 * jax.random.normal(jax.random.PRNGKey(2), p.shape), params)
     return params, model.apply({"params": params}, tokens, train=False)
 
-  params, short = init_and_apply(short_BxL)
-  apply = _apply(model)
+  params, short = init_and_apply(_batches()[0])
+  return request.param, model, params, short, _apply(model)
+
+
+@pytest.mark.slow
+def test_padding_never_changes_the_prediction(compiled):
+  _, _, params, short, apply = compiled
+  long_BxL = _batches()[1]
   long = apply(params, long_BxL)
   np.testing.assert_allclose(short, long, rtol=1e-5, atol=1e-5)
   # Changing a pad's position changes nothing; changing a real token does (the test can fail).
@@ -60,11 +71,9 @@ def test_padding_never_changes_the_prediction(encoder):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("encoder", ENCODERS)
-def test_dropout_comes_from_the_rng(encoder):
-  model = _model(encoder, dropout=0.5, embed_dropout=0.3, word_dropout=0.3)
-  tokens = np.arange(2, 26, dtype=np.int32).reshape(3, 8)
-  params, apply = _init(model, tokens), _apply(model)
+def test_dropout_comes_from_the_rng(compiled):
+  _, _, params, _, apply = compiled
+  tokens = _batches()[1]  # the padding test's batch: its eval program is compiled already
   run = lambda seed: apply(params, tokens, True, jax.random.PRNGKey(seed))
   np.testing.assert_array_equal(run(3), run(3))
   assert not np.allclose(run(3), run(4))

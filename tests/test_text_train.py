@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from conftest import (REPO, declared_fields, flat_keys, interrupt_at, load_config, read_events,
-                      short_schedule)
-from jaxdl import checkpoint, losses, models, optim, steps, tasks, train
+                      short_schedule, state_like)
+from jaxdl import checkpoint, losses, models, optim, tasks, train
 from jaxdl.data.vocab import WordVocab
 from jaxdl.tasks import text_classification
 from jaxdl.errors import UserError
@@ -112,9 +112,8 @@ def test_resume_is_exact_and_reuses_the_saved_vocab(tiny_text, tmp_path, monkeyp
   assert read_events(resumed) == read_events(full)
 
   dataset = text_classification.load(tiny_text, full)
-  like = steps.create_state(models.get(tiny_text.model, **dataset.model_info),
-                            optim.make(tiny_text.opt, 24), np.zeros((1, 16), np.int32), 0,
-                            ema=True)
+  like = state_like(models.get(tiny_text.model, **dataset.model_info),
+                    optim.make(tiny_text.opt, 24), np.zeros((1, 16), np.int32), ema=True)
   params = []
   for workdir in (full, resumed):
     with checkpoint.Checkpoints(workdir, keep=3) as ckpts:

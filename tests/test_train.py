@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import interrupt_at, load_config, read_events, set_keys
+from conftest import interrupt_at, load_config, read_events, set_keys, state_like
 from jaxdl import checkpoint, data, metrics, parallel, steps, tasks, train
 from jaxdl.data import download, offline, sources
 
@@ -77,7 +77,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_mnist, tmp_
   segments = json.load(open(os.path.join(resumed, "run.json")))["segments"]
   assert [(s["start_step"], s["end_step"]) for s in segments] == [(0, None), (16, 24)]
   assert segments[1]["final"] == expected
-  like = steps.create_state(*_model_tx(tiny_mnist), np.zeros((1, 28, 28, 1)), 0)
+  like = state_like(*_model_tx(tiny_mnist), np.zeros((1, 28, 28, 1)))
   for a, b in zip(jax.tree.leaves(_final_params(full, like)),
                   jax.tree.leaves(_final_params(resumed, like))):
     np.testing.assert_array_equal(a, b)  # bitwise
@@ -172,7 +172,7 @@ def test_fused_steps_match_one_step_per_call(tiny_mnist, tmp_path, monkeypatch):
   one = str(tmp_path / "one")
   expected = train.train_and_evaluate(tiny_mnist, one)
   tiny_mnist.steps_per_dispatch = 25
-  like = steps.create_state(*_model_tx(tiny_mnist), np.zeros((1, 28, 28, 1)), 0)
+  like = state_like(*_model_tx(tiny_mnist), np.zeros((1, 28, 28, 1)))
   for on_device in (True, False):
     fused = str(tmp_path / f"fused_{on_device}")
     with monkeypatch.context() as patch:

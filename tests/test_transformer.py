@@ -19,10 +19,9 @@ def _model(positions="learned", **kw):
   kw = {"num_layers": 2, "num_heads": 2, "width": 16, "block_size": 12, **kw}
   model = TransformerLM(vocab_size=VOCAB, positions=positions, **kw)
   # jit: one compile costs less than running the init op by op (~4 s for 2 blocks on CPU).
-  params = jax.jit(lambda x: model.init(jax.random.PRNGKey(0), x, train=False))(
-      jnp.zeros((1, 12), jnp.int32))["params"]
-  # Scale the small init up so the logits depend visibly on every input.
-  params = jax.tree.map(lambda p: p * 8 if p.ndim >= 2 else p, params)
+  # The small init scaled up, so that the logits depend visibly on every input.
+  params = jax.jit(lambda x: jax.tree.map(lambda p: p * 8 if p.ndim >= 2 else p, model.init(
+      jax.random.PRNGKey(0), x, train=False)["params"]))(jnp.zeros((1, 12), jnp.int32))
   return model, params
 
 
@@ -71,7 +70,8 @@ def test_output_shape_and_get_model(tmp_path):
 def test_cpu_dense_layers_match_flax_layers(positions, use_bias):
   """impl='cpu' (CpuDense, a hand-written kernel gradient) against nn.Dense/DenseGeneral: the
   same parameter tree and init, the same logits and gradients to float rounding."""
-  flax_model, _ = _model(positions, use_bias=use_bias, impl="flax", num_layers=1)
+  flax_model = TransformerLM(vocab_size=VOCAB, positions=positions, use_bias=use_bias,
+                             impl="flax", num_layers=1, num_heads=2, width=16, block_size=12)
   cpu_model = flax_model.clone(impl="cpu")
   tokens = jax.random.randint(jax.random.PRNGKey(1), (3, 12), 0, VOCAB)
   init = lambda m: jax.jit(lambda x: m.init(jax.random.PRNGKey(0), x, train=False))(

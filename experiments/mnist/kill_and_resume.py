@@ -40,10 +40,14 @@ class _Run:
 
   def __init__(self, cmd: list[str], env: dict | None):
     # The run gets SIGINT's default even if this script was started with it ignored (nohup,
-    # `cmd &` in a script), which jaxdl would keep: the SIGINT interruption must reach it.
+    # `cmd &` in a script), which jaxdl would keep: the SIGINT interruption must reach it. A
+    # handled signal is reset to the default in a child, so handling it here does that (a
+    # preexec_fn would too, but it makes Python fork, and JAX warns that forking its threads
+    # may deadlock).
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+      signal.signal(signal.SIGINT, signal.default_int_handler)
     self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 text=True, env={**os.environ, **(env or {})},
-                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                                 text=True, env={**os.environ, **(env or {})})
     self.out: list[str] = []
     self.err: list[str] = []
     self.threads = [threading.Thread(target=self._read, args=(s, l), daemon=True)
