@@ -58,7 +58,10 @@ def generate(model: transformer.TransformerLM, params, prompt_P: jax.Array, key:
     return logits_1xTxV[0, -1], variables["cache"]
 
   logits_V, cache = run(transformer.init_cache(model, 1), prompt_P)
-  seq = jnp.zeros(p + num_new, jnp.int32).at[:p].set(prompt_P)
+  # At least `keep` long: restart's slice of `keep` tokens is traced (lax.cond traces both
+  # branches) even when the text is too short to fill the cache, and a slice longer than its
+  # array is a TypeError (the default one-character prompt and --num_chars=30 on a block of 64).
+  seq = jnp.zeros(max(p + num_new, keep), jnp.int32).at[:p].set(prompt_P)
 
   def body(i, carry):
     seq, cache, logits_V = carry
@@ -74,7 +77,7 @@ def generate(model: transformer.TransformerLM, params, prompt_P: jax.Array, key:
     return seq, cache, logits_V
 
   seq, _, _ = jax.lax.fori_loop(0, num_new, body, (seq, cache, logits_V))
-  return seq
+  return seq[:p + num_new]
 
 
 def sample(workdir: str, prompt: str, num_chars: int, temperature: float, top_k: int,

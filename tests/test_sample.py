@@ -51,6 +51,10 @@ def test_cached_generation_matches_full_passes(positions):
   out = sample.generate(model, params, jnp.asarray(prompt), jax.random.PRNGKey(0), num_new=14,
                         temperature=0.0, top_k=0)  # the context restarts after 6 new tokens
   assert out.tolist() == _reference(model, params, prompt, 14)
+  # Shorter than half the block (the context kept at a restart): nothing to restart, no error.
+  out = sample.generate(model, params, jnp.asarray(prompt[:1]), jax.random.PRNGKey(0), num_new=2,
+                        temperature=0.0, top_k=0)
+  assert out.tolist() == _reference(model, params, prompt[:1], 2)
 
 
 @pytest.mark.slow

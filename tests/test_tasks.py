@@ -133,6 +133,18 @@ def test_of_run_refuses_a_task_without_what_the_tool_needs(tmp_path):
                               f"predictor (jaxdl.predict labels with a classifier's run)")
 
 
+@pytest.mark.parametrize("content, needle", [
+    (b'{"task": "language', r"not a jaxdl run's config.json \(Unterminated string"),  # cut short
+    (b"\xff\xfe{}", r"not a jaxdl run's config.json \('utf-8' codec"),  # not UTF-8
+    (b'["language_model"]', r"not a jaxdl run's config.json \(no 'task' name in it\)"),
+    (b'{"data": {}}', r"not a jaxdl run's config.json \(no 'task' name in it\)"),
+])
+def test_of_run_refuses_a_damaged_or_foreign_config_json_in_one_line(tmp_path, content, needle):
+  (tmp_path / "config.json").write_bytes(content)
+  with pytest.raises(UserError, match=needle):
+    tasks.of_run(str(tmp_path), "predictor", "labels sentences")
+
+
 # ---- each built-in task module's contract ----
 
 

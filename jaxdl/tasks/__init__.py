@@ -30,7 +30,7 @@ from types import ModuleType
 import ml_collections
 
 from jaxdl import metrics
-from jaxdl.errors import UserError, import_user_module
+from jaxdl.errors import UserError, first_line, import_user_module
 from jaxdl.tasks import image_classification, language_model, text_classification
 
 TASKS = {"image_classification": image_classification,
@@ -65,7 +65,13 @@ def of_run(workdir: str, needs: str, use: str) -> tuple[ml_collections.ConfigDic
   config_path = os.path.join(workdir, "config.json")
   if not metrics.exists(config_path):
     raise UserError(f"{config_path}: not found (is --workdir a jaxdl run directory?)")
-  config = ml_collections.ConfigDict(metrics.read_json(config_path))
+  try:
+    saved = metrics.read_json(config_path)
+  except ValueError as e:  # JSONDecodeError, UnicodeDecodeError: a damaged or foreign file
+    raise UserError(f"{config_path}: not a jaxdl run's config.json ({first_line(e)})") from None
+  if not isinstance(saved, dict) or not isinstance(saved.get("task"), str):
+    raise UserError(f"{config_path}: not a jaxdl run's config.json (no 'task' name in it)")
+  config = ml_collections.ConfigDict(saved)
   task = get(config.task)
   if not hasattr(task, needs):
     raise UserError(f"--workdir={workdir}: the run's task {config.task!r} has no {needs} ({use})")
