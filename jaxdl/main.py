@@ -11,6 +11,7 @@ import signal
 import sys
 
 from absl import app, flags, logging
+import ml_collections
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -76,11 +77,16 @@ def parse_flags(argv: list[str]) -> list[str]:
   try:
     rest = flags.FLAGS(argv)
   except (AttributeError, KeyError) as e:  # config_flags reports an unknown key as either
+    if "has no attribute 'get_config'" in str(e):  # config_flags calls the file's get_config
+      _fail(f"--config={config_file}: the file defines no get_config() (see configs/mnist.py)")
     _fail(_unknown_key(argv, e))
   except Exception as e:  # pylint: disable=broad-except  (a bad flag, value or config file)
     _fail(_last_line(e))
   if _CONFIG.value is None:
     _fail("--config is required, e.g. --config=configs/mnist.py")
+  if not isinstance(_CONFIG.value, ml_collections.ConfigDict):
+    _fail(f"--config={config_file}: get_config() returned a {type(_CONFIG.value).__name__}, "
+          f"not an ml_collections.ConfigDict (see configs/mnist.py)")
   if not _WORKDIR.value:
     _fail("--workdir is required, e.g. --workdir=runs/mnist")
   if not any(a.startswith(("--verbosity", "-v")) for a in argv[1:]):

@@ -59,7 +59,9 @@ def validate(config, task, workdir: str) -> None:
            config.train.grad_accum_steps, "must be >= 1 (1 = the whole batch at once)")
   _require(0 <= config.train.ema_decay < 1, "train.ema_decay", config.train.ema_decay,
            "must be in [0, 1) (0 = off)")
-  _require(config.seed >= 0, "seed", config.seed, "must be >= 0")
+  # jax.random.PRNGKey keeps 32 bits of a seed (without jax_enable_x64): 2**32 would draw what
+  # seed 0 draws, and 2**63 or more overflows.
+  _require(0 <= config.seed < 2**32, "seed", config.seed, "must be in [0, 2**32)")
   profiler.parse(config.profile_steps)  # raises unless '' or 'START:STOP'
 
   par = config.parallel

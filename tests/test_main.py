@@ -50,6 +50,14 @@ def test_bad_config_file_and_preset(tmp_path):
                          workdir, "error: unknown preset 'nope'")
   _assert_one_line_error(run_main("--config", "configs/mnist.py", "--config.opt.zzz=1",
                                   f"--workdir={workdir}"), workdir, "'opt.zzz'")
+  (tmp_path / "no_get_config.py").write_text("SEED = 1\n")
+  _assert_one_line_error(run_main(f"--config={tmp_path}/no_get_config.py", f"--workdir={workdir}"),
+                         workdir, "no_get_config.py: the file defines no get_config()")
+  (tmp_path / "returns_a_dict.py").write_text("def get_config():\n  return {'seed': 1}\n")
+  _assert_one_line_error(run_main(f"--config={tmp_path}/returns_a_dict.py",
+                                  f"--workdir={workdir}"), workdir,
+                         "returns_a_dict.py: get_config() returned a dict, not an "
+                         "ml_collections.ConfigDict")
 
 
 def test_batch_not_divisible_by_devices(tmp_path):
@@ -64,7 +72,8 @@ def test_unwritable_workdir(tmp_path):
   blocker = tmp_path / "file"
   blocker.write_text("not a directory")
   result = run_main("--config=configs/mnist.py", f"--workdir={blocker}/w")
-  assert result.returncode == 1 and "--workdir" in result.stderr
+  _assert_one_line_error(result, f"{blocker}/w", f"--workdir={blocker}/w: cannot be created "
+                         f"({blocker} is not a writable directory)")
 
 
 def test_overrides_apply_and_presets_differ():
@@ -92,6 +101,7 @@ def test_overrides_apply_and_presets_differ():
     ("opt.b2", 1.0, "opt.b2"),
     ("opt.nesterov", True, "needs opt.momentum > 0"),
     ("seed", -1, "seed=-1"),
+    ("seed", 2**32, r"seed=4294967296: must be in \[0, 2\*\*32\)"),  # PRNGKey(2**32) = seed 0
     ("data.synthetic_size", 0, "data.synthetic_size"),
     ("data.tfds_dir", "/nonexistent", "data.tfds_dir"),
     ("train.ema_decay", 1.0, "train.ema_decay"),

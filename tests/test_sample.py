@@ -51,10 +51,20 @@ def test_cached_generation_matches_full_passes(positions):
   out = sample.generate(model, params, jnp.asarray(prompt), jax.random.PRNGKey(0), num_new=14,
                         temperature=0.0, top_k=0)  # the context restarts after 6 new tokens
   assert out.tolist() == _reference(model, params, prompt, 14)
-  # Shorter than half the block (the context kept at a restart): nothing to restart, no error.
-  out = sample.generate(model, params, jnp.asarray(prompt[:1]), jax.random.PRNGKey(0), num_new=2,
-                        temperature=0.0, top_k=0)
-  assert out.tolist() == _reference(model, params, prompt[:1], 2)
+
+
+@pytest.mark.slow
+def test_every_length_from_no_new_token_to_past_the_block():
+  """Around each edge of the block of 8: shorter than the 4 tokens a restart keeps (once a
+  TypeError: the restart's slice was traced longer than the text), the block filled exactly, one
+  past it (the first restart), and three restarts; from a 1-token prompt and a full-block one."""
+  model = TransformerLM(vocab_size=13, num_layers=1, num_heads=2, width=16, block_size=8)
+  params = _params(model, scale=10.0)
+  for prompt, num_new in (([3], 0), ([3], 1), ([3], 2), ([3], 3), ([3], 7), ([3], 8),
+                          ([3], 20), ([3, 1, 4, 1, 5, 9, 2, 6], 1)):
+    out = sample.generate(model, params, jnp.asarray(prompt), jax.random.PRNGKey(0),
+                          num_new=num_new, temperature=0.0, top_k=0)
+    assert out.tolist() == _reference(model, params, prompt, num_new), (prompt, num_new)
 
 
 @pytest.mark.slow
