@@ -4,7 +4,8 @@
  "segments": [one per start of the command: a fresh run, then each resume]}. A segment holds the
 command line, the git commit and dirty flag of the jaxdl checkout, package versions, devices,
 host, its start and end time and steps, its final metrics and its config. `end_time` null: the
-process was killed; `end_time` set with `final` null: stopped by SIGTERM/SIGINT after saving.
+process was killed; `end_time` set with `final` null: stopped by SIGTERM/SIGINT after saving,
+or, with `error` set, by that error (a diverged loss).
 Written atomically by process 0.
 """
 
@@ -86,14 +87,15 @@ def begin(workdir: str, config: dict[str, Any], start_step: int, num_steps: int)
   metrics.write_json(path, record)
 
 
-def end(workdir: str, step: int, final: dict[str, Any] | None) -> None:
+def end(workdir: str, step: int, final: dict[str, Any] | None, error: str | None = None) -> None:
   """Closes the latest segment: end time and step, and the final metrics (None for a run
-  stopped by SIGTERM/SIGINT after saving its checkpoint)."""
+  stopped by SIGTERM/SIGINT after saving its checkpoint, or by `error`)."""
   if jax.process_index() != 0:
     return
   path = os.path.join(workdir, "run.json")
   record = metrics.read_json(path)
-  record["segments"][-1].update(end_time=_now(), end_step=step, final=final)
+  record["segments"][-1].update(end_time=_now(), end_step=step, final=final,
+                                **({"error": error} if error else {}))
   if final is not None:
     record["final"] = final
   metrics.write_json(path, record)

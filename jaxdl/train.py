@@ -37,6 +37,17 @@ def _closed_on_error(writer: metrics.Writer):
     raise
 
 
+@contextlib.contextmanager
+def _recorded_on_error(workdir: str, last_step):
+  """A run that a UserError stops in the loop (a diverged loss) closes its run.json segment
+  with the error and `last_step()`, so that its record does not read as a killed process."""
+  try:
+    yield
+  except UserError as e:
+    runrecord.end(workdir, last_step(), None, error=str(e))
+    raise
+
+
 def _check_finite(sums, skip_nonfinite: bool, ckpts: checkpoint.Checkpoints) -> None:
   """Stops the run (UserError) if an update since the last check had a non-finite loss or
   gradient. Called where the loop syncs with the device anyway: before logging and saving."""
@@ -158,11 +169,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # From here SIGTERM/SIGINT only set a flag (checkpoint.StopSignals), read after each step.
   with (_closed_on_error(writer),
         checkpoint.Checkpoints(workdir, config.keep_checkpoints) as ckpts,
-        checkpoint.StopSignals(ckpts.manager) as signals):
+        checkpoint.StopSignals(ckpts.manager) as signals,
+        contextlib.ExitStack() as on_error):
     state, interval_sums = _restore(ckpts, runner, dataset, writer, workdir, resolved,
                                     config_changes, adopted, num_steps)
-    start_step = int(state.step)
+    start_step = step = int(state.step)
     runrecord.begin(workdir, resolved, start_step, num_steps)  # run.json: a segment per start
+    on_error.enter_context(_recorded_on_error(workdir, lambda: step))
     writer.print(_start_line(config, dataset, state, num_steps))
 
     # 8. loop: over dispatches of k fused steps (k = 1: one step each); logging, eval and
@@ -173,7 +186,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # Throughput leaves out the first dispatch, which compiles the step: the first interval's
     # rate counts only what ran after it, over the time since it finished.
     uncounted = 0.0
-    step = start_step
     while step < num_steps:
       profile.at(step, state)  # starts/stops the trace at config.profile_steps
       k = runner.dispatch(step, num_steps)

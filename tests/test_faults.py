@@ -232,6 +232,11 @@ def test_nonfinite_loss_stops_naming_the_step(tiny_mnist, tmp_path, monkeypatch)
                                       r"checkpoint is step 8, left intact\)"):
     train.train_and_evaluate(tiny_mnist, workdir)
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["8"]
+  # run.json records the stop and its reason: not a killed process (end_time null).
+  with open(os.path.join(workdir, "run.json")) as f:
+    segment = json.load(f)["segments"][-1]
+  assert segment["end_time"] and segment["end_step"] == 15 and segment["final"] is None
+  assert segment["error"].startswith("training diverged: non-finite loss or gradient at step 13")
   # The TensorBoard writer was closed on the way out: the events logged before the divergence
   # are in its file now, not waiting on a flush timer (tensorboardX's thread is stopped).
   logged = {step for tag, step, _, _ in metrics.read_tensorboard(workdir) if tag == "train/loss"}
