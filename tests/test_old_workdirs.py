@@ -58,16 +58,13 @@ def _read(path):
     return f.read()
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("task", TASKS)
-def test_an_old_workdir_resumes_to_the_uninterrupted_result(task, tmp_path):
+def _prepare(task, root):
+  """Copies the task's fixture under root; returns (data dir, workdir, saved config)."""
   record = _record(task)
   assert record["task"] == task
-  root = str(tmp_path / task)
+  root = os.path.join(root, task)
   shutil.copytree(os.path.join(FIXTURES, task), root)
   data_dir, workdir = os.path.join(root, "data"), os.path.join(root, "workdir")
-  original = os.path.join(FIXTURES, task, "workdir")
-
   # The copy's config.json points at the copy's data (a resume refuses another data.path);
   # every other byte stays as the old code wrote it.
   config_path = os.path.join(workdir, "config.json")
@@ -77,31 +74,49 @@ def test_an_old_workdir_resumes_to_the_uninterrupted_result(task, tmp_path):
   saved["data"]["path"] = data_dir
   with open(config_path, "w") as f:
     f.write(json.dumps(saved, indent=2, sort_keys=True) + "\n")
+  return record, data_dir, workdir, saved
 
-  old_events = read_events(original, wall_clock=True)
-  assert max(e["step"] for e in old_events) > RESUMED_FROM  # events the resume must redo
-  config = _config(record, data_dir)
-  assert config.task == task
 
-  # The fresh run takes the keys added since at the values the old run had, as the resume
-  # adopts them (the text classifier's train.ema_warmup=False, MNIST's data.validation_size=0).
-  fresh_config = copy.deepcopy(config)
-  adopted = resume.adopt_added_keys(fresh_config, saved)
-  assert set(adopted) <= set(resume.ADDED_KEYS)
-  # Both runs in a process of their own at XLA's default optimization level, the level the
-  # fixture was made at: under the suite's O0 (conftest.py) the MNIST fixture's first 16 steps
-  # rounded differently enough for Adam's m/sqrt(v) to blow up in params whose gradients are near
-  # 0 (measured: 1.4e-4 absolute after 8 more steps, 4.7% of the distance they moved).
-  fresh = str(tmp_path / "fresh")
-  name = f"{record['config']}:{record['preset']}"
-  overrides = {**record["overrides"], "data.path": data_dir}
-  runs = [[name, overrides, workdir, None],
-          [name, {**overrides, **{k: new for k, (_, new) in adopted.items()}}, fresh, None]]
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory):
+  """{task: (resumed workdir, fresh workdir)}: each fixture's copy resumed, and the
+  uninterrupted run from scratch beside it, all six runs in one process of their own at XLA's
+  default optimization level, the level the fixtures were made at. (Under the suite's O0,
+  conftest.py, the MNIST fixture's first 16 steps rounded differently enough for Adam's
+  m/sqrt(v) to blow up in params whose gradients are near 0: measured 1.4e-4 absolute after 8
+  more steps, 4.7% of the distance they moved.)"""
+  root = str(tmp_path_factory.mktemp("old_workdirs"))
+  runs, workdirs = [], {}
+  for task in TASKS:
+    record, data_dir, workdir, saved = _prepare(task, root)
+    config = _config(record, data_dir)
+    assert config.task == task
+    # The fresh run takes the keys added since at the values the old run had, as the resume
+    # adopts them (the text classifier's train.ema_warmup=False, MNIST's
+    # data.validation_size=0).
+    adopted = resume.adopt_added_keys(copy.deepcopy(config), saved)
+    assert set(adopted) <= set(resume.ADDED_KEYS)
+    name = f"{record['config']}:{record['preset']}"
+    overrides = {**record["overrides"], "data.path": data_dir}
+    fresh = os.path.join(root, task, "fresh")
+    runs += [[name, overrides, workdir, None],
+             [name, {**overrides, **{k: new for k, (_, new) in adopted.items()}}, fresh, None]]
+    workdirs[task] = (workdir, fresh)
   result = subprocess.run([sys.executable, os.path.join(REPO, "tests", "parallel_worker.py"),
                            json.dumps(runs)], cwd=REPO, capture_output=True, text=True,
                           timeout=600, env={**os.environ, "XLA_FLAGS": DEFAULT_LEVEL})
   assert result.returncode == 0, result.stderr[-3000:]
-  assert f"resumed from the checkpoint at step {RESUMED_FROM}" in result.stdout
+  assert result.stdout.count(f"resumed from the checkpoint at step {RESUMED_FROM}") == len(TASKS)
+  return workdirs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", TASKS)
+def test_an_old_workdir_resumes_to_the_uninterrupted_result(task, resumed):
+  workdir, fresh = resumed[task]
+  original = os.path.join(FIXTURES, task, "workdir")
+  old_events = read_events(original, wall_clock=True)
+  assert max(e["step"] for e in old_events) > RESUMED_FROM  # events the resume must redo
 
   events = read_events(workdir, wall_clock=True)
   keys = [(e["event"], e["step"]) for e in events]
