@@ -9,8 +9,8 @@ import sys
 import tempfile
 
 # XLA:CPU compiles the suite's programs without LLVM's optimization passes (O0), unless XLA_FLAGS
-# already names a level (XLA_FLAGS=--xla_backend_optimization_level=2 runs the suite as users
-# run jaxdl). Compiling was ~70% of the suite's CPU time, for tiny programs that then run for
+# already names a level (XLA_FLAGS=--xla_backend_optimization_level=3, XLA's default, runs the
+# suite as users run jaxdl). Compiling was ~70% of the suite's CPU time, for tiny programs that then run for
 # milliseconds: at O0 the whole suite took 307 s instead of 536 s on 2 cores (2026-12-04, AMD
 # EPYC, jax 0.10.2). The programs compute the same operations; rounding differs from the default
 # level's in the last bits, and no test compares numbers across levels: the runs that resume the

@@ -41,9 +41,10 @@ def _batches():
 
 @pytest.fixture(scope="module", params=ENCODERS + ("lstm_attention",))
 def compiled(request):
-  """(encoder, model, params, the short batch's logits, apply) per encoder, shared by this module's tests: each program
-  compiles once (2-4 CPU-s each for these tiny encoders). The model has every dropout on
-  (train=False ignores them); params come with the short batch's logits, from one program."""
+  """(params, the short batch's logits, compiled apply) per encoder, shared by this module's
+  tests: each program compiles once (2-4 CPU-s each for these tiny encoders). The model has
+  every dropout on (train=False ignores them); the params and the short batch's logits come
+  from one program."""
   model = _model(request.param, dropout=0.5, embed_dropout=0.3, word_dropout=0.3)
 
   @jax.jit
@@ -55,12 +56,12 @@ def compiled(request):
     return params, model.apply({"params": params}, tokens, train=False)
 
   params, short = init_and_apply(_batches()[0])
-  return request.param, model, params, short, _apply(model)
+  return params, short, _apply(model)
 
 
 @pytest.mark.slow
 def test_padding_never_changes_the_prediction(compiled):
-  _, _, params, short, apply = compiled
+  params, short, apply = compiled
   long_BxL = _batches()[1]
   long = apply(params, long_BxL)
   np.testing.assert_allclose(short, long, rtol=1e-5, atol=1e-5)
@@ -72,7 +73,7 @@ def test_padding_never_changes_the_prediction(compiled):
 
 @pytest.mark.slow
 def test_dropout_comes_from_the_rng(compiled):
-  _, _, params, _, apply = compiled
+  params, _, apply = compiled
   tokens = _batches()[1]  # the padding test's batch: its eval program is compiled already
   run = lambda seed: apply(params, tokens, True, jax.random.PRNGKey(seed))
   np.testing.assert_array_equal(run(3), run(3))
