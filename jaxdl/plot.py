@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-imp
 
 from jaxdl import metrics as jaxdl_metrics  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxdl import report  # pylint: disable=g-import-not-at-top,wrong-import-position
-from jaxdl.errors import UserError  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jaxdl.errors import UserError, first_line  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 SKIP = ("count", "lr", "examples_per_s", "tokens_per_s")  # bookkeeping, not learning curves
 
@@ -114,14 +114,20 @@ def plot(workdirs: list[str], out: str, metrics: list[str] | None = None,
   if title:
     fig.suptitle(title)
   fig.tight_layout()
-  if jaxdl_metrics.is_url(out):  # gs://: the PNG's bytes, through etils.epath
-    png = io.BytesIO()
-    fig.savefig(png, format="png", dpi=90, bbox_inches="tight")
-    epath.Path(out).write_bytes(png.getvalue())
-  else:
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    fig.savefig(out, dpi=90, bbox_inches="tight")
+  # The PNG's bytes, written to `out` exactly: savefig given a path without a suffix writes
+  # OUT.png, and the path printed would not be the file written.
+  png = io.BytesIO()
+  fig.savefig(png, format="png", dpi=90, bbox_inches="tight")
   plt.close(fig)
+  try:
+    if not jaxdl_metrics.is_url(out):  # gs:// (etils.epath) has no directories to make
+      if os.path.isdir(out):
+        raise UserError(f"--out={out}: is a directory; give a file name, e.g. "
+                        f"--out={os.path.join(out, 'curves.png')}")
+      os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    epath.Path(out).write_bytes(png.getvalue())
+  except OSError as e:  # permission denied, a file where a directory should be, a full disk
+    raise UserError(f"--out={out}: cannot be written ({first_line(e)})") from None
   return out
 
 

@@ -43,3 +43,14 @@ def test_curves_and_labels(tmp_path):
   assert report.label(run, []) == "w"
   with pytest.raises(UserError, match="no run logs 'f1'"):
     plot.plot([str(path)], str(tmp_path / "x.png"), ["f1"])
+
+  # --out is the file written, whatever its name; a path that cannot be one is one line.
+  assert plot.plot([str(path)], str(tmp_path / "curves")) == str(tmp_path / "curves")
+  assert (tmp_path / "curves").read_bytes()[:4] == b"\x89PNG"
+  assert not (tmp_path / "curves.png").exists()
+  with pytest.raises(UserError, match=r"--out=.*: is a directory; give a file name, e.g. "
+                                      r"--out=.*/curves.png"):
+    plot.plot([str(path)], str(tmp_path))
+  (tmp_path / "file").write_text("not a directory")
+  with pytest.raises(UserError, match=r"--out=.*file/x.png: cannot be written \("):
+    plot.plot([str(path)], str(tmp_path / "file" / "x.png"))
