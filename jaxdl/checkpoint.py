@@ -286,28 +286,40 @@ def latest_params(workdir: str, config_file: str) -> Any:
   to train with in the error for a workdir without checkpoints."""
   root = workdir if metrics.is_url(workdir) else os.path.abspath(workdir)  # gs:// as it is
   directory = os.path.join(root, "checkpoints")
-  step = None
+  steps, newest_error = [], None
   if epath.Path(directory).is_dir():
     with ocp.CheckpointManager(directory, item_handlers=_handlers(),
                                options=ocp.CheckpointManagerOptions(create=False)) as manager:
-      step = manager.latest_step()
-      if step is not None:
+      steps = sorted(manager.all_steps(), reverse=True)
+      # A damaged step (truncated or missing files) is passed over for the next older one,
+      # with a WARNING, as a resume does; a reader only reads, so nothing is moved aside. Any
+      # other error is reported as it is.
+      for step in steps:
         try:
-          # Every array onto this process's first device. Without a target Orbax restores the
-          # saving run's shardings, and refuses when its devices are not all here (a run on 2
-          # CPU devices, like the :nanogpt_cpu preset's, or on a pod).
-          device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-          target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                                manager.item_metadata(step)["state"])
-          restored = manager.restore(step, args=ocp.args.Composite(
-              state=ocp.args.StandardRestore(target)))
+          return _params_of(manager, step)
         except Exception as e:  # pylint: disable=broad-except  (Orbax raises many types)
-          raise UserError(f"the checkpoint at step {step} in {directory} cannot be read "
-                          f"({first_line(e)})") from None
-  if step is None:
-    raise UserError(f"no checkpoint in {directory}; train first: python -m jaxdl.main "
-                    f"--config={config_file} --workdir={workdir}")
-  state = restored["state"]  # a dict: restored without a target
+          error = (f"the checkpoint at step {step} in {directory} cannot be read "
+                   f"({first_line(e)})")
+          if damage_evidence(e) is None:
+            raise UserError(error) from None
+          newest_error = newest_error or error
+          logging.warning("%s; trying an older one", error)
+  if newest_error:
+    raise UserError(f"{newest_error}, nor can any older one")
+  raise UserError(f"no checkpoint in {directory}; train first: python -m jaxdl.main "
+                  f"--config={config_file} --workdir={workdir}")
+
+
+def _params_of(manager: ocp.CheckpointManager, step: int) -> Any:
+  """The step's params (its moving average when the run kept one), as host arrays."""
+  # Every array onto this process's first device. Without a target Orbax restores the saving
+  # run's shardings, and refuses when its devices are not all here (a run on 2 CPU devices,
+  # like the :nanogpt_cpu preset's, or on a pod).
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                        manager.item_metadata(step)["state"])
+  state = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(target)))["state"]  # a dict: restored without a target
   return state["params"] if state.get("ema_params") is None else state["ema_params"]
 
 

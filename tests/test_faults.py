@@ -196,6 +196,30 @@ def test_every_checkpoint_damaged_starts_over(finished_run, tmp_path):
       "damaged-16", "damaged-24", "damaged-8"]
 
 
+def test_readers_pass_over_a_damaged_newest_checkpoint(finished_run, tmp_path, caplog):
+  """predict and sample read params through checkpoint.latest_params: a truncated newest step is
+  passed over with a WARNING for the next older one, and left where it is (a reader changes
+  nothing); with every step damaged, one line."""
+  _, source, _ = finished_run
+  workdir, older = str(tmp_path / "w"), str(tmp_path / "older")
+  shutil.copytree(source, workdir)
+  shutil.copytree(source, older)
+  shutil.rmtree(os.path.join(older, "checkpoints", "24"))  # what the reader should fall back to
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  _truncate(os.path.join(ckpt_dir, "24"))
+  caplog.set_level(logging.WARNING)
+  assert_same_params(checkpoint.latest_params(workdir, "x"), checkpoint.latest_params(older, "x"))
+  warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+  assert any(f"the checkpoint at step 24 in {ckpt_dir} cannot be read" in w and
+             "trying an older one" in w for w in warnings), warnings
+  assert sorted(os.listdir(ckpt_dir)) == ["16", "24", "8"]
+  for step in ("8", "16"):
+    _truncate(os.path.join(ckpt_dir, step))
+  with pytest.raises(UserError, match=r"the checkpoint at step 24 in .* cannot be read \(.*\), "
+                                      r"nor can any older one"):
+    checkpoint.latest_params(workdir, "x")
+
+
 def test_checkpoint_of_another_model_is_refused_untouched(finished_run, tmp_path):
   """Arrays that do not fit the config (here: SGD's optimizer state) are refused, not moved."""
   config, source, _ = finished_run
