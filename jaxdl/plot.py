@@ -23,7 +23,8 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-imp
 
 from jaxdl import metrics as jaxdl_metrics  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxdl import report  # pylint: disable=g-import-not-at-top,wrong-import-position
-from jaxdl.errors import UserError, first_line  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jaxdl.errors import (  # pylint: disable=g-import-not-at-top,wrong-import-position
+    UserError, first_line)
 
 SKIP = ("count", "lr", "examples_per_s", "tokens_per_s")  # bookkeeping, not learning curves
 

@@ -191,3 +191,27 @@ def test_is_image_folder(tmp_path):
   (tmp_path / "train").write_text("a file named train is not the layout")
   assert not imagefolder.is_image_folder(str(tmp_path))
   assert not imagefolder.is_image_folder(str(tmp_path / "missing"))
+
+
+def test_class_names_are_compared_in_nfc(tmp_path):
+  """'café' written as NFC in train/ and as NFD in test/ (as macOS writes it) is one class, read
+  from each split's own folder, named as train/ names it."""
+  nfc, nfd = "caf\u00e9", "cafe\u0301"
+  _folder(tmp_path, splits=("train",), classes=(nfc, "dog"))
+  _folder(tmp_path, splits=("test",), classes=(nfd, "dog"))
+  splits, names = imagefolder.load_image_folder(str(tmp_path))
+  assert names == sorted([nfc, "dog"]) and len(splits["test"]["label"]) == 4
+  _folder(tmp_path, splits=("train",), classes=(nfd,))  # both spellings in one split
+  _raises(r"class folders .* differ only in their Unicode normalization; merge them", tmp_path)
+
+
+def test_hidden_folders_are_skipped_aloud_and_tabs_in_names_refused(tmp_path, caplog):
+  _folder(tmp_path)
+  os.makedirs(tmp_path / "train" / ".ipynb_checkpoints")
+  caplog.set_level("WARNING")
+  _, names = imagefolder.load_image_folder(str(tmp_path))
+  assert names == ["cat", "dog"]
+  assert any("skipping hidden folder(s) .ipynb_checkpoints: not classes" in r.getMessage()
+             for r in caplog.records)
+  _folder(tmp_path, classes=("cat", "dog", "big\tcat"))
+  _raises(r"class folder 'big\\tcat' has a tab or line break in its name; rename it", tmp_path)

@@ -15,6 +15,9 @@ from __future__ import annotations
 import collections
 import json
 import os
+import unicodedata
+
+from absl import logging
 
 import numpy as np
 from PIL import Image
@@ -65,11 +68,29 @@ def _split_dirs(directory: str) -> dict[str, str]:
   return found
 
 
-def _class_folders(split_dir: str) -> list[str]:
+def _class_folders(split_dir: str) -> dict[str, str]:
+  """{class name in Unicode NFC: its folder's name} of a split. Names are compared in NFC: one
+  name typed on two systems (macOS writes NFD) is one class, not 'missing: café; extra: café'."""
   classes = _listing(split_dir, folders=True)
   if not classes:
     raise UserError(f"{split_dir}: no class folders (expected {split_dir}/<class>/*.png|jpg)")
-  return classes
+  hidden = [n for n in os.listdir(split_dir)
+            if n.startswith(".") and os.path.isdir(os.path.join(split_dir, n))]
+  if hidden:  # .ipynb_checkpoints, .DS_Store folders: never a class, but said, not silent
+    logging.warning("%s: skipping hidden folder(s) %s: not classes", split_dir,
+                    _some(sorted(hidden)))
+  bad = [n for n in classes if any(c in n for c in "\t\n\r")]
+  if bad:  # jaxdl.predict prints 'label<TAB>probability<TAB>file' lines
+    raise UserError(f"{split_dir}: class folder {bad[0]!r} has a tab or line break in its "
+                    f"name; rename it")
+  folders = {}
+  for name in classes:
+    folders.setdefault(unicodedata.normalize("NFC", name), []).append(name)
+  twins = [names for names in folders.values() if len(names) > 1]
+  if twins:
+    raise UserError(f"{split_dir}: class folders {twins[0][0]!r} and {twins[0][1]!r} differ "
+                    f"only in their Unicode normalization; merge them")
+  return {nfc: names[0] for nfc, names in folders.items()}
 
 
 def _image_files(class_dir: str) -> list[str]:
@@ -133,18 +154,22 @@ def load_image_folder(directory: str, image_size: int = 0) -> tuple[Splits, list
   if len(split_dirs) == 1:
     raise UserError(f"{directory}: no test/ or val/ folder next to train/ (expected "
                     f"{directory}/test/<class>/...)")
-  class_names = _class_folders(split_dirs["train"])
+  # The class names are the train folders' own, sorted; another split's folder of a class is
+  # the one whose name is the same in NFC.
+  folders = {split: _class_folders(split_dir) for split, split_dir in split_dirs.items()}
+  class_names = sorted(folders["train"].values())
+  train_nfc = {unicodedata.normalize("NFC", name) for name in class_names}
   for split, split_dir in split_dirs.items():
-    classes = class_names if split == "train" else _class_folders(split_dir)
-    missing = sorted(set(class_names) - set(classes))
-    extra = sorted(set(classes) - set(class_names))
+    missing = sorted(folders["train"][n] for n in train_nfc - set(folders[split]))
+    extra = sorted(folders[split][n] for n in set(folders[split]) - train_nfc)
     if missing or extra:
       parts = ([f"missing: {_some(missing)}"] if missing else []) + (
           [f"extra: {_some(extra)}"] if extra else [])
       raise UserError(f"{split_dir}: classes differ from {split_dirs['train']}'s "
                       f"({'; '.join(parts)})")
   files = {split: [(path, label) for label, name in enumerate(class_names)
-                   for path in _image_files(os.path.join(split_dir, name))]
+                   for path in _image_files(os.path.join(
+                       split_dir, folders[split][unicodedata.normalize("NFC", name)]))]
            for split, split_dir in split_dirs.items()}
 
   # Pass 1, headers only: the channel count depends on every file of every split, and equal
