@@ -286,15 +286,14 @@ def latest_params(workdir: str, config_file: str) -> Any:
   to train with in the error for a workdir without checkpoints."""
   root = workdir if metrics.is_url(workdir) else os.path.abspath(workdir)  # gs:// as it is
   directory = os.path.join(root, "checkpoints")
-  steps, newest_error = [], None
+  newest_error = None
   if epath.Path(directory).is_dir():
     with ocp.CheckpointManager(directory, item_handlers=_handlers(),
                                options=ocp.CheckpointManagerOptions(create=False)) as manager:
-      steps = sorted(manager.all_steps(), reverse=True)
       # A damaged step (truncated or missing files) is passed over for the next older one,
       # with a WARNING, as a resume does; a reader only reads, so nothing is moved aside. Any
       # other error is reported as it is.
-      for step in steps:
+      for step in sorted(manager.all_steps(), reverse=True):
         try:
           return _params_of(manager, step)
         except Exception as e:  # pylint: disable=broad-except  (Orbax raises many types)

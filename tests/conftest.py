@@ -17,6 +17,9 @@ import tempfile
 # old workdirs (made at the default level) train at the default level (test_old_workdirs.py), as
 # does test_main.py's two-device run from the command line. Set before jax is imported: XLA
 # reads XLA_FLAGS once, when its CPU client starts; every process the tests start inherits it.
+# XLA's default level, named: a process that imports this file (tests/parallel_worker.py) gets
+# O0 unless XLA_FLAGS names a level; level 3 gives the same results as no flag (measured).
+DEFAULT_XLA_LEVEL = "--xla_backend_optimization_level=3"
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = " ".join(
       [os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0"]).strip()

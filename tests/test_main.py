@@ -5,7 +5,8 @@ import os
 import jax
 import pytest
 
-from conftest import REPO, SMALL_MODEL, declared_fields, flat_keys, load_config, run_main
+from conftest import (DEFAULT_XLA_LEVEL, REPO, SMALL_MODEL, declared_fields, flat_keys,
+                      load_config, run_main)
 from jaxdl import checkpoint, tasks, validate
 from jaxdl.errors import UserError
 
@@ -142,7 +143,7 @@ def test_runs_on_two_devices(tmp_path):
                     "--config.batch_size=16", "--config.eval_batch_size=16",
                     "--config.num_train_steps=6", "--config.log_every=3",
                     "--config.parallel.cpu_devices=2",
-                    env={"JAXDL_XLA_CACHE": str(cache), "XLA_FLAGS": ""})
+                    env={"JAXDL_XLA_CACHE": str(cache), "XLA_FLAGS": DEFAULT_XLA_LEVEL})
   assert result.returncode == 0, result.stderr
   assert "2 cpu device(s), batch 16 (8 per device)" in result.stdout
   assert "final: val accuracy" in result.stdout and "| test accuracy" in result.stdout

@@ -22,8 +22,8 @@ import sys
 
 import pytest
 
-from conftest import (REPO, assert_close_events, assert_same_params, load_config, read_events,
-                      set_keys)
+from conftest import (DEFAULT_XLA_LEVEL, REPO, assert_close_events, assert_same_params,
+                      load_config, read_events, set_keys)
 from jaxdl import checkpoint, resume
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "old_workdirs")
@@ -36,9 +36,6 @@ RESUMED_FROM = 16  # the fixtures' newest checkpoint
 # wrong (another array restored, the optimizer state or the EMA lost, the data position off by
 # a batch) moves the losses by 1e-3 or more.
 TOLERANCE = dict(rtol=1e-4, atol=1e-6)
-# XLA's default optimization level, named (the worker imports conftest, which sets O0 where
-# XLA_FLAGS names no level); its results equal those without the flag (measured).
-DEFAULT_LEVEL = "--xla_backend_optimization_level=3"
 
 
 def _record(task):
@@ -59,7 +56,8 @@ def _read(path):
 
 
 def _prepare(task, root):
-  """Copies the task's fixture under root; returns (data dir, workdir, saved config)."""
+  """Copies the task's fixture under root; returns (its fixture.json record, data dir, workdir,
+  saved config)."""
   record = _record(task)
   assert record["task"] == task
   root = os.path.join(root, task)
@@ -104,7 +102,7 @@ def resumed(tmp_path_factory):
     workdirs[task] = (workdir, fresh)
   result = subprocess.run([sys.executable, os.path.join(REPO, "tests", "parallel_worker.py"),
                            json.dumps(runs)], cwd=REPO, capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "XLA_FLAGS": DEFAULT_LEVEL})
+                          timeout=600, env={**os.environ, "XLA_FLAGS": DEFAULT_XLA_LEVEL})
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.count(f"resumed from the checkpoint at step {RESUMED_FROM}") == len(TASKS)
   return workdirs

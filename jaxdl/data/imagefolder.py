@@ -47,7 +47,11 @@ def _listing(directory: str, folders: bool) -> list[str]:
   except OSError as e:
     raise UserError(f"{directory}: cannot list folder ({e.strerror or first_line(e)})") from None
   test = os.path.isdir if folders else os.path.isfile
-  return sorted(n for n in names if not n.startswith(".") and test(os.path.join(directory, n)))
+  found = [n for n in names if test(os.path.join(directory, n))]
+  hidden = sorted(n for n in found if n.startswith("."))
+  if hidden and folders:  # .ipynb_checkpoints and the like: never a class, but said, not silent
+    logging.warning("%s: skipping hidden folder(s) %s: not classes", directory, _some(hidden))
+  return sorted(n for n in found if not n.startswith("."))
 
 
 def _some(names: list[str]) -> str:
@@ -74,11 +78,6 @@ def _class_folders(split_dir: str) -> dict[str, str]:
   classes = _listing(split_dir, folders=True)
   if not classes:
     raise UserError(f"{split_dir}: no class folders (expected {split_dir}/<class>/*.png|jpg)")
-  hidden = [n for n in os.listdir(split_dir)
-            if n.startswith(".") and os.path.isdir(os.path.join(split_dir, n))]
-  if hidden:  # .ipynb_checkpoints, .DS_Store folders: never a class, but said, not silent
-    logging.warning("%s: skipping hidden folder(s) %s: not classes", split_dir,
-                    _some(sorted(hidden)))
   bad = [n for n in classes if any(c in n for c in "\t\n\r")]
   if bad:  # jaxdl.predict prints 'label<TAB>probability<TAB>file' lines
     raise UserError(f"{split_dir}: class folder {bad[0]!r} has a tab or line break in its "
@@ -157,8 +156,9 @@ def load_image_folder(directory: str, image_size: int = 0) -> tuple[Splits, list
   # The class names are the train folders' own, sorted; another split's folder of a class is
   # the one whose name is the same in NFC.
   folders = {split: _class_folders(split_dir) for split, split_dir in split_dirs.items()}
-  class_names = sorted(folders["train"].values())
-  train_nfc = {unicodedata.normalize("NFC", name) for name in class_names}
+  classes = sorted(folders["train"].items(), key=lambda nfc_folder: nfc_folder[1])  # by name
+  class_names = [name for _, name in classes]
+  train_nfc = set(folders["train"])
   for split, split_dir in split_dirs.items():
     missing = sorted(folders["train"][n] for n in train_nfc - set(folders[split]))
     extra = sorted(folders[split][n] for n in set(folders[split]) - train_nfc)
@@ -167,9 +167,8 @@ def load_image_folder(directory: str, image_size: int = 0) -> tuple[Splits, list
           [f"extra: {_some(extra)}"] if extra else [])
       raise UserError(f"{split_dir}: classes differ from {split_dirs['train']}'s "
                       f"({'; '.join(parts)})")
-  files = {split: [(path, label) for label, name in enumerate(class_names)
-                   for path in _image_files(os.path.join(
-                       split_dir, folders[split][unicodedata.normalize("NFC", name)]))]
+  files = {split: [(path, label) for label, (nfc, _) in enumerate(classes)
+                   for path in _image_files(os.path.join(split_dir, folders[split][nfc]))]
            for split, split_dir in split_dirs.items()}
 
   # Pass 1, headers only: the channel count depends on every file of every split, and equal
