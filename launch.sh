@@ -22,9 +22,10 @@ Subcommands:
            --config and --config.* arguments (and anything after `--`) pass through unchanged,
            whatever spaces or quotes they hold. WORKDIR must be a gs:// path: every host
            writes its part of each checkpoint there. Re-running the same run resumes it.
+           A second `run` with the same run name, or the same workdir (gs://b//r/ is
+           gs://b/r), while the first is still running on a worker is refused (--force starts
+           it anyway; jaxdl itself still refuses a second run on a workdir in use: its lease).
   logs     Follow a run's log (worker 0 by default; --worker=N or --worker=all).
-           A second `run` with the same run name, or the same workdir, while the first is
-           still running on a worker is refused (--force starts it anyway).
   stop     End a run on every worker: SIGTERM to its process group, then wait up to
            --grace seconds for it to exit (jaxdl saves the current step on SIGTERM and
            exits), reporting for each worker whether it saved; SIGKILL only after the grace
@@ -48,6 +49,7 @@ Options (each also from the environment variable in brackets):
   --grace=SECONDS           for stop: how long to wait for the SIGTERM save before SIGKILL
                             [JAXDL_STOP_GRACE] (default 300)
   --force                   for run: start even if the run name or workdir is running
+                            (a job that died without ending its process group, say)
   --dry-run                 print the gcloud command lines, run nothing
   -h, --help                this text
 
@@ -152,6 +154,14 @@ done
 
 [[ -n "$SUBCOMMAND" ]] || die "no subcommand; one of create, setup, run, logs, stop, delete (see --help)"
 [[ -n "$NAME" ]] || die "no TPU name: pass --name=NAME or set TPU_NAME"
+# GCP's rule for a TPU name; it also keeps the name safe in file names and remote commands.
+[[ "$NAME" =~ ^[a-z]([-a-z0-9]*[a-z0-9])?$ ]] || die "--name=$NAME: a TPU name is lowercase letters, digits and -, starting with a letter"
+# One spelling per workdir: gs://b//runs/r1/ is gs://b/runs/r1 (etils.epath, under jaxdl, reads
+# both as one), so the check for a second job on it compares like with like.
+if [[ "$WORKDIR" == gs://* ]]; then
+  WORKDIR="gs://$(printf '%s' "${WORKDIR#gs://}" | tr -s /)"
+  WORKDIR="${WORKDIR%/}"
+fi
 [[ -n "$ZONE" ]] || die "no zone: pass --zone=ZONE or set TPU_ZONE"
 if [[ "$SUBCOMMAND" != run && ${#JAXDL_ARGS[@]} -gt 0 ]]; then
   die "$SUBCOMMAND takes no jaxdl arguments (got ${JAXDL_ARGS[0]})"
@@ -189,10 +199,13 @@ case "$SUBCOMMAND" in
   setup)
     # The working tree as the user sees it (git's tracked + untracked, minus ignored files).
     repo="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-    archive="${TMPDIR:-/tmp}/jaxdl-src-$NAME.tgz"
+    # A file of this user's own, with an unpredictable name, removed however the script ends.
     if [[ "$DRY_RUN" == 1 ]]; then
+      archive="${TMPDIR:-/tmp}/jaxdl-src-XXXXXX.tgz"
       echo "(cd $(quote "$repo") && git ls-files -z --cached --others --exclude-standard | tar --null -T - -czf $(quote "$archive"))"
     else
+      archive="$(mktemp "${TMPDIR:-/tmp}/jaxdl-src-XXXXXX")" || die "cannot make a temporary file in ${TMPDIR:-/tmp}"
+      trap 'rm -f "$archive"' EXIT
       (cd "$repo" && git ls-files -z --cached --others --exclude-standard | tar --null -T - -czf "$archive")
     fi
     do_cmd gcloud "${TPU[@]}" scp "$archive" "$NAME:jaxdl-src.tgz" "${WHERE[@]}" --worker=all
@@ -232,7 +245,7 @@ case "$SUBCOMMAND" in
     # SIGTERM, then wait: jaxdl saves the current step and exits 0 (a multi-host job agrees on
     # the step through JAX's preemption sync). SIGKILL only once the grace time has run out.
     log="$REMOTE_RUNS/$name.log"
-    ssh_all all "pid=\$(cat $REMOTE_RUNS/$name.pid 2>/dev/null); if [ -n \"\$pid\" ] && kill -TERM -- -\$pid 2>/dev/null; then waited=0; while kill -0 -- -\$pid 2>/dev/null && [ \$waited -lt $GRACE ]; do sleep 1; waited=\$((waited + 1)); done; if kill -0 -- -\$pid 2>/dev/null; then kill -KILL -- -\$pid 2>/dev/null; echo \"worker \$(hostname): stopped \$pid: no exit within ${GRACE}s of SIGTERM, killed (it resumes from its previous checkpoint)\"; else saved=\$(grep -o 'saved the checkpoint at step [0-9]*' $log 2>/dev/null | tail -n 1); echo \"worker \$(hostname): stopped \$pid after \${waited}s\${saved:+: \$saved}\"; fi; else echo \"worker \$(hostname): $name is not running\"; fi"
+    ssh_all all "pid=\$(cat $REMOTE_RUNS/$name.pid 2>/dev/null); from=\$(( \$( (wc -l < $log) 2>/dev/null || echo 0) + 1 )); if [ -n \"\$pid\" ] && kill -TERM -- -\$pid 2>/dev/null; then waited=0; while kill -0 -- -\$pid 2>/dev/null && [ \$waited -lt $GRACE ]; do sleep 1; waited=\$((waited + 1)); done; if kill -0 -- -\$pid 2>/dev/null; then kill -KILL -- -\$pid 2>/dev/null; echo \"worker \$(hostname): stopped \$pid: no exit within ${GRACE}s of SIGTERM, killed (it resumes from its previous checkpoint)\"; else saved=\$(tail -n +\$from $log 2>/dev/null | grep -o 'saved the checkpoint at step [0-9]*' | tail -n 1); echo \"worker \$(hostname): stopped \$pid after \${waited}s\${saved:+: \$saved}\"; fi; else echo \"worker \$(hostname): $name is not running\"; fi"
     ;;
 
   delete)

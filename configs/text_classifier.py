@@ -21,7 +21,7 @@ train as before (83.9%; 85.89 / 85.32 / 84.40%, 398 s alone).
 
 Data: data.path (a directory of train/dev[/test] .tsv, .csv or .jsonl files), else a prepared
 TFDS copy of data.name (glue/sst2, imdb_reviews, ...); offline with neither, it stops with the
-list of ways to provide the data. Classes come from the data (1 + the largest train label).
+list of ways to provide the data. Classes: data.num_classes, or 1 + the largest train label.
 
 Tokenization: word-level (lower-cased words and punctuation marks); the vocabulary is the
 training split's words seen >= data.min_count times; any other word takes its longest prefix in
@@ -82,6 +82,8 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
                               # seed): a fraction in (0, 1) or a count >= 1; 0 = all of it
   c.data.validation_size = 0.0  # > 0: 'val' carved out of train likewise, evaluated during
                               # training instead of dev (for data with no dev split)
+  c.data.num_classes = 0      # classes; 0 = 1 + the largest train label (every class below it
+                              # must then have a train example: a stray label is an error)
   c.data.max_len = 64         # tokens kept per text; longer ones are truncated (and counted)
   c.data.min_count = 1        # train-split count a word needs to get its own id (else OOV)
   c.data.max_vocab = 0        # cap on vocabulary size incl. <pad>/<oov>; 0 = no cap

@@ -41,7 +41,7 @@ from etils import epath
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxdl import metrics
+from jaxdl import metrics, parallel
 from jaxdl.errors import UserError, first_line
 
 _TMP_MARK = ".orbax-checkpoint-tmp"  # Orbax's suffix for a save still being written
@@ -102,17 +102,6 @@ def damage_evidence(error: BaseException) -> str | None:
 _OUTCOMES = ("ok", "damaged", "refused", "error")
 
 
-def _broadcast_text(text: str, source: int = 0, size: int = 4096) -> str:
-  """`text` as process `source` has it, on every process (itself on a lone process)."""
-  if jax.process_count() == 1:
-    return text
-  data = np.zeros(size, np.uint8)
-  encoded = np.frombuffer(text.encode("utf-8")[:size], np.uint8)
-  data[:len(encoded)] = encoded
-  data = multihost_utils.broadcast_one_to_all(data, is_source=jax.process_index() == source)
-  return bytes(np.asarray(data)).rstrip(b"\0").decode("utf-8", errors="replace")
-
-
 def _agree(outcome: str, detail: str) -> tuple[str, str]:
   """The outcome every process acts on: the gravest any process had (an error over a refusal
   over damage over success), with that process's words. Damage that only one process reads
@@ -121,7 +110,7 @@ def _agree(outcome: str, detail: str) -> tuple[str, str]:
     return outcome, detail
   ranks = np.asarray(multihost_utils.process_allgather(np.int32(_OUTCOMES.index(outcome))))
   source = int(np.argmax(ranks))
-  detail = _broadcast_text(detail, source)
+  detail = parallel.broadcast_text(detail, source)
   if source != 0 and ranks[source] > 0:
     detail = f"process {source}: {detail}"
   return _OUTCOMES[int(ranks[source])], detail
@@ -179,7 +168,8 @@ class Checkpoints:
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like_state)
     wanted = _layout(abstract)
-    steps = json.loads(_broadcast_text(json.dumps(sorted(self.manager.all_steps(), reverse=True))))
+    steps = json.loads(parallel.broadcast_text(
+        json.dumps(sorted(self.manager.all_steps(), reverse=True))))
     for step in steps:
       outcome, detail = _agree(*self._check_metadata(step, wanted))
       if outcome == "ok":
@@ -251,7 +241,7 @@ class Checkpoints:
         target = os.path.join(self.directory, f"damaged-{step}-{n}")
       epath.Path(path).rename(target)  # etils.epath: os.rename here, the backend's move on gs://
     # Process 0 sends the name only once it has renamed, so the others list the directory after.
-    target = _broadcast_text(target)
+    target = parallel.broadcast_text(target)
     logging.warning("checkpoint %s is damaged (%s); moved it to %s, falling back to an older "
                     "checkpoint", path, why, target)
     self.manager.reload()

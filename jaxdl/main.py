@@ -18,6 +18,9 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "experiment config file, optionally with a preset: configs/mnist.py:seed",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints and metrics")
+_RESTART = flags.DEFINE_bool(
+    "restart", False, "start afresh in a workdir that holds a run: what it holds is kept in "
+    "WORKDIR/previous-<time>/, never deleted")
 _XLA_CACHE = flags.DEFINE_string(
     "xla_cache_dir", os.environ.get("JAXDL_XLA_CACHE", "~/.cache/jaxdl/xla"),
     "JAX's persistent compilation cache: compiled steps are reused by later runs of the same "
@@ -119,7 +122,7 @@ def main(argv: list[str]) -> None:
     parallel.set_cpu_devices(_CONFIG.value.parallel.cpu_devices)
     parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                         _INIT_TIMEOUT.value)
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, restart=_RESTART.value)
   except UserError as e:
     _fail(str(e))
   except checkpoint.Stopped as e:  # the step is saved: 0 for SIGTERM (preemption), 130 for ^C

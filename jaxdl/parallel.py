@@ -214,6 +214,17 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, ja
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
 
 
+def broadcast_text(text: str, source: int = 0, size: int = 4096) -> str:
+  """`text` as process `source` has it, on every process (itself on a lone process)."""
+  if jax.process_count() == 1:
+    return text
+  data = np.zeros(size, np.uint8)
+  encoded = np.frombuffer(text.encode("utf-8")[:size], np.uint8)
+  data[:len(encoded)] = encoded
+  data = multihost_utils.broadcast_one_to_all(data, is_source=jax.process_index() == source)
+  return bytes(np.asarray(data)).rstrip(b"\0").decode("utf-8", errors="replace")
+
+
 def _on_cloud_tpu_vm() -> bool:
   """True on a Cloud TPU VM: libtpu is installed and TPU chips are attached.
 

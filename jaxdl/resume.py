@@ -41,7 +41,7 @@ ADDED_KEYS = {"train.ema_decay": 0.0, "data.prefix_backoff": 0, "parallel.cpu_de
               "data.image_size": 0, "loss.label_smoothing": 0.0, "data.validation_size": 0,
               "data.train_size": 0, "train.ema_warmup": False, "train.grad_accum_steps": 1,
               "model.remat": "none", "model.attention": "xla", "model.param_dtype": "float32",
-              "model.dtype": "float32", "model.scan_layers": False}
+              "model.dtype": "float32", "model.scan_layers": False, "data.num_classes": 0}
 
 
 def config_changes(old: dict, new: dict, prefix: str = "") -> dict[str, tuple[Any, Any]]:
@@ -113,6 +113,6 @@ def check_resume_config(workdir: str, saved: dict | None,
     listed = "; ".join(f"{k}: {_saved_value(k, changes[k][0])} -> {changes[k][1]!r}"
                        for k in refused)
     raise UserError(f"--workdir={workdir} holds checkpoints of another experiment; these keys "
-                    f"differ from its config.json: {listed}. Use a new --workdir (only "
+                    f"differ from its config.json: {listed}. Use a new --workdir or --restart (only "
                     f"{', '.join(HARMLESS_KEYS)} may change on resume)")
   return changes

@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxdl import (checkpoint, metrics, models, optim, parallel, profiler, resume, runrecord,
-                   steps, tasks, validate)
+from jaxdl import (checkpoint, lease, metrics, models, optim, parallel, profiler, resume,
+                   runrecord, steps, tasks, validate)
 from jaxdl.errors import UserError
 
 
@@ -79,7 +79,7 @@ def _start_line(config, dataset, state, num_steps: int) -> str:
 
 
 def _restore(ckpts, runner, dataset, writer, workdir: str, resolved: dict, config_changes: dict,
-             adopted: dict, num_steps: int):
+             adopted: dict, num_steps: int, resuming: bool):
   """The newest intact checkpoint's (state, interval sums), or a fresh state; then the first
   writes to the workdir: metrics trimmed to the restored step, config.json, the task's files.
 
@@ -89,6 +89,8 @@ def _restore(ckpts, runner, dataset, writer, workdir: str, resolved: dict, confi
   every file as it was)."""
   interval_sums = None  # metric sums since the last train log line
   restored = ckpts.restore_latest(runner.abstract_state)  # None: no intact checkpoint
+  if restored is None and resuming:  # every checkpoint was damaged, and is now moved aside
+    raise UserError(lease.refusal(workdir, lease.record_evidence(workdir)))
   if restored is None:
     state = runner.init_state()
   else:
@@ -117,8 +119,10 @@ def _restore(ckpts, runner, dataset, writer, workdir: str, resolved: dict, confi
   return state, interval_sums
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains config's experiment in workdir, resuming from its latest checkpoint if any.
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       restart: bool = False) -> dict[str, float]:
+  """Trains config's experiment in workdir, resuming from its latest checkpoint if any; with
+  `restart`, keeps what the workdir holds in WORKDIR/previous-<time>/ and starts afresh.
 
   Returns the final eval metrics, f"{split}_{name}" for each of the dataset's final splits
   (MNIST: 'test_loss', 'test_accuracy', 'test_count').
@@ -128,7 +132,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   validate.validate(config, task, workdir)
   # A workdir from before a key existed resumes with the value that does what its run did.
   config = copy.deepcopy(config)  # the caller's config stays as it was given
-  saved = resume.saved_config(workdir)
+  # A workdir with no checkpoint to resume but a run's record is refused (--restart keeps the
+  # record aside); a run killed before its first checkpoint just starts again.
+  resuming = not restart and checkpoint.has_checkpoints(workdir)
+  if not restart and not resuming:
+    lease.check_record(workdir)
+  saved = resume.saved_config(workdir) if resuming else None
   adopted = resume.adopt_added_keys(config, saved)
   resolved = config.to_dict()
   config_changes = resume.check_resume_config(workdir, saved, resolved)
@@ -144,7 +153,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # 3. data: train batches are a function of (seed, step); eval splits are whole in memory.
   # The files a run keeps beside its checkpoints (a vocabulary) are reused only when there are
   # checkpoints to resume: a run killed before its first one starts afresh, on today's data.
-  resuming = checkpoint.has_checkpoints(workdir)
   dataset = task.load(config, workdir if resuming else None)
   steps_per_epoch = dataset.train.steps_per_epoch
   num_steps = (config.num_train_steps if config.num_train_steps > 0
@@ -167,12 +175,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     os.makedirs(workdir, exist_ok=True)
   writer = metrics.Writer(workdir)
   # From here SIGTERM/SIGINT only set a flag (checkpoint.StopSignals), read after each step.
-  with (_closed_on_error(writer),
+  # The lease comes first: a second run on this workdir stops here, having changed nothing.
+  with (lease.held(workdir, restart, resuming) as held,
+        _closed_on_error(writer),
         checkpoint.Checkpoints(workdir, config.keep_checkpoints) as ckpts,
         checkpoint.StopSignals(ckpts.manager) as signals,
         contextlib.ExitStack() as on_error):
+    if held.kept:
+      writer.print(f"--restart: kept what {workdir} held in {held.kept}; starting afresh")
     state, interval_sums = _restore(ckpts, runner, dataset, writer, workdir, resolved,
-                                    config_changes, adopted, num_steps)
+                                    config_changes, adopted, num_steps, resuming)
     start_step = step = int(state.step)
     runrecord.begin(workdir, resolved, start_step, num_steps)  # run.json: a segment per start
     on_error.enter_context(_recorded_on_error(workdir, lambda: step))

@@ -7,7 +7,10 @@ OCDBT manifest): without it, the second save of a run fails with "Malformed Stor
 The header is added from the object's own metadata, which the emulator keeps. Nor does it
 have the objects.move call (`moveTo`, GA in GCS since 2025) that gcsfs tries first for a
 rename: gcsfs then falls back to copy and delete, after retries that took 40 s per damaged
-checkpoint moved aside. It is added as that copy and delete, done in the server.
+checkpoint moved aside. It is added as that copy and delete, done in the server. Nor does it
+honour the `ifGenerationMatch` precondition of an upload or a delete, on which jaxdl's gs://
+lease stands (an object created only if absent); it is checked here, under one lock, as GCS
+does atomically.
 
   with gcs_server.running("bucket") as env: ...   # env: what a child process needs
 """
@@ -84,7 +87,35 @@ def _serve(port: int, bucket: str) -> None:
     if response.status == HTTPStatus.OK:
       objects._delete(storage, request.params["bucket_name"], request.params["object_id"])  # pylint: disable=protected-access
 
+  lock = threading.Lock()
+
+  def preconditioned(handler, name_of):
+    """`handler` with GCS's ifGenerationMatch: the object's generation now (0: absent) must be
+    the one named, else 412 Precondition Failed and nothing done."""
+    def checked(request, response, storage, *args, **kwargs):
+      wanted = request.query.get("ifGenerationMatch")
+      if not wanted:
+        return handler(request, response, storage, *args, **kwargs)
+      with lock:
+        try:
+          now = str(storage.get_file_obj(request.params["bucket_name"],
+                                         name_of(request))["generation"])
+        except Exception:  # pylint: disable=broad-except  (absent)
+          now = "0"
+        if now != wanted[0]:
+          response.status = HTTPStatus.PRECONDITION_FAILED
+          return None
+        return handler(request, response, storage, *args, **kwargs)
+    return checked
+
+  def uploaded_name(request):
+    if "name" in request.query:
+      return request.query["name"][0]
+    return request.data["meta"].get("name")
+
   objects.download = download_with_generation  # the server's routes look it up at import
+  objects.insert = preconditioned(objects.insert, uploaded_name)
+  objects.delete = preconditioned(objects.delete, lambda r: r.params["object_id"])
   from gcp_storage_emulator import server as emulator  # pylint: disable=g-import-not-at-top
   emulator.HANDLERS = ((r"^/storage/v1/b/(?P<bucket_name>[-.\w]+)/o/(?P<object_id>.*[^/]+)"
                         r"/moveTo/o/(?P<dest_object_id>.*[^/]+)$", {"POST": move}),

@@ -21,7 +21,7 @@ import pytest
 
 from conftest import (REPO, SMALL_MODEL, SUBPROCESS_CACHE, assert_same_params, load_config,
                       read_events, run_main, state_like, tiny_mnist_config, write_mnist_dir)
-from jaxdl import checkpoint, data, metrics, models, optim, resume, train
+from jaxdl import checkpoint, data, lease, metrics, models, optim, resume, train
 from jaxdl.data import idx
 from jaxdl.errors import UserError
 
@@ -35,10 +35,13 @@ def _kill_and_resume():
 
 
 def _snapshot(root):
-  """{relative path: (size, mtime)} of every file and directory under root."""
+  """{relative path: (size, mtime)} of every file and directory under root but the lease, which
+  each start takes (and a refused one leaves as it found it: empty)."""
   out = {}
   for dirpath, dirnames, filenames in os.walk(root):
     for name in dirnames + filenames:
+      if name == lease.LEASE and dirpath == root:
+        continue
       path = os.path.join(dirpath, name)
       st = os.stat(path)
       out[os.path.relpath(path, root)] = (st.st_size, st.st_mtime_ns)
@@ -184,16 +187,26 @@ def test_damaged_checkpoint_run_ends_as_if_nothing_happened(finished_run, tmp_pa
       "16", "24", "8", "damaged-24"]
 
 
-def test_every_checkpoint_damaged_starts_over(finished_run, tmp_path):
-  config, source, _ = finished_run
+def test_every_checkpoint_damaged_keeps_the_record(finished_run, tmp_path):
+  """Every step is moved aside; the run's history is not emptied by a fresh start: the run is
+  refused (as for deleted checkpoints, test_lease.py), and so is every re-run, until --restart
+  keeps the record aside."""
+  config, source, final = finished_run
   workdir = str(tmp_path / "w")
   shutil.copytree(source, workdir)
   for step in ("8", "16", "24"):
     _truncate(os.path.join(workdir, "checkpoints", step))
-  with checkpoint.Checkpoints(workdir, keep=3) as ckpts:
-    assert ckpts.restore_latest(_like(config)) is None
-  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == [
-      "damaged-16", "damaged-24", "damaged-8"]
+  record = _file_bytes(workdir)
+  record = {k: v for k, v in record.items() if not k.startswith("checkpoints")}
+  for _ in range(2):
+    with pytest.raises(UserError, match=r"holds the record of a run \(checkpoints moved aside as "
+                       r"damaged: damaged-16, damaged-24, damaged-8; metrics.jsonl: "):
+      train.train_and_evaluate(config, workdir)
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == [
+        "damaged-16", "damaged-24", "damaged-8"]
+    assert {k: v for k, v in _file_bytes(workdir).items()
+            if not k.startswith("checkpoints")} == record
+  assert train.train_and_evaluate(config, workdir, restart=True) == final
 
 
 def test_readers_pass_over_a_damaged_newest_checkpoint(finished_run, tmp_path, caplog):
@@ -503,6 +516,14 @@ TEXT_BAD = {  # file content → the message's needle
     "TSV row missing a field": ("sentence\tlabel\ngood\t1\nno tab here\n", "train.tsv:3: 1 fields"),
     "TSV non-integer label": ("sentence\tlabel\na fine film\tpositive\n",
                               "train.tsv:2: label 'positive' is not an integer"),
+    "TSV stray label": ("sentence\tlabel\na fine film\t1\nbad\t0\ngood\t7\n",
+                        "the train split's labels leave 5 of the classes 0..7 without an "
+                        "example (e.g. 2; label 7 is in 1 row(s)): a stray label? If those "
+                        "classes are real, set --config.data.num_classes=8"),
+    "TSV huge label": ("sentence\tlabel\na fine film\t1\nbad\t99999999\n",
+                       "leave 99,999,998 of the classes 0..99999999 without an example"),
+    "TSV label past int32": ("sentence\tlabel\na fine film\t1\nbad\t4294967296\n",
+                             "train.tsv:3: label 4294967296 is too large"),
     "text empty": ("", "the file is empty"),
     "text not UTF-8": (b"sentence\tlabel\ncr\xe8me\t1\n", "not UTF-8"),
 }
@@ -537,6 +558,8 @@ def _file_bytes(root):
   out = {}
   for dirpath, _, filenames in os.walk(root):
     for name in filenames:
+      if name == lease.LEASE and dirpath == root:
+        continue
       path = os.path.join(dirpath, name)
       with open(path, "rb") as f:
         out[os.path.relpath(path, root)] = f.read()

@@ -16,8 +16,8 @@ import pytest
 import gcs_server
 from conftest import (REPO, SMALL_MODEL, SUBPROCESS_CACHE, interrupt_at, load_config, run_main,
                       set_keys, tiny_lm_config)
-from jaxdl import (checkpoint, metrics, plot, predict, report, sample, sweep, tasks, train,
-                   validate)
+from jaxdl import (checkpoint, lease, metrics, plot, predict, report, sample, sweep, tasks,
+                   train, validate)
 from jaxdl.data import windows
 
 # Every test here needs the GCS server (a process of its own) or the runs made on it.
@@ -117,6 +117,65 @@ def test_resuming_a_gs_run_with_another_seed_is_refused_untouched(killed_run):
   errors = [l for l in result.stderr.splitlines() if l.startswith("jaxdl: error:")]
   assert len(errors) == 1 and "seed: 0 -> 1" in errors[0], result.stderr[-2000:]
   assert _objects(workdir) == before
+
+
+def test_a_gs_workdir_has_one_run_at_a_time(killed_run, monkeypatch, caplog):
+  """The lease on gs:// is an object created only if absent. Staggered: a run at step 8 of a
+  gs:// workdir (this process) sees the same command, with the workdir spelt another way,
+  refused in one line naming it, and ends as a run alone. At once: of two starts racing for the
+  lease (threads: the precondition is the server's), exactly one gets it. A lease whose holder
+  is gone (here: a dead pid of this host, as the SIGKILLed run of `killed_run` left) is taken
+  over with a WARNING; that run's own resume took its lease over too."""
+  import threading  # pylint: disable=g-import-not-at-top
+  _, reference = killed_run
+  workdir = f"gs://{BUCKET}/one-at-a-time"
+  seen = {}
+  write = metrics.Writer.write
+
+  def second_run_at_step_8(self, event, step, values):
+    write(self, event, step, values)
+    if event == "eval" and step == 8 and "second" not in seen:
+      seen["second"] = run_main(*_args(f"gs://{BUCKET}//one-at-a-time/"))
+
+  monkeypatch.setattr(metrics.Writer, "write", second_run_at_step_8)
+  train.train_and_evaluate(_config(), workdir)
+  monkeypatch.undo()
+  errors = [l for l in seen["second"].stderr.splitlines() if l.strip()]
+  assert seen["second"].returncode == 1 and len(errors) == 1, seen["second"].stderr[-2000:]
+  assert errors[0].startswith(f"jaxdl: error: {workdir} is in use by another run (pid "
+                              f"{os.getpid()} on "), errors
+  assert _events(workdir) == _events(reference)
+  assert not metrics.exists(f"{workdir}/{lease.LEASE}")  # released: the object is deleted
+
+  outcomes = []
+  start = threading.Barrier(2)
+
+  def take():
+    held = lease._ObjectLease(workdir)  # pylint: disable=protected-access
+    start.wait()
+    try:
+      held.acquire()
+      outcomes.append(held)
+    except lease.UserError as e:
+      outcomes.append(str(e))
+  threads = [threading.Thread(target=take) for _ in range(2)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  winners = [o for o in outcomes if not isinstance(o, str)]
+  assert len(winners) == 1 and "is in use by another run" in "".join(
+      o for o in outcomes if isinstance(o, str)), outcomes
+  winners[0].done.set()  # stops renewing; left behind as by a dead process
+  winners[0].thread.join()
+  text = metrics.read_text(f"{workdir}/{lease.LEASE}")
+  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                        capture_output=True, text=True, check=True).stdout.strip()
+  metrics.write_text(f"{workdir}/{lease.LEASE}",
+                     text.replace(f'"pid": {os.getpid()}', f'"pid": {dead}'))
+  with caplog.at_level("WARNING"), lease.held(workdir, resuming=True):
+    pass
+  assert f"pid {dead} on" in caplog.text and "its process has ended" in caplog.text
 
 
 def test_damaged_newest_gs_checkpoint_falls_back(gcs, tmp_path, caplog):

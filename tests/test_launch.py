@@ -119,6 +119,7 @@ def test_every_subcommand_prints_its_gcloud_lines():
                      "--version=v2-alpha", "--spot"]]
   setup = _gcloud_lines("setup")
   assert setup[1][:5] == ["gcloud", "compute", "tpus", "tpu-vm", "scp"]
+  assert "jaxdl-src-XXXXXX" in setup[1][5]  # made by mktemp, not a name others can predict
   assert "--worker=all" in setup[1] and "pip install" in _remote_command(setup[2])
   # the tested set: every package pinned by the committed constraints file
   assert "pip install -q --python ~/jaxdl-venv/bin/python -c ~/jaxdl/constraints.txt 'jax[tpu]'" \
@@ -140,6 +141,7 @@ def test_every_subcommand_prints_its_gcloud_lines():
     (["run", "--workdir=gs://b/r"], "--config=FILE"),
     (["create", "--config.x=1"], "takes no jaxdl arguments"),
     (["create", "--bogus"], "unknown argument: --bogus"),
+    (["setup", "--name=../../etc/x"], "--name=../../etc/x: a TPU name is lowercase letters"),
     ([], "no subcommand"),
 ])
 def test_mistakes_are_one_line(args, needle):
@@ -198,6 +200,11 @@ def test_a_second_run_on_the_same_name_or_workdir_is_refused_unless_forced(tmp_p
     assert "stop it first, or pass --force" in again.stderr
     other_name = _start(home, "--run-name=r2")  # another name, the same workdir
     assert other_name.returncode == 3 and "is running on gs://bucket/runs/r1" in other_name.stderr
+    for spelling in ("gs://bucket//runs/r1/", "gs://bucket/runs//r1//"):  # the same workdir
+      (argv,) = _gcloud_lines("run", f"--workdir={spelling}", "--run-name=r9",
+                              "--config=configs/mnist.py")
+      again = _on_worker(_remote_command(argv), home)
+      assert again.returncode == 3 and "is running on gs://bucket/runs/r1" in again.stderr
     (argv,) = _gcloud_lines("run", "--workdir=gs://bucket/runs/r3", "--config=configs/mnist.py")
     assert _on_worker(_remote_command(argv), home).returncode == 0  # another workdir: fine
     forced = _start(home, "--force")
@@ -218,6 +225,15 @@ def test_stop_waits_for_the_save_and_escalates_only_after_the_grace_time(tmp_pat
     stopped = _on_worker(_remote_command(stop_argv), home)
     assert "stopped" in stopped.stdout and "saved the checkpoint at step 7" in stopped.stdout
     assert "killed" not in stopped.stdout, stopped.stdout
+
+    # A job that exits on SIGTERM without saving: the step-7 line of the earlier job, still in
+    # the log, is not reported as this one's.
+    _fake_jaxdl(home, "trap 'exit 0' TERM\nsleep 60 & wait")
+    assert _start(home).returncode == 0
+    time.sleep(0.5)
+    stopped = _on_worker(_remote_command(stop_argv), home)
+    assert "stopped" in stopped.stdout and "saved the checkpoint" not in stopped.stdout, (
+        stopped.stdout)
 
     _fake_jaxdl(home, "trap '' TERM\nwhile true; do sleep 0.1; done")  # a job that never exits
     assert _start(home).returncode == 0

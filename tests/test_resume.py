@@ -107,7 +107,7 @@ def test_a_changed_key_that_is_not_harmless_is_refused_naming_old_and_new(tmp_pa
     resume.check_resume_config(workdir, saved, config.to_dict())
   assert str(error.value).startswith(
       f"--workdir={workdir} holds checkpoints of another experiment; these keys differ from its "
-      f"config.json: {shown}. Use a new --workdir (only num_train_steps, num_epochs, ")
+      f"config.json: {shown}. Use a new --workdir or --restart (only num_train_steps, num_epochs, ")
 
 
 def test_a_refusal_lists_every_refused_key_in_order_and_no_harmless_one(tmp_path):

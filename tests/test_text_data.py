@@ -134,3 +134,13 @@ def test_vocab_file_errors_are_one_line():
                     "words": ["<pad>", "<oov>"]})
   with pytest.raises(UserError, match="made by tokenizer 'bytes'"):
     vocabs.WordVocab.from_json(bad, "vocab.json")
+
+
+def test_a_class_count_given_allows_classes_without_an_example():
+  """data.num_classes: classes that the training split does not show are real ones."""
+  vocab = vocabs.build_vocab(["a", "b"], np.array([0, 3]), 1, 0, [], num_classes=5)
+  assert vocab.num_classes == 5 and vocab.label_names == ["0", "1", "2", "3", "4"]
+  with pytest.raises(vocabs.UserError, match="leave 2 of the classes 0..3 without an example"):
+    vocabs.build_vocab(["a", "b"], np.array([0, 3]), 1, 0, [])
+  # The data's own label names (TFDS metadata) give the count too.
+  assert vocabs.build_vocab(["a", "b"], np.array([0, 2]), 1, 0, ["x", "y", "z"]).num_classes == 3

@@ -53,6 +53,8 @@ def _label(value: Any, path: str, line: int) -> int:
     raise UserError(f"{path}:{line}: label {value!r} is not an integer") from None
   if label < -1:
     raise UserError(f"{path}:{line}: label {label} is negative (-1 marks an unlabelled row)")
+  if label >= 2**31:
+    raise UserError(f"{path}:{line}: label {label} is too large to be a class index")
   return label
 
 

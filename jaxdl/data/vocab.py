@@ -112,14 +112,29 @@ class WordVocab:
 
 
 def build_vocab(texts: list[str], labels: np.ndarray, min_count: int, max_size: int,
-                label_names: list[str], prefix_backoff: int = 0) -> WordVocab:
+                label_names: list[str], prefix_backoff: int = 0,
+                num_classes: int = 0) -> WordVocab:
   """The training split's words seen >= min_count times, most frequent first (ties by word),
-  at most max_size words in all (0 = no limit); classes = 1 + the largest label."""
+  at most max_size words in all (0 = no limit). Classes: `num_classes`, or when 0 the data's
+  label names, or 1 + the largest label, and then every class below it must have an example:
+  a stray label (a 7 among 0/1, a 99999999) would otherwise make classes that never occur,
+  and a macro-F1 averaged over them."""
   counts = collections.Counter(w for text in texts for w in tokenize(text))
   words = sorted((w for w, n in counts.items() if n >= min_count), key=lambda w: (-counts[w], w))
   if max_size:
     words = words[:max(0, max_size - 2)]
-  num_classes = int(labels.max()) + 1
+  largest = int(labels.max())
+  if not num_classes:
+    num_classes = largest + 1
+    present = np.unique(labels[labels >= 0])  # -1 (unlabelled) is refused by the task
+    if len(present) < num_classes and len(label_names) != num_classes:
+      absent = num_classes - len(present)
+      example = next(c for c in range(num_classes) if c not in set(present.tolist()))
+      raise UserError(
+          f"the train split's labels leave {absent:,} of the classes 0..{largest} without an "
+          f"example (e.g. {example}; label {largest} is in {int((labels == largest).sum())} "
+          f"row(s)): a stray label? If those classes are real, set "
+          f"--config.data.num_classes={num_classes}")
   if len(label_names) != num_classes:
     label_names = [str(c) for c in range(num_classes)]
   return WordVocab([PAD, OOV] + words, label_names, min_count, prefix_backoff=prefix_backoff)

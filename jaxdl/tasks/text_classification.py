@@ -54,7 +54,9 @@ def check(config) -> None:
        "must be 0 (no cap) or >= 3 (<pad>, <oov> and a word)"),
       ("prefix_backoff", data.prefix_backoff >= 0, "must be >= 0 (0 = off)"),
       ("bucket", data.bucket >= 0, "must be >= 0 (0 = off)"),
-      ("sort_pool", data.sort_pool >= 0, "must be >= 0 (0 = off)")):
+      ("sort_pool", data.sort_pool >= 0, "must be >= 0 (0 = off)"),
+      ("num_classes", data.get("num_classes", 0) == 0 or data.get("num_classes", 0) >= 2,
+       "must be 0 (from the labels) or >= 2")):
     if not ok:
       raise UserError(f"config.data.{key}={data[key]!r}: {rule}")
   if not 0 <= config.loss.label_smoothing < 1:
@@ -118,7 +120,7 @@ def load(config, workdir: str | None) -> Dataset:
   else:
     train = labelled["train"]
     vocab = build_vocab(train.texts, train.labels, data_cfg.min_count, data_cfg.max_vocab,
-                        label_names, data_cfg.prefix_backoff)
+                        label_names, data_cfg.prefix_backoff, data_cfg.get("num_classes", 0))
     vocab_note = f"vocab {len(vocab.words):,} (words seen >= {data_cfg.min_count}x in train)"
   for split, s in labelled.items():
     _check_labels(split, s.labels, vocab.num_classes)

@@ -1,0 +1,345 @@
+"""Who may write a workdir: one run at a time (the lease), and never over a run's record.
+
+One run per workdir. A run holds WORKDIR/lease.json for its whole life (process 0 holds it for
+a multi-process job, and every process acts on its outcome):
+  - on a local or network file system, an exclusive `flock` on the file. The OS drops it when
+    the process ends, however it ends (kill -9, a crash, a lost host's NFS lease), so a lease
+    whose holder is gone is free without any clean-up. The file names the holder (host, pid,
+    start time) for the refusal line, and is emptied when the run ends: a file that still names
+    a holder while the lock is free was left by a run that died, and is taken over with a
+    WARNING.
+  - on gs://: an object created only if absent (a generation precondition), renewed while the
+    run lives; see `_ObjectLease`.
+A second run on a held workdir is refused in one line naming the holder, before it touches
+anything. Tools that only read (predict, sample, plot, report) take no lease.
+
+A record is never erased in silence. A workdir that holds a run's record (metrics.jsonl,
+run.json, checkpoints moved aside as damaged) but no checkpoint to resume is refused
+(`check_record`), unless the run was killed before its first checkpoint: such a record is
+redone, event for event, by the fresh start (and launch.sh's automatic restart relies on that).
+`--restart` keeps everything the workdir holds in WORKDIR/previous-<time>/ (`keep_aside`)
+and starts afresh; nothing is ever deleted.
+"""
+
+from __future__ import annotations
+
+import datetime
+import fcntl
+import json
+import os
+import socket
+import threading
+import time
+from typing import Any
+
+from absl import logging
+from etils import epath
+import jax
+
+from jaxdl import checkpoint, metrics, parallel, runrecord
+from jaxdl.errors import UserError, first_line
+
+LEASE = "lease.json"
+PREVIOUS = "previous-"  # WORKDIR/previous-<time>/: a record that --restart kept aside
+
+
+def _holder() -> dict[str, Any]:
+  return {"host": socket.gethostname(), "pid": os.getpid(),
+          "start_time": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+          "command": runrecord.command_line()}
+
+
+def _describe(holder: dict[str, Any] | None) -> str:
+  if not holder:
+    return "holder unknown"
+  return (f"pid {holder.get('pid')} on {holder.get('host')}, since "
+          f"{holder.get('start_time')}: {holder.get('command')}")
+
+
+def _gone(holder: dict[str, Any] | None) -> bool:
+  """Whether the lease's holder was a process of this host that has ended."""
+  if not holder or holder.get("host") != socket.gethostname():
+    return False
+  try:
+    os.kill(int(holder.get("pid")), 0)
+  except ProcessLookupError:
+    return True
+  except (OSError, TypeError, ValueError):  # alive under another user, or no pid
+    return False
+  return False
+
+
+def _parse(text: str) -> dict[str, Any] | None:
+  try:
+    holder = json.loads(text)
+  except ValueError:
+    return None
+  return holder if isinstance(holder, dict) else None
+
+
+class _FileLease:
+  """An exclusive flock on WORKDIR/lease.json (see the module docstring)."""
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, LEASE)
+    self.fd: int | None = None
+
+  def acquire(self) -> None:
+    for _ in range(3):  # the file replaced between open and lock (a workdir moved): again
+      try:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)  # close-on-exec: not inherited
+      except OSError as e:
+        raise UserError(f"cannot write {self.path} ({first_line(e)})") from None
+      try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except BlockingIOError:
+        holder = _parse(os.pread(fd, 65536, 0).decode("utf-8", "replace"))
+        os.close(fd)
+        raise UserError(f"{os.path.dirname(self.path)} is in use by another run "
+                        f"({_describe(holder)}); one run per workdir: wait for it to end, "
+                        f"stop it, or use another --workdir") from None
+      except OSError as e:  # ENOLCK, EOPNOTSUPP: a file system without locks (some FUSE mounts)
+        os.close(fd)
+        raise UserError(f"cannot lock {self.path} ({first_line(e)}): without a lock two runs "
+                        f"could share the workdir; use a workdir on a local or NFS disk") from None
+      if os.path.exists(self.path) and os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+        break
+      os.close(fd)
+    else:
+      raise UserError(f"{self.path} keeps being replaced by another process; is another run "
+                      f"moving the workdir?")
+    left = os.pread(fd, 65536, 0).decode("utf-8", "replace")
+    if left.strip():
+      logging.warning("took over the lease of a run that ended without releasing it (%s): its "
+                      "process is gone", _describe(_parse(left)))
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps(_holder()) + "\n").encode(), 0)
+    os.fsync(fd)
+    self.fd = fd
+
+  def release(self) -> None:
+    if self.fd is not None:
+      os.ftruncate(self.fd, 0)  # an empty file: released, not left by a dead run
+      fcntl.flock(self.fd, fcntl.LOCK_UN)
+      os.close(self.fd)
+      self.fd = None
+
+
+class _ObjectLease:
+  """A lease object on gs:// (see the module docstring): created only if absent
+  (ifGenerationMatch=0), rewritten every TTL/4 seconds by a thread while the run lives, deleted
+  when it ends. One whose `expires` has passed (its holder died, or lost its network for a
+  whole TTL) is deleted at the generation that was read, so of two runs that find it expired
+  at once only one deletes it and only one creates the next."""
+
+  TTL = 60.0  # seconds a lease lives without renewal
+
+  def __init__(self, workdir: str):
+    import fsspec  # pylint: disable=g-import-not-at-top  (gcsfs, through etils.epath's fsspec)
+    # etils.epath's spelling, as every other file of the run has it: gs://b//runs/r1/ and
+    # gs://b/runs/r1 are one workdir, and hold one lease.
+    self.path = os.fspath(epath.Path(workdir) / LEASE)
+    self.fs = fsspec.filesystem(self.path.split("://")[0])
+    self.bucket, self.key = self.path.split("://")[1].split("/", 1)
+    self.holder: dict[str, Any] = {}
+    self.generation: str | None = None
+    self.done = threading.Event()
+    self.thread: threading.Thread | None = None
+
+  def _data(self) -> bytes:
+    return (json.dumps({**self.holder, "expires": time.time() + self.TTL}) + "\n").encode()
+
+  def _read(self) -> tuple[dict[str, Any] | None, str | None]:
+    """(holder, generation) of the lease object now; (None, None) if there is none."""
+    self.fs.invalidate_cache(self.path)
+    try:
+      info = self.fs.info(self.path)
+      return _parse(self.fs.cat_file(self.path).decode("utf-8", "replace")), info["generation"]
+    except FileNotFoundError:
+      return None, None
+
+  def acquire(self) -> None:
+    self.holder = _holder()
+    for _ in range(3):
+      try:
+        self.fs.pipe_file(self.path, self._data(), mode="create")  # ifGenerationMatch=0
+        break
+      except FileExistsError:
+        holder, generation = self._read()
+        if generation is None:  # released between the two calls
+          continue
+        expires = float((holder or {}).get("expires", 0))
+        if expires > time.time() and not _gone(holder):
+          raise UserError(f"{self.path.rsplit('/', 1)[0]} is in use by another run "
+                          f"({_describe(holder)}); one run per workdir: wait for it to end, "
+                          f"stop it, or use another --workdir (a run that died without "
+                          f"releasing it holds it until "
+                          f"{time.strftime('%H:%M:%S', time.localtime(expires))})") from None
+        logging.warning("took over the lease of a run that is gone (%s): %s", _describe(holder),
+                        "its process has ended" if _gone(holder) else "its lease expired")
+        try:  # only the generation that was read: another run may have taken it since
+          self.fs.call("DELETE", "b/{}/o/{}", self.bucket, self.key, ifGenerationMatch=generation)
+        except (FileExistsError, FileNotFoundError):
+          pass  # another run got there first: the next create decides
+    else:
+      raise UserError(f"{self.path}: could not take the lease in 3 tries (another run is "
+                      f"starting on this workdir?)")
+    self.generation = self._read()[1]
+    self.thread = threading.Thread(target=self._renew, daemon=True, name="jaxdl-lease")
+    self.thread.start()
+
+  def _renew(self) -> None:
+    while not self.done.wait(self.TTL / 4):
+      try:
+        holder, generation = self._read()
+        if generation != self.generation:
+          logging.error("lost the lease %s to another run (%s)", self.path, _describe(holder))
+          return
+        self.fs.pipe_file(self.path, self._data())
+        self.generation = self._read()[1]
+      except Exception as e:  # pylint: disable=broad-except  (a network error: try again)
+        logging.warning("could not renew the lease %s (%s); trying again", self.path,
+                        first_line(e))
+
+  def release(self) -> None:
+    if self.thread is None:
+      return
+    self.done.set()
+    self.thread.join()
+    self.thread = None
+    try:
+      self.fs.call("DELETE", "b/{}/o/{}", self.bucket, self.key,
+                   ifGenerationMatch=self.generation)
+    except (FileExistsError, FileNotFoundError):
+      logging.warning("the lease %s had been taken over by another run", self.path)
+    self.fs.invalidate_cache(self.path)
+
+
+class held:  # pylint: disable=invalid-name  (used as a context manager, like open)
+  """`with lease.held(WORKDIR, restart, resuming) as held:` the run's lease; a UserError on
+  every process if another run holds it. Entered after every check has passed, before the
+  first write. The checks read the workdir before the lease was taken, so it is read again
+  under the lease: a run that finished meanwhile (two fresh starts at once, the second slower)
+  turns `resuming` (whether there were checkpoints) stale, and is refused, not overwritten.
+  With `restart`, what the workdir held is then kept aside: `held.kept` names where."""
+
+  def __init__(self, workdir: str, restart: bool = False, resuming: bool = False):
+    self.workdir, self.restart, self.resuming = workdir, restart, resuming
+    self.lease = _ObjectLease(workdir) if metrics.is_url(workdir) else _FileLease(workdir)
+    self.kept: str | None = None
+
+  def __enter__(self) -> "held":
+    refused = ""
+    if jax.process_index() == 0:
+      try:
+        self.lease.acquire()
+        try:
+          self._unchanged()
+        except UserError:
+          self.lease.release()
+          raise
+      except UserError as e:
+        refused = str(e) or "refused"
+    refused = parallel.broadcast_text(refused)  # every process stops, or none
+    if refused:
+      raise UserError(refused if jax.process_index() == 0 else f"process 0: {refused}")
+    if self.restart:
+      self.kept = keep_aside(self.workdir)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.lease.release()
+
+  def _unchanged(self) -> None:
+    if self.restart:
+      return
+    now = checkpoint.has_checkpoints(self.workdir)
+    if now != self.resuming or (not now and record_evidence(self.workdir)):
+      raise UserError(f"{self.workdir} changed while this run was starting (another run "
+                      f"{'saved checkpoints' if now else 'wrote its record'} there); nothing "
+                      f"was changed: re-run the command")
+
+
+def _events(workdir: str) -> list[dict[str, Any]]:
+  try:
+    return metrics.read_events(os.path.join(workdir, "metrics.jsonl"))
+  except (OSError, ValueError):  # unreadable: judged by the other files
+    return []
+
+
+def _first_checkpoint_step(workdir: str) -> int | None:
+  """config.json's checkpoint_every: the step of the run's first save; None if unknown."""
+  try:
+    every = metrics.read_json(os.path.join(workdir, "config.json")).get("checkpoint_every")
+  except (OSError, ValueError, AttributeError):
+    return None
+  return every if isinstance(every, int) and every > 0 else None
+
+
+def _segments(workdir: str) -> list[dict[str, Any]]:
+  try:
+    record = metrics.read_json(os.path.join(workdir, "run.json"))
+    return [s for s in record.get("segments", []) if isinstance(s, dict)]
+  except (OSError, ValueError, AttributeError):
+    return []
+
+
+def record_evidence(workdir: str) -> list[str]:
+  """What in WORKDIR shows a run that saved a checkpoint, now that none is left to resume
+  (deleted to save space, or every one moved aside as damaged); [] for an empty workdir or the
+  record of a run killed before its first checkpoint, which a fresh start redoes exactly."""
+  found = []
+  damaged = sorted(p.name for p in epath.Path(workdir, "checkpoints").glob("damaged-*"))
+  if damaged:
+    found.append(f"checkpoints moved aside as damaged: {', '.join(damaged)}")
+  events = _events(workdir)
+  first = _first_checkpoint_step(workdir)
+  if events and (any(e["event"] == "final" for e in events)
+                 or (first is not None and max(e["step"] for e in events) > first)):
+    found.append(f"metrics.jsonl: {len(events)} events up to step "
+                 f"{max(e['step'] for e in events)}")
+  starts = _segments(workdir)
+  if any(s.get("start_step") or (s.get("end_time") and not s.get("error")) for s in starts):
+    found.append(f"run.json: {len(starts)} start(s), which saved checkpoints")
+  return found
+
+
+def refusal(workdir: str, found: list[str]) -> str:
+  return (f"{workdir} holds the record of a run ({'; '.join(found)}) but no checkpoint to "
+          f"resume; re-run with --restart to keep that record in "
+          f"{os.path.join(workdir, PREVIOUS)}<time>/ and start afresh, or use another --workdir")
+
+
+def check_record(workdir: str) -> None:
+  """Refuses (UserError) a fresh start over a run's record; see `record_evidence`."""
+  found = record_evidence(workdir)
+  if found:
+    raise UserError(refusal(workdir, found))
+
+
+def keep_aside(workdir: str) -> str | None:
+  """Moves everything in WORKDIR but the lease and earlier previous-* folders into a new
+  WORKDIR/previous-<time>/, and returns its path (None when there was nothing to move). Never
+  deletes. Process 0 moves; every process returns the same path."""
+  target = ""
+  if jax.process_index() == 0:
+    root = epath.Path(workdir)
+    entries = sorted(p for p in root.iterdir()
+                     if p.name != LEASE and not p.name.startswith(PREVIOUS)) if root.is_dir() else []
+    if entries:
+      stamp = time.strftime("%Y%m%d-%H%M%S")
+      target_path = root / f"{PREVIOUS}{stamp}"
+      n = 1
+      while target_path.exists():
+        n += 1
+        target_path = root / f"{PREVIOUS}{stamp}-{n}"
+      target_path.mkdir()
+      # An object store has no empty folders: this note makes previous-<time>/ exist there.
+      (target_path / "restarted.txt").write_text(
+          f"kept aside by --restart at {time.strftime('%Y-%m-%d %H:%M:%S %z')}: "
+          f"{runrecord.command_line()}\n")
+      for entry in entries:
+        entry.rename(target_path / entry.name)  # etils.epath: os.rename, or gs://'s move
+      target = os.fspath(target_path)
+  target = parallel.broadcast_text(target)
+  return target or None
