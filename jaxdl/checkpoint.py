@@ -11,7 +11,8 @@ directory that looks finished.
 Faults handled here:
   - a kill mid-save leaves Orbax's `<step>.orbax-checkpoint-tmp*` directory: it never was a
     checkpoint; it is removed (with a WARNING) when the next run opens the directory.
-  - a damaged step directory (truncated or missing files): `restore_latest` moves it aside to
+  - a damaged step directory (truncated or missing files, or files that fail the checksums
+    recorded once the save committed, digests.py): `restore_latest` moves it aside to
     `checkpoints/damaged-<step>` (kept for inspection, never deleted) with a WARNING, and
     falls back to the next newest intact checkpoint. Only evidence of damage does that
     (`damage_evidence`); any other restore error (out of memory, permission, transient I/O) is
@@ -41,7 +42,7 @@ from etils import epath
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxdl import metrics, parallel
+from jaxdl import digests, metrics, parallel
 from jaxdl.errors import UserError, first_line
 
 _TMP_MARK = ".orbax-checkpoint-tmp"  # Orbax's suffix for a save still being written
@@ -70,6 +71,10 @@ def _layout(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
           for path, leaf in leaves}
 
 
+class DamagedFiles(Exception):
+  """A step's files differ from the digest recorded when it was saved (digests.py)."""
+
+
 class RestoreError(UserError):
   """A checkpoint could not be restored for a reason other than damage (out of memory,
   permission, a transient I/O or network error): one line, exit 1, the workdir untouched."""
@@ -88,7 +93,7 @@ def damage_evidence(error: BaseException) -> str | None:
   seen = set()
   while error is not None and id(error) not in seen:
     seen.add(id(error))
-    if isinstance(error, FileNotFoundError):
+    if isinstance(error, (FileNotFoundError, DamagedFiles)):
       return first_line(error)
     if isinstance(error, (MemoryError, PermissionError)):
       return None  # not about the files' contents, whatever wraps it
@@ -96,6 +101,27 @@ def damage_evidence(error: BaseException) -> str | None:
       return first_line(error)
     error = error.__cause__ or error.__context__
   return None
+
+
+# TensorStore's (and gRPC's) status codes for a failing environment: the network, the quota,
+# permissions, memory. Such an error says nothing about the files.
+_ENVIRONMENT_STATUSES = ("UNAVAILABLE", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED",
+                         "DEADLINE_EXCEEDED", "UNAUTHENTICATED", "ABORTED", "CANCELLED")
+
+
+def environment_error(error: BaseException) -> bool:
+  """Whether `error` (or one it was raised from) comes from the environment: out of memory,
+  permission denied, a disk, network or quota error."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, (MemoryError, TimeoutError)) or (
+        isinstance(error, OSError) and not isinstance(error, FileNotFoundError)):
+      return True
+    if str(error).startswith(_ENVIRONMENT_STATUSES):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
 
 
 # The outcomes of reading a checkpoint step, gravest last (see _agree).
@@ -140,6 +166,7 @@ class Checkpoints:
                                            cleanup_tmp_directories=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_handlers=_handlers())
+    self._undigested: list[int] = []  # steps saved, their digest still to write (see wait)
     # Restores go through a reader of this process alone: Orbax's restore ends in a barrier of
     # every process, and a process whose restore raised (damage that only its shards show)
     # never reaches it, so the others would wait there for ever. Each process reads its own
@@ -171,7 +198,9 @@ class Checkpoints:
     steps = json.loads(parallel.broadcast_text(
         json.dumps(sorted(self.manager.all_steps(), reverse=True))))
     for step in steps:
-      outcome, detail = _agree(*self._check_metadata(step, wanted))
+      outcome, detail = _agree(*self._check_digest(step))
+      if outcome == "ok":
+        outcome, detail = _agree(*self._check_metadata(step, wanted))
       if outcome == "ok":
         (outcome, detail), restored = self._restore_step(step, abstract)
         outcome, detail = _agree(outcome, detail)
@@ -182,6 +211,15 @@ class Checkpoints:
         continue
       raise (UserError if outcome == "refused" else RestoreError)(detail)
     return None
+
+  def _check_digest(self, step: int) -> tuple[str, str]:
+    """('ok' | 'damaged' | 'error', what) for the step's files against their digest. Every
+    process reads every file: on a pod that is each host's share of the restore again, once."""
+    try:
+      mismatch = digests.check(os.path.join(self.directory, str(step)))
+    except Exception as e:  # pylint: disable=broad-except  (a permission or network error)
+      return self._classify(step, e, "unreadable files")
+    return ("damaged", f"checksum: {mismatch}") if mismatch else ("ok", "")
 
   def _check_metadata(self, step: int, wanted: dict) -> tuple[str, str]:
     """('ok' | 'damaged' | 'refused' | 'error', what) for the step's array metadata."""
@@ -223,11 +261,16 @@ class Checkpoints:
     files, and falling back past it (to step 0 at worst, which empties metrics.jsonl) would
     lose the run's history."""
     evidence = first_line(error) if damaged else damage_evidence(error)
-    if evidence is None:
-      return "error", (f"cannot restore the checkpoint at step {step} in {self.directory} "
-                       f"({type(error).__name__}: {first_line(error)}); this is not damage, "
-                       f"so nothing in the workdir was changed: fix the cause and re-run")
-    return "damaged", f"{what}: {evidence}"
+    if evidence is not None:
+      return "damaged", f"{what}: {evidence}"
+    cause = (f"cannot restore the checkpoint at step {step} in {self.directory} "
+             f"({type(error).__name__}: {first_line(error)})")
+    if environment_error(error):
+      return "error", (f"{cause}; this is not damage, so nothing in the workdir was changed: "
+                       f"fix the cause and re-run")
+    return "error", (f"{cause}; its files look whole and this is no error of the environment, "
+                     f"so nothing in the workdir was changed: likely a bug of jaxdl or Orbax; "
+                     f"please report it with this line")
 
   def _move_aside(self, step: int, why: str) -> None:
     """Renames a damaged step to damaged-<step> (never deletes it) and warns, naming it."""
@@ -249,16 +292,25 @@ class Checkpoints:
       self.reader.reload()
 
   def save(self, step: int, state: Any, loop: dict) -> None:
+    self.wait()  # Orbax's save would wait for the previous one here anyway
     self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                     loop=ocp.args.JsonSave(loop)), force=True)
+    self._undigested.append(step)
 
   def wait(self) -> None:
-    """Blocks until every asynchronous save is on disk."""
+    """Blocks until every asynchronous save is on disk, then records the digest of each
+    (process 0; the directory is shared): only a committed step's files are final."""
     self.manager.wait_until_finished()
+    if jax.process_index() == 0:
+      for step in self._undigested:
+        path = os.path.join(self.directory, str(step))
+        if metrics.exists(path):  # not already removed by keep_checkpoints
+          digests.write(path)
+    self._undigested = []
 
   def close(self) -> None:
-    """Waits for the last asynchronous save to be committed."""
-    self.manager.wait_until_finished()
+    """Waits for the last asynchronous save to be committed, and records its digest."""
+    self.wait()
     self.manager.close()
     if self.reader is not self.manager:
       self.reader.close()
@@ -285,6 +337,9 @@ def latest_params(workdir: str, config_file: str) -> Any:
       # other error is reported as it is.
       for step in sorted(manager.all_steps(), reverse=True):
         try:
+          mismatch = digests.check(os.path.join(directory, str(step)))
+          if mismatch:
+            raise DamagedFiles(f"checksum: {mismatch}")
           return _params_of(manager, step)
         except Exception as e:  # pylint: disable=broad-except  (Orbax raises many types)
           error = (f"the checkpoint at step {step} in {directory} cannot be read "
