@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import threading
 from typing import Any
@@ -49,8 +50,12 @@ _TMP_MARK = ".orbax-checkpoint-tmp"  # Orbax's suffix for a save still being wri
 
 
 def _step_dirs(directory: str) -> list[str]:
-  path = epath.Path(directory)  # a local directory or gs://: the same calls
-  return [p.name for p in path.iterdir() if p.name.isdigit()] if path.is_dir() else []
+  """The step folders in `directory`, local or gs:// (the same epath calls). Fails closed: an
+  error of the listing (a network error) is raised, never read as 'no checkpoints'."""
+  try:
+    return [p.name for p in epath.Path(directory).iterdir() if p.name.isdigit()]
+  except FileNotFoundError:
+    return []
 
 
 def has_checkpoints(workdir: str) -> bool:
@@ -73,6 +78,28 @@ def _layout(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
 
 class DamagedFiles(Exception):
   """A step's files differ from the digest recorded when it was saved (digests.py)."""
+
+
+class SaveError(UserError):
+  """A checkpoint could not be written (a full disk, a permission, a quota): the run stops at
+  once, its older checkpoints intact. jaxdl.main exits without waiting for Orbax's threads,
+  which may wait out long timeouts on the failed write."""
+
+
+def save_cause(error: BaseException) -> str:
+  """The cause of a failed write in a few words: an OSError's message, or the OS error that a
+  TensorStore status names ('No space left on device'), else the error's first line."""
+  seen, text = set(), ""
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.strerror:
+      return error.strerror
+    text = text or first_line(error)
+    code = re.search(r"\[os_error_code='(\d+)'\]", str(error))
+    if code:
+      return os.strerror(int(code.group(1)))
+    error = error.__cause__ or error.__context__
+  return text
 
 
 class RestoreError(UserError):
@@ -167,6 +194,7 @@ class Checkpoints:
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_handlers=_handlers())
     self._undigested: list[int] = []  # steps saved, their digest still to write (see wait)
+    self._broken = False  # a save failed: nothing more is written or waited for
     # Restores go through a reader of this process alone: Orbax's restore ends in a barrier of
     # every process, and a process whose restore raised (damage that only its shards show)
     # never reaches it, so the others would wait there for ever. Each process reads its own
@@ -293,23 +321,45 @@ class Checkpoints:
 
   def save(self, step: int, state: Any, loop: dict) -> None:
     self.wait()  # Orbax's save would wait for the previous one here anyway
-    self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                    loop=ocp.args.JsonSave(loop)), force=True)
     self._undigested.append(step)
+    try:
+      self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                      loop=ocp.args.JsonSave(loop)), force=True)
+    except Exception as e:  # pylint: disable=broad-except  (Orbax raises many types)
+      self._failed(e)
 
   def wait(self) -> None:
     """Blocks until every asynchronous save is on disk, then records the digest of each
-    (process 0; the directory is shared): only a committed step's files are final."""
-    self.manager.wait_until_finished()
-    if jax.process_index() == 0:
-      for step in self._undigested:
-        path = os.path.join(self.directory, str(step))
-        if metrics.exists(path):  # not already removed by keep_checkpoints
-          digests.write(path)
+    (process 0; the directory is shared): only a committed step's files are final. A save that
+    failed is a SaveError naming the step, the cause and the last good checkpoint."""
+    try:
+      self.manager.wait_until_finished()
+      if jax.process_index() == 0:
+        for step in self._undigested:
+          path = os.path.join(self.directory, str(step))
+          if metrics.exists(path):  # not already removed by keep_checkpoints
+            digests.write(path)
+    except Exception as e:  # pylint: disable=broad-except  (Orbax raises many types)
+      self._failed(e)
     self._undigested = []
 
+  def _failed(self, error: BaseException) -> None:
+    step = self._undigested[-1] if self._undigested else None
+    self._undigested, self._broken = [], True
+    try:
+      kept = sorted(int(n) for n in _step_dirs(self.directory) if int(n) != step)
+    except OSError:
+      kept = []
+    last = f"step {kept[-1]}, left intact" if kept else "none yet"
+    raise SaveError(f"saving the checkpoint at step {step} in {self.directory} failed "
+                    f"({save_cause(error)}); the run stopped there; the last good checkpoint: "
+                    f"{last}") from error
+
   def close(self) -> None:
-    """Waits for the last asynchronous save to be committed, and records its digest."""
+    """Waits for the last asynchronous save to be committed, and records its digest. After a
+    failed save there is nothing to wait for: Orbax's threads may hang on the failed write."""
+    if self._broken:
+      return
     self.wait()
     self.manager.close()
     if self.reader is not self.manager:
@@ -318,8 +368,15 @@ class Checkpoints:
   def __enter__(self) -> "Checkpoints":
     return self
 
-  def __exit__(self, *exc) -> None:
-    self.close()
+  def __exit__(self, exc_type, *exc) -> None:
+    try:
+      self.close()
+    except Exception as e:  # pylint: disable=broad-except
+      if exc_type is None:
+        raise
+      # The error already on its way out says what went wrong; this one only followed from it.
+      logging.info("while stopping after an error, closing the checkpoints failed too: %s",
+                   first_line(e))
 
 
 def latest_params(workdir: str, config_file: str) -> Any:

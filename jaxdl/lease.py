@@ -16,7 +16,10 @@ anything. Tools that only read (predict, sample, plot, report) take no lease.
 A record is never erased in silence. A workdir that holds a run's record (metrics.jsonl,
 run.json, checkpoints moved aside as damaged) but no checkpoint to resume is refused
 (`check_record`), unless the run was killed before its first checkpoint: such a record is
-redone, event for event, by the fresh start (and launch.sh's automatic restart relies on that).
+redone, event for event, by the fresh start (and a scheduler that restarts a job after a kill
+relies on that).
+Every process of a multi-process job must see process 0's lease file and run the same config
+and code (`held._same_job`).
 `--restart` keeps everything the workdir holds in WORKDIR/previous-<time>/ (`keep_aside`)
 and starts afresh; nothing is ever deleted.
 """
@@ -25,8 +28,10 @@ from __future__ import annotations
 
 import datetime
 import fcntl
+import hashlib
 import json
 import os
+import secrets
 import socket
 import threading
 import time
@@ -35,6 +40,8 @@ from typing import Any
 from absl import logging
 from etils import epath
 import jax
+from jax.experimental import multihost_utils
+import numpy as np
 
 from jaxdl import checkpoint, metrics, parallel, runrecord
 from jaxdl.errors import UserError, first_line
@@ -44,9 +51,11 @@ PREVIOUS = "previous-"  # WORKDIR/previous-<time>/: a record that --restart kept
 
 
 def _holder() -> dict[str, Any]:
+  """Who holds the lease; `nonce` lets the other processes of a job check that they see the
+  very file process 0 wrote (a shared workdir)."""
   return {"host": socket.gethostname(), "pid": os.getpid(),
           "start_time": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-          "command": runrecord.command_line()}
+          "command": runrecord.command_line(), "nonce": secrets.token_hex(8)}
 
 
 def _describe(holder: dict[str, Any] | None) -> str:
@@ -69,6 +78,21 @@ def _gone(holder: dict[str, Any] | None) -> bool:
   return False
 
 
+def _digest(data: bytes) -> str:
+  return hashlib.sha256(data).hexdigest()[:16]
+
+
+def _code_digest() -> str:
+  """A digest of jaxdl's own source files: the code version, with or without git."""
+  root = os.path.dirname(os.path.abspath(__file__))
+  h = hashlib.sha256()
+  for directory, _, names in sorted(os.walk(root)):
+    for name in sorted(n for n in names if n.endswith(".py")):
+      with open(os.path.join(directory, name), "rb") as f:
+        h.update(name.encode() + b"\0" + f.read())
+  return h.hexdigest()[:16]
+
+
 def _parse(text: str) -> dict[str, Any] | None:
   try:
     holder = json.loads(text)
@@ -83,6 +107,7 @@ class _FileLease:
   def __init__(self, workdir: str):
     self.path = os.path.join(workdir, LEASE)
     self.fd: int | None = None
+    self.holder: dict[str, Any] = {}
 
   def acquire(self) -> None:
     for _ in range(3):  # the file replaced between open and lock (a workdir moved): again
@@ -112,8 +137,9 @@ class _FileLease:
     if left.strip():
       logging.warning("took over the lease of a run that ended without releasing it (%s): its "
                       "process is gone", _describe(_parse(left)))
+    self.holder = _holder()
     os.ftruncate(fd, 0)
-    os.pwrite(fd, (json.dumps(_holder()) + "\n").encode(), 0)
+    os.pwrite(fd, (json.dumps(self.holder) + "\n").encode(), 0)
     os.fsync(fd)
     self.fd = fd
 
@@ -223,8 +249,10 @@ class held:  # pylint: disable=invalid-name  (used as a context manager, like op
   turns `resuming` (whether there were checkpoints) stale, and is refused, not overwritten.
   With `restart`, what the workdir held is then kept aside: `held.kept` names where."""
 
-  def __init__(self, workdir: str, restart: bool = False, resuming: bool = False):
+  def __init__(self, workdir: str, restart: bool = False, resuming: bool = False,
+               config: dict | None = None):
     self.workdir, self.restart, self.resuming = workdir, restart, resuming
+    self.config = config or {}  # the resolved config, which every process must share
     self.lease = _ObjectLease(workdir) if metrics.is_url(workdir) else _FileLease(workdir)
     self.kept: str | None = None
 
@@ -243,12 +271,44 @@ class held:  # pylint: disable=invalid-name  (used as a context manager, like op
     refused = parallel.broadcast_text(refused)  # every process stops, or none
     if refused:
       raise UserError(refused if jax.process_index() == 0 else f"process 0: {refused}")
+    if jax.process_count() > 1:
+      try:
+        self._same_job()
+      except UserError:
+        self.lease.release()
+        raise
     if self.restart:
       self.kept = keep_aside(self.workdir)
     return self
 
   def __exit__(self, *exc) -> None:
     self.lease.release()
+
+  def _same_job(self) -> None:
+    """Every process of the job sees process 0's lease file in its workdir (the workdir is
+    shared: not a node-local disk), and runs the same config and the same jaxdl code;
+    otherwise each stops here with one line, not in a hang at the first save."""
+    mine = {"config": _digest(json.dumps(self.config, sort_keys=True, default=str).encode()),
+            "code": _code_digest()}
+    theirs = json.loads(parallel.broadcast_text(json.dumps(
+        {**mine, "nonce": self.lease.holder.get("nonce", "")})))
+    try:
+      seen = _parse(metrics.read_text(self.lease.path)) or {}
+    except (OSError, ValueError):
+      seen = {}
+    differs = [seen.get("nonce") != theirs["nonce"], mine["config"] != theirs["config"],
+               mine["code"] != theirs["code"]]
+    masks = np.asarray(multihost_utils.process_allgather(
+        np.int32(sum(bit << i for i, bit in enumerate(differs)))))
+    what = ("the workdir's files (not shared with process 0: a node-local disk? use gs:// or a "
+            "shared file system)", "the config", "the jaxdl code")
+    problems = [f"process {p} differs from process 0 in "
+                f"{' and '.join(w for i, w in enumerate(what) if int(m) >> i & 1)}"
+                for p, m in enumerate(masks) if m]
+    if problems:
+      raise UserError(f"the processes of this job disagree: {'; '.join(problems)}; run the "
+                      f"same command, with the same jaxdl, on every process, with one shared "
+                      f"--workdir={self.workdir}")
 
   def _unchanged(self) -> None:
     if self.restart:

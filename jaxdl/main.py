@@ -95,7 +95,23 @@ def parse_flags(argv: list[str]) -> list[str]:
   if not any(a.startswith(("--verbosity", "-v")) for a in argv[1:]):
     # jaxdl prints its own progress; library INFO chatter (Orbax, XLA) only with --verbosity=0.
     logging.set_verbosity(logging.WARNING)
+    # A failed asynchronous save makes Orbax's threads log each failing write (hundreds of
+    # lines), and gcsfs logs each request out of retries; jaxdl reports the failure itself.
+    logging.get_absl_handler().addFilter(_quiet_library_errors)
   return rest
+
+
+def _quiet_library_errors(record) -> bool:
+  """False (drop) for an ERROR that Orbax, gcsfs or asyncio logs, with its traceback, about a
+  write or a request that failed: each raises the failure into jaxdl's calls, which report it
+  in one line. --verbosity shows them."""
+  return not (record.levelno >= logging.ERROR and (
+      f"{os.sep}orbax{os.sep}" in record.pathname or record.name.startswith("gcsfs")
+      or record.name == "asyncio"))
+
+
+# errno values that say the environment failed (disk, quota, permission), not jaxdl.
+_ENVIRONMENT_ERRNOS = ("ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "EIO", "EMFILE")
 
 
 def enable_compilation_cache(directory: str) -> None:
@@ -123,8 +139,17 @@ def main(argv: list[str]) -> None:
     parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                         _INIT_TIMEOUT.value)
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, restart=_RESTART.value)
+  except checkpoint.SaveError as e:
+    print(f"jaxdl: error: {e}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(1)  # pylint: disable=protected-access  (Orbax's threads may wait out long timeouts)
   except UserError as e:
     _fail(str(e))
+  except OSError as e:  # a file jaxdl writes: the disk is full, read-only, not ours
+    import errno  # pylint: disable=g-import-not-at-top
+    if errno.errorcode.get(e.errno) not in _ENVIRONMENT_ERRNOS:
+      raise  # not the environment's: a bug, with its traceback
+    _fail(f"cannot write {e.filename}: {e.strerror}" if e.filename else str(e))
   except checkpoint.Stopped as e:  # the step is saved: 0 for SIGTERM (preemption), 130 for ^C
     sys.exit(0 if e.signum == signal.SIGTERM else 130)
   except KeyboardInterrupt:

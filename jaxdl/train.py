@@ -15,6 +15,7 @@ import signal
 import time
 from typing import Any
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -33,7 +34,10 @@ def _closed_on_error(writer: metrics.Writer):
   try:
     yield
   except BaseException:
-    writer.close()
+    try:
+      writer.close()
+    except OSError as e:  # a full disk fails the flush too; the error on its way out says why
+      logging.info("closing the event files after an error failed too: %s", e)
     raise
 
 
@@ -44,7 +48,10 @@ def _recorded_on_error(workdir: str, last_step):
   try:
     yield
   except UserError as e:
-    runrecord.end(workdir, last_step(), None, error=str(e))
+    try:
+      runrecord.end(workdir, last_step(), None, error=str(e))
+    except OSError as write_error:  # a full disk: the error on its way out says why
+      logging.info("run.json could not record the error: %s", write_error)
     raise
 
 
@@ -176,7 +183,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   writer = metrics.Writer(workdir)
   # From here SIGTERM/SIGINT only set a flag (checkpoint.StopSignals), read after each step.
   # The lease comes first: a second run on this workdir stops here, having changed nothing.
-  with (lease.held(workdir, restart, resuming) as held,
+  with (lease.held(workdir, restart, resuming, resolved) as held,
         _closed_on_error(writer),
         checkpoint.Checkpoints(workdir, config.keep_checkpoints) as ckpts,
         checkpoint.StopSignals(ckpts.manager) as signals,

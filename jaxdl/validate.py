@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 
 from jaxdl import models, optim, profiler
-from jaxdl.errors import UserError
+from jaxdl.errors import UserError, first_line
 
 
 def _require(ok: bool, key: str, value, rule: str) -> None:
@@ -22,18 +22,55 @@ def _require(ok: bool, key: str, value, rule: str) -> None:
     raise UserError(f"config.{key}={value!r}: {rule}")
 
 
+REACH_TIMEOUT = 45  # seconds an object store's first listing may take, retries included
+
+
+def _check_reachable(workdir: str) -> None:
+  """One listing of a gs:// workdir, which must answer (or say 'not found') within
+  REACH_TIMEOUT: an unreachable endpoint is one line here, not a traceback minutes later, and
+  never read as an empty workdir. gcsfs retries a refused connection for about 35 s."""
+  import threading  # pylint: disable=g-import-not-at-top
+  failed = []
+  def probe():
+    try:
+      import fsspec  # pylint: disable=g-import-not-at-top
+      scheme, path = workdir.split("://", 1)
+      fsspec.filesystem(scheme).ls(path, detail=False)
+    except FileNotFoundError:
+      pass  # a new workdir
+    except BaseException as e:  # pylint: disable=broad-except  (reported below)
+      failed.append(e)
+  thread = threading.Thread(target=probe, daemon=True, name="jaxdl-reach")
+  thread.start()
+  thread.join(REACH_TIMEOUT)
+  if thread.is_alive():
+    raise UserError(f"--workdir={workdir}: no answer from its storage within {REACH_TIMEOUT} s; "
+                    f"check the network, the endpoint and the credentials")
+  if failed:
+    raise UserError(f"--workdir={workdir}: cannot reach it ({type(failed[0]).__name__}: "
+                    f"{first_line(failed[0])})")
+
+
 def _check_workdir(workdir: str) -> None:
   """The workdir is a writable directory, or can be created as one; nothing is created here."""
   if not workdir:
     raise UserError("--workdir is required")
   if "://" in workdir:
-    return  # gs://bucket/run: Orbax and etils.epath write there; access shows at the first write
+    _check_reachable(workdir)  # gs://bucket/run: write access shows at the first write
+    return
   path = os.path.abspath(workdir)
   if os.path.exists(path):
     if not os.path.isdir(path):
       raise UserError(f"--workdir={workdir}: exists and is not a directory")
     if not os.access(path, os.W_OK | os.X_OK):
       raise UserError(f"--workdir={workdir}: directory is not writable")
+    # What the run writes in place (the rest is replaced through a temporary file): checked
+    # here, or an unwritable checkpoints/ would fail the first save, after training to it.
+    for name, mode in (("checkpoints", os.W_OK | os.X_OK), ("metrics.jsonl", os.W_OK),
+                       ("lease.json", os.W_OK)):
+      if os.path.exists(os.path.join(path, name)) and not os.access(os.path.join(path, name),
+                                                                    mode):
+        raise UserError(f"--workdir={workdir}: {name} is not writable")
     return
   parent = path
   while not os.path.exists(parent):

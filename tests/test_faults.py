@@ -12,6 +12,8 @@ import logging
 import os
 import re
 import shutil
+import subprocess
+import time
 
 import jax
 import ml_collections
@@ -481,6 +483,71 @@ def test_a_directory_without_write_permission_is_refused(tiny_mnist, tmp_path, m
                                       r"writable directory\)"):
     train.train_and_evaluate(tiny_mnist, str(missing))
   assert list(workdir.iterdir()) == []
+
+
+def _mount(*args):
+  """Runs mount(8) as root; skips the test (saying why) where that is not possible."""
+  if os.geteuid() != 0:
+    pytest.skip("a real full or read-only disk needs mount(8), which needs root")
+  result = subprocess.run(["mount", *args], capture_output=True, text=True)
+  if result.returncode:
+    pytest.skip(f"mount {' '.join(args)} failed here: {result.stderr.strip()}")
+
+
+def test_an_unwritable_checkpoints_folder_is_refused_before_the_first_step(tiny_mnist, tmp_path):
+  """checkpoints/ on a read-only mount (root) or without write permission (another user): one
+  line at start-up, not a failed save after training up to it."""
+  workdir = tmp_path / "w"
+  (workdir / "checkpoints").mkdir(parents=True)
+  ckpts = str(workdir / "checkpoints")
+  if os.geteuid() == 0:
+    _mount("--bind", ckpts, ckpts)
+    try:
+      subprocess.run(["mount", "-o", "remount,ro,bind", ckpts], check=True)
+      with pytest.raises(UserError, match=r"--workdir=.*w: checkpoints is not writable$"):
+        train.train_and_evaluate(tiny_mnist, str(workdir))
+    finally:
+      subprocess.run(["umount", ckpts], check=True)
+  else:
+    os.chmod(ckpts, 0o555)
+    with pytest.raises(UserError, match=r"--workdir=.*w: checkpoints is not writable$"):
+      train.train_and_evaluate(tiny_mnist, str(workdir))
+  assert os.listdir(workdir) == ["checkpoints"]
+
+
+def test_a_full_disk_stops_the_run_in_one_line_within_60_s(tmp_path):
+  """A workdir on a 1.5 MB tmpfs fills up mid-run: the run stops within seconds with one line
+  naming the step and the cause, exit 1, and the last good checkpoint is whole (no Orbax
+  timeout is waited out: the process leaves its threads behind)."""
+  disk = tmp_path / "disk"
+  disk.mkdir()
+  _mount("-t", "tmpfs", "-o", "size=1500k", "tmpfs", str(disk))
+  try:
+    workdir = str(disk / "w")
+    start = time.time()
+    result = run_main("--config=configs/mnist.py", f"--workdir={workdir}",
+                      f"--config.model.name={SMALL_MODEL}", "--config.data.source=synthetic",
+                      "--config.data.synthetic_size=200", "--config.batch_size=16",
+                      "--config.num_train_steps=400", "--config.checkpoint_every=4",
+                      "--config.keep_checkpoints=100", "--config.log_every=4",
+                      timeout=120)
+    elapsed = time.time() - start
+    lines = [l for l in result.stderr.splitlines() if l.startswith("jaxdl:")]
+    assert result.returncode == 1 and len(lines) == 1, result.stderr[-3000:]
+    saved = re.fullmatch(r"jaxdl: error: saving the checkpoint at step \d+ in \S+ failed \(No "
+                         r"space left on device\); the run stopped there; the last good "
+                         r"checkpoint: step (\d+), left intact", lines[0])
+    written = re.fullmatch(r"jaxdl: error: cannot write \S+: No space left on device", lines[0])
+    assert saved or written, lines[0]
+    assert elapsed < 60, elapsed
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    steps = sorted(int(n) for n in os.listdir(ckpt_dir) if n.isdigit())
+    if saved:
+      assert steps[-1] == int(saved.group(1))
+    assert digests.check(os.path.join(ckpt_dir, str(steps[-1]))) is None  # whole
+    assert checkpoint.latest_params(workdir, "x")  # and readable
+  finally:
+    subprocess.run(["umount", str(disk)], check=True)
 
 
 def test_bad_idx_from_the_command_line_is_one_line(tmp_path):

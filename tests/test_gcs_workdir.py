@@ -52,6 +52,32 @@ def _objects(workdir):
   return {path: fs.cat(path) for path in fs.find(workdir)}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def unreachable():
+  """A run on a gs:// endpoint where nothing listens, started with this module's first test and
+  read by its last (test_an_unreachable_gs_endpoint_is_one_line_within_60_s): its ~40 s are
+  mostly gcsfs's retry back-off, spent while the other tests run."""
+  import socket  # pylint: disable=g-import-not-at-top
+  import threading  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]  # free, and nothing will listen there
+  env = {**os.environ, **gcs_server._env(port), "JAXDL_XLA_CACHE": SUBPROCESS_CACHE}  # pylint: disable=protected-access
+  started, ended = time.time(), []
+  proc = subprocess.Popen([sys.executable, "-m", "jaxdl.main",
+                           *_args(f"gs://{BUCKET}/unreachable")], cwd=REPO, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  output = []
+  def wait():
+    output.extend(proc.communicate())
+    ended.append(time.time())
+  waiter = threading.Thread(target=wait, daemon=True)
+  waiter.start()
+  yield lambda: (waiter.join(120), proc.returncode, *output, ended[0] - started)[1:]
+  proc.kill()
+
+
 @pytest.fixture(scope="module")
 def gcs():
   with gcs_server.running(BUCKET) as env:
@@ -227,3 +253,14 @@ def test_a_sweep_under_gs(gcs, tmp_path, monkeypatch):
 def test_validate_accepts_a_gs_workdir():
   config = load_config("mnist")
   validate.validate(config, tasks.get(config.task), "gs://bucket/runs/r1")  # no local checks
+
+
+def test_an_unreachable_gs_endpoint_is_one_line_within_60_s(unreachable):
+  """Nothing listens at the endpoint: the start-up listing fails closed (never 'no
+  checkpoints'), in one line naming the workdir and the cause, exit 1, within 60 s."""
+  code, stdout, stderr, seconds = unreachable()
+  assert code == 1 and stdout == "", stderr[-3000:]
+  assert re.fullmatch(rf"jaxdl: error: --workdir=gs://{BUCKET}/unreachable: cannot reach it "
+                      r"\(ClientConnectorError: Cannot connect to host 127\.0\.0\.1:\d+ .*\)\n",
+                      stderr), stderr[-3000:]
+  assert seconds < 60, seconds

@@ -154,7 +154,7 @@ def test_a_record_without_checkpoints_is_refused_and_restart_keeps_it(alone, tmp
   assert old == before  # every byte kept, nothing deleted
   assert final == alone[1] and read_events(workdir) == read_events(alone[0])
   # A run killed before its first checkpoint left nothing a fresh start would not redo: no
-  # refusal (launch.sh's automatic restart relies on it); test_train.py covers that run.
+  # refusal (a scheduler that restarts a killed job relies on it); test_train.py covers that run.
   assert not lease.record_evidence(str(tmp_path / "empty"))
 
 

@@ -128,6 +128,29 @@ def test_a_process_count_that_disagrees_with_the_coordinator(tmp_path):
   assert not os.path.exists(workdir)
 
 
+def test_processes_that_do_not_share_the_workdir_or_the_config_stop_in_one_line(tmp_path):
+  """Process 1 writes to another directory (as on a node-local disk) with another seed: each
+  process stops at start-up with the same line naming what differs, instead of both hanging at
+  the first save (Orbax's 600 s timeout)."""
+  port = _free_port()
+  procs = [_start(*ARGS, "--config.num_train_steps=8", f"--workdir={tmp_path / workdir}",
+                  *extra, *_job(port, 2, i), devices=2, cache="")
+           for i, (workdir, extra) in enumerate((("w", []), ("other", ["--config.seed=1"])))]
+  start = time.monotonic()
+  outputs = _finish(procs, timeout=120)
+  assert time.monotonic() - start < 60
+  for p, (_, err) in zip(procs, outputs):
+    assert p.returncode == 1, err[-2000:]
+    lines = [l for l in err.splitlines() if l.startswith("jaxdl: error:")]
+    assert lines == [
+        "jaxdl: error: the processes of this job disagree: process 1 differs from process 0 in "
+        "the workdir's files (not shared with process 0: a node-local disk? use gs:// or a "
+        "shared file system) and the config; run the same command, with the same jaxdl, on "
+        f"every process, with one shared --workdir={tmp_path / ('w' if p is procs[0] else 'other')}"
+    ], err[-2000:]
+  assert open(tmp_path / "w" / "lease.json").read() == ""  # process 0 released its lease
+
+
 @pytest.mark.slow
 def test_job_flags_without_a_coordinator_are_one_line(tmp_path):
   workdir = str(tmp_path / "w")
