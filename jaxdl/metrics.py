@@ -97,18 +97,32 @@ def read_text(path: str) -> str:
   return epath.Path(path).read_text()
 
 
-def read_events(path: str) -> list[dict[str, Any]]:
-  """The events of a metrics.jsonl file, up to a line cut short by a kill ([] if no file)."""
+def read_events(path: str, strict: bool = False) -> list[dict[str, Any]]:
+  """The events of a metrics.jsonl file, up to a line cut short by a kill ([] if no file).
+
+  Bytes that are not UTF-8 (a damaged disk block) make their line unreadable, not the file. A
+  line that is not an event followed by more lines is damage, not a kill's cut: `strict` (the
+  trainer, which rewrites the file from what it read) refuses it in one line, since rewriting
+  would drop every event after it; readers (plot, report) stop there."""
   if not exists(path):
     return []
+  from jaxdl.errors import UserError  # pylint: disable=g-import-not-at-top
   events = []
-  for line in epath.Path(path).read_text().splitlines():
+  lines = epath.Path(path).read_bytes().decode("utf-8", errors="replace").splitlines()
+  for i, line in enumerate(lines):
     if not line.strip():
       continue
     try:
       event = json.loads(line)
       event["event"], event["step"]  # pylint: disable=pointless-statement
-    except (ValueError, KeyError, TypeError):
+      if "\ufffd" in line:
+        raise ValueError("bytes that are not UTF-8")
+    except (ValueError, KeyError, TypeError) as e:
+      if strict and any(rest.strip() for rest in lines[i + 1:]):
+        raise UserError(f"{path}:{i + 1}: not an event ({type(e).__name__}: {e}), and lines "
+                        f"follow it, so it is damage, not a kill's cut: rewriting the file "
+                        f"from its events would lose them; repair that line or move the file "
+                        f"away") from None
       break
     events.append(event)
   return events
@@ -298,8 +312,9 @@ class Writer:
     if not self.enabled:
       return
     if exists(self.path):
-      count = sum(1 for line in epath.Path(self.path).read_text().splitlines() if line.strip())
-      kept = [e for e in read_events(self.path) if e["step"] <= step and e["event"] != "final"]
+      count = sum(1 for line in epath.Path(self.path).read_bytes().splitlines() if line.strip())
+      kept = [e for e in read_events(self.path, strict=True)
+              if e["step"] <= step and e["event"] != "final"]
       if len(kept) != count:
         write_text(self.path, "".join(json.dumps(e) + "\n" for e in kept))
     self._open_tensorboard()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import importlib.metadata
+import json
 import os
 import platform
 import shlex
@@ -21,9 +22,12 @@ import subprocess
 import sys
 from typing import Any
 
+from absl import logging
+from etils import epath
 import jax
 
 from jaxdl import metrics
+from jaxdl.errors import first_line
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")
 
@@ -67,7 +71,8 @@ def begin(workdir: str, config: dict[str, Any], start_step: int, num_steps: int)
   if jax.process_index() != 0:
     return
   path = os.path.join(workdir, "run.json")
-  record = metrics.read_json(path) if metrics.exists(path) else {"segments": []}
+  record = _read(path) if metrics.exists(path) else None
+  record = record or {"segments": []}
   device = jax.devices()[0]
   record["config"] = config
   record["segments"].append({
@@ -85,6 +90,22 @@ def begin(workdir: str, config: dict[str, Any], start_step: int, num_steps: int)
   })
   record.setdefault("final", None)
   metrics.write_json(path, record)
+
+
+def _read(path: str) -> dict[str, Any] | None:
+  """run.json's record; None, with the damaged file kept aside beside it and a WARNING, when it
+  is not a record (a damaged disk, a hand edit gone wrong): it never stops a run."""
+  try:
+    record = json.loads(metrics.read_text(path))
+    if isinstance(record, dict) and isinstance(record.get("segments"), list):
+      return record
+    why = "not a run record"
+  except (ValueError, UnicodeDecodeError) as e:
+    why = first_line(e)
+  kept = f"{path}.damaged-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+  epath.Path(path).rename(kept)  # every byte kept: a rename, locally or on gs://
+  logging.warning("%s is damaged (%s); kept as %s, and a new record starts", path, why, kept)
+  return None
 
 
 def end(workdir: str, step: int, final: dict[str, Any] | None, error: str | None = None) -> None:

@@ -717,6 +717,53 @@ def test_a_restore_error_of_unknown_kind_is_reported_as_such(finished_run, tmp_p
   assert _file_bytes(workdir) == before
 
 
+def test_a_damaged_run_json_is_kept_aside_and_the_run_goes_on(finished_run, tmp_path, caplog):
+  config, source, _ = finished_run
+  workdir = str(tmp_path / "w")
+  shutil.copytree(source, workdir)
+  garbage = b'{"segments": [{"command": "python -m \xff\xfe'
+  with open(os.path.join(workdir, "run.json"), "wb") as f:
+    f.write(garbage)
+  config = copy.deepcopy(config)
+  config.num_train_steps = 32  # a resume with steps to go (a harmless change)
+  caplog.set_level(logging.WARNING)
+  train.train_and_evaluate(config, workdir)
+  (kept,) = glob.glob(os.path.join(workdir, "run.json.damaged-*"))
+  assert open(kept, "rb").read() == garbage  # every byte kept
+  record = json.load(open(os.path.join(workdir, "run.json")))
+  assert [s["start_step"] for s in record["segments"]] == [24]
+  assert any("run.json is damaged" in r.getMessage() and kept in r.getMessage()
+             for r in caplog.records)
+
+
+def test_damage_inside_metrics_jsonl_is_one_line_and_loses_nothing(finished_run, tmp_path):
+  """Bytes that are not UTF-8 in a line with lines after it: damage, not a kill's cut line.
+  Resuming (which rewrites metrics.jsonl from its events) is refused in one line naming the
+  line, the file untouched; the readers stop there. At the end, such a line is a cut line."""
+  config, source, _ = finished_run
+  workdir = str(tmp_path / "w")
+  shutil.copytree(source, workdir)
+  path = os.path.join(workdir, "metrics.jsonl")
+  lines = open(path, "rb").read().splitlines(keepends=True)
+  assert lines[2].startswith(b'{"event": "')
+  lines[2] = lines[2][:11] + b"\xff" + lines[2][11:]  # in the event's name
+  damaged = b"".join(lines)
+  with open(path, "wb") as f:
+    f.write(damaged)
+  config = copy.deepcopy(config)
+  config.num_train_steps = 32
+  with pytest.raises(UserError, match=rf"^{re.escape(path)}:3: not an event \(ValueError: "
+                     r"bytes that are not UTF-8\), and lines follow it, .* would lose them; "
+                     r"repair that line or move the file away$"):
+    train.train_and_evaluate(config, workdir)
+  assert open(path, "rb").read() == damaged
+  assert len(metrics.read_events(path)) == 2  # a reader stops at the damage
+  with open(path, "wb") as f:  # the same bytes in the last line: a kill's cut, dropped
+    f.write(b"".join(lines[:2] + lines[3:] + [lines[2]]))
+  train.train_and_evaluate(config, workdir)
+  assert read_events(workdir)[-1]["step"] == 32
+
+
 def test_damage_evidence_reads_the_whole_chain():
   try:
     try:

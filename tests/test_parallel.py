@@ -28,6 +28,9 @@ MNIST = {"model.name": SMALL_MODEL, "data.source": "synthetic", "data.synthetic_
          "eval_every": 1000, "checkpoint_every": 8, "opt.warmup_steps": 4, "model.dropout": 0.0,
          "data.random_shift": 0, "train.ema_decay": 0.8}
 MODES = {"mesh": {}, "fsdp": {"parallel.fsdp": True}, "pmap": {"parallel.mode": "pmap"}}
+# The same runs with dropout and random shifts on: jit and fsdp draw them per global batch, as one
+# device does (the README's claim), pmap per device.
+NOISY = {"model.dropout": 0.3, "data.random_shift": 2}
 # A one-block Transformer LM on a made-up play: 10 steps of 8 windows (2 per device on 4), no
 # dropout, every step logged; 4 heads, an MLP of 128 and the 256 byte values, so a 'model' axis
 # of 2 splits heads, MLP and vocabulary alike.
@@ -71,6 +74,8 @@ def four_devices(tmp_path_factory):
   runs.append(["mnist", {**MNIST, **MODES["pmap"]}, str(root / "fsdp_to_pmap"),
                [str(root / "fsdp"), 8]])
   runs += [["tiny_lm", {**lm, **o}, str(root / m), None] for m, o in TP_MODES.items()]
+  runs += [["mnist", {**MNIST, **NOISY, **o}, str(root / f"{m}_noisy"), None]
+           for m, o in MODES.items()]
   result = subprocess.run([sys.executable, os.path.join(REPO, "tests", "parallel_worker.py"),
                            json.dumps(runs)], cwd=REPO, capture_output=True, text=True,
                           timeout=600, env={**os.environ, "JAX_NUM_CPU_DEVICES": "4"})
@@ -93,6 +98,21 @@ def test_modes_match_a_single_device_and_resume_across_modes(four_devices, tmp_p
 
 
 @pytest.mark.slow
+def test_jit_and_fsdp_draw_dropout_and_shifts_as_one_device_does(four_devices, tmp_path):
+  """With dropout and random shifts on, jit and fsdp on 4 devices follow the single device's
+  curve to float32 rounding (the same masks and shifts); pmap, which draws per device, does
+  not: the check can tell."""
+  root, _ = four_devices
+  single = str(tmp_path / "single")
+  train.train_and_evaluate(set_keys(load_config("mnist"), {**MNIST, **NOISY}), single)
+  want = _curve(single)
+  for mode in ("mesh", "fsdp"):
+    _assert_same_curve(_curve(root / f"{mode}_noisy"), want, mode)
+  pmap = [x[2] for x in _curve(root / "pmap_noisy")]
+  assert not np.allclose(pmap, [x[2] for x in want], rtol=RTOL)
+
+
+@pytest.mark.slow
 def test_lm_tensor_parallel_meshes_match_a_single_device(four_devices, tmp_path):
   root, out = four_devices
   for mode, overrides in TP_MODES.items():
@@ -102,12 +122,13 @@ def test_lm_tensor_parallel_meshes_match_a_single_device(four_devices, tmp_path)
         "model.scan_layers": overrides.get("model.scan_layers", False)}), single)
     assert len([e for e in _curve(single) if e[0] == "train"]) == 10
     _assert_same_curve(_curve(root / mode), _curve(single), f"lm {mode}")
-  # The state per device, of the whole state, in the jit runs' start lines (MNIST mesh, MNIST
-  # fsdp, then the two LM meshes): whole; a quarter with fsdp over 4 devices (small arrays stay
+  # The state per device, of the whole state, in the first four jit runs' start lines (MNIST
+  # mesh, MNIST fsdp, then the two LM meshes; the noisy MNIST runs come after): whole; a quarter with fsdp over 4 devices (small arrays stay
   # whole); half with a 'model' axis of 2 (the LayerNorms and the step stay whole); and half of
   # that again with fsdp over 'data' as well.
   shares = [float(a) / float(b) for a, b in
             re.findall(r"\| jit(?:\+fsdp)?, state ([0-9.]+) of ([0-9.]+) MB per device", out)]
+  shares = shares[:4]
   assert len(shares) == 4 and shares[0] == 1.0 and 0.25 < shares[1] < 0.3, (shares, out)
   assert 0.5 < shares[2] < 0.6 and 0.25 < shares[3] < 0.3, (shares, out)
 
