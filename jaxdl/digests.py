@@ -105,7 +105,8 @@ def _judge(root: epath.Path) -> str | None:
       try:
         json.loads(text)
       except ValueError:
-        return f"{name} is {'empty' if not text else f'not the JSON Orbax wrote ({len(text)} bytes)'}"
+        return (f"{name} is empty" if not text else
+                f"{name} is not the JSON Orbax wrote ({len(text)} bytes)")
     elif path.stat().length == 0:
       return f"{name} is empty"
   return None

@@ -1,4 +1,4 @@
-"""Who may write a workdir: one run at a time (the lease), and never over a run's record.
+"""One run per workdir: the lease a run holds on its workdir for its whole life.
 
 One run per workdir. A run holds WORKDIR/lease.json for its whole life (process 0 holds it for
 a multi-process job, and every process acts on its outcome):
@@ -13,15 +13,9 @@ a multi-process job, and every process acts on its outcome):
 A second run on a held workdir is refused in one line naming the holder, before it touches
 anything. Tools that only read (predict, sample, plot, report) take no lease.
 
-A record is never erased in silence. A workdir that holds a run's record (metrics.jsonl,
-run.json, checkpoints moved aside as damaged) but no checkpoint to resume is refused
-(`check_record`), unless the run was killed before its first checkpoint: such a record is
-redone, event for event, by the fresh start (and a scheduler that restarts a job after a kill
-relies on that).
 Every process of a multi-process job must see process 0's lease file and run the same config
-and code (`held._same_job`).
-`--restart` keeps everything the workdir holds in WORKDIR/previous-<time>/ (`keep_aside`)
-and starts afresh; nothing is ever deleted.
+and code (`held._same_job`). Under the lease, `--restart` keeps the workdir's record aside
+(history.keep_aside), and the workdir is read again (`held._unchanged`).
 """
 
 from __future__ import annotations
@@ -43,11 +37,10 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
-from jaxdl import checkpoint, metrics, parallel, runrecord
+from jaxdl import checkpoint, history, metrics, parallel, runrecord
 from jaxdl.errors import UserError, first_line
 
 LEASE = "lease.json"
-PREVIOUS = "previous-"  # WORKDIR/previous-<time>/: a record that --restart kept aside
 
 
 def _holder() -> dict[str, Any]:
@@ -242,12 +235,13 @@ class _ObjectLease:
 
 
 class held:  # pylint: disable=invalid-name  (used as a context manager, like open)
-  """`with lease.held(WORKDIR, restart, resuming) as held:` the run's lease; a UserError on
-  every process if another run holds it. Entered after every check has passed, before the
-  first write. The checks read the workdir before the lease was taken, so it is read again
-  under the lease: a run that finished meanwhile (two fresh starts at once, the second slower)
-  turns `resuming` (whether there were checkpoints) stale, and is refused, not overwritten.
-  With `restart`, what the workdir held is then kept aside: `held.kept` names where."""
+  """`with lease.held(WORKDIR, restart, resuming, config) as held:` the run's lease; a
+  UserError on every process if another run holds it. Entered after every check has passed,
+  before the first write. The checks read the workdir before the lease was taken, so it is
+  read again under the lease: a run that finished meanwhile (two fresh starts at once, the
+  second slower) turns `resuming` (whether there were checkpoints) stale, and is refused, not
+  overwritten. With `restart`, what the workdir held is then kept aside: `held.kept` names
+  where."""
 
   def __init__(self, workdir: str, restart: bool = False, resuming: bool = False,
                config: dict | None = None):
@@ -278,7 +272,7 @@ class held:  # pylint: disable=invalid-name  (used as a context manager, like op
         self.lease.release()
         raise
     if self.restart:
-      self.kept = keep_aside(self.workdir)
+      self.kept = history.keep_aside(self.workdir, keep=(LEASE,))
     return self
 
   def __exit__(self, *exc) -> None:
@@ -314,92 +308,7 @@ class held:  # pylint: disable=invalid-name  (used as a context manager, like op
     if self.restart:
       return
     now = checkpoint.has_checkpoints(self.workdir)
-    if now != self.resuming or (not now and record_evidence(self.workdir)):
+    if now != self.resuming or (not now and history.record_evidence(self.workdir)):
       raise UserError(f"{self.workdir} changed while this run was starting (another run "
                       f"{'saved checkpoints' if now else 'wrote its record'} there); nothing "
                       f"was changed: re-run the command")
-
-
-def _events(workdir: str) -> list[dict[str, Any]]:
-  try:
-    return metrics.read_events(os.path.join(workdir, "metrics.jsonl"))
-  except (OSError, ValueError):  # unreadable: judged by the other files
-    return []
-
-
-def _first_checkpoint_step(workdir: str) -> int | None:
-  """config.json's checkpoint_every: the step of the run's first save; None if unknown."""
-  try:
-    every = metrics.read_json(os.path.join(workdir, "config.json")).get("checkpoint_every")
-  except (OSError, ValueError, AttributeError):
-    return None
-  return every if isinstance(every, int) and every > 0 else None
-
-
-def _segments(workdir: str) -> list[dict[str, Any]]:
-  try:
-    record = metrics.read_json(os.path.join(workdir, "run.json"))
-    return [s for s in record.get("segments", []) if isinstance(s, dict)]
-  except (OSError, ValueError, AttributeError):
-    return []
-
-
-def record_evidence(workdir: str) -> list[str]:
-  """What in WORKDIR shows a run that saved a checkpoint, now that none is left to resume
-  (deleted to save space, or every one moved aside as damaged); [] for an empty workdir or the
-  record of a run killed before its first checkpoint, which a fresh start redoes exactly."""
-  found = []
-  damaged = sorted(p.name for p in epath.Path(workdir, "checkpoints").glob("damaged-*"))
-  if damaged:
-    found.append(f"checkpoints moved aside as damaged: {', '.join(damaged)}")
-  events = _events(workdir)
-  first = _first_checkpoint_step(workdir)
-  if events and (any(e["event"] == "final" for e in events)
-                 or (first is not None and max(e["step"] for e in events) > first)):
-    found.append(f"metrics.jsonl: {len(events)} events up to step "
-                 f"{max(e['step'] for e in events)}")
-  starts = _segments(workdir)
-  if any(s.get("start_step") or (s.get("end_time") and not s.get("error")) for s in starts):
-    found.append(f"run.json: {len(starts)} start(s), which saved checkpoints")
-  return found
-
-
-def refusal(workdir: str, found: list[str]) -> str:
-  return (f"{workdir} holds the record of a run ({'; '.join(found)}) but no checkpoint to "
-          f"resume; re-run with --restart to keep that record in "
-          f"{os.path.join(workdir, PREVIOUS)}<time>/ and start afresh, or use another --workdir")
-
-
-def check_record(workdir: str) -> None:
-  """Refuses (UserError) a fresh start over a run's record; see `record_evidence`."""
-  found = record_evidence(workdir)
-  if found:
-    raise UserError(refusal(workdir, found))
-
-
-def keep_aside(workdir: str) -> str | None:
-  """Moves everything in WORKDIR but the lease and earlier previous-* folders into a new
-  WORKDIR/previous-<time>/, and returns its path (None when there was nothing to move). Never
-  deletes. Process 0 moves; every process returns the same path."""
-  target = ""
-  if jax.process_index() == 0:
-    root = epath.Path(workdir)
-    entries = sorted(p for p in root.iterdir()
-                     if p.name != LEASE and not p.name.startswith(PREVIOUS)) if root.is_dir() else []
-    if entries:
-      stamp = time.strftime("%Y%m%d-%H%M%S")
-      target_path = root / f"{PREVIOUS}{stamp}"
-      n = 1
-      while target_path.exists():
-        n += 1
-        target_path = root / f"{PREVIOUS}{stamp}-{n}"
-      target_path.mkdir()
-      # An object store has no empty folders: this note makes previous-<time>/ exist there.
-      (target_path / "restarted.txt").write_text(
-          f"kept aside by --restart at {time.strftime('%Y-%m-%d %H:%M:%S %z')}: "
-          f"{runrecord.command_line()}\n")
-      for entry in entries:
-        entry.rename(target_path / entry.name)  # etils.epath: os.rename, or gs://'s move
-      target = os.fspath(target_path)
-  target = parallel.broadcast_text(target)
-  return target or None

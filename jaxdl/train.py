@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxdl import (checkpoint, lease, metrics, models, optim, parallel, profiler, resume,
-                   runrecord, steps, tasks, validate)
+from jaxdl import (checkpoint, history, lease, metrics, models, optim, parallel, profiler,
+                   resume, runrecord, steps, tasks, validate)
 from jaxdl.errors import UserError
 
 
@@ -97,7 +97,7 @@ def _restore(ckpts, runner, dataset, writer, workdir: str, resolved: dict, confi
   interval_sums = None  # metric sums since the last train log line
   restored = ckpts.restore_latest(runner.abstract_state)  # None: no intact checkpoint
   if restored is None and resuming:  # every checkpoint was damaged, and is now moved aside
-    raise UserError(lease.refusal(workdir, lease.record_evidence(workdir)))
+    raise UserError(history.refusal(workdir, history.record_evidence(workdir)))
   if restored is None:
     state = runner.init_state()
   else:
@@ -143,7 +143,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # record aside); a run killed before its first checkpoint just starts again.
   resuming = not restart and checkpoint.has_checkpoints(workdir)
   if not restart and not resuming:
-    lease.check_record(workdir)
+    history.check_record(workdir)
   saved = resume.saved_config(workdir) if resuming else None
   adopted = resume.adopt_added_keys(config, saved)
   resolved = config.to_dict()

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import (REPO, SMALL_MODEL, SUBPROCESS_CACHE, load_config, read_events, run_main,
                       set_keys)
-from jaxdl import checkpoint, lease, metrics, train
+from jaxdl import checkpoint, history, lease, metrics, train
 from jaxdl.errors import UserError
 
 # The tiny MNIST run of these tests, as flags (the subprocesses) and as a config (in-process).
@@ -145,7 +145,7 @@ def test_a_record_without_checkpoints_is_refused_and_restart_keeps_it(alone, tmp
   assert _files(workdir) == before
   capsys.readouterr()
   final = train.train_and_evaluate(_config(), workdir, restart=True)
-  kept = [n for n in os.listdir(workdir) if n.startswith(lease.PREVIOUS)]
+  kept = [n for n in os.listdir(workdir) if n.startswith(history.PREVIOUS)]
   assert len(kept) == 1
   assert f"--restart: kept what {workdir} held in {os.path.join(workdir, kept[0])}" in (
       capsys.readouterr().out)
@@ -155,7 +155,7 @@ def test_a_record_without_checkpoints_is_refused_and_restart_keeps_it(alone, tmp
   assert final == alone[1] and read_events(workdir) == read_events(alone[0])
   # A run killed before its first checkpoint left nothing a fresh start would not redo: no
   # refusal (a scheduler that restarts a killed job relies on it); test_train.py covers that run.
-  assert not lease.record_evidence(str(tmp_path / "empty"))
+  assert not history.record_evidence(str(tmp_path / "empty"))
 
 
 def test_restart_on_the_command_line(alone, tmp_path):
@@ -164,6 +164,6 @@ def test_restart_on_the_command_line(alone, tmp_path):
   shutil.copytree(alone[0], workdir)
   result = run_main(*_args(workdir, "--restart", num_train_steps=8))
   assert result.returncode == 0, result.stderr[-2000:]
-  kept = [n for n in os.listdir(workdir) if n.startswith(lease.PREVIOUS)]
+  kept = [n for n in os.listdir(workdir) if n.startswith(history.PREVIOUS)]
   assert sorted(os.listdir(os.path.join(workdir, kept[0], "checkpoints"))) == ["16", "24", "8"]
   assert [e["step"] for e in read_events(workdir) if e["event"] == "final"] == [8]
