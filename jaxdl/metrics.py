@@ -84,6 +84,34 @@ def write_text(path: str, text: str) -> None:
   os.replace(tmp, path)
 
 
+_COMPACT_EVERY = 1000  # composed appends before an object is rewritten whole (see below)
+
+
+def append_object(path: str, text: str, appends: int) -> int:
+  """Appends `text` to an object-store file (gs://) and returns the new count of appends since
+  it was last rewritten whole.
+
+  An object cannot be appended to, and rewriting the whole file at each event made a long
+  run's log quadratic. On GCS the line is uploaded as an object of its own and composed onto
+  the file (a server-side concatenation: one small upload, one compose, one delete). Every
+  _COMPACT_EVERY appends the file is rewritten as one plain object, so that its composite
+  never grows without bound. A store without compose (fsspec's `merge`) is rewritten whole."""
+  import fsspec  # pylint: disable=g-import-not-at-top  (gcsfs, as under etils.epath)
+  fs = fsspec.filesystem(path.split("://")[0])
+  key = path.split("://", 1)[1]
+  fs.invalidate_cache(key)
+  if not hasattr(fs, "merge") or appends >= _COMPACT_EVERY or not fs.exists(key):
+    old = epath.Path(path).read_text() if exists(path) else ""
+    write_text(path, old + text)
+    return 0
+  part = f"{key}.append"
+  fs.pipe_file(part, text.encode("utf-8"))
+  fs.merge(key, [key, part])
+  fs.rm_file(part)
+  fs.invalidate_cache(key)
+  return appends + 1
+
+
 def read_json(path: str) -> Any:
   return json.loads(epath.Path(path).read_text())
 
@@ -299,6 +327,7 @@ class Writer:
     self.workdir = workdir
     self.path = os.path.join(workdir, "metrics.jsonl")
     self._tb = None  # tensorboardX.SummaryWriter, opened by the first write
+    self._appends = 0  # gs://: lines composed onto metrics.jsonl since it was last rewritten
     self.progress: Progress | None = None
 
   def __enter__(self):
@@ -350,9 +379,8 @@ class Writer:
       return
     self._open_tensorboard()
     line = json.dumps({"event": event, "step": step, **values}) + "\n"
-    if is_url(self.path):  # a GCS object cannot be appended to: rewrite it (it is small)
-      old = epath.Path(self.path).read_text() if exists(self.path) else ""
-      write_text(self.path, old + line)
+    if is_url(self.path):  # an object cannot be appended to: see append_object
+      self._appends = append_object(self.path, line, self._appends)
     else:
       with open(self.path, "a") as f:
         f.write(line)

@@ -2,6 +2,7 @@
 (TensorStore) writes its checkpoints there, etils.epath (gcsfs) everything else, and each test
 checks that such a workdir behaves as a local one."""
 
+import json
 import os
 import re
 import signal
@@ -264,3 +265,34 @@ def test_an_unreachable_gs_endpoint_is_one_line_within_60_s(unreachable):
                       r"\(ClientConnectorError: Cannot connect to host 127\.0\.0\.1:\d+ .*\)\n",
                       stderr), stderr[-3000:]
   assert seconds < 60, seconds
+
+
+def test_metrics_appends_on_gs_are_not_quadratic(gcs, monkeypatch):
+  """Each event is one small upload composed onto metrics.jsonl (server-side), not a rewrite of
+  the whole file: the bytes uploaded are the lines' own. Every _COMPACT_EVERY appends the file
+  is rewritten once, as one plain object; the events stay whole and in order throughout."""
+  import fsspec  # pylint: disable=g-import-not-at-top
+  fs = fsspec.filesystem("gs")  # fsspec's cached instance: the one append_object gets
+  uploaded = []
+  pipe_file = fs.pipe_file
+  monkeypatch.setattr(fs, "pipe_file", lambda path, data, *args, **kwargs: (
+      uploaded.append(len(data)), pipe_file(path, data, *args, **kwargs))[1])
+  write_text = metrics.write_text
+  rewritten = []
+  monkeypatch.setattr(metrics, "write_text",
+                      lambda p, text: (rewritten.append(len(text)), write_text(p, text))[1])
+  monkeypatch.setattr(metrics, "_COMPACT_EVERY", 10)
+  path = f"gs://{BUCKET}/appends/metrics.jsonl"
+  lines = [json.dumps({"event": "train", "step": i, "loss": 1.0 / (i + 1)}) + "\n"
+           for i in range(25)]
+  appends = 0
+  for line in lines:
+    appends = metrics.append_object(path, line, appends)
+  assert [e["step"] for e in metrics.read_events(path)] == list(range(25))
+  # The first line creates the file; 10 composes; a rewrite; 10 composes; a rewrite; 2 composes:
+  # about 2.5 file sizes uploaded in all, where rewriting at each event uploads 13 (1 + ... + 25
+  # lines).
+  size = sum(len(l) for l in lines)
+  assert appends == 2 and len(rewritten) == 3 and len(uploaded) == 22
+  assert sum(uploaded) + sum(rewritten) < 3 * size
+  assert not metrics.exists(f"{path}.append")  # the part objects are gone
