@@ -10,7 +10,8 @@ files restores silently (an audit saw Adam's second moment go to 4.7e35). Once a
 committed, `write` records the size and CRC-32 (zlib's: 3 GB/s here, and no dependency) of
 every file in the step directory in DIGEST, beside them; `check` reads them all back and names
 the first file that differs. A step without DIGEST (saved by an older jaxdl, or killed between
-its commit and its digest) is restored unchecked, as before.
+its commit and its digest) is judged by the shapes of its files alone (`_judge`), which cannot
+see flipped bits.
 
 Reads and writes go through etils.epath: a local directory or gs://, the same calls.
 """

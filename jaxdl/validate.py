@@ -66,8 +66,12 @@ def _check_workdir(workdir: str) -> None:
       raise UserError(f"--workdir={workdir}: directory is not writable")
     # What the run writes in place (the rest is replaced through a temporary file): checked
     # here, or an unwritable checkpoints/ would fail the first save, after training to it.
+    # The step folders too: the oldest is deleted as new ones come (keep_checkpoints).
+    ckpts = os.path.join(path, "checkpoints")
+    steps = [os.path.join("checkpoints", n) for n in sorted(os.listdir(ckpts))
+             if n.isdigit()] if os.path.isdir(ckpts) else []
     for name, mode in (("checkpoints", os.W_OK | os.X_OK), ("metrics.jsonl", os.W_OK),
-                       ("lease.json", os.W_OK)):
+                       ("lease.json", os.W_OK), *((s, os.W_OK | os.X_OK) for s in steps)):
       if os.path.exists(os.path.join(path, name)) and not os.access(os.path.join(path, name),
                                                                     mode):
         raise UserError(f"--workdir={workdir}: {name} is not writable")

@@ -498,20 +498,23 @@ def test_an_unwritable_checkpoints_folder_is_refused_before_the_first_step(tiny_
   """checkpoints/ on a read-only mount (root) or without write permission (another user): one
   line at start-up, not a failed save after training up to it."""
   workdir = tmp_path / "w"
-  (workdir / "checkpoints").mkdir(parents=True)
-  ckpts = str(workdir / "checkpoints")
-  if os.geteuid() == 0:
-    _mount("--bind", ckpts, ckpts)
-    try:
-      subprocess.run(["mount", "-o", "remount,ro,bind", ckpts], check=True)
-      with pytest.raises(UserError, match=r"--workdir=.*w: checkpoints is not writable$"):
+  (workdir / "checkpoints" / "8").mkdir(parents=True)
+  # checkpoints/ itself; then one step folder, which keep_checkpoints would delete in time.
+  for folder, name in ((workdir / "checkpoints", "checkpoints"),
+                       (workdir / "checkpoints" / "8", "checkpoints/8")):
+    if os.geteuid() == 0:
+      _mount("--bind", str(folder), str(folder))
+      try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(folder)], check=True)
+        with pytest.raises(UserError, match=rf"--workdir=.*w: {name} is not writable$"):
+          train.train_and_evaluate(tiny_mnist, str(workdir))
+      finally:
+        subprocess.run(["umount", str(folder)], check=True)
+    else:
+      os.chmod(folder, 0o555)
+      with pytest.raises(UserError, match=rf"--workdir=.*w: {name} is not writable$"):
         train.train_and_evaluate(tiny_mnist, str(workdir))
-    finally:
-      subprocess.run(["umount", ckpts], check=True)
-  else:
-    os.chmod(ckpts, 0o555)
-    with pytest.raises(UserError, match=r"--workdir=.*w: checkpoints is not writable$"):
-      train.train_and_evaluate(tiny_mnist, str(workdir))
+      os.chmod(folder, 0o755)
   assert os.listdir(workdir) == ["checkpoints"]
 
 
