@@ -205,6 +205,25 @@ def test_a_gs_workdir_has_one_run_at_a_time(killed_run, monkeypatch, caplog):
   assert f"pid {dead} on" in caplog.text and "its process has ended" in caplog.text
 
 
+def test_two_gs_runs_started_at_once_one_is_refused(killed_run, gcs):
+  """The same command twice at the same moment on a gs:// workdir: one runs to the end, equal to
+  the local reference; the other is refused in one line (the lease held, or the workdir written
+  meanwhile by the first)."""
+  _, reference = killed_run
+  workdir = f"gs://{BUCKET}/at-once"
+  env = {**os.environ, **gcs, "JAXDL_XLA_CACHE": SUBPROCESS_CACHE}
+  procs = [subprocess.Popen([sys.executable, "-m", "jaxdl.main", *_args(workdir)], cwd=REPO,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for _ in range(2)]
+  outputs = [p.communicate(timeout=300) for p in procs]
+  assert sorted(p.returncode for p in procs) == [0, 1], outputs
+  _, stderr = outputs[[p.returncode for p in procs].index(1)]
+  lines = [l for l in stderr.splitlines() if l.strip()]
+  assert len(lines) == 1 and (" is in use by another run (pid " in lines[0]
+                              or " changed while this run was starting" in lines[0]), lines
+  assert _events(workdir) == _events(reference)
+
+
 def test_damaged_newest_gs_checkpoint_falls_back(gcs, tmp_path, caplog):
   workdir = f"gs://{BUCKET}/damaged"
   config = _config(num_train_steps=8, eval_every=8)
