@@ -98,6 +98,9 @@ def parse_flags(argv: list[str]) -> list[str]:
     # A failed asynchronous save makes Orbax's threads log each failing write (hundreds of
     # lines), and gcsfs logs each request out of retries; jaxdl reports the failure itself.
     logging.get_absl_handler().addFilter(_quiet_library_errors)
+    # ... and TensorStore's callbacks into the closed event loop of that failed write raise
+    # 'Event loop is closed' where nothing can catch it: Python prints them as unraisable.
+    sys.unraisablehook = _quiet_closed_loop(sys.unraisablehook)
   return rest
 
 
@@ -108,6 +111,14 @@ def _quiet_library_errors(record) -> bool:
   return not (record.levelno >= logging.ERROR and (
       f"{os.sep}orbax{os.sep}" in record.pathname or record.name.startswith("gcsfs")
       or record.name == "asyncio"))
+
+
+def _quiet_closed_loop(default_hook):
+  """sys.unraisablehook without TensorStore's 'Event loop is closed' after a failed save."""
+  def hook(info) -> None:
+    if not (info.exc_type is RuntimeError and str(info.exc_value) == "Event loop is closed"):
+      default_hook(info)
+  return hook
 
 
 # errno values that say the environment failed (disk, quota, permission), not jaxdl.

@@ -535,7 +535,7 @@ def test_a_full_disk_stops_the_run_in_one_line_within_60_s(tmp_path):
                       "--config.keep_checkpoints=100", "--config.log_every=4",
                       timeout=120)
     elapsed = time.time() - start
-    lines = [l for l in result.stderr.splitlines() if l.startswith("jaxdl:")]
+    lines = result.stderr.splitlines()  # nothing but the one line: no library's traceback
     assert result.returncode == 1 and len(lines) == 1, result.stderr[-3000:]
     saved = re.fullmatch(r"jaxdl: error: saving the checkpoint at step \d+ in \S+ failed \(No "
                          r"space left on device\); the run stopped there; the last good "
