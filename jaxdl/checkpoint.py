@@ -34,7 +34,7 @@ import os
 import re
 import signal
 import threading
-from typing import Any
+from typing import Any, Callable
 
 from absl import logging
 import jax
@@ -179,7 +179,7 @@ def _handlers() -> dict[str, ocp.CheckpointHandler]:
 class Checkpoints:
   """Save every N steps (the loop decides when), keep the last K, restore the newest intact."""
 
-  def __init__(self, workdir: str, keep: int):
+  def __init__(self, workdir: str, keep: int, on_commit: Callable[[int], None] | None = None):
     root = workdir if metrics.is_url(workdir) else os.path.abspath(workdir)  # gs:// as it is
     self.directory = os.path.join(root, "checkpoints")
     directory = epath.Path(self.directory)
@@ -195,6 +195,7 @@ class Checkpoints:
                                          item_handlers=_handlers())
     self._undigested: list[int] = []  # steps saved, their digest still to write (see wait)
     self._broken = False  # a save failed: nothing more is written or waited for
+    self._on_commit = on_commit  # called on process 0 with each step once it is on disk
     # Restores go through a reader of this process alone: Orbax's restore ends in a barrier of
     # every process, and a process whose restore raised (damage that only its shards show)
     # never reaches it, so the others would wait there for ever. Each process reads its own
@@ -339,6 +340,8 @@ class Checkpoints:
           path = os.path.join(self.directory, str(step))
           if metrics.exists(path):  # not already removed by keep_checkpoints
             digests.write(path)
+            if self._on_commit:
+              self._on_commit(step)
     except Exception as e:  # pylint: disable=broad-except  (Orbax raises many types)
       self._failed(e)
     self._undigested = []

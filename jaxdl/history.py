@@ -1,10 +1,12 @@
 """A run's history: what a fresh start may not erase, and how --restart keeps it aside.
 
-A record is never erased in silence. A workdir that holds a run's record (metrics.jsonl past
-the first checkpoint, a finished or resumed run in run.json, checkpoints moved aside as damaged)
-but no checkpoint to resume is refused (`check_record`): a fresh start would empty its history.
-A run killed before its first checkpoint left nothing that the fresh start does not redo, event
-for event, and is not refused (a scheduler that restarts a killed job relies on that).
+A record is never erased in silence. A workdir that holds the record of a run that saved a
+checkpoint (run.json names the last one committed, or a resumed or finished run; metrics.jsonl
+has a `final` event; checkpoints were moved aside as damaged) but has no checkpoint to resume is
+refused (`check_record`): a fresh start would empty its history. A run killed before its first
+checkpoint committed left nothing that the fresh start does not redo, event for event, and is
+not refused (a scheduler that restarts a killed job relies on that). Its events may lie past
+the first checkpoint's step: saves are asynchronous, and the kill may cut the first one short.
 `--restart` keeps everything the workdir holds in WORKDIR/previous-<time>/ (`keep_aside`, under
 the run's lease) and starts afresh; nothing is ever deleted.
 """
@@ -31,15 +33,6 @@ def _events(workdir: str) -> list[dict[str, Any]]:
     return []
 
 
-def _first_checkpoint_step(workdir: str) -> int | None:
-  """config.json's checkpoint_every: the step of the run's first save; None if unknown."""
-  try:
-    every = metrics.read_json(os.path.join(workdir, "config.json")).get("checkpoint_every")
-  except (OSError, ValueError, AttributeError):
-    return None
-  return every if isinstance(every, int) and every > 0 else None
-
-
 def _segments(workdir: str) -> list[dict[str, Any]]:
   try:
     record = metrics.read_json(os.path.join(workdir, "run.json"))
@@ -52,19 +45,27 @@ def record_evidence(workdir: str) -> list[str]:
   """What in WORKDIR shows a run that saved a checkpoint, now that none is left to resume
   (deleted to save space, or every one moved aside as damaged); [] for an empty workdir or the
   record of a run killed before its first checkpoint, which a fresh start redoes exactly."""
-  found = []
   damaged = sorted(p.name for p in epath.Path(workdir, "checkpoints").glob("damaged-*"))
+  events = _events(workdir)
+  starts = _segments(workdir)
+  saved = [s["last_checkpoint"] for s in starts if isinstance(s.get("last_checkpoint"), int)]
+  # Records made before run.json named the last checkpoint: a resumed run, or one that ended
+  # cleanly (finished, or stopped by a signal after saving), saved one.
+  older = any(s.get("start_step") or (s.get("end_time") and not s.get("error"))
+              for s in starts)
+  finished = any(e["event"] == "final" for e in events)
+  if not (damaged or saved or older or finished):
+    return []
+  found = []
+  if events:
+    found.append(f"metrics.jsonl: {len(events)} events up to step "
+                 f"{max(e['step'] for e in events)}{', the run finished' if finished else ''}")
+  if saved or older:
+    found.append(f"run.json: {len(starts)} start(s), "
+                 + (f"checkpoints saved up to step {max(saved)}" if saved else
+                    "which saved checkpoints"))
   if damaged:
     found.append(f"checkpoints moved aside as damaged: {', '.join(damaged)}")
-  events = _events(workdir)
-  first = _first_checkpoint_step(workdir)
-  if events and (any(e["event"] == "final" for e in events)
-                 or (first is not None and max(e["step"] for e in events) > first)):
-    found.append(f"metrics.jsonl: {len(events)} events up to step "
-                 f"{max(e['step'] for e in events)}")
-  starts = _segments(workdir)
-  if any(s.get("start_step") or (s.get("end_time") and not s.get("error")) for s in starts):
-    found.append(f"run.json: {len(starts)} start(s), which saved checkpoints")
   return found
 
 

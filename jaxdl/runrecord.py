@@ -3,7 +3,8 @@
 {"config": latest resolved config, "final": latest final metrics (null until a segment ends),
  "segments": [one per start of the command: a fresh run, then each resume]}. A segment holds the
 command line, the git commit and dirty flag of the jaxdl checkout, package versions, devices,
-host, its start and end time and steps, its final metrics and its config. `end_time` null: the
+host, its start and end time and steps, the last checkpoint it committed, its final metrics and
+its config. `end_time` null: the
 process was killed; `end_time` set with `final` null: stopped by SIGTERM/SIGINT after saving,
 or, with `error` set, by that error (a diverged loss).
 Written atomically by process 0.
@@ -85,11 +86,23 @@ def begin(workdir: str, config: dict[str, Any], start_step: int, num_steps: int)
       "process_count": jax.process_count(),
       "host": socket.gethostname(),
       "start_time": _now(), "start_step": start_step, "num_steps": num_steps,
-      "end_time": None, "end_step": None, "final": None,
+      "end_time": None, "end_step": None, "last_checkpoint": None, "final": None,
       "config": config,
   })
   record.setdefault("final", None)
   metrics.write_json(path, record)
+
+
+def saved(workdir: str, step: int) -> None:
+  """Names `step` the latest segment's last committed checkpoint (history.py reads it: a record
+  whose checkpoints are gone is then known to have had some)."""
+  if jax.process_index() != 0:
+    return
+  path = os.path.join(workdir, "run.json")
+  record = _read(path) if metrics.exists(path) else None
+  if record and record["segments"]:
+    record["segments"][-1]["last_checkpoint"] = step
+    metrics.write_json(path, record)
 
 
 def _read(path: str) -> dict[str, Any] | None:

@@ -185,7 +185,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # The lease comes first: a second run on this workdir stops here, having changed nothing.
   with (lease.held(workdir, restart, resuming, resolved) as held,
         _closed_on_error(writer),
-        checkpoint.Checkpoints(workdir, config.keep_checkpoints) as ckpts,
+        checkpoint.Checkpoints(workdir, config.keep_checkpoints,
+                               on_commit=lambda step: runrecord.saved(workdir, step)) as ckpts,
         checkpoint.StopSignals(ckpts.manager) as signals,
         contextlib.ExitStack() as on_error):
     if held.kept:

@@ -238,8 +238,8 @@ def test_every_checkpoint_damaged_keeps_the_record(finished_run, tmp_path):
   record = _file_bytes(workdir)
   record = {k: v for k, v in record.items() if not k.startswith("checkpoints")}
   for _ in range(2):
-    with pytest.raises(UserError, match=r"holds the record of a run \(checkpoints moved aside as "
-                       r"damaged: damaged-16, damaged-24, damaged-8; metrics.jsonl: "):
+    with pytest.raises(UserError, match=r"holds the record of a run \(metrics.jsonl: .*; "
+                       r"checkpoints moved aside as damaged: damaged-16, damaged-24, damaged-8\)"):
       train.train_and_evaluate(config, workdir)
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == [
         "damaged-16", "damaged-24", "damaged-8"]

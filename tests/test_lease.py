@@ -139,8 +139,8 @@ def test_a_record_without_checkpoints_is_refused_and_restart_keeps_it(alone, tmp
   shutil.rmtree(os.path.join(workdir, "checkpoints"))
   before = _files(workdir)
   with pytest.raises(UserError, match=r"holds the record of a run \(metrics.jsonl: \d+ events "
-                     r"up to step 24; run.json: 1 start\(s\), which saved checkpoints\) but no "
-                     r"checkpoint to resume; re-run with --restart"):
+                     r"up to step 24, the run finished; run.json: 1 start\(s\), checkpoints "
+                     r"saved up to step 24\) but no checkpoint to resume; re-run with --restart"):
     train.train_and_evaluate(_config(), workdir)
   assert _files(workdir) == before
   capsys.readouterr()
@@ -167,3 +167,24 @@ def test_restart_on_the_command_line(alone, tmp_path):
   kept = [n for n in os.listdir(workdir) if n.startswith(history.PREVIOUS)]
   assert sorted(os.listdir(os.path.join(workdir, kept[0], "checkpoints"))) == ["16", "24", "8"]
   assert [e["step"] for e in read_events(workdir) if e["event"] == "final"] == [8]
+
+
+def test_a_kill_before_the_first_save_committed_is_no_record(alone, tmp_path):
+  """Saves are asynchronous: a job killed after logging step 10 may not have committed its
+  step-8 checkpoint (seen in test_multihost's kill). Its record holds nothing a fresh start does
+  not redo, so it is no evidence; run.json's `last_checkpoint` is what tells a run that did save."""
+  workdir = tmp_path / "w"
+  shutil.copytree(alone[0], workdir)
+  shutil.rmtree(workdir / "checkpoints")
+  events = [e for e in metrics.read_events(str(workdir / "metrics.jsonl")) if e["step"] <= 10]
+  (workdir / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+  record = json.loads((workdir / "run.json").read_text())
+  assert record["segments"][0]["last_checkpoint"] == 24  # written as each save committed
+  record["segments"][0].update(end_time=None, end_step=None, final=None, last_checkpoint=None)
+  (workdir / "run.json").write_text(json.dumps(record))
+  assert history.record_evidence(str(workdir)) == []
+  record["segments"][0]["last_checkpoint"] = 8
+  (workdir / "run.json").write_text(json.dumps(record))
+  assert history.record_evidence(str(workdir)) == [
+      f"metrics.jsonl: {len(events)} events up to step 10",
+      "run.json: 1 start(s), checkpoints saved up to step 8"]

@@ -67,7 +67,10 @@ def _wait_for_line(proc, prefix, timeout=120):
     lines.append(line)
     if line.startswith(prefix) or time.monotonic() > deadline:
       break
-  assert lines and lines[-1].startswith(prefix), "".join(lines)
+  if not (lines and lines[-1].startswith(prefix)):
+    ended = proc.poll() is not None  # its stderr says why (a process still running could block)
+    pytest.fail("".join(lines) + (f"\nexit {proc.returncode}, stderr: ...{proc.stderr.read()[-3000:]}"
+                                  if ended else ""))
   return lines
 
 

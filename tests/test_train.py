@@ -53,8 +53,9 @@ def test_tiny_run_writes_its_outputs(tiny_mnist, tmp_path, capsys):
   (segment,) = record["segments"]
   assert set(segment) == {"command", "cwd", "git", "versions", "devices", "process_count",
                           "host", "start_time", "end_time", "start_step", "end_step",
-                          "num_steps", "final", "config"}
+                          "num_steps", "last_checkpoint", "final", "config"}
   assert segment["start_step"] == 0 and segment["end_step"] == 24 and segment["final"] == final
+  assert segment["last_checkpoint"] == 24  # the final save, once it reached the disk
   assert segment["start_time"] <= segment["end_time"]
   assert set(segment["git"]) == {"commit", "dirty"}
   assert segment["devices"]["count"] == jax.device_count() and segment["process_count"] == 1
