@@ -335,28 +335,33 @@ class Checkpoints:
     failed is a SaveError naming the step, the cause and the last good checkpoint."""
     try:
       self.manager.wait_until_finished()
-      if jax.process_index() == 0:
-        for step in self._undigested:
-          path = os.path.join(self.directory, str(step))
+    except Exception as e:  # pylint: disable=broad-except  (Orbax raises many types)
+      self._failed(e)
+    if jax.process_index() == 0:
+      for step in self._undigested:
+        path = os.path.join(self.directory, str(step))
+        try:
           if metrics.exists(path):  # not already removed by keep_checkpoints
             digests.write(path)
             if self._on_commit:
               self._on_commit(step)
-    except Exception as e:  # pylint: disable=broad-except  (Orbax raises many types)
-      self._failed(e)
+        except OSError as e:  # the step is on disk; only its checksums could not follow
+          self._failed(e, committed=True)
     self._undigested = []
 
-  def _failed(self, error: BaseException) -> None:
+  def _failed(self, error: BaseException, committed: bool = False) -> None:
     step = self._undigested[-1] if self._undigested else None
     self._undigested, self._broken = [], True
     try:
-      kept = sorted(int(n) for n in _step_dirs(self.directory) if int(n) != step)
+      kept = sorted(int(n) for n in _step_dirs(self.directory)
+                    if committed or int(n) != step)
     except OSError:
       kept = []
     last = f"step {kept[-1]}, left intact" if kept else "none yet"
-    raise SaveError(f"saving the checkpoint at step {step} in {self.directory} failed "
-                    f"({save_cause(error)}); the run stopped there; the last good checkpoint: "
-                    f"{last}") from error
+    what = (f"recording the checksums of the checkpoint at step {step}" if committed else
+            f"saving the checkpoint at step {step}")
+    raise SaveError(f"{what} in {self.directory} failed ({save_cause(error)}); the run stopped "
+                    f"there; the last good checkpoint: {last}") from error
 
   def close(self) -> None:
     """Waits for the last asynchronous save to be committed, and records its digest. After a

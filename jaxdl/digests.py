@@ -39,15 +39,16 @@ def _crc(path: epath.Path) -> tuple[int, int]:
 
 
 def _files(step_dir: epath.Path) -> list[tuple[str, epath.Path]]:
-  """(name relative to step_dir, path) of every file under it but the digest, sorted. Names
-  are built here: epath's walk on gs:// yields paths without their gs:// prefix."""
+  """(name relative to step_dir, path) of every file under it but the digest (and a temporary
+  file that a kill left while writing it), sorted. Names are built here: epath's walk on gs://
+  yields paths without their gs:// prefix."""
   out = []
   def visit(directory: epath.Path, prefix: str) -> None:
     for path in directory.iterdir():
       if path.is_dir():
         visit(path, f"{prefix}{path.name}/")
-      elif f"{prefix}{path.name}" != DIGEST:
-        out.append((f"{prefix}{path.name}", path))
+      elif f"{prefix}{path.name}" != DIGEST and not path.name.startswith(metrics.TMP_PREFIX):
+        out.append((f"{prefix}{path.name}", path))  # (a killed digest write's temporary: not)
   visit(step_dir, "")
   return sorted(out)
 

@@ -23,6 +23,7 @@ import jax
 import numpy as np
 
 EVENT_FILES = "events.out.tfevents.*"  # TensorBoard's event file names, in the workdir itself
+TMP_PREFIX = ".tmp-"  # write_text's temporary files (a kill may leave one)
 
 
 def to_host(sums: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -75,13 +76,18 @@ def write_text(path: str, text: str) -> None:
   if is_url(path):
     epath.Path(path).write_text(text)
     return
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
-  umask = os.umask(0)
-  os.umask(umask)
-  os.fchmod(fd, 0o666 & ~umask)  # mkstemp's 0600 would hide the file from other users
-  with os.fdopen(fd, "w", encoding="utf-8") as f:
-    f.write(text)
-  os.replace(tmp, path)
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=TMP_PREFIX)
+  try:
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)  # mkstemp's 0600 would hide the file from other users
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+      f.write(text)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):  # a full disk: no empty temporary file left behind
+      os.remove(tmp)
+    raise
 
 
 _COMPACT_EVERY = 1000  # composed appends before an object is rewritten whole (see below)

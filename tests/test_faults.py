@@ -537,9 +537,10 @@ def test_a_full_disk_stops_the_run_in_one_line_within_60_s(tmp_path):
     elapsed = time.time() - start
     lines = result.stderr.splitlines()  # nothing but the one line: no library's traceback
     assert result.returncode == 1 and len(lines) == 1, result.stderr[-3000:]
-    saved = re.fullmatch(r"jaxdl: error: saving the checkpoint at step \d+ in \S+ failed \(No "
-                         r"space left on device\); the run stopped there; the last good "
-                         r"checkpoint: step (\d+), left intact", lines[0])
+    saved = re.fullmatch(r"jaxdl: error: (?:saving|recording the checksums of) the checkpoint "
+                         r"at step \d+ in \S+ failed \(No space left on device\); the run "
+                         r"stopped there; the last good checkpoint: step (\d+), left intact",
+                         lines[0])
     written = re.fullmatch(r"jaxdl: error: cannot write \S+: No space left on device", lines[0])
     assert saved or written, lines[0]
     assert elapsed < 60, elapsed
@@ -551,6 +552,32 @@ def test_a_full_disk_stops_the_run_in_one_line_within_60_s(tmp_path):
     assert checkpoint.latest_params(workdir, "x")  # and readable
   finally:
     subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_save_the_disk_refuses_stops_the_run(tiny_mnist, tmp_path, monkeypatch):
+  """checkpoints/ turns read-only mid-run (a remount; a permission or quota error takes the
+  same path): the next save stops the run with one line naming the step, the cause and the
+  last good checkpoint, which stays whole."""
+  workdir = tmp_path / "w"
+  ckpts = str(workdir / "checkpoints")
+  (workdir / "checkpoints").mkdir(parents=True)
+  _mount("--bind", ckpts, ckpts)
+  write = digests.write
+
+  def read_only_once_step_8_is_whole(step_dir):
+    write(step_dir)
+    if step_dir.endswith(f"{os.sep}8"):
+      subprocess.run(["mount", "-o", "remount,ro,bind", ckpts], check=True)
+
+  monkeypatch.setattr(digests, "write", read_only_once_step_8_is_whole)
+  try:
+    with pytest.raises(checkpoint.SaveError, match=r"^saving the checkpoint at step 16 in .* "
+                       r"failed \(Read-only file system\); the run stopped there; the last good "
+                       r"checkpoint: step 8, left intact$"):
+      train.train_and_evaluate(tiny_mnist, str(workdir))
+  finally:
+    subprocess.run(["umount", ckpts], check=True)
+  assert digests.check(os.path.join(ckpts, "8")) is None
 
 
 def test_bad_idx_from_the_command_line_is_one_line(tmp_path):
