@@ -518,6 +518,7 @@ def test_an_unwritable_checkpoints_folder_is_refused_before_the_first_step(tiny_
   assert os.listdir(workdir) == ["checkpoints"]
 
 
+@pytest.mark.slow
 def test_a_full_disk_stops_the_run_in_one_line_within_60_s(tmp_path):
   """A workdir on a 1.5 MB tmpfs fills up mid-run: the run stops within seconds with one line
   naming the step and the cause, exit 1, and the last good checkpoint is whole (no Orbax

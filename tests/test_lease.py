@@ -55,6 +55,7 @@ def alone(tmp_path_factory):
   return workdir, final
 
 
+@pytest.mark.slow
 def test_a_second_run_while_the_first_runs_is_refused_and_touches_nothing(alone, tmp_path,
                                                                           monkeypatch):
   """Staggered: the first run (this process) is at step 10, past its first checkpoint, when the
@@ -89,6 +90,7 @@ def test_a_second_run_while_the_first_runs_is_refused_and_touches_nothing(alone,
   assert open(os.path.join(workdir, lease.LEASE)).read() == ""  # released at the end
 
 
+@pytest.mark.slow
 def test_two_runs_started_at_once_one_is_refused(alone, tmp_path):
   """Two fresh starts of one command at the same moment: one runs to the end, equal to a run
   alone; the other is refused in one line, whether it finds the lease held or (slower) finds
@@ -158,6 +160,7 @@ def test_a_record_without_checkpoints_is_refused_and_restart_keeps_it(alone, tmp
   assert not history.record_evidence(str(tmp_path / "empty"))
 
 
+@pytest.mark.slow
 def test_restart_on_the_command_line(alone, tmp_path):
   """--restart is a flag of jaxdl.main; a finished run's workdir is kept aside whole."""
   workdir = str(tmp_path / "w")

@@ -131,6 +131,7 @@ def test_a_process_count_that_disagrees_with_the_coordinator(tmp_path):
   assert not os.path.exists(workdir)
 
 
+@pytest.mark.slow
 def test_processes_that_do_not_share_the_workdir_or_the_config_stop_in_one_line(tmp_path):
   """Process 1 writes to another directory (as on a node-local disk) with another seed: each
   process stops at start-up with the same line naming what differs, instead of both hanging at
