@@ -20,7 +20,6 @@ and code (`held._same_job`). Under the lease, `--restart` keeps the workdir's re
 
 from __future__ import annotations
 
-import datetime
 import fcntl
 import hashlib
 import json
@@ -47,7 +46,7 @@ def _holder() -> dict[str, Any]:
   """Who holds the lease; `nonce` lets the other processes of a job check that they see the
   very file process 0 wrote (a shared workdir)."""
   return {"host": socket.gethostname(), "pid": os.getpid(),
-          "start_time": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+          "start_time": runrecord.now(),
           "command": runrecord.command_line(), "nonce": secrets.token_hex(8)}
 
 
@@ -154,12 +153,11 @@ class _ObjectLease:
   TTL = 60.0  # seconds a lease lives without renewal
 
   def __init__(self, workdir: str):
-    import fsspec  # pylint: disable=g-import-not-at-top  (gcsfs, through etils.epath's fsspec)
     # etils.epath's spelling, as every other file of the run has it: gs://b//runs/r1/ and
     # gs://b/runs/r1 are one workdir, and hold one lease.
     self.path = os.fspath(epath.Path(workdir) / LEASE)
-    self.fs = fsspec.filesystem(self.path.split("://")[0])
-    self.bucket, self.key = self.path.split("://")[1].split("/", 1)
+    self.fs, key = metrics.object_store(self.path)
+    self.bucket, self.key = key.split("/", 1)
     self.holder: dict[str, Any] = {}
     self.generation: str | None = None
     self.done = threading.Event()

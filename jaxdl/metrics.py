@@ -22,6 +22,8 @@ from etils import epath
 import jax
 import numpy as np
 
+from jaxdl.errors import UserError
+
 EVENT_FILES = "events.out.tfevents.*"  # TensorBoard's event file names, in the workdir itself
 TMP_PREFIX = ".tmp-"  # write_text's temporary files (a kill may leave one)
 
@@ -90,6 +92,14 @@ def write_text(path: str, text: str) -> None:
     raise
 
 
+def object_store(path: str):
+  """(fsspec filesystem, path without its scheme) of a URL such as gs://bucket/run: the one
+  gcsfs instance under etils.epath, for what epath has no call for (compose, preconditions)."""
+  import fsspec  # pylint: disable=g-import-not-at-top  (gcsfs, only for gs:// workdirs)
+  scheme, key = path.split("://", 1)
+  return fsspec.filesystem(scheme), key
+
+
 _COMPACT_EVERY = 1000  # composed appends before an object is rewritten whole (see below)
 
 
@@ -102,9 +112,7 @@ def append_object(path: str, text: str, appends: int) -> int:
   the file (a server-side concatenation: one small upload, one compose, one delete). Every
   _COMPACT_EVERY appends the file is rewritten as one plain object, so that its composite
   never grows without bound. A store without compose (fsspec's `merge`) is rewritten whole."""
-  import fsspec  # pylint: disable=g-import-not-at-top  (gcsfs, as under etils.epath)
-  fs = fsspec.filesystem(path.split("://")[0])
-  key = path.split("://", 1)[1]
+  fs, key = object_store(path)
   fs.invalidate_cache(key)
   if not hasattr(fs, "merge") or appends >= _COMPACT_EVERY or not fs.exists(key):
     old = epath.Path(path).read_text() if exists(path) else ""
@@ -140,7 +148,6 @@ def read_events(path: str, strict: bool = False) -> list[dict[str, Any]]:
   would drop every event after it; readers (plot, report) stop there."""
   if not exists(path):
     return []
-  from jaxdl.errors import UserError  # pylint: disable=g-import-not-at-top
   events = []
   lines = epath.Path(path).read_bytes().decode("utf-8", errors="replace").splitlines()
   for i, line in enumerate(lines):

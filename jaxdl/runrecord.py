@@ -33,7 +33,7 @@ from jaxdl.errors import first_line
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")
 
 
-def _now() -> str:
+def now() -> str:
   return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
@@ -85,7 +85,7 @@ def begin(workdir: str, config: dict[str, Any], start_step: int, num_steps: int)
                   "count": jax.device_count(), "local_count": jax.local_device_count()},
       "process_count": jax.process_count(),
       "host": socket.gethostname(),
-      "start_time": _now(), "start_step": start_step, "num_steps": num_steps,
+      "start_time": now(), "start_step": start_step, "num_steps": num_steps,
       "end_time": None, "end_step": None, "last_checkpoint": None, "final": None,
       "config": config,
   })
@@ -128,7 +128,7 @@ def end(workdir: str, step: int, final: dict[str, Any] | None, error: str | None
     return
   path = os.path.join(workdir, "run.json")
   record = metrics.read_json(path)
-  record["segments"][-1].update(end_time=_now(), end_step=step, final=final,
+  record["segments"][-1].update(end_time=now(), end_step=step, final=final,
                                 **({"error": error} if error else {}))
   if final is not None:
     record["final"] = final

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-from jaxdl import models, optim, profiler
+from jaxdl import metrics, models, optim, profiler
 from jaxdl.errors import UserError, first_line
 
 
@@ -33,9 +33,8 @@ def _check_reachable(workdir: str) -> None:
   failed = []
   def probe():
     try:
-      import fsspec  # pylint: disable=g-import-not-at-top
-      scheme, path = workdir.split("://", 1)
-      fsspec.filesystem(scheme).ls(path, detail=False)
+      fs, path = metrics.object_store(workdir)
+      fs.ls(path, detail=False)
     except FileNotFoundError:
       pass  # a new workdir
     except BaseException as e:  # pylint: disable=broad-except  (reported below)

@@ -173,6 +173,20 @@ def flag_values(args) -> dict:
   return values
 
 
+def file_bytes(root: str) -> dict[str, bytes]:
+  """{relative path: content} of every file under root, but the lease that each start takes
+  (jaxdl/lease.py): 'byte for byte as it was'."""
+  from jaxdl.lease import LEASE  # pylint: disable=g-import-not-at-top
+  out = {}
+  for dirpath, _, names in os.walk(root):
+    for name in names:
+      path = os.path.join(dirpath, name)
+      if os.path.relpath(path, root) != LEASE:
+        with open(path, "rb") as f:
+          out[os.path.relpath(path, root)] = f.read()
+  return out
+
+
 def read_events(workdir: str, wall_clock: bool = False) -> list[dict]:
   """WORKDIR/metrics.jsonl's events (local or gs://), each line parsed; without the wall-clock
   throughput fields (`*_per_s`), which differ from run to run, unless `wall_clock`."""

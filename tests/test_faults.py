@@ -21,8 +21,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import (REPO, SMALL_MODEL, SUBPROCESS_CACHE, assert_same_params, load_config,
-                      read_events, run_main, state_like, tiny_mnist_config, write_mnist_dir)
+from conftest import (REPO, SMALL_MODEL, SUBPROCESS_CACHE, assert_same_params, file_bytes,
+                      load_config, read_events, run_main, state_like, tiny_mnist_config,
+                      write_mnist_dir)
 from jaxdl import checkpoint, data, digests, lease, metrics, models, optim, resume, train
 from jaxdl.data import idx
 from jaxdl.errors import UserError
@@ -235,7 +236,7 @@ def test_every_checkpoint_damaged_keeps_the_record(finished_run, tmp_path):
   shutil.copytree(source, workdir)
   for step in ("8", "16", "24"):
     _truncate(os.path.join(workdir, "checkpoints", step))
-  record = _file_bytes(workdir)
+  record = file_bytes(workdir)
   record = {k: v for k, v in record.items() if not k.startswith("checkpoints")}
   for _ in range(2):
     with pytest.raises(UserError, match=r"holds the record of a run \(metrics.jsonl: .*; "
@@ -243,7 +244,7 @@ def test_every_checkpoint_damaged_keeps_the_record(finished_run, tmp_path):
       train.train_and_evaluate(config, workdir)
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == [
         "damaged-16", "damaged-24", "damaged-8"]
-    assert {k: v for k, v in _file_bytes(workdir).items()
+    assert {k: v for k, v in file_bytes(workdir).items()
             if not k.startswith("checkpoints")} == record
   assert train.train_and_evaluate(config, workdir, restart=True) == final
 
@@ -689,19 +690,6 @@ def test_bad_lm_text_is_one_error_and_writes_nothing(tmp_path, content, needle):
   _assert_one_error_and_no_workdir(config, tmp_path, needle)
 
 
-def _file_bytes(root):
-  """{relative path: content} of every file under root: 'byte-for-byte as it was'."""
-  out = {}
-  for dirpath, _, filenames in os.walk(root):
-    for name in filenames:
-      if name == lease.LEASE and dirpath == root:
-        continue
-      path = os.path.join(dirpath, name)
-      with open(path, "rb") as f:
-        out[os.path.relpath(path, root)] = f.read()
-  return out
-
-
 @pytest.mark.parametrize("where", ["restore", "item_metadata"])
 @pytest.mark.parametrize("error", [
     MemoryError("host out of memory"),
@@ -719,7 +707,7 @@ def test_a_restore_error_that_is_not_damage_changes_nothing(finished_run, tmp_pa
   shutil.copytree(source, workdir)
   config = copy.deepcopy(config)
   config.num_train_steps = 32  # a resume with steps to go (a harmless change)
-  before = _file_bytes(workdir)
+  before = file_bytes(workdir)
   def failing(self, *args, **kwargs):
     raise error
   monkeypatch.setattr(ocp.CheckpointManager, where, failing)
@@ -728,7 +716,7 @@ def test_a_restore_error_that_is_not_damage_changes_nothing(finished_run, tmp_pa
   message = str(raised.value)
   assert message.startswith("cannot restore the checkpoint at step 24 in ") and "\n" not in message
   assert type(error).__name__ in message and str(error.args[-1])[:20] in message
-  assert _file_bytes(workdir) == before
+  assert file_bytes(workdir) == before
 
 
 def test_a_restore_error_of_unknown_kind_is_reported_as_such(finished_run, tmp_path, monkeypatch):
@@ -737,7 +725,7 @@ def test_a_restore_error_of_unknown_kind_is_reported_as_such(finished_run, tmp_p
   config, source, _ = finished_run
   workdir = str(tmp_path / "w")
   shutil.copytree(source, workdir)
-  before = _file_bytes(workdir)
+  before = file_bytes(workdir)
   def failing(self, *args, **kwargs):
     raise ValueError("unexpected tree structure\nsecond line")
   monkeypatch.setattr(ocp.CheckpointManager, "restore", failing)
@@ -745,7 +733,7 @@ def test_a_restore_error_of_unknown_kind_is_reported_as_such(finished_run, tmp_p
                      r".*\(ValueError: unexpected tree structure\); its files look whole and "
                      r"this is no error of the environment, .*please report it with this line$"):
     train.train_and_evaluate(config, workdir)
-  assert _file_bytes(workdir) == before
+  assert file_bytes(workdir) == before
 
 
 def test_a_damaged_run_json_is_kept_aside_and_the_run_goes_on(finished_run, tmp_path, caplog):

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from conftest import (REPO, SMALL_MODEL, SUBPROCESS_CACHE, load_config, read_events, run_main,
-                      set_keys)
+from conftest import (REPO, SMALL_MODEL, SUBPROCESS_CACHE, file_bytes, load_config, read_events,
+                      run_main, set_keys)
 from jaxdl import checkpoint, history, lease, metrics, train
 from jaxdl.errors import UserError
 
@@ -29,18 +29,6 @@ def _config():
 def _args(workdir, *more, **overrides):
   return ["--config=configs/mnist.py", f"--workdir={workdir}",
           *(f"--config.{k}={v}" for k, v in {**FLAGS, **overrides}.items()), *more]
-
-
-def _files(root):
-  """{relative path: bytes} of every file under root but the lease."""
-  out = {}
-  for dirpath, _, names in os.walk(root):
-    for name in names:
-      path = os.path.join(dirpath, name)
-      if os.path.relpath(path, root) != lease.LEASE:
-        with open(path, "rb") as f:
-          out[os.path.relpath(path, root)] = f.read()
-  return out
 
 
 def _error_lines(stderr):
@@ -70,9 +58,9 @@ def test_a_second_run_while_the_first_runs_is_refused_and_touches_nothing(alone,
     if event == "eval" and step == 10 and "second" not in seen:
       seen["ckpts"].wait()  # the first run's own writes, done before the second starts
       self._tb.flush()
-      before = _files(workdir)
+      before = file_bytes(workdir)
       seen["second"] = run_main(*_args(workdir))
-      after = _files(workdir)
+      after = file_bytes(workdir)
       seen["unchanged"] = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
 
   monkeypatch.setattr(metrics.Writer, "write", second_run_at_step_10)
@@ -139,19 +127,19 @@ def test_a_record_without_checkpoints_is_refused_and_restart_keeps_it(alone, tmp
   workdir = str(tmp_path / "w")
   shutil.copytree(alone[0], workdir)
   shutil.rmtree(os.path.join(workdir, "checkpoints"))
-  before = _files(workdir)
+  before = file_bytes(workdir)
   with pytest.raises(UserError, match=r"holds the record of a run \(metrics.jsonl: \d+ events "
                      r"up to step 24, the run finished; run.json: 1 start\(s\), checkpoints "
                      r"saved up to step 24\) but no checkpoint to resume; re-run with --restart"):
     train.train_and_evaluate(_config(), workdir)
-  assert _files(workdir) == before
+  assert file_bytes(workdir) == before
   capsys.readouterr()
   final = train.train_and_evaluate(_config(), workdir, restart=True)
   kept = [n for n in os.listdir(workdir) if n.startswith(history.PREVIOUS)]
   assert len(kept) == 1
   assert f"--restart: kept what {workdir} held in {os.path.join(workdir, kept[0])}" in (
       capsys.readouterr().out)
-  old = _files(os.path.join(workdir, kept[0]))
+  old = file_bytes(os.path.join(workdir, kept[0]))
   assert old.pop("restarted.txt").startswith(b"kept aside by --restart at ")
   assert old == before  # every byte kept, nothing deleted
   assert final == alone[1] and read_events(workdir) == read_events(alone[0])
