@@ -46,8 +46,9 @@ Options (each also from the environment variable in brackets):
   --run-name=NAME           for run/logs/stop: names the log and pid files (default: the
                             workdir's last path component) [JAXDL_RUN_NAME]
   --worker=N|all            for logs: which worker's log to follow (default 0)
-  --grace=SECONDS           for stop: how long to wait for the SIGTERM save before SIGKILL
-                            [JAXDL_STOP_GRACE] (default 300)
+  --grace=SECONDS           for stop: how long to wait for the SIGTERM save before SIGKILL;
+                            for run: the job's own bound on that save (jaxdl's
+                            --stop_timeout) [JAXDL_STOP_GRACE] (default 300)
   --force                   for run: start even if the run name or workdir is running
                             (a job that died without ending its process group, say)
   --dry-run                 print the gcloud command lines, run nothing
@@ -224,7 +225,10 @@ case "$SUBCOMMAND" in
     # group of its own (what `stop` signals) and nohup + redirections detach it from ssh.
     # Only the jaxdl command goes in the background (`a && b &` would background the whole
     # list, whose shell then holds ssh's output open and whose pid is not jaxdl's).
-    jaxdl="$REMOTE_VENV/bin/python $(quote_all -m jaxdl.main "--workdir=$WORKDIR" "${JAXDL_ARGS[@]}")"
+    [[ "$GRACE" =~ ^[0-9]+$ && "$GRACE" -ge 1 ]] || die "--grace=$GRACE: must be a whole number of seconds"
+    # jaxdl's own deadline after SIGTERM is stop's wait: a job stuck on storage or in a
+    # collective then ends by itself, saying where it waited, rather than by stop's SIGKILL.
+    jaxdl="$REMOTE_VENV/bin/python $(quote_all -m jaxdl.main "--workdir=$WORKDIR" "--stop_timeout=$GRACE" "${JAXDL_ARGS[@]}")"
     # Refuse a second job under this run name or on this workdir (two jobs writing one
     # workdir corrupt each other's checkpoints and metrics), unless --force.
     check=""

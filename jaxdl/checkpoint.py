@@ -21,8 +21,6 @@ Faults handled here:
     refused with a UserError, never moved or touched.
   - a workdir whose config.json differs from this run's in a key that changes what the
     checkpoint means: refused by resume.check_resume_config, which lists the keys.
-  - SIGTERM / SIGINT: `StopSignals` sets a flag that the loop reads at step boundaries; on a
-    multi-process job, JAX's preemption sync stops every process at the same step.
   - a multi-process restore: process 0's list of steps, and one outcome per step for all
     processes (`_agree`), so they restore the same step and move the same ones aside.
 """
@@ -32,8 +30,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import threading
 from typing import Any, Callable
 
 from absl import logging
@@ -430,70 +426,3 @@ def _params_of(manager: ocp.CheckpointManager, step: int) -> Any:
   state = manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(target)))["state"]  # a dict: restored without a target
   return state["params"] if state.get("ema_params") is None else state["ema_params"]
-
-
-class Stopped(Exception):
-  """Raised by the loop after a SIGTERM or SIGINT, once the current step is saved to disk."""
-
-  def __init__(self, signum: int, step: int):
-    super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}")
-    self.signum, self.step = signum, step
-
-
-class StopSignals:
-  """SIGTERM and SIGINT set a flag; the loop checks `requested()` at every step boundary.
-
-  The handler only records the signal: saving from inside a handler could interrupt a half-done
-  step or an Orbax write. A second identical signal gets the default behaviour (kill / Ctrl-C
-  raises KeyboardInterrupt) for a user who does not want to wait for the save.
-
-  A multi-process job must stop every process at the same step, after one save that all of
-  them write. JAX's distributed runtime catches SIGTERM on any process (its preemption
-  notifier) and Orbax's `reached_preemption(step)` turns true on every process at the same
-  step; a flag of this process alone would stop it a step apart from the others, which then
-  hang in their next collective. So there SIGINT (Ctrl-C on one host) is passed on as a
-  SIGTERM to this process, into that same agreement, and only the agreement stops the loop.
-  """
-
-  def __init__(self, manager: ocp.CheckpointManager):
-    self.manager = manager
-    self.signum: int | None = None
-    self._previous: dict[int, Any] = {}
-    self._calls = 0  # requested() calls in this process: the preemption sync's counter
-
-  def _handle(self, signum, frame) -> None:
-    del frame
-    self.signum = signum
-    signal.signal(signum, self._previous[signum])
-    if jax.process_count() > 1:
-      os.kill(os.getpid(), signal.SIGTERM)  # JAX's handler: every process agrees on a step
-
-  def requested(self) -> bool:
-    """Whether to save the step just done and stop: a signal arrived, or all processes reached a
-    preemption sync point (on a multi-process job, only the latter).
-
-    JAX's sync point is one more than the largest counter any process reported when the notice
-    came, and a process that has not been asked yet reports 0. So the counter is this process's
-    count of calls, 1, 2, ..., not the step: a resumed job starts at step N, and a notice that
-    came before its first step (during the restore) set the sync point to 1, which the step
-    numbers would never meet, and the job never stopped. Every process of a job restores the
-    same step and dispatches the same steps, so their counts agree as their steps do.
-    """
-    self._calls += 1  # the loop asks once per dispatch, in the same order on every process
-    reached = self.manager.reached_preemption(self._calls)
-    return reached if jax.process_count() > 1 else (self.signum is not None or reached)
-
-  def __enter__(self) -> "StopSignals":
-    if threading.current_thread() is threading.main_thread():
-      # Multi-process: SIGTERM stays with JAX's preemption notifier.
-      handled = (signal.SIGTERM, signal.SIGINT) if jax.process_count() == 1 else (signal.SIGINT,)
-      for signum in handled:
-        # An ignored signal stays ignored: `nohup`, or a shell script's `cmd &` (which starts
-        # with SIGINT ignored so that the terminal's Ctrl-C leaves it alone), chose that.
-        if signal.getsignal(signum) != signal.SIG_IGN:
-          self._previous[signum] = signal.signal(signum, self._handle)
-    return self
-
-  def __exit__(self, *exc) -> None:
-    for signum, handler in self._previous.items():
-      signal.signal(signum, handler)

@@ -14,6 +14,8 @@ from absl import app, flags, logging
 import ml_collections
 from ml_collections import config_flags
 
+from jaxdl import stopping
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "experiment config file, optionally with a preset: configs/mnist.py:seed",
     lock_config=True)
@@ -25,6 +27,10 @@ _XLA_CACHE = flags.DEFINE_string(
     "xla_cache_dir", os.environ.get("JAXDL_XLA_CACHE", "~/.cache/jaxdl/xla"),
     "JAX's persistent compilation cache: compiled steps are reused by later runs of the same "
     "program (default $JAXDL_XLA_CACHE, else ~/.cache/jaxdl/xla); '' turns it off")
+_STOP_TIMEOUT = flags.DEFINE_float(
+    "stop_timeout", stopping.TIMEOUT, "seconds a run may take to save and exit after SIGTERM or "
+    "SIGINT; a run still going then (stuck on storage or in a collective) exits with one line, "
+    "without that save", lower_bound=1.0)
 # Multi-process jobs (see parallel.initialize). A Cloud TPU VM needs none of these, and neither
 # does a cluster that sets JAX_COORDINATOR_ADDRESS and is detected by JAX (Slurm, Open MPI).
 _COORDINATOR = flags.DEFINE_string(
@@ -149,7 +155,8 @@ def main(argv: list[str]) -> None:
     parallel.set_cpu_devices(_CONFIG.value.parallel.cpu_devices)
     parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                         _INIT_TIMEOUT.value)
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, restart=_RESTART.value)
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, restart=_RESTART.value,
+                             stop_timeout=_STOP_TIMEOUT.value)
   except checkpoint.SaveError as e:
     print(f"jaxdl: error: {e}", file=sys.stderr, flush=True)
     sys.stdout.flush()
@@ -161,7 +168,7 @@ def main(argv: list[str]) -> None:
     if errno.errorcode.get(e.errno) not in _ENVIRONMENT_ERRNOS:
       raise  # not the environment's: a bug, with its traceback
     _fail(f"cannot write {e.filename}: {e.strerror}" if e.filename else str(e))
-  except checkpoint.Stopped as e:  # the step is saved: 0 for SIGTERM (preemption), 130 for ^C
+  except stopping.Stopped as e:  # the step is saved: 0 for SIGTERM (preemption), 130 for ^C
     sys.exit(0 if e.signum == signal.SIGTERM else 130)
   except KeyboardInterrupt:
     print("jaxdl: interrupted; re-run the same command to resume from the newest checkpoint",

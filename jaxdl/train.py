@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 
 from jaxdl import (checkpoint, history, lease, metrics, models, optim, parallel, profiler,
-                   resume, runrecord, steps, tasks, validate)
+                   resume, runrecord, steps, stopping, tasks, validate)
 from jaxdl.errors import UserError
 
 
@@ -127,9 +127,12 @@ def _restore(ckpts, runner, dataset, writer, workdir: str, resolved: dict, confi
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       restart: bool = False) -> dict[str, float]:
+                       restart: bool = False,
+                       stop_timeout: float = stopping.TIMEOUT) -> dict[str, float]:
   """Trains config's experiment in workdir, resuming from its latest checkpoint if any; with
   `restart`, keeps what the workdir holds in WORKDIR/previous-<time>/ and starts afresh.
+  A SIGTERM or SIGINT saves the step at hand and raises stopping.Stopped; a run that has not
+  stopped `stop_timeout` seconds after the signal ends the process (stopping.py).
 
   Returns the final eval metrics, f"{split}_{name}" for each of the dataset's final splits
   (MNIST: 'test_loss', 'test_accuracy', 'test_count').
@@ -181,13 +184,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if not metrics.is_url(workdir):  # object stores (gs://) have no directories to make
     os.makedirs(workdir, exist_ok=True)
   writer = metrics.Writer(workdir)
-  # From here SIGTERM/SIGINT only set a flag (checkpoint.StopSignals), read after each step.
-  # The lease comes first: a second run on this workdir stops here, having changed nothing.
-  with (lease.held(workdir, restart, resuming, resolved) as held,
+  # From here SIGTERM/SIGINT only set a flag (stopping.StopSignals), read after each step, and
+  # start a deadline that also covers the lease, the restore and the last save's wait.
+  # The lease comes next: a second run on this workdir stops there, having changed nothing.
+  with (stopping.StopSignals(stop_timeout, jax.process_count() > 1) as signals,
+        lease.held(workdir, restart, resuming, resolved) as held,
         _closed_on_error(writer),
         checkpoint.Checkpoints(workdir, config.keep_checkpoints,
                                on_commit=lambda step: runrecord.saved(workdir, step)) as ckpts,
-        checkpoint.StopSignals(ckpts.manager) as signals,
         contextlib.ExitStack() as on_error):
     if held.kept:
       writer.print(f"--restart: kept what {workdir} held in {held.kept}; starting afresh")
@@ -248,7 +252,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         writer.print(f"eval at step {done}: {task.brief(split, result)}")
         interval_start += time.time() - eval_start  # train throughput excludes eval time
 
-      stop = signals.requested()  # SIGTERM or SIGINT arrived: save this step, then exit
+      stop = signals.requested(ckpts.manager)  # SIGTERM or SIGINT arrived: save this step, then exit
       if stop or done % config.checkpoint_every == 0 or done == num_steps:
         _check_finite(interval_sums, skip_nonfinite, ckpts)  # never save a diverged state
         sums = None if interval_sums is None else {
@@ -260,7 +264,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         writer.print(f"{signal.Signals(signum).name}: saved the checkpoint at step {done} and "
                      f"waited for it to reach the disk; re-run the same command to resume")
         runrecord.end(workdir, done, None)  # a clean stop: end time, no final metrics
-        raise checkpoint.Stopped(signum, done)  # _closed_on_error closes the writer
+        raise stopping.Stopped(signum, done)  # _closed_on_error closes the writer
 
     # 9. finish: final evals (the last step saved the final checkpoint), summary line.
     profile.stop(state, num_steps)

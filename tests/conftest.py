@@ -41,7 +41,7 @@ if _TESTS not in sys.path:
 
 # Ctrl-C as a terminal sends it, whatever this session was started with. A session started with
 # SIGINT ignored (nohup, or `cmd &` in a shell script) passes the ignoring on to every process it
-# starts, and jaxdl leaves an ignored signal ignored (checkpoint.StopSignals), so the tests that
+# starts, and jaxdl leaves an ignored signal ignored (stopping.StopSignals), so the tests that
 # send SIGINT would see runs that never stop. A handled signal is reset to the default in a
 # child, so the processes the tests start get Python's own KeyboardInterrupt handler.
 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 from http import HTTPStatus
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -35,6 +36,21 @@ def _env(port: int) -> dict[str, str]:
       # none, and each ask waits 60 s before it falls back to the JSON API.
       "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
   }
+
+
+_SERVERS: dict[str, subprocess.Popen] = {}  # endpoint URL: its server process
+
+
+@contextlib.contextmanager
+def paused(env: dict[str, str]):
+  """The server of `env` stopped (SIGSTOP) for the `with` block: the kernel still accepts its
+  connections, and nothing answers them, as with an endpoint cut off by the network."""
+  proc = _SERVERS[env["STORAGE_EMULATOR_HOST"]]
+  proc.send_signal(signal.SIGSTOP)
+  try:
+    yield
+  finally:
+    proc.send_signal(signal.SIGCONT)
 
 
 @contextlib.contextmanager
@@ -53,6 +69,7 @@ def running(bucket: str):
       raise RuntimeError(f"the GCS server did not start: {line}{proc.stdout.read()}")
     threading.Thread(target=proc.stdout.read, daemon=True).start()  # drain its log
     env = _env(port)
+    _SERVERS[env["STORAGE_EMULATOR_HOST"]] = proc
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:

@@ -24,7 +24,8 @@ import pytest
 from conftest import (REPO, SMALL_MODEL, SUBPROCESS_CACHE, assert_same_params, file_bytes,
                       load_config, read_events, run_main, state_like, tiny_mnist_config,
                       write_mnist_dir)
-from jaxdl import checkpoint, data, digests, lease, metrics, models, optim, resume, train
+from jaxdl import (checkpoint, data, digests, lease, metrics, models, optim, resume, stopping,
+                   train)
 from jaxdl.data import idx
 from jaxdl.errors import UserError
 
@@ -122,7 +123,7 @@ def test_sigterm_saves_the_current_step(finished_run, tiny_mnist, tmp_path, monk
     return real_batch(self, step)
   with monkeypatch.context() as patch:
     patch.setattr(data.TrainBatches, "batch", signalling_batch)
-    with pytest.raises(checkpoint.Stopped) as stopped:
+    with pytest.raises(stopping.Stopped) as stopped:
       train.train_and_evaluate(tiny_mnist, workdir)
   assert stopped.value.step == 6
   assert "SIGTERM: saved the checkpoint at step 6" in capsys.readouterr().out

@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -222,6 +223,30 @@ def test_two_gs_runs_started_at_once_one_is_refused(killed_run, gcs):
   assert len(lines) == 1 and (" is in use by another run (pid " in lines[0]
                               or " changed while this run was starting" in lines[0]), lines
   assert _events(workdir) == _events(reference)
+
+
+def test_a_run_waiting_on_a_silent_endpoint_still_stops_on_sigterm(gcs):
+  """SIGTERM while the gs:// endpoint has stopped answering (its server paused): the step's save
+  waits on it for good, and the run ends at --stop_timeout, in one line, well within 60 s."""
+  env = {**os.environ, **gcs, "JAXDL_XLA_CACHE": SUBPROCESS_CACHE}
+  proc = subprocess.Popen([sys.executable, "-m", "jaxdl.main", "--stop_timeout=3",
+                           *_args(f"gs://{BUCKET}/silent", num_train_steps=3000)], cwd=REPO,
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    for line in proc.stdout:  # 'step    6/3000 | ...'
+      if line.startswith("step ") and int(line[5:].split("/")[0]) >= 6:
+        break
+    with gcs_server.paused(gcs):
+      start = time.monotonic()
+      proc.send_signal(signal.SIGTERM)
+      _, stderr = proc.communicate(timeout=60)
+      took = time.monotonic() - start
+  finally:
+    proc.kill()
+  assert proc.returncode == 1 and took < 60, (proc.returncode, took, stderr[-3000:])
+  assert stderr.strip().splitlines()[-1].startswith(
+      "jaxdl: error: SIGTERM came 3 s ago and the run has not stopped: it waits in "), stderr
+  assert "Traceback" not in stderr, stderr
 
 
 def test_damaged_newest_gs_checkpoint_falls_back(gcs, tmp_path, caplog):

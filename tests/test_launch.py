@@ -83,7 +83,8 @@ def test_run_passes_every_override_through_unchanged(tmp_path):
     while not (home / "argv").exists() and time.time() < deadline:
       time.sleep(0.05)
     received = (home / "argv").read_text().split("\0")[:-1]
-    assert received == ["-m", "jaxdl.main", *args]
+    # jaxdl's deadline after SIGTERM is stop's default wait
+    assert received == ["-m", "jaxdl.main", args[0], "--stop_timeout=300", *args[1:]]
     pid = int(pid_file.read_text())
     os.kill(pid, 0)  # the run is alive after the 'ssh' shell has exited
 

@@ -284,6 +284,28 @@ def test_two_processes_stopped_and_killed_resume_bitwise(two_process_reference, 
 
 
 @pytest.mark.slow
+def test_a_job_whose_peer_hangs_still_stops_on_sigterm(tmp_path):
+  """Process 1 frozen (SIGSTOP: a host that hangs): process 0 waits in a collective, in C++,
+  where no Python signal handler runs. A SIGTERM still ends it at --stop_timeout, in one line,
+  well within 60 s."""
+  procs = _start_job([*LONG, f"--workdir={tmp_path / 'w'}", "--stop_timeout=3"])
+  try:
+    _wait_for_line(procs[0], "step  4/")
+    procs[1].send_signal(signal.SIGSTOP)
+    time.sleep(1.0)  # process 0 runs on into its next collective
+    start = time.monotonic()
+    procs[0].send_signal(signal.SIGTERM)
+    _, stderr = procs[0].communicate(timeout=60)
+    took = time.monotonic() - start
+  finally:
+    _kill_all(procs)  # SIGKILL ends a stopped process too
+  assert procs[0].returncode == 1 and took < 60, (procs[0].returncode, took, stderr[-3000:])
+  assert stderr.strip().splitlines()[-1].startswith(
+      "jaxdl: error: SIGTERM came 3 s ago and the run has not stopped: it waits in "), stderr
+  assert "Traceback" not in stderr, stderr
+
+
+@pytest.mark.slow
 def test_too_few_processes_give_up_after_the_initialization_timeout(tmp_path):
   workdir, port = str(tmp_path / "w"), _free_port()
   start = time.monotonic()
