@@ -105,6 +105,8 @@ class StopSignals:
     try:
       while not self._done.is_set():
         received = os.read(read, 64)
+        if not received:  # the write end closed
+          return
         if previous >= 0:  # someone else's wakeup fd (an asyncio loop): it gets its bytes too
           try:
             os.write(previous, received)
