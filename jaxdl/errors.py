@@ -6,6 +6,9 @@ so a traceback always means a bug in jaxdl, never in the user's input.
 """
 
 
+import errno
+
+
 class UserError(Exception):
   """A mistake in the user's config, command line or data; the message is one line."""
 
@@ -25,3 +28,23 @@ def import_user_module(name: str, where: str):
   except Exception as e:  # pylint: disable=broad-except  (the user's code may raise anything)
     raise UserError(f"{where}: cannot import {name!r} ({type(e).__name__}: {first_line(e)}; "
                     f"is it on PYTHONPATH or in the current directory?)") from None
+
+
+# errno names that say the environment failed (a disk, a quota, a permission, the network).
+_ENVIRONMENT_ERRNOS = ("ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "EIO", "EMFILE",
+                       "ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "EHOSTUNREACH", "ENETUNREACH")
+
+
+def environment_failure(error: BaseException) -> str | None:
+  """One line saying how the environment failed, when `error` is such a failure, else None:
+  an OSError with one of those errnos (a local file), or an object store's refusal. gcsfs (under
+  etils.epath, for gs://) raises `OSError('Forbidden: URL\\nwhy')`, without an errno, for HTTP 403,
+  and its own HttpError for 401, 429 and 5xx once its retries are spent."""
+  if isinstance(error, OSError) and errno.errorcode.get(error.errno) in _ENVIRONMENT_ERRNOS:
+    return (f"cannot write {error.filename}: {error.strerror}" if error.filename
+            else first_line(error))
+  refused = isinstance(error, OSError) and error.errno is None and str(error).startswith(
+      "Forbidden: ")
+  if refused or type(error).__module__.startswith("gcsfs"):
+    return f"the gs:// server refused a request: {' '.join(str(error).split())[:300]}"
+  return None

@@ -273,8 +273,15 @@ class held:  # pylint: disable=invalid-name  (used as a context manager, like op
       self.kept = history.keep_aside(self.workdir, keep=(LEASE,))
     return self
 
-  def __exit__(self, *exc) -> None:
-    self.lease.release()
+  def __exit__(self, exc_type, *exc) -> None:
+    if exc_type is None:
+      self.lease.release()
+      return
+    try:  # the run is failing: its own error says why, not a second one from here
+      self.lease.release()
+    except Exception as e:  # pylint: disable=broad-except  (a gs:// lease left expires in 60 s)
+      logging.info("releasing the lease %s after the run's error failed too: %s",
+                   self.lease.path, first_line(e))
 
   def _same_job(self) -> None:
     """Every process of the job sees process 0's lease file in its workdir (the workdir is

@@ -44,7 +44,15 @@ _INIT_TIMEOUT = flags.DEFINE_integer(
 
 
 def _fail(message: str) -> None:
-  print(f"jaxdl: error: {message}", file=sys.stderr)
+  print(f"jaxdl: error: {message}", file=sys.stderr, flush=True)
+  jax = sys.modules.get("jax")
+  if jax is not None and jax.distributed.is_initialized():
+    # A multi-process job: every process stops with this line, and none may wait for the
+    # others at interpreter exit, where JAX's distributed client and its CPU collectives shut
+    # down together with every process (seen: process 0 of a job whose process 1 gave another
+    # --num_processes printed its line, then hung there after process 1 had exited).
+    sys.stdout.flush()
+    os._exit(1)  # pylint: disable=protected-access
   sys.exit(1)
 
 
@@ -127,10 +135,6 @@ def _quiet_closed_loop(default_hook):
   return hook
 
 
-# errno values that say the environment failed (disk, quota, permission), not jaxdl.
-_ENVIRONMENT_ERRNOS = ("ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "EIO", "EMFILE")
-
-
 def enable_compilation_cache(directory: str) -> None:
   """Turns on JAX's persistent compilation cache in `directory` for every executable.
 
@@ -150,7 +154,7 @@ def main(argv: list[str]) -> None:
     enable_compilation_cache(_XLA_CACHE.value)
   # Imported here so that flag errors are reported before the slower jax/flax/orbax imports.
   from jaxdl import checkpoint, parallel, train  # pylint: disable=g-import-not-at-top
-  from jaxdl.errors import UserError  # pylint: disable=g-import-not-at-top
+  from jaxdl.errors import UserError, environment_failure  # pylint: disable=g-import-not-at-top
   try:
     parallel.set_cpu_devices(_CONFIG.value.parallel.cpu_devices)
     parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
@@ -163,13 +167,14 @@ def main(argv: list[str]) -> None:
     os._exit(1)  # pylint: disable=protected-access  (Orbax's threads may wait out long timeouts)
   except UserError as e:
     _fail(str(e))
-  except OSError as e:  # a file jaxdl writes: the disk is full, read-only, not ours
-    import errno  # pylint: disable=g-import-not-at-top
-    if errno.errorcode.get(e.errno) not in _ENVIRONMENT_ERRNOS:
-      raise  # not the environment's: a bug, with its traceback
-    _fail(f"cannot write {e.filename}: {e.strerror}" if e.filename else str(e))
   except stopping.Stopped as e:  # the step is saved: 0 for SIGTERM (preemption), 130 for ^C
     sys.exit(0 if e.signum == signal.SIGTERM else 130)
+  except Exception as e:  # pylint: disable=broad-except
+    # A file jaxdl writes: the disk is full, read-only, not ours; a gs:// server refuses.
+    failure = environment_failure(e)
+    if failure is None:
+      raise  # not the environment's: a bug, with its traceback
+    _fail(failure)
   except KeyboardInterrupt:
     print("jaxdl: interrupted; re-run the same command to resume from the newest checkpoint",
           file=sys.stderr)

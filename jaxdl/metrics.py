@@ -219,17 +219,31 @@ class _ObjectFile:
 
   def __init__(self, path: str):
     self.path, self.buffer, self.flushed = epath.Path(path), io.BytesIO(), -1
+    self.error: Exception | None = None  # of the last flush, for close() to raise
+    self.closed = False
 
   def write(self, data: bytes) -> None:
     self.buffer.write(data)
 
   def flush(self) -> None:
-    if self.buffer.tell() != self.flushed:
+    """Writes the object; a failure is kept for close(), not raised here: tensorboardX flushes
+    from a thread of its own, which an error would end, and the bytes stay for the next try."""
+    if self.closed or self.buffer.tell() == self.flushed:
+      return
+    try:
       self.path.write_bytes(self.buffer.getvalue())
-      self.flushed = self.buffer.tell()
+    except Exception as e:  # pylint: disable=broad-except  (gcsfs: OSError, or its HttpError)
+      self.error = e
+      return
+    self.flushed, self.error = self.buffer.tell(), None
 
   def close(self) -> None:
+    """The last flush; its failure raises, once (tensorboardX closes again at exit)."""
     self.flush()
+    self.closed = True
+    error, self.error = self.error, None
+    if error is not None:
+      raise error
 
 
 class _ObjectFiles:

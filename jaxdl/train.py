@@ -36,7 +36,8 @@ def _closed_on_error(writer: metrics.Writer):
   except BaseException:
     try:
       writer.close()
-    except OSError as e:  # a full disk fails the flush too; the error on its way out says why
+    except Exception as e:  # pylint: disable=broad-except  (a full disk, a refusing gs:// server)
+      # fail the last flush too; the error on its way out says why
       logging.info("closing the event files after an error failed too: %s", e)
     raise
 

@@ -18,6 +18,7 @@ does atomically.
 from __future__ import annotations
 
 import contextlib
+import json
 from http import HTTPStatus
 import os
 import signal
@@ -25,6 +26,7 @@ import socket
 import subprocess
 import sys
 import threading
+import urllib.request
 
 
 def _env(port: int) -> dict[str, str]:
@@ -51,6 +53,18 @@ def paused(env: dict[str, str]):
     yield
   finally:
     proc.send_signal(signal.SIGCONT)
+
+
+@contextlib.contextmanager
+def writes_refused(env: dict[str, str]):
+  """For the `with` block, the server of `env` answers every request but a read with GCS's 403
+  (the service account lost storage.objects.create, say): a real HTTP error, from the server."""
+  url = env["STORAGE_EMULATOR_HOST"]
+  urllib.request.urlopen(urllib.request.Request(f"{url}/_jaxdl/writes?allowed=0", method="PUT"))
+  try:
+    yield
+  finally:
+    urllib.request.urlopen(urllib.request.Request(f"{url}/_jaxdl/writes?allowed=1", method="PUT"))
 
 
 @contextlib.contextmanager
@@ -83,6 +97,15 @@ def running(bucket: str):
   finally:
     proc.kill()
     proc.wait()
+
+
+def _answer(request, status: HTTPStatus, body: dict) -> None:
+  data = json.dumps(body).encode()
+  request.send_response(status)
+  request.send_header("Content-Type", "application/json; charset=UTF-8")
+  request.send_header("Content-Length", str(len(data)))
+  request.end_headers()
+  request.wfile.write(data)
 
 
 def _serve(port: int, bucket: str) -> None:
@@ -137,6 +160,22 @@ def _serve(port: int, bucket: str) -> None:
   emulator.HANDLERS = ((r"^/storage/v1/b/(?P<bucket_name>[-.\w]+)/o/(?P<object_id>.*[^/]+)"
                         r"/moveTo/o/(?P<dest_object_id>.*[^/]+)$", {"POST": move}),
                        *emulator.HANDLERS)
+  # PUT /_jaxdl/writes?allowed=0|1 (writes_refused): this server's own switch.
+  refused = threading.Event()
+  handle = emulator.Router.handle
+  def handle_unless_refused(router, method):
+    request = router._request_handler  # pylint: disable=protected-access
+    if request.path.startswith("/_jaxdl/writes"):
+      (refused.clear if request.path.endswith("allowed=1") else refused.set)()
+      return _answer(request, HTTPStatus.OK, {})
+    if refused.is_set() and method != "GET":
+      request.rfile.read(int(request.headers.get("Content-Length") or 0))  # the body, unread
+      return _answer(request, HTTPStatus.FORBIDDEN, {"error": {
+          "code": 403, "message": "jaxdl-tests does not have storage.objects.create access to "
+          "the Google Cloud Storage object. Permission 'storage.objects.create' denied on "
+          "resource (or it may not exist).", "errors": [{"reason": "forbidden"}]}})
+    return handle(router, method)
+  emulator.Router.handle = handle_unless_refused
   create_server = emulator.create_server
   server = create_server("127.0.0.1", port, in_memory=True, default_bucket=bucket)
   server.start()

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+from etils import epath
 import jax
 import numpy as np
 from PIL import Image
@@ -18,8 +19,8 @@ import pytest
 import gcs_server
 from conftest import (REPO, SMALL_MODEL, SUBPROCESS_CACHE, interrupt_at, load_config, run_main,
                       set_keys, tiny_lm_config)
-from jaxdl import (checkpoint, lease, metrics, plot, predict, report, sample, sweep, tasks,
-                   train, validate)
+from jaxdl import (checkpoint, digests, lease, metrics, plot, predict, report, sample, sweep,
+                   tasks, train, validate)
 from jaxdl.data import windows
 
 # Every test here needs the GCS server (a process of its own) or the runs made on it.
@@ -247,6 +248,37 @@ def test_a_run_waiting_on_a_silent_endpoint_still_stops_on_sigterm(gcs):
   assert stderr.strip().splitlines()[-1].startswith(
       "jaxdl: error: SIGTERM came 3 s ago and the run has not stopped: it waits in "), stderr
   assert "Traceback" not in stderr, stderr
+
+
+def test_a_gs_server_that_refuses_writes_stops_the_run_in_one_line(gcs):
+  """The gs:// endpoint refuses every write from mid-run on (403, as when the run's service
+  account loses its role): the run stops within 60 s of the fault, with one line naming what
+  failed and why, exit 1; the newest checkpoint it names is whole."""
+  workdir = f"gs://{BUCKET}/refused"
+  env = {**os.environ, **gcs, "JAXDL_XLA_CACHE": SUBPROCESS_CACHE}
+  proc = subprocess.Popen([sys.executable, "-m", "jaxdl.main",
+                           *_args(workdir, num_train_steps=3000)], cwd=REPO,
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    committed = epath.Path(f"{workdir}/checkpoints/4/{digests.DIGEST}")  # written after the commit
+    deadline = time.monotonic() + 60
+    while not committed.exists() and time.monotonic() < deadline and proc.poll() is None:
+      time.sleep(0.2)
+    with gcs_server.writes_refused(gcs):
+      start = time.monotonic()
+      _, stderr = proc.communicate(timeout=120)
+      took = time.monotonic() - start
+  finally:
+    proc.kill()
+  assert proc.returncode == 1 and took < 60, (proc.returncode, took, stderr[-3000:])
+  # TensorStore logs that this server needs no credentials file, in C++, at its first request.
+  lines = [l for l in stderr.splitlines() if not re.match(r"E\d{4} .*google_auth_provider", l)]
+  assert len(lines) == 1, stderr  # no traceback from the lease, the event files or at exit
+  # The first refused write: an event's append to metrics.jsonl, or a checkpoint's save.
+  assert re.fullmatch(r"jaxdl: error: (the gs:// server refused a request: Forbidden: .* does "
+                      r"not have storage\.objects\.create access .*|saving the checkpoint at "
+                      r"step \d+ in .* failed .*)", lines[0]), lines[0]
+  assert checkpoint.latest_params(workdir, "x")  # the newest checkpoint is whole
 
 
 def test_damaged_newest_gs_checkpoint_falls_back(gcs, tmp_path, caplog):
