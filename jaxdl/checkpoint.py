@@ -40,7 +40,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxdl import digests, metrics, parallel
-from jaxdl.errors import UserError, first_line
+from jaxdl.errors import UserError, environment_failure, first_line
 
 _TMP_MARK = ".orbax-checkpoint-tmp"  # Orbax's suffix for a save still being written
 
@@ -336,16 +336,22 @@ class Checkpoints:
     if jax.process_index() == 0:
       for step in self._undigested:
         path = os.path.join(self.directory, str(step))
+        what = f"recording the checksums of the checkpoint at step {step} in {self.directory}"
         try:
           if metrics.exists(path):  # not already removed by keep_checkpoints
             digests.write(path)
             if self._on_commit:
+              what = f"recording the checkpoint at step {step} in the run's record (run.json)"
               self._on_commit(step)
-        except OSError as e:  # the step is on disk; only its checksums could not follow
-          self._failed(e, committed=True)
+        except Exception as e:  # pylint: disable=broad-except
+          if not isinstance(e, OSError) and environment_failure(e) is None:
+            raise  # not the storage's: a bug
+          self._failed(e, committed=what)  # the step is on disk; only what follows it failed
     self._undigested = []
 
-  def _failed(self, error: BaseException, committed: bool = False) -> None:
+  def _failed(self, error: BaseException, committed: str = "") -> None:
+    """Raises the SaveError of `error`: the save failed, or, when `committed` says what, a
+    write that follows a committed save."""
     step = self._undigested[-1] if self._undigested else None
     self._undigested, self._broken = [], True
     try:
@@ -354,9 +360,8 @@ class Checkpoints:
     except OSError:
       kept = []
     last = f"step {kept[-1]}, left intact" if kept else "none yet"
-    what = (f"recording the checksums of the checkpoint at step {step}" if committed else
-            f"saving the checkpoint at step {step}")
-    raise SaveError(f"{what} in {self.directory} failed ({save_cause(error)}); the run stopped "
+    what = committed or f"saving the checkpoint at step {step} in {self.directory}"
+    raise SaveError(f"{what} failed ({save_cause(error)}); the run stopped "
                     f"there; the last good checkpoint: {last}") from error
 
   def close(self) -> None:

@@ -540,10 +540,11 @@ def test_a_full_disk_stops_the_run_in_one_line_within_60_s(tmp_path):
     elapsed = time.time() - start
     lines = result.stderr.splitlines()  # nothing but the one line: no library's traceback
     assert result.returncode == 1 and len(lines) == 1, result.stderr[-3000:]
-    saved = re.fullmatch(r"jaxdl: error: (?:saving|recording the checksums of) the checkpoint "
-                         r"at step \d+ in \S+ failed \(No space left on device\); the run "
-                         r"stopped there; the last good checkpoint: step (\d+), left intact",
-                         lines[0])
+    saved = re.fullmatch(r"jaxdl: error: (?:(?:saving|recording the checksums of) the "
+                         r"checkpoint at step \d+ in \S+|recording the checkpoint at step \d+ "
+                         r"in the run's record \(run\.json\)) failed \(No space left on "
+                         r"device\); the run stopped there; the last good checkpoint: step "
+                         r"(\d+), left intact", lines[0])
     written = re.fullmatch(r"jaxdl: error: cannot write \S+: No space left on device", lines[0])
     assert saved or written, lines[0]
     assert elapsed < 60, elapsed

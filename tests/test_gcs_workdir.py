@@ -274,10 +274,13 @@ def test_a_gs_server_that_refuses_writes_stops_the_run_in_one_line(gcs):
   # TensorStore logs that this server needs no credentials file, in C++, at its first request.
   lines = [l for l in stderr.splitlines() if not re.match(r"E\d{4} .*google_auth_provider", l)]
   assert len(lines) == 1, stderr  # no traceback from the lease, the event files or at exit
-  # The first refused write: an event's append to metrics.jsonl, or a checkpoint's save.
+  # The first refused write: an event's append to metrics.jsonl, a checkpoint's save, or what
+  # follows a committed save (its checksums, its line in run.json).
   assert re.fullmatch(r"jaxdl: error: (the gs:// server refused a request: Forbidden: .* does "
-                      r"not have storage\.objects\.create access .*|saving the checkpoint at "
-                      r"step \d+ in .* failed .*)", lines[0]), lines[0]
+                      r"not have storage\.objects\.create access .*|(saving|recording the "
+                      r"checksums of) the checkpoint at step \d+ in gs://\S+ failed \(Forbidden: "
+                      r".*|recording the checkpoint at step \d+ in the run's record \(run\.json\) "
+                      r"failed \(Forbidden: .*)", lines[0]), lines[0]
   assert checkpoint.latest_params(workdir, "x")  # the newest checkpoint is whole
 
 
