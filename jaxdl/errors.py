@@ -3,6 +3,9 @@
 Anything a user can get wrong (a config value, a path, a data file) raises `UserError` with a
 single line that names the key, file or value. `jaxdl.main` prints it as one line and exits 1,
 so a traceback always means a bug in jaxdl, never in the user's input.
+
+A failure of the environment (a full disk, a permission, the network, a gs:// server that
+refuses) is no bug either: `environment_failure` gives its one line.
 """
 
 
