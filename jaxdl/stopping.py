@@ -1,10 +1,11 @@
 """SIGTERM and SIGINT: the run saves the step at hand and exits, and never takes longer than a
 bound to do so, even when it is stuck.
 
-- A signal only sets a flag, which the loop reads at each step boundary (`requested`): saving
-  from inside a handler could interrupt a half-done step or an Orbax write. A second identical
-  signal gets the default behaviour (kill; Ctrl-C raises KeyboardInterrupt) for a user who does
-  not want to wait for the save.
+- Once the workdir is open (`save_on_signal`), a signal only sets a flag, which the loop reads
+  at each step boundary (`requested`): saving from inside a handler could interrupt a half-done
+  step or an Orbax write. A second identical signal gets the default behaviour (kill; Ctrl-C
+  raises KeyboardInterrupt) for a user who does not want to wait for the save. Before that
+  (checks, data loading), a lone process has nothing to save and the signal acts at once.
 - Always honoured: a run that has not stopped `timeout` seconds after the first signal (it
   waits on a filesystem or a gs:// endpoint that stopped answering, or in a collective whose
   peer is gone) exits with one line that says where it waits, without that save; its newest
@@ -46,13 +47,14 @@ class Stopped(Exception):
 
 
 class StopSignals:
-  """The stop flag and its deadline, for the `with` block of a run."""
+  """The stop flag and its deadline, for the `with` block of a whole run."""
 
   def __init__(self, timeout: float = TIMEOUT, multi_process: bool = False):
     self.timeout, self.multi_process = timeout, multi_process
     self.signum: int | None = None
     self._previous: dict[int, Any] = {}
     self._calls = 0  # requested() calls in this process: the preemption sync's counter
+    self._saving = False  # save_on_signal() was called
     self._done = threading.Event()
     self._wakeup: tuple[int, int, int] | None = None  # (read fd, write fd, the previous fd)
     self._jax: tuple[Any, Any] | None = None  # multi-process: (JAX's handler, its sigaction)
@@ -73,10 +75,23 @@ class StopSignals:
     reached = manager.reached_preemption(self._calls)
     return reached if self.multi_process else (self.signum is not None or reached)
 
+  def save_on_signal(self) -> None:
+    """From now on (the run's workdir is open) a signal asks for a save, then a stop. Before,
+    on a lone process, there is nothing to save and it acts at once, as without jaxdl (SIGTERM
+    ends the process, Ctrl-C raises KeyboardInterrupt); a multi-process job's stops at its
+    first step, where the processes agree, or at the deadline."""
+    self._saving = True
+
   def _handle(self, signum, frame) -> None:
-    del frame
+    previous = self._previous[signum]
+    signal.signal(signum, previous)
+    if not (self._saving or self.multi_process):
+      if callable(previous):
+        previous(signum, frame)  # Python's Ctrl-C handler: KeyboardInterrupt
+      else:
+        signal.raise_signal(signum)  # the default action: SIGTERM ends the process
+      return
     self.signum = signum
-    signal.signal(signum, self._previous[signum])
 
   def __enter__(self) -> "StopSignals":
     if threading.current_thread() is not threading.main_thread():

@@ -138,6 +138,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   Returns the final eval metrics, f"{split}_{name}" for each of the dataset's final splits
   (MNIST: 'test_loss', 'test_accuracy', 'test_count').
   """
+  # The signals' handlers and deadline hold for the whole run, its exit included.
+  with stopping.StopSignals(stop_timeout, jax.process_count() > 1) as signals:
+    return _train(config, workdir, restart, signals)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, restart: bool,
+           signals: stopping.StopSignals) -> dict[str, float]:
+  """train_and_evaluate's steps, with its signals."""
   # 0. task and 1. checks: every value rule, before any work; the workdir is only read.
   task = tasks.get(config.task)
   validate.validate(config, task, workdir)
@@ -185,11 +193,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if not metrics.is_url(workdir):  # object stores (gs://) have no directories to make
     os.makedirs(workdir, exist_ok=True)
   writer = metrics.Writer(workdir)
-  # From here SIGTERM/SIGINT only set a flag (stopping.StopSignals), read after each step, and
-  # start a deadline that also covers the lease, the restore and the last save's wait.
-  # The lease comes next: a second run on this workdir stops there, having changed nothing.
-  with (stopping.StopSignals(stop_timeout, jax.process_count() > 1) as signals,
-        lease.held(workdir, restart, resuming, resolved) as held,
+  # From here SIGTERM/SIGINT only set a flag (stopping.StopSignals), read after each step: the
+  # step is saved, then the run stops. (Before, on one process, they act at once.)
+  # The lease comes first: a second run on this workdir stops there, having changed nothing.
+  signals.save_on_signal()
+  with (lease.held(workdir, restart, resuming, resolved) as held,
         _closed_on_error(writer),
         checkpoint.Checkpoints(workdir, config.keep_checkpoints,
                                on_commit=lambda step: runrecord.saved(workdir, step)) as ckpts,

@@ -41,6 +41,7 @@ def test_a_second_signal_stops_at_once(signum, default_handlers):
   checked here as the default handler being back in place)."""
   del default_handlers
   with stopping.StopSignals() as signals:
+    signals.save_on_signal()
     assert not signals.requested(_NoPreemption())
     os.kill(os.getpid(), signum)
     assert signals.requested(_NoPreemption()) and signals.signum == signum
@@ -51,6 +52,19 @@ def test_a_second_signal_stops_at_once(signum, default_handlers):
       assert signal.getsignal(signum) == signal.SIG_DFL
   assert signal.getsignal(signal.SIGINT) == signal.default_int_handler  # restored after
   assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_before_the_workdir_is_open_a_signal_acts_at_once(default_handlers):
+  """Before save_on_signal (validation, data loading) there is nothing to save: Ctrl-C raises
+  KeyboardInterrupt there and then, as without jaxdl (SIGTERM's default action, ending the
+  process, is the command-line tests')."""
+  del default_handlers
+  with pytest.raises(KeyboardInterrupt):
+    with stopping.StopSignals() as signals:
+      os.kill(os.getpid(), signal.SIGINT)
+      time.sleep(1.0)  # the handler runs at the next bytecode, long before this ends
+  assert signals.signum is None
+  assert signal.getsignal(signal.SIGINT) == signal.default_int_handler
 
 
 def test_an_ignored_signal_stays_ignored(default_handlers):
@@ -71,6 +85,7 @@ def test_a_run_that_does_not_stop_exits_at_the_deadline_in_one_line():
       import os, signal, sys, time
       from jaxdl import stopping
       with stopping.StopSignals(timeout=float(sys.argv[1])) as signals:
+        signals.save_on_signal()
         print("ready", flush=True)
         time.sleep(1.0)  # no signal yet: the deadline has not started
         os.kill(os.getpid(), signal.SIGTERM)
@@ -84,5 +99,5 @@ def test_a_run_that_does_not_stop_exits_at_the_deadline_in_one_line():
   assert result.returncode == 1 and result.stdout == "ready\n", result
   assert result.stderr.startswith(
       "jaxdl: error: SIGTERM came 0.5 s ago and the run has not stopped: it waits in "
-      "<string>:9 (<module>); exiting without saving that step"), result.stderr
+      "<string>:10 (<module>); exiting without saving that step"), result.stderr
   assert len(result.stderr.strip().splitlines()) == 1 and took < 30, (took, result.stderr)
