@@ -36,8 +36,9 @@ def _closed_on_error(writer: metrics.Writer):
   except BaseException:
     try:
       writer.close()
-    except Exception as e:  # pylint: disable=broad-except  (a full disk, a refusing gs:// server)
-      # fail the last flush too; the error on its way out says why
+    except Exception as e:  # pylint: disable=broad-except
+      # A full disk or a refusing gs:// server fails the last flush too; the error on its way
+      # out says why.
       logging.info("closing the event files after an error failed too: %s", e)
     raise
 
