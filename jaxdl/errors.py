@@ -10,10 +10,21 @@ refuses) is no bug either: `environment_failure` gives its one line.
 
 
 import errno
+import os
+import sys
 
 
 class UserError(Exception):
   """A mistake in the user's config, command line or data; the message is one line."""
+
+
+def exit_at_once(message: str) -> None:
+  """Prints `jaxdl: error: MESSAGE` and ends the process now (exit 1), without interpreter
+  exit: for a process whose threads may never finish (Orbax's after a failed write; a main
+  thread stuck in C++) or whose exit would wait for other processes of a job."""
+  print(f"jaxdl: error: {message}", file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  os._exit(1)  # pylint: disable=protected-access
 
 
 def first_line(error: BaseException) -> str:

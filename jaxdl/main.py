@@ -14,7 +14,7 @@ from absl import app, flags, logging
 import ml_collections
 from ml_collections import config_flags
 
-from jaxdl import stopping
+from jaxdl import errors, stopping
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "experiment config file, optionally with a preset: configs/mnist.py:seed",
@@ -44,15 +44,14 @@ _INIT_TIMEOUT = flags.DEFINE_integer(
 
 
 def _fail(message: str) -> None:
-  print(f"jaxdl: error: {message}", file=sys.stderr, flush=True)
   jax = sys.modules.get("jax")
   if jax is not None and jax.distributed.is_initialized():
     # A multi-process job: every process stops with this line, and none may wait for the
     # others at interpreter exit, where JAX's distributed client and its CPU collectives shut
     # down together with every process (seen: process 0 of a job whose process 1 gave another
     # --num_processes printed its line, then hung there after process 1 had exited).
-    sys.stdout.flush()
-    os._exit(1)  # pylint: disable=protected-access
+    errors.exit_at_once(message)
+  print(f"jaxdl: error: {message}", file=sys.stderr, flush=True)
   sys.exit(1)
 
 
@@ -154,7 +153,6 @@ def main(argv: list[str]) -> None:
     enable_compilation_cache(_XLA_CACHE.value)
   # Imported here so that flag errors are reported before the slower jax/flax/orbax imports.
   from jaxdl import checkpoint, parallel, train  # pylint: disable=g-import-not-at-top
-  from jaxdl.errors import UserError, environment_failure  # pylint: disable=g-import-not-at-top
   try:
     parallel.set_cpu_devices(_CONFIG.value.parallel.cpu_devices)
     parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
@@ -162,16 +160,14 @@ def main(argv: list[str]) -> None:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, restart=_RESTART.value,
                              stop_timeout=_STOP_TIMEOUT.value)
   except checkpoint.SaveError as e:
-    print(f"jaxdl: error: {e}", file=sys.stderr, flush=True)
-    sys.stdout.flush()
-    os._exit(1)  # pylint: disable=protected-access  (Orbax's threads may wait out long timeouts)
-  except UserError as e:
+    errors.exit_at_once(str(e))  # Orbax's threads may wait out long timeouts on the failed write
+  except errors.UserError as e:
     _fail(str(e))
   except stopping.Stopped as e:  # the step is saved: 0 for SIGTERM (preemption), 130 for ^C
     sys.exit(0 if e.signum == signal.SIGTERM else 130)
   except Exception as e:  # pylint: disable=broad-except
     # A file jaxdl writes: the disk is full, read-only, not ours; a gs:// server refuses.
-    failure = environment_failure(e)
+    failure = errors.environment_failure(e)
     if failure is None:
       raise  # not the environment's: a bug, with its traceback
     _fail(failure)

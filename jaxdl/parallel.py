@@ -25,7 +25,6 @@ import importlib.util
 import math
 import os
 import re
-import sys
 import threading
 from typing import Any, Callable
 
@@ -34,7 +33,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
-from jaxdl.errors import UserError, first_line
+from jaxdl.errors import UserError, exit_at_once, first_line
 
 
 MESH_AXES = ("data", "model")
@@ -308,11 +307,10 @@ def _join_deadline(seconds: int, job: str):
   aborts the process with a stack trace. So jaxdl keeps a deadline of its own, ahead of JAX's;
   the call releases the GIL while it waits, so a timer thread can end the process first.
   """
-  def give_up():
-    print(f"jaxdl: error: not every process joined {job} within --initialization_timeout="
-          f"{seconds} s: a process is missing or still starting, or a host was given another "
-          f"--coordinator_address or --num_processes", file=sys.stderr, flush=True)
-    os._exit(1)  # pylint: disable=protected-access  (the main thread is inside JAX's C++)
+  def give_up():  # the main thread is inside JAX's C++: no clean exit
+    exit_at_once(f"not every process joined {job} within --initialization_timeout={seconds} s: "
+                 f"a process is missing or still starting, or a host was given another "
+                 f"--coordinator_address or --num_processes")
   timer = threading.Timer(seconds, give_up)
   timer.daemon = True
   timer.start()

@@ -32,6 +32,8 @@ import threading
 import traceback
 from typing import Any
 
+from jaxdl.errors import exit_at_once
+
 # Seconds from the first signal to the forced exit. It covers the end of the step at hand and
 # one save; schedulers send SIGKILL 30 s (Kubernetes, Slurm) or more after their SIGTERM, and a
 # process that exits by itself says why. main.py's --stop_timeout sets it per run.
@@ -56,7 +58,7 @@ class StopSignals:
     self._calls = 0  # requested() calls in this process: the preemption sync's counter
     self._saving = False  # save_on_signal() was called
     self._done = threading.Event()
-    self._wakeup: tuple[int, int, int] | None = None  # (read fd, write fd, the previous fd)
+    self._wakeup: tuple[int, int] | None = None  # (the pipe's write fd, the previous wakeup fd)
     self._jax: tuple[Any, Any] | None = None  # multi-process: (JAX's handler, its sigaction)
 
   def requested(self, manager) -> bool:
@@ -108,7 +110,7 @@ class StopSignals:
         self._previous[signum] = signal.signal(signum, self._handle)
     read, write = os.pipe()
     os.set_blocking(write, False)  # the signal's byte is dropped, never waited for, when full
-    self._wakeup = (read, write, signal.set_wakeup_fd(write, warn_on_full_buffer=False))
+    self._wakeup = (write, signal.set_wakeup_fd(write, warn_on_full_buffer=False))
     threading.Thread(target=self._watch, args=(read,), daemon=True,
                      name="jaxdl-stop-deadline").start()
     return self
@@ -116,7 +118,7 @@ class StopSignals:
   def _watch(self, read: int) -> None:
     """The deadline's thread: waits for a stop signal's byte on the wakeup fd, tells JAX's
     notifier on a multi-process job, then gives the run `timeout` seconds to stop."""
-    previous = self._wakeup[2]
+    previous = self._wakeup[1]
     try:
       while not self._done.is_set():
         received = os.read(read, 64)
@@ -142,7 +144,7 @@ class StopSignals:
   def __exit__(self, *exc) -> None:
     self._done.set()
     if self._wakeup:
-      _, write, previous = self._wakeup
+      write, previous = self._wakeup
       signal.set_wakeup_fd(previous)
       try:
         os.write(write, b"\0")  # wakes the thread, which sees _done, closes `read` and ends
@@ -159,11 +161,10 @@ class StopSignals:
 def _overdue(signum: int, timeout: float) -> None:
   """Ends the process: the run did not stop within `timeout` seconds of the signal."""
   frame = sys._current_frames().get(threading.main_thread().ident)  # pylint: disable=protected-access
-  print(f"jaxdl: error: {signal.Signals(signum).name} came {timeout:g} s ago and the run has "
-        f"not stopped: it waits in {_where(frame)}; exiting without saving that step (its newest "
-        f"committed checkpoint is intact: re-run the same command to resume from it)",
-        file=sys.stderr, flush=True)
-  os._exit(1)  # pylint: disable=protected-access  (the main thread is stuck: no clean exit)
+  exit_at_once(f"{signal.Signals(signum).name} came {timeout:g} s ago and the run has not "
+               f"stopped: it waits in {_where(frame)}; exiting without saving that step (its "
+               f"newest committed checkpoint is intact: re-run the same command to resume from "
+               f"it)")  # the main thread is stuck: no clean exit
 
 
 def _where(frame) -> str:

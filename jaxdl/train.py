@@ -262,7 +262,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, restart: bool,
         writer.print(f"eval at step {done}: {task.brief(split, result)}")
         interval_start += time.time() - eval_start  # train throughput excludes eval time
 
-      stop = signals.requested(ckpts.manager)  # SIGTERM or SIGINT arrived: save this step, then exit
+      # SIGTERM or SIGINT arrived: save this step, then exit
+      stop = signals.requested(ckpts.manager)
       if stop or done % config.checkpoint_every == 0 or done == num_steps:
         _check_finite(interval_sums, skip_nonfinite, ckpts)  # never save a diverged state
         sums = None if interval_sums is None else {

@@ -48,6 +48,14 @@ def _events(workdir):  # without the wall-clock throughput
           for e in metrics.read_events(f"{workdir}/metrics.jsonl")]
 
 
+def _start(env, *args, stderr=subprocess.PIPE):
+  """`python -m jaxdl.main ARGS` against the GCS server of `env`, with the session's compilation
+  cache."""
+  return subprocess.Popen([sys.executable, "-m", "jaxdl.main", *args], cwd=REPO,
+                          env={**os.environ, **env, "JAXDL_XLA_CACHE": SUBPROCESS_CACHE},
+                          stdout=subprocess.PIPE, stderr=stderr, text=True)
+
+
 def _objects(workdir):
   """{path: bytes} of every object under a gs:// workdir (gcsfs: epath refuses `**` on GCS)."""
   import gcsfs  # pylint: disable=g-import-not-at-top
@@ -66,11 +74,8 @@ def unreachable():
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]  # free, and nothing will listen there
-  env = {**os.environ, **gcs_server._env(port), "JAXDL_XLA_CACHE": SUBPROCESS_CACHE}  # pylint: disable=protected-access
   started, ended = time.time(), []
-  proc = subprocess.Popen([sys.executable, "-m", "jaxdl.main",
-                           *_args(f"gs://{BUCKET}/unreachable")], cwd=REPO, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  proc = _start(gcs_server._env(port), *_args(f"gs://{BUCKET}/unreachable"))  # pylint: disable=protected-access
   output = []
   def wait():
     output.extend(proc.communicate())
@@ -91,9 +96,7 @@ def gcs():
 def killed_run(gcs, tmp_path_factory):
   """A gs:// run SIGKILLed in the middle and re-run to its end, and a local uninterrupted one."""
   workdir = f"gs://{BUCKET}/killed"
-  env = {**os.environ, **gcs, "JAXDL_XLA_CACHE": SUBPROCESS_CACHE}
-  proc = subprocess.Popen([sys.executable, "-m", "jaxdl.main", *_args(workdir)], cwd=REPO,
-                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  proc = _start(gcs, *_args(workdir), stderr=subprocess.STDOUT)
   seen = []
   for line in proc.stdout:  # killed once step 13's line is out: checkpoint 12 may be mid-save
     seen.append(line)
@@ -213,10 +216,7 @@ def test_two_gs_runs_started_at_once_one_is_refused(killed_run, gcs):
   meanwhile by the first)."""
   _, reference = killed_run
   workdir = f"gs://{BUCKET}/at-once"
-  env = {**os.environ, **gcs, "JAXDL_XLA_CACHE": SUBPROCESS_CACHE}
-  procs = [subprocess.Popen([sys.executable, "-m", "jaxdl.main", *_args(workdir)], cwd=REPO,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for _ in range(2)]
+  procs = [_start(gcs, *_args(workdir)) for _ in range(2)]
   outputs = [p.communicate(timeout=300) for p in procs]
   assert sorted(p.returncode for p in procs) == [0, 1], outputs
   _, stderr = outputs[[p.returncode for p in procs].index(1)]
@@ -229,10 +229,7 @@ def test_two_gs_runs_started_at_once_one_is_refused(killed_run, gcs):
 def test_a_run_waiting_on_a_silent_endpoint_still_stops_on_sigterm(gcs):
   """SIGTERM while the gs:// endpoint has stopped answering (its server paused): the step's save
   waits on it for good, and the run ends at --stop_timeout, in one line, well within 60 s."""
-  env = {**os.environ, **gcs, "JAXDL_XLA_CACHE": SUBPROCESS_CACHE}
-  proc = subprocess.Popen([sys.executable, "-m", "jaxdl.main", "--stop_timeout=3",
-                           *_args(f"gs://{BUCKET}/silent", num_train_steps=3000)], cwd=REPO,
-                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  proc = _start(gcs, "--stop_timeout=3", *_args(f"gs://{BUCKET}/silent", num_train_steps=3000))
   try:
     for line in proc.stdout:  # 'step    6/3000 | ...'
       if line.startswith("step ") and int(line[5:].split("/")[0]) >= 6:
@@ -255,10 +252,7 @@ def test_a_gs_server_that_refuses_writes_stops_the_run_in_one_line(gcs):
   account loses its role): the run stops within 60 s of the fault, with one line naming what
   failed and why, exit 1; the newest checkpoint it names is whole."""
   workdir = f"gs://{BUCKET}/refused"
-  env = {**os.environ, **gcs, "JAXDL_XLA_CACHE": SUBPROCESS_CACHE}
-  proc = subprocess.Popen([sys.executable, "-m", "jaxdl.main",
-                           *_args(workdir, num_train_steps=3000)], cwd=REPO,
-                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  proc = _start(gcs, *_args(workdir, num_train_steps=3000))
   try:
     committed = epath.Path(f"{workdir}/checkpoints/4/{digests.DIGEST}")  # written after the commit
     deadline = time.monotonic() + 60
