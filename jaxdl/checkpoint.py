@@ -35,11 +35,10 @@ from typing import Any, Callable
 from absl import logging
 import jax
 from jax.experimental import multihost_utils
-from etils import epath
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxdl import digests, metrics, parallel
+from jaxdl import digests, files, parallel
 from jaxdl.errors import UserError, environment_failure, first_line
 
 _TMP_MARK = ".orbax-checkpoint-tmp"  # Orbax's suffix for a save still being written
@@ -49,7 +48,7 @@ def _step_dirs(directory: str) -> list[str]:
   """The step folders in `directory`, local or gs:// (the same epath calls). Fails closed: an
   error of the listing (a network error) is raised, never read as 'no checkpoints'."""
   try:
-    return [p.name for p in epath.Path(directory).iterdir() if p.name.isdigit()]
+    return [p.name for p in files.Path(directory).iterdir() if p.name.isdigit()]
   except FileNotFoundError:
     return []
 
@@ -176,9 +175,9 @@ class Checkpoints:
   """Save every N steps (the loop decides when), keep the last K, restore the newest intact."""
 
   def __init__(self, workdir: str, keep: int, on_commit: Callable[[int], None] | None = None):
-    root = workdir if metrics.is_url(workdir) else os.path.abspath(workdir)  # gs:// as it is
+    root = workdir if files.is_url(workdir) else os.path.abspath(workdir)  # gs:// as it is
     self.directory = os.path.join(root, "checkpoints")
-    directory = epath.Path(self.directory)
+    directory = files.Path(self.directory)
     unfinished = sorted(p.name for p in directory.iterdir() if _TMP_MARK in p.name
                         ) if directory.is_dir() else []
     if unfinished and jax.process_index() == 0:
@@ -304,10 +303,10 @@ class Checkpoints:
     if jax.process_index() == 0:  # the directory is shared: one process names and renames
       target = os.path.join(self.directory, f"damaged-{step}")
       n = 1
-      while metrics.exists(target):
+      while files.exists(target):
         n += 1
         target = os.path.join(self.directory, f"damaged-{step}-{n}")
-      epath.Path(path).rename(target)  # etils.epath: os.rename here, the backend's move on gs://
+      files.Path(path).rename(target)  # etils.epath: os.rename here, the backend's move on gs://
     # Process 0 sends the name only once it has renamed, so the others list the directory after.
     target = parallel.broadcast_text(target)
     logging.warning("checkpoint %s is damaged (%s); moved it to %s, falling back to an older "
@@ -338,7 +337,7 @@ class Checkpoints:
         path = os.path.join(self.directory, str(step))
         what = f"recording the checksums of the checkpoint at step {step} in {self.directory}"
         try:
-          if metrics.exists(path):  # not already removed by keep_checkpoints
+          if files.exists(path):  # not already removed by keep_checkpoints
             digests.write(path)
             if self._on_commit:
               what = f"recording the checkpoint at step {step} in the run's record (run.json)"
@@ -392,10 +391,10 @@ def latest_params(workdir: str, config_file: str) -> Any:
   """The params of the newest checkpoint in WORKDIR/checkpoints, as host arrays (for sampling
   and prediction): its moving average when the run kept one. `config_file` names the config
   to train with in the error for a workdir without checkpoints."""
-  root = workdir if metrics.is_url(workdir) else os.path.abspath(workdir)  # gs:// as it is
+  root = workdir if files.is_url(workdir) else os.path.abspath(workdir)  # gs:// as it is
   directory = os.path.join(root, "checkpoints")
   newest_error = None
-  if epath.Path(directory).is_dir():
+  if files.Path(directory).is_dir():
     with ocp.CheckpointManager(directory, item_handlers=_handlers(),
                                options=ocp.CheckpointManagerOptions(create=False)) as manager:
       # A damaged step (truncated or missing files) is passed over for the next older one,

@@ -21,15 +21,14 @@ from __future__ import annotations
 import json
 import zlib
 
-from etils import epath
 
-from jaxdl import metrics
+from jaxdl import files
 
 DIGEST = "jaxdl-digest.json"
 _CHUNK = 1 << 24  # bytes read at a time: a large array file is never held whole
 
 
-def _crc(path: epath.Path) -> tuple[int, int]:
+def _crc(path: files.Path) -> tuple[int, int]:
   """(size, CRC-32) of a file, read in chunks."""
   crc, size = 0, 0
   with path.open("rb") as f:
@@ -38,16 +37,16 @@ def _crc(path: epath.Path) -> tuple[int, int]:
   return size, crc
 
 
-def _files(step_dir: epath.Path) -> list[tuple[str, epath.Path]]:
+def _files(step_dir: files.Path) -> list[tuple[str, files.Path]]:
   """(name relative to step_dir, path) of every file under it but the digest (and a temporary
   file that a kill left while writing it), sorted. Names are built here: epath's walk on gs://
   yields paths without their gs:// prefix."""
   out = []
-  def visit(directory: epath.Path, prefix: str) -> None:
+  def visit(directory: files.Path, prefix: str) -> None:
     for path in directory.iterdir():
       if path.is_dir():
         visit(path, f"{prefix}{path.name}/")
-      elif f"{prefix}{path.name}" != DIGEST and not path.name.startswith(metrics.TMP_PREFIX):
+      elif f"{prefix}{path.name}" != DIGEST and not path.name.startswith(files.TMP_PREFIX):
         out.append((f"{prefix}{path.name}", path))  # (a killed digest write's temporary: not)
   visit(step_dir, "")
   return sorted(out)
@@ -55,13 +54,13 @@ def _files(step_dir: epath.Path) -> list[tuple[str, epath.Path]]:
 
 def write(step_dir: str) -> None:
   """Records every file of a committed step in STEP_DIR/DIGEST (written atomically)."""
-  root = epath.Path(step_dir)
-  files = {name: list(_crc(path)) for name, path in _files(root)}
-  metrics.write_json(str(root / DIGEST), {"algorithm": "crc32", "files": files})
+  root = files.Path(step_dir)
+  listed = {name: list(_crc(path)) for name, path in _files(root)}
+  files.write_json(str(root / DIGEST), {"algorithm": "crc32", "files": listed})
 
 
 def has_digest(step_dir: str) -> bool:
-  return (epath.Path(step_dir) / DIGEST).exists()
+  return (files.Path(step_dir) / DIGEST).exists()
 
 
 # Orbax's own small JSON files in a step (any folder): each must parse.
@@ -72,7 +71,7 @@ def check(step_dir: str, items: tuple[str, ...] = ("state", "loop")) -> str | No
   """What shows STEP_DIR damaged, or None: a missing item folder; then, with a digest, a file
   missing, cut short or with other bytes than when saved (an unparsable digest is damage
   too); without one, an empty file or an Orbax metadata file that is not JSON."""
-  root = epath.Path(step_dir)
+  root = files.Path(step_dir)
   for item in items:
     if not (root / item).is_dir():
       return f"the item folder {item}/ is missing"
@@ -99,7 +98,7 @@ def check(step_dir: str, items: tuple[str, ...] = ("state", "loop")) -> str | No
   return None
 
 
-def _judge(root: epath.Path) -> str | None:
+def _judge(root: files.Path) -> str | None:
   """Damage that shows without a digest: empty files, and metadata that does not parse."""
   for name, path in _files(root):
     if path.name in _JSON or path.parent.name == "array_metadatas":

@@ -17,10 +17,9 @@ import os
 import time
 from typing import Any
 
-from etils import epath
 import jax
 
-from jaxdl import metrics, parallel, runrecord
+from jaxdl import files, metrics, parallel, runrecord
 from jaxdl.errors import UserError
 
 PREVIOUS = "previous-"  # WORKDIR/previous-<time>/: a record that --restart kept aside
@@ -35,7 +34,7 @@ def _events(workdir: str) -> list[dict[str, Any]]:
 
 def _segments(workdir: str) -> list[dict[str, Any]]:
   try:
-    record = metrics.read_json(os.path.join(workdir, "run.json"))
+    record = files.read_json(os.path.join(workdir, "run.json"))
     return [s for s in record.get("segments", []) if isinstance(s, dict)]
   except (OSError, ValueError, AttributeError):
     return []
@@ -45,7 +44,7 @@ def record_evidence(workdir: str) -> list[str]:
   """What in WORKDIR shows a run that saved a checkpoint, now that none is left to resume
   (deleted to save space, or every one moved aside as damaged); [] for an empty workdir or the
   record of a run killed before its first checkpoint, which a fresh start redoes exactly."""
-  damaged = sorted(p.name for p in epath.Path(workdir, "checkpoints").glob("damaged-*"))
+  damaged = sorted(p.name for p in files.Path(workdir, "checkpoints").glob("damaged-*"))
   events = _events(workdir)
   starts = _segments(workdir)
   saved = [s["last_checkpoint"] for s in starts if isinstance(s.get("last_checkpoint"), int)]
@@ -88,7 +87,7 @@ def keep_aside(workdir: str, keep: tuple[str, ...] = ()) -> str | None:
   Never deletes. Process 0 moves; every process returns the same path."""
   target = ""
   if jax.process_index() == 0:
-    root = epath.Path(workdir)
+    root = files.Path(workdir)
     entries = sorted(p for p in root.iterdir() if p.name not in keep
                      and not p.name.startswith(PREVIOUS)) if root.is_dir() else []
     if entries:

@@ -31,12 +31,11 @@ import time
 from typing import Any
 
 from absl import logging
-from etils import epath
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
-from jaxdl import checkpoint, history, metrics, parallel, runrecord
+from jaxdl import checkpoint, files, history, parallel, runrecord
 from jaxdl.errors import UserError, first_line
 
 LEASE = "lease.json"
@@ -155,8 +154,8 @@ class _ObjectLease:
   def __init__(self, workdir: str):
     # etils.epath's spelling, as every other file of the run has it: gs://b//runs/r1/ and
     # gs://b/runs/r1 are one workdir, and hold one lease.
-    self.path = os.fspath(epath.Path(workdir) / LEASE)
-    self.fs, key = metrics.object_store(self.path)
+    self.path = os.fspath(files.Path(workdir) / LEASE)
+    self.fs, key = files.object_store(self.path)
     self.bucket, self.key = key.split("/", 1)
     self.holder: dict[str, Any] = {}
     self.generation: str | None = None
@@ -245,7 +244,7 @@ class held:  # pylint: disable=invalid-name  (used as a context manager, like op
                config: dict | None = None):
     self.workdir, self.restart, self.resuming = workdir, restart, resuming
     self.config = config or {}  # the resolved config, which every process must share
-    self.lease = _ObjectLease(workdir) if metrics.is_url(workdir) else _FileLease(workdir)
+    self.lease = _ObjectLease(workdir) if files.is_url(workdir) else _FileLease(workdir)
     self.kept: str | None = None
 
   def __enter__(self) -> "held":
@@ -292,7 +291,7 @@ class held:  # pylint: disable=invalid-name  (used as a context manager, like op
     theirs = json.loads(parallel.broadcast_text(json.dumps(
         {**mine, "nonce": self.lease.holder.get("nonce", "")})))
     try:
-      seen = _parse(metrics.read_text(self.lease.path)) or {}
+      seen = _parse(files.read_text(self.lease.path)) or {}
     except (OSError, ValueError):
       seen = {}
     differs = [seen.get("nonce") != theirs["nonce"], mine["config"] != theirs["config"],

@@ -1,11 +1,15 @@
 """Pure losses: (logits, labels, mask) → (mean loss over unmasked examples, aux sums).
 
 The aux sums (not means) let callers add them up over steps, devices and ragged last batches
-and divide once at the end (each task's summarise), so a padded example never counts.
+and divide once at the end (each task's summarise, with to_host and loss_and_count), so a padded
+example never counts.
 """
+
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 
@@ -39,3 +43,14 @@ def next_token_cross_entropy(logits_BxLxV: jax.Array, targets_BxL: jax.Array,
   count = weight_BxL.sum()
   loss_sum = (loss_BxL * weight_BxL).sum()
   return loss_sum / jnp.maximum(count, 1.0), {"loss_sum": loss_sum, "count": count}
+
+
+def to_host(sums: dict[str, Any]) -> dict[str, np.ndarray]:
+  """Summed metrics as float64 host arrays, for a task's summarise()."""
+  return {k: np.asarray(v, np.float64) for k, v in jax.device_get(sums).items()}
+
+
+def loss_and_count(sums: dict[str, np.ndarray]) -> dict[str, Any]:
+  """The mean loss and the count it is over (examples, or tokens for a language model)."""
+  count = float(sums["count"])
+  return {"loss": float(sums["loss_sum"]) / max(count, 1.0), "count": int(count)}

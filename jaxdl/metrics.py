@@ -1,9 +1,10 @@
-"""Where numbers go: WORKDIR/metrics.jsonl, TensorBoard event files, the console, JSON files.
+"""Where a run's numbers go: WORKDIR/metrics.jsonl, TensorBoard event files, the console.
 
-metrics.jsonl (one JSON object per event) is the record that plot, report and sweep read. The
-TensorBoard event files in the workdir mirror it: each event's numbers become scalars tagged
-'<event>/<key>' ('train/loss', 'eval/test_accuracy', 'final/test_accuracy'). Only process 0
-writes, so a multi-host job logs once.
+metrics.jsonl (one JSON object per event) is the record that plot, report and sweep read back
+(read_events). The TensorBoard event files in the workdir mirror it: each event's numbers become
+scalars tagged '<event>/<key>' ('train/loss', 'eval/test_accuracy', 'final/test_accuracy'). Only
+process 0 writes, so a multi-host job logs once. What a number means (a percentage, its unit)
+is the task's to say (its FORMATS); this file knows only 'loss', 'lr' and '<unit>_per_s'.
 """
 
 from __future__ import annotations
@@ -14,129 +15,15 @@ import io
 import os
 import struct
 import sys
-import tempfile
 import time
 from typing import Any
 
-from etils import epath
 import jax
-import numpy as np
 
+from jaxdl import files
 from jaxdl.errors import UserError
 
 EVENT_FILES = "events.out.tfevents.*"  # TensorBoard's event file names, in the workdir itself
-TMP_PREFIX = ".tmp-"  # write_text's temporary files (a kill may leave one)
-
-
-def to_host(sums: dict[str, Any]) -> dict[str, np.ndarray]:
-  """Summed metrics (see losses.py) as float64 host arrays, for a task's summarise()."""
-  return {k: np.asarray(v, np.float64) for k, v in jax.device_get(sums).items()}
-
-
-def loss_and_count(sums: dict[str, np.ndarray]) -> dict[str, Any]:
-  """The mean loss and the count it is over (examples, or tokens for a language model)."""
-  count = float(sums["count"])
-  return {"loss": float(sums["loss_sum"]) / max(count, 1.0), "count": int(count)}
-
-
-def accuracy(sums: dict[str, np.ndarray]) -> float:
-  return float(sums["correct"]) / max(float(sums["count"]), 1.0)
-
-
-def confusion_scores(confusion: np.ndarray) -> dict[str, Any]:
-  """Per-class and macro precision/recall/F1 of a confusion matrix (rows: true class, columns:
-  predicted class), and the matrix itself as integers."""
-  tp = np.diag(confusion)
-  # An empty denominator (no predictions or no examples of a class) scores 0, as sklearn does.
-  precision = np.divide(tp, confusion.sum(0), out=np.zeros_like(tp), where=confusion.sum(0) > 0)
-  recall = np.divide(tp, confusion.sum(1), out=np.zeros_like(tp), where=confusion.sum(1) > 0)
-  pr = precision + recall
-  f1 = np.divide(2 * precision * recall, pr, out=np.zeros_like(tp), where=pr > 0)
-  return dict(precision=precision.tolist(), recall=recall.tolist(), f1=f1.tolist(),
-              macro_precision=float(precision.mean()), macro_recall=float(recall.mean()),
-              macro_f1=float(f1.mean()), confusion=confusion.astype(int).tolist())
-
-
-def brief_accuracy(split: str, m: dict[str, Any]) -> str:
-  """A classifier's console text: 'test accuracy 98.20% (982/1000) | test loss 0.0500'."""
-  return (f"{split} accuracy {100 * m['accuracy']:.2f}% ({round(m['accuracy'] * m['count'])}/"
-          f"{m['count']}) | {split} loss {m['loss']:.4f}")
-
-
-def write_json(path: str, obj: Any) -> None:
-  """Writes JSON atomically (temp file + rename): a reader never sees half a file."""
-  write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
-def is_url(path: str) -> bool:
-  """A workdir such as gs://bucket/run: files go through etils.epath (fsspec, gcsfs for GCS)."""
-  return "://" in path
-
-
-def write_text(path: str, text: str) -> None:
-  """Writes text atomically, like write_json (a GCS object write is atomic by itself)."""
-  if is_url(path):
-    epath.Path(path).write_text(text)
-    return
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=TMP_PREFIX)
-  try:
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)  # mkstemp's 0600 would hide the file from other users
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      f.write(text)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):  # a full disk: no empty temporary file left behind
-      os.remove(tmp)
-    raise
-
-
-def object_store(path: str):
-  """(fsspec filesystem, path without its scheme) of a URL such as gs://bucket/run: the one
-  gcsfs instance under etils.epath, for what epath has no call for (compose, preconditions)."""
-  import fsspec  # pylint: disable=g-import-not-at-top  (gcsfs, only for gs:// workdirs)
-  scheme, key = path.split("://", 1)
-  return fsspec.filesystem(scheme), key
-
-
-_COMPACT_EVERY = 1000  # composed appends before an object is rewritten whole (see below)
-
-
-def append_object(path: str, text: str, appends: int) -> int:
-  """Appends `text` to an object-store file (gs://) and returns the new count of appends since
-  it was last rewritten whole.
-
-  An object cannot be appended to, and rewriting the whole file at each event made a long
-  run's log quadratic. On GCS the line is uploaded as an object of its own and composed onto
-  the file (a server-side concatenation: one small upload, one compose, one delete). Every
-  _COMPACT_EVERY appends the file is rewritten as one plain object, so that its composite
-  never grows without bound. A store without compose (fsspec's `merge`) is rewritten whole."""
-  fs, key = object_store(path)
-  fs.invalidate_cache(key)
-  if not hasattr(fs, "merge") or appends >= _COMPACT_EVERY or not fs.exists(key):
-    old = epath.Path(path).read_text() if exists(path) else ""
-    write_text(path, old + text)
-    return 0
-  part = f"{key}.append"
-  fs.pipe_file(part, text.encode("utf-8"))
-  fs.merge(key, [key, part])
-  fs.rm_file(part)
-  fs.invalidate_cache(key)
-  return appends + 1
-
-
-def read_json(path: str) -> Any:
-  return json.loads(epath.Path(path).read_text())
-
-
-def exists(path: str) -> bool:
-  return epath.Path(path).exists()
-
-
-def read_text(path: str) -> str:
-  """A local or gs:// file's text (etils.epath)."""
-  return epath.Path(path).read_text()
 
 
 def read_events(path: str, strict: bool = False) -> list[dict[str, Any]]:
@@ -146,10 +33,10 @@ def read_events(path: str, strict: bool = False) -> list[dict[str, Any]]:
   line that is not an event followed by more lines is damage, not a kill's cut: `strict` (the
   trainer, which rewrites the file from what it read) refuses it in one line, since rewriting
   would drop every event after it; readers (plot, report) stop there."""
-  if not exists(path):
+  if not files.exists(path):
     return []
   events = []
-  lines = epath.Path(path).read_bytes().decode("utf-8", errors="replace").splitlines()
+  lines = files.Path(path).read_bytes().decode("utf-8", errors="replace").splitlines()
   for i, line in enumerate(lines):
     if not line.strip():
       continue
@@ -202,61 +89,10 @@ def read_tensorboard(directory: str) -> list[tuple[str, int, float, float]]:
   return scalars
 
 
-def event_files(directory: str) -> list[epath.Path]:
+def event_files(directory: str) -> list[files.Path]:
   """The TensorBoard event files in a local or gs:// directory, in name (= time) order."""
-  path = epath.Path(directory)
+  path = files.Path(directory)
   return sorted(path.glob(EVENT_FILES)) if path.is_dir() else []
-
-
-class _ObjectFile:
-  """An event file on an object store (gs://), through etils.epath, for tensorboardX.
-
-  An object cannot be appended to, so each flush (every few seconds, and on close) rewrites
-  the whole file from the bytes written so far; event files are small (one float per scalar).
-  tensorboardX's own gs:// writer would need google-cloud-storage and its credentials, another
-  file-system layer besides the one every other workdir file goes through.
-  """
-
-  def __init__(self, path: str):
-    self.path, self.buffer, self.flushed = epath.Path(path), io.BytesIO(), -1
-    self.error: Exception | None = None  # of the last flush, for close() to raise
-    self.closed = False
-
-  def write(self, data: bytes) -> None:
-    self.buffer.write(data)
-
-  def flush(self) -> None:
-    """Writes the object; a failure is kept for close(), not raised here: tensorboardX flushes
-    from a thread of its own, which an error would end, and the bytes stay for the next try."""
-    if self.closed or self.buffer.tell() == self.flushed:
-      return
-    try:
-      self.path.write_bytes(self.buffer.getvalue())
-    except Exception as e:  # pylint: disable=broad-except  (gcsfs: OSError, or its HttpError)
-      self.error = e
-      return
-    self.flushed, self.error = self.buffer.tell(), None
-
-  def close(self) -> None:
-    """The last flush; its failure raises, once (tensorboardX closes again at exit)."""
-    self.flush()
-    self.closed = True
-    error, self.error = self.error, None
-    if error is not None:
-      raise error
-
-
-class _ObjectFiles:
-  """tensorboardX's writer factory for one URL scheme (its directories need no making)."""
-
-  def open(self, path: str) -> _ObjectFile:
-    return _ObjectFile(path)
-
-  def directory_check(self, path: str) -> None:
-    del path
-
-
-_SHORT_UNITS = {"examples": "ex", "tokens": "tok"}  # in the progress view
 
 
 class Progress:
@@ -268,8 +104,9 @@ class Progress:
   """
 
   def __init__(self, start_step: int, num_steps: int, steps_per_epoch: int,
-               live: bool | None = None, stream=None):
+               formats: dict[str, str] | None = None, live: bool | None = None, stream=None):
     self.stream = stream or sys.stdout
+    self.formats = formats or {}  # the task's FORMATS: {key: '{}'-format of its text}
     self.live = self.stream.isatty() if live is None else live
     self.num_steps, self.steps_per_epoch = num_steps, steps_per_epoch
     self.last_step, self.last_time = start_step, time.time()
@@ -292,13 +129,12 @@ class Progress:
   def train(self, step: int, values: dict[str, Any]) -> None:
     """Shows a train event: the bar's numbers, or one plain line with an ETA."""
     parts = [f"loss {values['loss']:.4f}"]
-    for key, value in values.items():  # the task's TRAIN_METRICS: accuracy in %, others as is
+    for key, value in values.items():  # the task's TRAIN_METRICS, as its FORMATS say
       if key not in ("loss", "lr", "skipped_nonfinite") and not key.endswith("_per_s"):
-        parts.append(f"acc {100 * value:.2f}%" if key == "accuracy" else f"{key} {value:.4g}")
-    for key, value in values.items():  # throughput: examples, tokens, or a task's own unit
+        parts.append(self.formats.get(key, key + " {:.4g}").format(value))
+    for key, value in values.items():  # throughput: f'{task.UNIT}_per_s'
       if key.endswith("_per_s"):
-        unit = key[:-len("_per_s")]
-        parts.append(f"{value:,.0f} {_SHORT_UNITS.get(unit, unit)}/s")
+        parts.append(self.formats.get(key, "{:,.0f} " + key[:-len("_per_s")] + "/s").format(value))
     if values.get("skipped_nonfinite"):
       parts.append(f"skipped {values['skipped_nonfinite']} non-finite update(s)")
     if self.bar is not None:
@@ -367,12 +203,12 @@ class Writer:
     """Removes events past `step`, and any 'final' event: a resumed run writes them again."""
     if not self.enabled:
       return
-    if exists(self.path):
-      count = sum(1 for line in epath.Path(self.path).read_bytes().splitlines() if line.strip())
+    if files.exists(self.path):
+      count = sum(1 for line in files.Path(self.path).read_bytes().splitlines() if line.strip())
       kept = [e for e in read_events(self.path, strict=True)
               if e["step"] <= step and e["event"] != "final"]
       if len(kept) != count:
-        write_text(self.path, "".join(json.dumps(e) + "\n" for e in kept))
+        files.write_text(self.path, "".join(json.dumps(e) + "\n" for e in kept))
     self._open_tensorboard()
 
   def _open_tensorboard(self) -> None:
@@ -380,9 +216,9 @@ class Writer:
     if self._tb is not None:
       return
     SummaryWriter = _summary_writer_class()  # pylint: disable=invalid-name
-    if is_url(self.workdir):
+    if files.is_url(self.workdir):
       from tensorboardX import record_writer  # pylint: disable=g-import-not-at-top
-      record_writer.register_writer_factory(self.workdir.split("://")[0], _ObjectFiles())
+      record_writer.register_writer_factory(self.workdir.split("://")[0], files.ObjectFiles())
     wall_times = {(tag, step): t for tag, step, _, t in read_tensorboard(self.workdir)}
     for path in event_files(self.workdir):
       path.unlink()
@@ -406,20 +242,18 @@ class Writer:
       return
     self._open_tensorboard()
     line = json.dumps({"event": event, "step": step, **values}) + "\n"
-    if is_url(self.path):  # an object cannot be appended to: see append_object
-      self._appends = append_object(self.path, line, self._appends)
-    else:
-      with open(self.path, "a") as f:
-        f.write(line)
+    self._appends = files.append_line(self.path, line, self._appends)
     if self._tb is not None:
       self._add_scalars(event, step, values)
     if event == "train" and self.progress is not None:
       self.progress.train(step, values)
 
-  def start_progress(self, start_step: int, num_steps: int, steps_per_epoch: int) -> None:
-    """From here on, train events show as a live bar (terminal) or plain lines (log file)."""
+  def start_progress(self, start_step: int, num_steps: int, steps_per_epoch: int,
+                     formats: dict[str, str] | None = None) -> None:
+    """From here on, train events show as a live bar (terminal) or plain lines (log file), each
+    number as `formats` (the task's FORMATS) says."""
     if self.enabled:
-      self.progress = Progress(start_step, num_steps, steps_per_epoch)
+      self.progress = Progress(start_step, num_steps, steps_per_epoch, formats)
 
   def advance(self, step: int) -> None:
     if self.progress is not None:

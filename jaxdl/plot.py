@@ -14,19 +14,17 @@ import io
 import os
 import sys
 
-from etils import epath
-
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from jaxdl import metrics as jaxdl_metrics  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jaxdl import files  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxdl import report  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxdl.errors import (  # pylint: disable=g-import-not-at-top,wrong-import-position
     UserError, first_line)
 
-SKIP = ("count", "lr", "examples_per_s", "tokens_per_s")  # bookkeeping, not learning curves
+SKIP = ("count", "lr")  # bookkeeping, not learning curves (nor is any '<unit>_per_s')
 
 
 def _eval_split(run: report.Run) -> str | None:
@@ -53,28 +51,35 @@ def curves(run: report.Run) -> dict[str, dict[str, tuple[list[int], list[float]]
     for key, value in event.items():
       if key in ("event", "step") or not isinstance(value, (int, float)):
         continue
-      if event["event"] == "train" and key not in SKIP:
-        add(key, "train", event["step"], value)
+      if event["event"] == "train":
+        kind, metric = "train", key
       elif event["event"] in ("eval", "final") and split and key.startswith(split + "_"):
-        metric = key[len(split) + 1:]
-        if metric not in SKIP:
-          add(metric, "eval", event["step"], value)
+        kind, metric = "eval", key[len(split) + 1:]
+      else:
+        continue
+      if metric not in SKIP and not metric.endswith("_per_s"):
+        add(metric, kind, event["step"], value)
+  return out
+
+
+def _task_names(runs: list[report.Run], name: str) -> list[str]:
+  """The metric names the runs' tasks list under `name` (PLOT_METRICS, LOG_SCALE), in order;
+  none from a run whose task cannot be imported here."""
+  from jaxdl import tasks  # pylint: disable=g-import-not-at-top  (imports jax: only when plotting)
+  out = []
+  for run in runs:
+    try:
+      names = getattr(tasks.get(run.config.get("task", tasks.UNNAMED)), name, ())
+    except UserError:
+      names = ()
+    out += [m for m in names if m not in out]
   return out
 
 
 def default_metrics(runs: list[report.Run], all_curves: list[dict]) -> list[str]:
-  """The panels the runs' tasks name (task.PLOT_METRICS) that some run logged; the loss alone
-  for a run whose task cannot be imported here."""
-  from jaxdl import tasks  # pylint: disable=g-import-not-at-top  (imports jax: only when plotting)
+  """The loss, and the panels the runs' tasks name (task.PLOT_METRICS) that some run logged."""
   present = set().union(*all_curves) if all_curves else set()
-  wanted = ["loss"]
-  for run in runs:
-    try:
-      names = tasks.get(run.config.get("task", tasks.UNNAMED)).PLOT_METRICS
-    except UserError:
-      names = ("loss",)
-    wanted += [m for m in names if m in present and m not in wanted]
-  return wanted
+  return ["loss"] + [m for m in _task_names(runs, "PLOT_METRICS") if m in present and m != "loss"]
 
 
 def plot(workdirs: list[str], out: str, metrics: list[str] | None = None,
@@ -85,6 +90,7 @@ def plot(workdirs: list[str], out: str, metrics: list[str] | None = None,
   all_curves = [curves(r) for r in runs]
   metrics = metrics or default_metrics(runs, all_curves)
   present = set().union(*all_curves)
+  log_scale = ["loss"] + _task_names(runs, "LOG_SCALE")
   for metric in metrics:
     if metric not in present:
       raise UserError(f"--metrics: no run logs {metric!r}; these do: {', '.join(sorted(present))}")
@@ -101,7 +107,7 @@ def plot(workdirs: list[str], out: str, metrics: list[str] | None = None,
                   label=f"{name} ({split})", linewidth=1.2)
     ax.set_title(metric)
     ax.set_xlabel("step")
-    if metric in ("loss", "perplexity"):
+    if metric in log_scale:
       ax.set_yscale("log")
     ax.grid(alpha=0.3)
   # One legend for all panels, below them: labels made of several config keys are long, and
@@ -121,12 +127,12 @@ def plot(workdirs: list[str], out: str, metrics: list[str] | None = None,
   fig.savefig(png, format="png", dpi=90, bbox_inches="tight")
   plt.close(fig)
   try:
-    if not jaxdl_metrics.is_url(out):  # gs:// (etils.epath) has no directories to make
+    if not files.is_url(out):  # gs:// (etils.epath) has no directories to make
       if os.path.isdir(out):
         raise UserError(f"--out={out}: is a directory; give a file name, e.g. "
                         f"--out={os.path.join(out, 'curves.png')}")
       os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    epath.Path(out).write_bytes(png.getvalue())
+    files.Path(out).write_bytes(png.getvalue())
   except OSError as e:  # permission denied, a file where a directory should be, a full disk
     raise UserError(f"--out={out}: cannot be written ({first_line(e)})") from None
   return out

@@ -14,9 +14,7 @@ import os
 import sys
 from typing import Any
 
-from etils import epath
-
-from jaxdl import metrics
+from jaxdl import files, metrics
 from jaxdl.errors import UserError
 
 MISSING = "-"
@@ -48,15 +46,15 @@ def load_run(workdir: str) -> Run:
   """A workdir's config and events; UserError if it holds neither."""
   config_path = os.path.join(workdir, "config.json")
   events_path = os.path.join(workdir, "metrics.jsonl")
-  if not epath.Path(workdir).is_dir():  # a local directory or gs://
+  if not files.Path(workdir).is_dir():  # a local directory or gs://
     raise UserError(f"{workdir}: no such directory")
-  if not metrics.exists(config_path) and not metrics.exists(events_path):
+  if not files.exists(config_path) and not files.exists(events_path):
     raise UserError(f"{workdir}: no config.json or metrics.jsonl (not a jaxdl workdir?)")
   try:
-    config = flatten(metrics.read_json(config_path)) if metrics.exists(config_path) else {}
+    config = flatten(files.read_json(config_path)) if files.exists(config_path) else {}
   except ValueError as e:
     raise UserError(f"{config_path}: not valid JSON ({e})") from None
-  name = workdir if metrics.is_url(workdir) else os.path.normpath(workdir)  # normpath: gs:/ ...
+  name = workdir if files.is_url(workdir) else os.path.normpath(workdir)  # normpath: gs:/ ...
   return Run(name, config, metrics.read_events(events_path))
 
 

@@ -12,7 +12,7 @@ import json
 import os
 from typing import Any
 
-from jaxdl import metrics
+from jaxdl import files
 from jaxdl.checkpoint import has_checkpoints
 from jaxdl.errors import UserError, first_line
 
@@ -70,10 +70,10 @@ def _saved_value(key: str, old: Any) -> str:
 def saved_config(workdir: str) -> dict | None:
   """The config.json of a workdir that holds checkpoints to resume; None without either."""
   config_path = os.path.join(workdir, "config.json")
-  if not has_checkpoints(workdir) or not metrics.exists(config_path):
+  if not has_checkpoints(workdir) or not files.exists(config_path):
     return None
   try:
-    return json.loads(metrics.read_text(config_path))
+    return json.loads(files.read_text(config_path))
   except (OSError, ValueError) as e:
     raise UserError(f"{config_path}: unreadable ({first_line(e)}); use a new --workdir") from None
 

@@ -24,10 +24,9 @@ import sys
 from typing import Any
 
 from absl import logging
-from etils import epath
 import jax
 
-from jaxdl import metrics
+from jaxdl import files
 from jaxdl.errors import first_line
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")
@@ -72,7 +71,7 @@ def begin(workdir: str, config: dict[str, Any], start_step: int, num_steps: int)
   if jax.process_index() != 0:
     return
   path = os.path.join(workdir, "run.json")
-  record = _read(path) if metrics.exists(path) else None
+  record = _read(path) if files.exists(path) else None
   record = record or {"segments": []}
   device = jax.devices()[0]
   record["config"] = config
@@ -90,7 +89,7 @@ def begin(workdir: str, config: dict[str, Any], start_step: int, num_steps: int)
       "config": config,
   })
   record.setdefault("final", None)
-  metrics.write_json(path, record)
+  files.write_json(path, record)
 
 
 def saved(workdir: str, step: int) -> None:
@@ -99,24 +98,24 @@ def saved(workdir: str, step: int) -> None:
   if jax.process_index() != 0:
     return
   path = os.path.join(workdir, "run.json")
-  record = _read(path) if metrics.exists(path) else None
+  record = _read(path) if files.exists(path) else None
   if record and record["segments"]:
     record["segments"][-1]["last_checkpoint"] = step
-    metrics.write_json(path, record)
+    files.write_json(path, record)
 
 
 def _read(path: str) -> dict[str, Any] | None:
   """run.json's record; None, with the damaged file kept aside beside it and a WARNING, when it
   is not a record (a damaged disk, a hand edit gone wrong): it never stops a run."""
   try:
-    record = json.loads(metrics.read_text(path))
+    record = json.loads(files.read_text(path))
     if isinstance(record, dict) and isinstance(record.get("segments"), list):
       return record
     why = "not a run record"
   except (ValueError, UnicodeDecodeError) as e:
     why = first_line(e)
   kept = f"{path}.damaged-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
-  epath.Path(path).rename(kept)  # every byte kept: a rename, locally or on gs://
+  files.Path(path).rename(kept)  # every byte kept: a rename, locally or on gs://
   logging.warning("%s is damaged (%s); kept as %s, and a new record starts", path, why, kept)
   return None
 
@@ -127,9 +126,9 @@ def end(workdir: str, step: int, final: dict[str, Any] | None, error: str | None
   if jax.process_index() != 0:
     return
   path = os.path.join(workdir, "run.json")
-  record = metrics.read_json(path)
+  record = files.read_json(path)
   record["segments"][-1].update(end_time=now(), end_step=step, final=final,
                                 **({"error": error} if error else {}))
   if final is not None:
     record["final"] = final
-  metrics.write_json(path, record)
+  files.write_json(path, record)

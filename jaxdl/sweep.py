@@ -24,9 +24,7 @@ import tempfile
 import threading
 import time
 
-from etils import epath
-
-from jaxdl import metrics, report
+from jaxdl import files, metrics, report
 from jaxdl.errors import UserError
 
 
@@ -78,7 +76,7 @@ def status(workdir: str) -> str:
   events = metrics.read_events(os.path.join(workdir, "metrics.jsonl"))
   if any(e["event"] == "final" for e in events):
     return "finished"
-  path = epath.Path(workdir)  # a local directory or gs://
+  path = files.Path(workdir)  # a local directory or gs://
   return "unfinished" if path.is_dir() and any(path.iterdir()) else "new"
 
 
@@ -87,7 +85,7 @@ def _run_logged(command: list[str], log_path: str) -> tuple[int, str]:
 
   A gs:// log cannot be appended to while the run writes it: the output goes to a local
   temporary file, added to the log object when the run ends."""
-  local = not metrics.is_url(log_path)
+  local = not files.is_url(log_path)
   with (open(log_path, "a") if local else tempfile.NamedTemporaryFile("w+")) as log:
     log.write(f"$ {' '.join(command)}\n")
     log.flush()
@@ -95,9 +93,9 @@ def _run_logged(command: list[str], log_path: str) -> tuple[int, str]:
                           stdin=subprocess.DEVNULL, check=False).returncode
     if not local:
       log.seek(0)
-      old = metrics.read_text(log_path) if metrics.exists(log_path) else ""
-      metrics.write_text(log_path, old + log.read())
-  lines = [line.strip() for line in metrics.read_text(log_path).splitlines() if line.strip()]
+      old = files.read_text(log_path) if files.exists(log_path) else ""
+      files.write_text(log_path, old + log.read())
+  lines = [line.strip() for line in files.read_text(log_path).splitlines() if line.strip()]
   return code, lines[-1] if lines else ""
 
 
@@ -110,7 +108,7 @@ def sweep(config_arg: str, axes: list[tuple[str, list[str]]], root: str, jobs: i
   out = out or sys.stdout
   combinations = [dict(zip([k for k, _ in axes], values))
                   for values in itertools.product(*[v for _, v in axes])]
-  epath.Path(root).mkdir(parents=True, exist_ok=True)  # nothing to make on gs://
+  files.Path(root).mkdir(parents=True, exist_ok=True)  # nothing to make on gs://
   lock = threading.Lock()
   def say(line):
     with lock:
@@ -170,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     root = args.root or os.path.join("runs", f"sweep-{stem}" + (f"-{preset}" if preset else ""))
     results = sweep(args.config, axes, root, args.jobs)
     runs = [report.load_run(w) for w in results
-            if metrics.exists(os.path.join(w, "config.json"))]
+            if files.exists(os.path.join(w, "config.json"))]
     if runs:
       print()
       print(report.table(runs))

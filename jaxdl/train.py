@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxdl import (checkpoint, history, lease, metrics, models, optim, parallel, profiler,
+from jaxdl import (checkpoint, files, history, lease, metrics, models, optim, parallel, profiler,
                    resume, runrecord, steps, stopping, tasks, validate)
 from jaxdl.errors import UserError
 
@@ -120,11 +120,11 @@ def _restore(ckpts, runner, dataset, writer, workdir: str, resolved: dict, confi
       writer.print(f"resuming with {key}={new!r}, not {old!r}: this workdir's run was made "
                    f"before the key existed, and {new!r} does what it did")
   if writer.enabled:
-    metrics.write_json(os.path.join(workdir, "config.json"), resolved)
+    files.write_json(os.path.join(workdir, "config.json"), resolved)
     for name, text in dataset.files.items():  # e.g. the vocabulary, kept beside checkpoints
       path = os.path.join(workdir, name)
-      if not metrics.exists(path) or restored is None:  # a fresh run's replace stale ones
-        metrics.write_text(path, text)
+      if not files.exists(path) or restored is None:  # a fresh run's replace stale ones
+        files.write_text(path, text)
   return state, interval_sums
 
 
@@ -191,8 +191,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, restart: bool,
 
   # 7. restore: the first write to the workdir happens here, after every check has passed.
   # Leaving the `with` (normally or by an exception) waits for the last asynchronous save.
-  if not metrics.is_url(workdir):  # object stores (gs://) have no directories to make
-    os.makedirs(workdir, exist_ok=True)
+  files.make_dirs(workdir)
   writer = metrics.Writer(workdir)
   # From here SIGTERM/SIGINT only set a flag (stopping.StopSignals), read after each step: the
   # step is saved, then the run stops. (Before, on one process, they act at once.)
@@ -215,7 +214,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, restart: bool,
     # 8. loop: over dispatches of k fused steps (k = 1: one step each); logging, eval and
     # checkpoints at fixed step boundaries, each of which ends a dispatch.
     profile = profiler.Profiler(config.profile_steps, workdir, writer.print)
-    writer.start_progress(start_step, num_steps, steps_per_epoch)  # bar on a TTY, else lines
+    # A bar on a terminal, else lines; each number as the task's FORMATS say.
+    writer.start_progress(start_step, num_steps, steps_per_epoch, getattr(task, "FORMATS", {}))
     run_start = interval_start = time.time()
     # Throughput leaves out the first dispatch, which compiles the step: the first interval's
     # rate counts only what ran after it, over the time since it finished.

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-from jaxdl import metrics, models, optim, profiler
+from jaxdl import files, models, optim, profiler
 from jaxdl.errors import UserError, first_line
 
 
@@ -33,7 +33,7 @@ def _check_reachable(workdir: str) -> None:
   failed = []
   def probe():
     try:
-      fs, path = metrics.object_store(workdir)
+      fs, path = files.object_store(workdir)
       fs.ls(path, detail=False)
     except FileNotFoundError:
       pass  # a new workdir

@@ -61,7 +61,7 @@ class MLP(nnx.Module):
 USER_TASK = """
 import functools
 import jax, jax.numpy as jnp
-from jaxdl import metrics
+from jaxdl import losses
 from jaxdl.data import Dataset, TrainBatches, idx, sources, tfds
 
 INPUT, UNIT, TRAIN_METRICS, PLOT_METRICS, MODELS = "image", "examples", ("psnr",), ("loss", "psnr"), ()
@@ -92,8 +92,8 @@ def objective(config, model):
   return functools.partial(_loss, model=model)
 
 def summarise(sums):
-  sums = metrics.to_host(sums)
-  out = metrics.loss_and_count(sums)
+  sums = losses.to_host(sums)
+  out = losses.loss_and_count(sums)
   out["psnr"] = float(sums["psnr_sum"]) / max(out["count"], 1)
   return out
 

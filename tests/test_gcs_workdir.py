@@ -19,7 +19,7 @@ import pytest
 import gcs_server
 from conftest import (REPO, SMALL_MODEL, SUBPROCESS_CACHE, interrupt_at, load_config, run_main,
                       set_keys, tiny_lm_config)
-from jaxdl import (checkpoint, digests, lease, metrics, plot, predict, report, sample, sweep,
+from jaxdl import (checkpoint, digests, files, lease, metrics, plot, predict, report, sample, sweep,
                    tasks, train, validate)
 from jaxdl.data import windows
 
@@ -134,7 +134,7 @@ def test_tools_read_a_gs_run(killed_run, tmp_path):
   assert run.final == report.load_run(reference).final and run.final
   assert workdir in report.table([run])
   out = plot.plot([workdir], f"{workdir}/curves.png")
-  assert metrics.epath.Path(out).read_bytes().startswith(b"\x89PNG")
+  assert files.Path(out).read_bytes().startswith(b"\x89PNG")
   image = str(tmp_path / "digit.png")
   Image.fromarray(np.zeros((28, 28), np.uint8)).save(image)
   (label, prob), = predict.predictor(workdir)([image])  # the command line: test_custom.py
@@ -177,7 +177,7 @@ def test_a_gs_workdir_has_one_run_at_a_time(killed_run, monkeypatch, caplog):
   assert errors[0].startswith(f"jaxdl: error: {workdir} is in use by another run (pid "
                               f"{os.getpid()} on "), errors
   assert _events(workdir) == _events(reference)
-  assert not metrics.exists(f"{workdir}/{lease.LEASE}")  # released: the object is deleted
+  assert not files.exists(f"{workdir}/{lease.LEASE}")  # released: the object is deleted
 
   outcomes = []
   start = threading.Barrier(2)
@@ -200,10 +200,10 @@ def test_a_gs_workdir_has_one_run_at_a_time(killed_run, monkeypatch, caplog):
       o for o in outcomes if isinstance(o, str)), outcomes
   winners[0].done.set()  # stops renewing; left behind as by a dead process
   winners[0].thread.join()
-  text = metrics.read_text(f"{workdir}/{lease.LEASE}")
+  text = files.read_text(f"{workdir}/{lease.LEASE}")
   dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                         capture_output=True, text=True, check=True).stdout.strip()
-  metrics.write_text(f"{workdir}/{lease.LEASE}",
+  files.write_text(f"{workdir}/{lease.LEASE}",
                      text.replace(f'"pid": {os.getpid()}', f'"pid": {dead}'))
   with caplog.at_level("WARNING"), lease.held(workdir, resuming=True):
     pass
@@ -289,11 +289,11 @@ def test_damaged_newest_gs_checkpoint_falls_back(gcs, tmp_path, caplog):
   events = _events(workdir)
   objects = _objects(f"{workdir}/checkpoints/8/state")
   largest = max(objects, key=lambda path: len(objects[path]))
-  metrics.epath.Path(f"gs://{largest}").write_bytes(objects[largest][:100])  # cut short
+  files.Path(f"gs://{largest}").write_bytes(objects[largest][:100])  # cut short
   with caplog.at_level("WARNING"):
     assert train.train_and_evaluate(config, workdir) == final
   assert "checkpoint" in caplog.text and "is damaged" in caplog.text
-  names = sorted(p.name for p in metrics.epath.Path(f"{workdir}/checkpoints").iterdir())
+  names = sorted(p.name for p in files.Path(f"{workdir}/checkpoints").iterdir())
   assert names == ["4", "8", "damaged-8"]
   assert _events(workdir) == events
 
@@ -305,7 +305,7 @@ def test_lm_on_gs_samples_and_keeps_its_vocabulary(gcs, tmp_path, monkeypatch):
   workdir = f"gs://{BUCKET}/lm"
   config = tiny_lm_config(str(tmp_path / "play.txt"))
   interrupt_at(config, workdir, monkeypatch, at_step=10, where=(windows.TrainWindows, "batch"))
-  vocab = metrics.read_text(f"{workdir}/vocab.json")
+  vocab = files.read_text(f"{workdir}/vocab.json")
   text = sample.sample(workdir, "ROMEO:", 20, 0.8, 40, 0)  # from the step-8 checkpoint
   assert text.startswith("ROMEO:") and len(text) == 26
   # A resume reads the vocabulary back from gs:// (it was once rebuilt from the data found
@@ -314,7 +314,7 @@ def test_lm_on_gs_samples_and_keeps_its_vocabulary(gcs, tmp_path, monkeypatch):
   play = tmp_path / "play.txt"
   play.write_text(play.read_text().replace("R", "r"))
   train.train_and_evaluate(config, workdir)
-  assert metrics.read_text(f"{workdir}/vocab.json") == vocab
+  assert files.read_text(f"{workdir}/vocab.json") == vocab
 
 
 def test_a_sweep_under_gs(gcs, tmp_path, monkeypatch):
@@ -324,7 +324,7 @@ def test_a_sweep_under_gs(gcs, tmp_path, monkeypatch):
                                        {**_FLAGS, "num_train_steps": 4}.items())])
   assert sweep.sweep("configs/mnist.py", axes, root) == {f"{root}/run": "done"}
   assert sweep.status(f"{root}/run") == "finished"
-  assert "$ " in metrics.read_text(f"{root}/run.log")
+  assert "$ " in files.read_text(f"{root}/run.log")
   assert sweep.sweep("configs/mnist.py", axes, root) == {f"{root}/run": "skipped"}
 
 
@@ -354,7 +354,7 @@ def test_metrics_appends_on_gs_are_not_quadratic(gcs, monkeypatch):
   pipe_file = fs.pipe_file
   monkeypatch.setattr(fs, "pipe_file", lambda path, data, *args, **kwargs: (
       uploaded.append(len(data)), pipe_file(path, data, *args, **kwargs))[1])
-  write_text = metrics.write_text
+  write_text = files.write_text
   rewritten = []
   monkeypatch.setattr(metrics, "write_text",
                       lambda p, text: (rewritten.append(len(text)), write_text(p, text))[1])
@@ -364,7 +364,7 @@ def test_metrics_appends_on_gs_are_not_quadratic(gcs, monkeypatch):
            for i in range(25)]
   appends = 0
   for line in lines:
-    appends = metrics.append_object(path, line, appends)
+    appends = files.append_object(path, line, appends)
   assert [e["step"] for e in metrics.read_events(path)] == list(range(25))
   # The first line creates the file; 10 composes; a rewrite; 10 composes; a rewrite; 2 composes:
   # about 2.5 file sizes uploaded in all, where rewriting at each event uploads 13 (1 + ... + 25
@@ -372,4 +372,4 @@ def test_metrics_appends_on_gs_are_not_quadratic(gcs, monkeypatch):
   size = sum(len(l) for l in lines)
   assert appends == 2 and len(rewritten) == 3 and len(uploaded) == 22
   assert sum(uploaded) + sum(rewritten) < 3 * size
-  assert not metrics.exists(f"{path}.append")  # the part objects are gone
+  assert not files.exists(f"{path}.append")  # the part objects are gone

@@ -1,4 +1,4 @@
-"""metrics.jsonl and JSON files: appends, resume trimming, atomic writes; summarise."""
+"""metrics.jsonl and TensorBoard: appends, resume trimming, event files; the progress view."""
 
 import glob
 import io
@@ -8,12 +8,11 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
 from conftest import REPO
 from jaxdl import metrics
-from jaxdl.tasks import language_model, text_classification
+from jaxdl.tasks import classifier
 
 
 def test_drop_after_trims_redone_steps_and_a_cut_line(tmp_path):
@@ -26,14 +25,6 @@ def test_drop_after_trims_redone_steps_and_a_cut_line(tmp_path):
   writer.drop_after(20)
   events = [json.loads(line) for line in open(writer.path)]
   assert [(e["event"], e["step"]) for e in events] == [("train", 10), ("train", 20)]
-
-
-def test_write_json_leaves_no_temp_files(tmp_path):
-  path = str(tmp_path / "config.json")
-  metrics.write_json(path, {"b": 1, "a": [1, 2]})
-  metrics.write_json(path, {"b": 2})
-  assert json.load(open(path)) == {"b": 2}
-  assert os.listdir(tmp_path) == ["config.json"]
 
 
 def _tags_and_steps(directory):
@@ -86,7 +77,7 @@ def test_event_files_lost_in_a_kill_are_rebuilt(tmp_path):
 
 def test_plain_progress_lines_have_no_carriage_return(tmp_path):
   stream = io.StringIO()
-  progress = metrics.Progress(0, 100, 20, live=False, stream=stream)
+  progress = metrics.Progress(0, 100, 20, classifier.FORMATS, live=False, stream=stream)
   progress.advance(10)
   progress.train(10, {"loss": 0.5, "accuracy": 0.25, "examples_per_s": 1234.0})
   progress.print("eval at step 10")
@@ -97,9 +88,16 @@ def test_plain_progress_lines_have_no_carriage_return(tmp_path):
   assert "ETA" in lines[0] and lines[1] == "eval at step 10"
 
 
+def test_progress_shows_a_number_as_the_tasks_formats_say_else_plainly():
+  stream = io.StringIO()
+  progress = metrics.Progress(0, 100, 20, {"psnr": "PSNR {:.1f} dB"}, live=False, stream=stream)
+  progress.train(10, {"loss": 0.5, "psnr": 21.234, "bleu": 0.123456, "images_per_s": 99.6})
+  assert " | PSNR 21.2 dB | bleu 0.1235 | 100 images/s | ETA" in stream.getvalue()
+
+
 def test_live_progress_bar_shows_step_loss_and_throughput():
   stream = io.StringIO()
-  progress = metrics.Progress(0, 100, 20, live=True, stream=stream)
+  progress = metrics.Progress(0, 100, 20, classifier.FORMATS, live=True, stream=stream)
   progress.advance(10)
   progress.train(10, {"loss": 0.5, "examples_per_s": 1234.0})
   progress.print("eval at step 10")
@@ -118,44 +116,6 @@ def test_only_process_0_writes_or_prints(tmp_path, monkeypatch, capsys):
     writer.write("train", 5, {"loss": 1.0})
     writer.print("hello")
   assert capsys.readouterr().out == "" and os.listdir(tmp_path) == []
-
-
-def test_summarise_three_classes_with_an_unpredicted_class():
-  # Class 2 is never predicted (column of zeros) and class 1 never predicted correctly.
-  confusion = np.array([[3, 1, 0], [2, 0, 0], [1, 1, 0]], np.float32)
-  report = text_classification.summarise({"loss_sum": 1.0, "count": 8.0, "correct": 3.0,
-                                           "confusion": confusion})
-  assert report["precision"] == pytest.approx([3 / 6, 0.0, 0.0])
-  assert report["recall"] == pytest.approx([3 / 4, 0.0, 0.0])
-  assert report["f1"] == pytest.approx([2 * 0.5 * 0.75 / 1.25, 0.0, 0.0])
-  assert report["macro_recall"] == pytest.approx(0.75 / 3)
-  assert report["confusion"] == [[3, 1, 0], [2, 0, 0], [1, 1, 0]]
-
-
-def test_summarise_a_classifier_with_a_confusion_matrix():
-  # rows = true, cols = predicted: class 0: 3 right, 1 called 1; class 1: 2 right, 2 called 0.
-  sums = {"loss_sum": 4.0, "count": 8.0, "correct": 5.0,
-          "confusion": np.array([[3, 1], [2, 2]], np.float32)}
-  m = text_classification.summarise(sums)
-  assert m["loss"] == 0.5 and m["accuracy"] == 5 / 8 and m["count"] == 8
-  np.testing.assert_allclose(m["precision"], [3 / 5, 2 / 3])
-  np.testing.assert_allclose(m["recall"], [3 / 4, 2 / 4])
-  f1 = [2 * (3 / 5) * (3 / 4) / (3 / 5 + 3 / 4), 2 * (2 / 3) * (1 / 2) / (2 / 3 + 1 / 2)]
-  np.testing.assert_allclose(m["f1"], f1)
-  np.testing.assert_allclose(m["macro_f1"], sum(f1) / 2)
-  assert m["confusion"] == [[3, 1], [2, 2]]
-
-
-def test_summarise_a_class_never_predicted_scores_zero_not_nan():
-  m = text_classification.summarise({"loss_sum": 1.0, "count": 2.0, "correct": 1.0,
-                                     "confusion": np.array([[1, 0], [1, 0]], np.float32)})
-  assert m["precision"] == [0.5, 0.0] and m["f1"][1] == 0.0
-
-
-def test_summarise_a_language_model():
-  m = language_model.summarise({"loss_sum": np.log(4.0) * 10, "count": 10.0})
-  assert "accuracy" not in m
-  np.testing.assert_allclose([m["perplexity"], m["bits_per_token"]], [4.0, 2.0])
 
 
 def test_tensorboard_does_not_import_torch(tmp_path):

@@ -10,7 +10,8 @@ import optax
 import pytest
 
 from jaxdl import steps
-from jaxdl.tasks import image_classification
+from jaxdl.data.augment import random_shift
+from jaxdl.tasks import classifier
 from small_models import MLP
 
 
@@ -21,13 +22,19 @@ def _batch(n=16, seed=0):
           "mask": np.ones(n, np.float32)}
 
 
+def _objective(model, max_shift):
+  """The image task's objective (softmax cross-entropy, shifted training images)."""
+  return functools.partial(classifier.classify, model=model, input_key="image",
+                           label_smoothing=0.0,
+                           augment=functools.partial(random_shift, max_shift=max_shift))
+
+
 def _setup(max_shift=0, dropout=0.0, tx=optax.adam(1e-3)):
   """A step of the image task's objective on a small MLP (the steps do not depend on the model;
   the CNN's own tests are test_models.py)."""
   model = MLP(dropout=dropout)
   state = steps.create_state(model, tx, _batch()["image"], seed=0)
-  objective = functools.partial(image_classification.classify, model=model, label_smoothing=0.0,
-                                max_shift=max_shift)
+  objective = _objective(model, max_shift)
   step = functools.partial(steps.train_step, objective=objective, tx=tx)
   return objective, state, step
 
@@ -109,7 +116,7 @@ def test_nonfinite_update_is_flagged_and_skipped_only_when_asked():
 
 
 class _Linear(nn.Module):
-  """A linear classifier of the pixels: the smallest model image_classification.classify accepts."""
+  """A linear classifier of the pixels: the smallest model classifier.classify accepts."""
 
   @nn.compact
   def __call__(self, images, train):
@@ -130,8 +137,7 @@ def test_ema_warmup_follows_the_formula_at_steps_0_1_10_and_10000():
 def test_ema_is_the_moving_average_and_what_eval_uses(warmup):
   model = _Linear()
   tx = optax.sgd(0.1)
-  objective = functools.partial(image_classification.classify, model=model, label_smoothing=0.0,
-                                max_shift=0)
+  objective = _objective(model, 0)
   state = steps.create_state(model, tx, _batch()["image"], seed=0, ema=True)
   step = jax.jit(functools.partial(steps.train_step, objective=objective, tx=tx, ema_decay=0.9,
                                    ema_warmup=warmup))
@@ -175,8 +181,7 @@ def test_gradient_accumulation_equals_the_whole_batch_with_padding_rows():
   sign; with the MNIST CNN 71 of 819,200 kernel weights differed by up to 0.4% after 10 steps.)"""
   tx = optax.sgd(0.05, momentum=0.9)
   model = MLP()
-  objective = functools.partial(image_classification.classify, model=model, label_smoothing=0.0,
-                                max_shift=0)
+  objective = _objective(model, 0)
   state = steps.create_state(model, tx, _batch()["image"], seed=0)
   step = functools.partial(steps.train_step, objective=objective, tx=tx)
   runs = {}

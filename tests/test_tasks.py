@@ -242,8 +242,8 @@ def test_the_image_objective_binds_the_configs_options_and_sums_what_summarise_r
   right; the padded 4th example counts nowhere."""
   config = set_keys(load_config("mnist"), {"loss.label_smoothing": 0.1, "data.random_shift": 3})
   model = _ZeroLogits(3)
-  assert image_classification.objective(config, model).keywords == {
-      "model": model, "label_smoothing": 0.1, "max_shift": 3}
+  keywords = image_classification.objective(config, model).keywords
+  assert keywords["label_smoothing"] == 0.1 and keywords["augment"].keywords == {"max_shift": 3}
   batch = {"image": jnp.ones((4, 2, 2, 1), jnp.uint8), "label": jnp.array([0, 1, 0, 2]),
            "mask": jnp.array([1.0, 1.0, 1.0, 0.0])}
   loss, m = _sums_through_objective(image_classification, config, model, batch)
@@ -382,3 +382,41 @@ def test_each_task_gives_each_process_its_rows_of_the_global_batch(name, tmp_pat
   assert len(parts[0]["mask"]) == len(whole["mask"]) // 2
   for key, value in whole.items():
     np.testing.assert_array_equal(np.concatenate([part[key] for part in parts]), value, key)
+
+
+def test_summarise_three_classes_with_an_unpredicted_class():
+  # Class 2 is never predicted (column of zeros) and class 1 never predicted correctly.
+  confusion = np.array([[3, 1, 0], [2, 0, 0], [1, 1, 0]], np.float32)
+  report = text_classification.summarise({"loss_sum": 1.0, "count": 8.0, "correct": 3.0,
+                                           "confusion": confusion})
+  assert report["precision"] == pytest.approx([3 / 6, 0.0, 0.0])
+  assert report["recall"] == pytest.approx([3 / 4, 0.0, 0.0])
+  assert report["f1"] == pytest.approx([2 * 0.5 * 0.75 / 1.25, 0.0, 0.0])
+  assert report["macro_recall"] == pytest.approx(0.75 / 3)
+  assert report["confusion"] == [[3, 1, 0], [2, 0, 0], [1, 1, 0]]
+
+
+def test_summarise_a_classifier_with_a_confusion_matrix():
+  # rows = true, cols = predicted: class 0: 3 right, 1 called 1; class 1: 2 right, 2 called 0.
+  sums = {"loss_sum": 4.0, "count": 8.0, "correct": 5.0,
+          "confusion": np.array([[3, 1], [2, 2]], np.float32)}
+  m = text_classification.summarise(sums)
+  assert m["loss"] == 0.5 and m["accuracy"] == 5 / 8 and m["count"] == 8
+  np.testing.assert_allclose(m["precision"], [3 / 5, 2 / 3])
+  np.testing.assert_allclose(m["recall"], [3 / 4, 2 / 4])
+  f1 = [2 * (3 / 5) * (3 / 4) / (3 / 5 + 3 / 4), 2 * (2 / 3) * (1 / 2) / (2 / 3 + 1 / 2)]
+  np.testing.assert_allclose(m["f1"], f1)
+  np.testing.assert_allclose(m["macro_f1"], sum(f1) / 2)
+  assert m["confusion"] == [[3, 1], [2, 2]]
+
+
+def test_summarise_a_class_never_predicted_scores_zero_not_nan():
+  m = text_classification.summarise({"loss_sum": 1.0, "count": 2.0, "correct": 1.0,
+                                     "confusion": np.array([[1, 0], [1, 0]], np.float32)})
+  assert m["precision"] == [0.5, 0.0] and m["f1"][1] == 0.0
+
+
+def test_summarise_a_language_model():
+  m = language_model.summarise({"loss_sum": np.log(4.0) * 10, "count": 10.0})
+  assert "accuracy" not in m
+  np.testing.assert_allclose([m["perplexity"], m["bits_per_token"]], [4.0, 2.0])

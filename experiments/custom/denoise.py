@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxdl import metrics
+from jaxdl import losses
 from jaxdl.data import Dataset, TrainBatches, idx, offline, sources, tfds
 from jaxdl.errors import UserError
 
@@ -76,8 +76,8 @@ def objective(config, model):
 
 
 def summarise(sums):
-  sums = metrics.to_host(sums)
-  out = metrics.loss_and_count(sums)
+  sums = losses.to_host(sums)
+  out = losses.loss_and_count(sums)
   out["psnr"] = float(sums["psnr_sum"]) / max(out["count"], 1)
   out["rmse"] = math.sqrt(out["loss"])
   return out

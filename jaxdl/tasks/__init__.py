@@ -16,10 +16,14 @@ named by `--config.task=PACKAGE.MODULE` provides the same):
   objective(config, model) -> (params, batch, rng, train) -> (loss, sums of metrics)
   summarise(sums)          -> {'loss': ..., 'count': ..., ...} from sums added over batches
   brief(split, metrics)    -> the console text of a split's metrics
-Optional, for the tools: predictor(config, workdir, build_model, params) -> a function of a
-list of inputs (image paths, sentences) -> [(label, probability)] for jaxdl.predict, where
-build_model(**model_info) builds the run's model; tokenizer(config, workdir) -> an object with
-encode(text, what) and decode(ids), for jaxdl.sample.
+Optional:
+  FORMATS        {key: format} of a logged number's console text, e.g. {'accuracy': 'acc
+                 {:.2%}'} (default: 'key {:.4g}', and '{:,.0f} UNIT/s' for the throughput)
+  LOG_SCALE      the metrics that jaxdl.plot draws on a log axis, as it does the loss
+  For the tools: predictor(config, workdir, build_model, params) -> a function of a list of
+  inputs (image paths, sentences) -> [(label, probability)] for jaxdl.predict, where
+  build_model(**model_info) builds the run's model; tokenizer(config, workdir) -> an object
+  with encode(text, what) and decode(ids), for jaxdl.sample.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from types import ModuleType
 
 import ml_collections
 
-from jaxdl import metrics
+from jaxdl import files
 from jaxdl.errors import UserError, first_line, import_user_module
 from jaxdl.tasks import image_classification, language_model, text_classification
 
@@ -63,10 +67,10 @@ def of_run(workdir: str, needs: str, use: str) -> tuple[ml_collections.ConfigDic
   """(config, task module) of the run in workdir (its config.json), for a tool that needs the
   task's `needs` (e.g. 'predictor'); `use` says what the tool is for, in the error."""
   config_path = os.path.join(workdir, "config.json")
-  if not metrics.exists(config_path):
+  if not files.exists(config_path):
     raise UserError(f"{config_path}: not found (is --workdir a jaxdl run directory?)")
   try:
-    saved = metrics.read_json(config_path)
+    saved = files.read_json(config_path)
   except ValueError as e:  # JSONDecodeError, UnicodeDecodeError: a damaged or foreign file
     raise UserError(f"{config_path}: not a jaxdl run's config.json ({first_line(e)})") from None
   if not isinstance(saved, dict) or not isinstance(saved.get("task"), str):

@@ -19,24 +19,25 @@ import functools
 import importlib.util
 import json
 import os
-from typing import Any
 
 from absl import logging
 import jax
 import numpy as np
 
-from jaxdl import losses, metrics, steps
+from jaxdl import files
 from jaxdl.data import download, idx, imagefolder, offline, sources, subsets, tfds
 from jaxdl.data.augment import random_shift
 from jaxdl.data.dataset import Dataset
 from jaxdl.data.iterator import TrainBatches
 from jaxdl.errors import UserError
+from jaxdl.tasks import classifier
 
 INPUT = "image"                  # the batch key the model reads
 UNIT = "examples"                # what the sums' 'count' counts
 TRAIN_METRICS = ("accuracy",)    # logged with the loss in every train event
 PLOT_METRICS = ("loss", "accuracy")  # jaxdl.plot's default panels
 MODELS = ("cnn",)                # built-in model families (others: model.name='pkg.module:attr')
+FORMATS = classifier.FORMATS     # the console text of accuracy and throughput
 FALLBACKS = ("download", "synthetic", "sample")  # data.source names after files and tfds
 
 
@@ -154,42 +155,28 @@ def load(config, workdir: str | None) -> Dataset:
           classes or [str(c) for c in range(num_classes)], shape)})
 
 
-def classify(params, batch, rng, train, *, model, label_smoothing: float, max_shift: int):
-  """Softmax cross-entropy of an image classifier; training images are randomly shifted."""
-  images = batch["image"]
-  if train:
-    shift_rng, rng = jax.random.split(rng)
-    images = random_shift(images, shift_rng, max_shift)
-  logits_BxC = model.apply({"params": params}, images, train=train, rngs={"dropout": rng})
-  return losses.softmax_cross_entropy(logits_BxC, batch["label"], batch["mask"],
-                                      label_smoothing if train else 0.0)
-
-
 def objective(config, model):
-  """(params, batch, rng, train) -> (loss, sums), with the model and loss options bound."""
-  return functools.partial(classify, model=model, label_smoothing=config.loss.label_smoothing,
-                           max_shift=config.data.random_shift)
+  """(params, batch, rng, train) -> (loss, sums): softmax cross-entropy, training images
+  randomly shifted by up to data.random_shift pixels."""
+  return functools.partial(
+      classifier.classify, model=model, input_key=INPUT,
+      label_smoothing=config.loss.label_smoothing,
+      augment=functools.partial(random_shift, max_shift=config.data.random_shift))
 
 
-def summarise(sums) -> dict[str, Any]:
-  """Mean loss and accuracy over the counted examples."""
-  sums = metrics.to_host(sums)
-  return {**metrics.loss_and_count(sums), "accuracy": metrics.accuracy(sums)}
-
-
-def brief(split: str, m: dict[str, Any]) -> str:
-  return metrics.brief_accuracy(split, m)
+summarise = classifier.summarise  # mean loss and accuracy
+brief = classifier.brief
 
 
 def predictor(config, workdir: str, build_model, params):
   """(image file paths) -> [(class name, probability)], reading each file as training did;
   build_model(**model_info) is the run's model."""
   path = os.path.join(workdir, imagefolder.CLASSES_FILE)
-  if not metrics.exists(path):
+  if not files.exists(path):
     raise UserError(f"{path}: not found (runs before jaxdl wrote it cannot be predicted with)")
-  text = metrics.read_text(path)
+  text = files.read_text(path)
   classes = imagefolder.read_classes_json(text, path)
   height, width, channels = json.loads(text)["image_shape"]
   model = build_model(num_classes=len(classes))
-  return steps.classifier(model, params, classes, lambda paths: np.stack(
+  return classifier.predictor(model, params, classes, lambda paths: np.stack(
       [imagefolder.read_image(p, channels, (height, width)) for p in paths]))

@@ -27,7 +27,7 @@ from typing import Any
 from absl import logging
 import jax
 
-from jaxdl import losses, metrics
+from jaxdl import files, losses
 from jaxdl.data import corpus, offline, sources, tfds
 from jaxdl.data.dataset import Dataset
 from jaxdl.data.vocab import CHAR_KINDS, VOCAB_FILE, CharVocab
@@ -38,6 +38,8 @@ INPUT = "inputs"
 UNIT = "tokens"
 TRAIN_METRICS = ()
 PLOT_METRICS = ("loss", "perplexity")
+LOG_SCALE = ("perplexity",)  # plotted on a log axis, as the loss is
+FORMATS = {"tokens_per_s": "{:,.0f} tok/s"}
 MODELS = ("transformer",)
 FALLBACKS = ("pydoc",)
 
@@ -86,8 +88,8 @@ def tokenizer(config, workdir: str | None, text: str | None = None) -> CharVocab
   """WORKDIR/vocab.json if a run already wrote one (checked against data.vocab), else a new one
   built from `text` (None: the workdir must have one, as jaxdl.sample needs)."""
   path = os.path.join(workdir, VOCAB_FILE) if workdir is not None else None
-  if path is not None and metrics.exists(path):
-    vocab = CharVocab.from_json(metrics.read_text(path), path)
+  if path is not None and files.exists(path):
+    vocab = CharVocab.from_json(files.read_text(path), path)
     if vocab.kind != config.data.vocab:
       raise UserError(f"config.data.vocab={config.data.vocab!r} but {path} is a {vocab.kind!r} "
                       f"vocabulary; use a new --workdir")
@@ -130,7 +132,7 @@ def objective(config, model):
 
 def summarise(sums) -> dict[str, Any]:
   """Mean loss per token, perplexity and bits per token."""
-  out = metrics.loss_and_count(metrics.to_host(sums))
+  out = losses.loss_and_count(losses.to_host(sums))
   out["perplexity"] = math.exp(min(out["loss"], 700.0))  # capped: exp overflows past ~709
   out["bits_per_token"] = out["loss"] / math.log(2)
   return out

@@ -21,23 +21,24 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any
 
 import jax
 import numpy as np
 
-from jaxdl import losses, metrics, steps
+from jaxdl import files
 from jaxdl.data import sources, subsets, tables, tfds
 from jaxdl.data.dataset import Dataset
 from jaxdl.data.iterator import LengthGroupedBatches
 from jaxdl.data.vocab import VOCAB_FILE, WordVocab, build_vocab
 from jaxdl.errors import UserError
+from jaxdl.tasks import classifier
 
 INPUT = "tokens"
 UNIT = "examples"
 TRAIN_METRICS = ("accuracy",)
 PLOT_METRICS = ("loss", "accuracy")
 MODELS = ("text_lstm", "text_cnn", "text_transformer")
+FORMATS = classifier.FORMATS
 FALLBACKS = ()
 
 
@@ -82,7 +83,7 @@ def read_vocab(workdir: str | None) -> WordVocab | None:
   if workdir is None:
     return None
   path = os.path.join(workdir, VOCAB_FILE)
-  return WordVocab.from_json(metrics.read_text(path), path) if metrics.exists(path) else None
+  return WordVocab.from_json(files.read_text(path), path) if files.exists(path) else None
 
 
 def _check_labels(split: str, labels: np.ndarray, num_classes: int) -> None:
@@ -162,29 +163,15 @@ def load(config, workdir: str | None) -> Dataset:
                  files={VOCAB_FILE: vocab.to_json()})
 
 
-def classify(params, batch, rng, train, *, model, label_smoothing: float):
-  """Softmax cross-entropy of a sentence classifier, plus the confusion matrix."""
-  logits_BxC = model.apply({"params": params}, batch["tokens"], train=train,
-                           rngs={"dropout": rng})
-  loss, aux = losses.softmax_cross_entropy(logits_BxC, batch["label"], batch["mask"],
-                                           label_smoothing if train else 0.0)
-  aux["confusion"] = losses.confusion_matrix(logits_BxC, batch["label"], batch["mask"])
-  return loss, aux
-
-
 def objective(config, model):
-  return functools.partial(classify, model=model, label_smoothing=config.loss.label_smoothing)
+  """(params, batch, rng, train) -> (loss, sums): softmax cross-entropy, with the confusion
+  counts (per-class and macro precision, recall and F1)."""
+  return functools.partial(classifier.classify, model=model, input_key=INPUT,
+                           label_smoothing=config.loss.label_smoothing, confusion=True)
 
 
-def summarise(sums) -> dict[str, Any]:
-  """Mean loss, accuracy, and per-class and macro precision/recall/F1 with the confusion."""
-  sums = metrics.to_host(sums)
-  return {**metrics.loss_and_count(sums), "accuracy": metrics.accuracy(sums),
-          **metrics.confusion_scores(sums["confusion"])}
-
-
-def brief(split: str, m: dict[str, Any]) -> str:
-  return f"{metrics.brief_accuracy(split, m)} | {split} macro-F1 {100 * m['macro_f1']:.2f}%"
+summarise = classifier.summarise  # mean loss, accuracy, the confusion's scores
+brief = classifier.brief
 
 
 def predictor(config, workdir: str, build_model, params):
@@ -197,5 +184,5 @@ def predictor(config, workdir: str, build_model, params):
   max_len = config.data.max_len
   model = build_model(vocab_size=len(vocab.words), num_classes=vocab.num_classes,
                       max_len=max_len)
-  return steps.classifier(model, params, vocab.label_names,
+  return classifier.predictor(model, params, vocab.label_names,
                           lambda texts: vocab.encode(texts, max_len)[0])
