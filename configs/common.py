@@ -1,12 +1,11 @@
 """The blocks every experiment shares, each key commented once here.
 
 An experiment file (configs/mnist.py, ...) starts from `get_config()`, sets its task, model, data
-and (for classifiers) loss blocks, and overrides the values it needs. A config file of your own
-can do the same, or start from a shipped experiment (README "Your own model, task or data"):
+and (for classifiers) loss blocks, and overrides the values it needs. A config file of your own,
+anywhere, can do the same, or start from a shipped experiment (README "Your own model, task or
+data"):
 
-  import os, sys
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo
-  from configs import common
+  from jaxdl.configs import common
 """
 
 import ml_collections

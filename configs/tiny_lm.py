@@ -4,39 +4,24 @@
       --config.data.path=../shared/data/tiny_shakespeare/input.txt
   python -m jaxdl.sample --workdir=runs/tiny_lm --prompt="ROMEO:" --num_chars=500
 
-Presets (`--config=configs/tiny_lm.py:NAME`):
+Presets (`--config=configs/tiny_lm.py:NAME`; results: experiments/tiny_lm/README.md):
   (default)    the best model found that trains in 3 minutes of wall time on a 2-core CPU,
-               compilation and evaluation included (experiments/tiny_lm/README.md has the
-               measured loss, time and a sample).
-  nanogpt_cpu  nanoGPT's CPU configuration: 4 layers, 4 heads, width 128, block 64, batch 12,
-               2,000 iterations, no dropout, bias-free layers, AdamW lr 1e-3 cosine to 1e-4
-               after 100 warmup steps, b2 0.99, weight decay 0.1 on matrices, clip 1.0
-               (nanoGPT: val 1.886). One departure: rotary positions, not a learned table:
-               val 1.798, against 1.912 with `--config.model.positions=learned` (nanoGPT's
-               model exactly; a PyTorch copy of nanoGPT gets 1.896 on the same validation set).
-               On a CPU it splits the batch over 2 CPU devices (parallel.cpu_devices=2).
-               See experiments/tiny_lm/README.md.
-  gpt2_small   GPT-2 small's body for one GPU or TPU host: 12 layers, 12 heads, width 768,
-               block 1024, learned positions, biases, tied embeddings; UTF-8 bytes
-               (data.vocab=bytes: no tokenizer to install or fit, and every text jaxdl reads
-               works; the 256-row table makes it 86.0M params, GPT-2's 50,257 BPE rows make
-               124M), bfloat16 compute on accelerators (model.dtype=auto), cuDNN flash
-               attention on GPU (model.attention=auto), the blocks scanned
-               (model.scan_layers). Levers for memory: model.remat,
-               train.grad_accum_steps, parallel.mesh_shape=(data, model). Timed by
+               compilation and evaluation included.
+  nanogpt_cpu  nanoGPT's CPU configuration (4 layers, 4 heads, width 128, block 64, batch 12,
+               2,000 iterations, AdamW), with one departure: rotary positions, not a learned
+               table (`--config.model.positions=learned` is nanoGPT's model exactly). On a CPU
+               it splits the batch over 2 CPU devices (parallel.cpu_devices=2).
+  gpt2_small   GPT-2 small's body over UTF-8 bytes (data.vocab=bytes) for one GPU or TPU host:
+               12 layers, 12 heads, width 768, block 1024, the blocks scanned. Timed by
                experiments/bench/accelerator.py; too slow to train on a CPU.
 
 With no data.path and no prepared TFDS copy it trains, offline, on CPython's English reference
 docs (pydoc_data.topics) and says so in a WARNING.
 """
 
-import os
-import sys
-
 import ml_collections
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # `configs`
-from configs import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jaxdl.configs import common
 
 PRESETS = ("", "nanogpt_cpu", "gpt2_small")
 

@@ -116,12 +116,11 @@ def autoencoder(model_config):
 
 
 def _config_file(path, base: str, model_block: str, task: str = "") -> str:
-  """A user's config file: a shipped config (or configs/common.py) with their own blocks."""
+  """A user's config file: a shipped config (or configs/common.py) with their own blocks,
+  imported from the installed jaxdl as a config file anywhere imports it."""
   path.write_text(textwrap.dedent(f"""
-      import sys
       import ml_collections
-      sys.path.insert(0, {REPO!r})
-      from configs import {base}
+      from jaxdl.configs import {base}
 
       def get_config(preset=None):
         c = {base}.get_config()
@@ -156,11 +155,12 @@ def _user_config(monkeypatch, user_dir, config_file, args):
   return set_keys(load_config_file(config_file), flag_values(args))
 
 
-def _sigterm_then_resume(args, env):
-  """Runs jaxdl.main with `args`, SIGTERMs it after its first train line, then re-runs it."""
+def _sigterm_then_resume(args, env, cwd):
+  """Runs jaxdl.main with `args` in `cwd`, SIGTERMs it after its first train line, then re-runs
+  it."""
   cmd = [sys.executable, "-m", "jaxdl.main", *args]
   env = {**os.environ, "JAXDL_XLA_CACHE": SUBPROCESS_CACHE, **env}
-  proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+  proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
   out = []
   for line in proc.stdout:
@@ -171,7 +171,7 @@ def _sigterm_then_resume(args, env):
   out.append(proc.communicate(timeout=300)[0])
   text = "".join(out)
   assert proc.returncode == 0 and "SIGTERM: saved the checkpoint at step" in text, text
-  resumed = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  resumed = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
   assert resumed.returncode == 0, resumed.stderr
   assert "resumed from the checkpoint at step" in resumed.stdout, resumed.stdout
   return text
@@ -192,14 +192,15 @@ def _predicts_a_digit(predictions, image):
 @pytest.mark.slow
 def test_a_users_linen_model_trains_resumes_bitwise_and_predicts_from_the_command_line(
     tmp_path, monkeypatch):
-  """The user's module on PYTHONPATH, through the commands a user types: trained, stopped by
-  SIGTERM and resumed; equal bit for bit to an uninterrupted run (in this process: the function
-  jaxdl.main calls); then jaxdl.predict labels a picture."""
+  """The user's module on PYTHONPATH and their config file (`from jaxdl.configs import mnist`),
+  through the commands a user types in their own directory, outside the repository: trained,
+  stopped by SIGTERM and resumed; equal bit for bit to an uninterrupted run (in this process:
+  the function jaxdl.main calls); then jaxdl.predict labels a picture."""
   config = _model_config(tmp_path, "linen", LINEN_MODEL, "mymodels_linen:build")
   args = [f"--config.data.path={_digits(tmp_path)}", *_SCHEDULE]
   stopped, whole = str(tmp_path / "stopped"), str(tmp_path / "whole")
   _sigterm_then_resume([f"--config={config}", *args, f"--workdir={stopped}"],
-                       {"PYTHONPATH": str(tmp_path)})
+                       {"PYTHONPATH": str(tmp_path)}, cwd=tmp_path)
   train.train_and_evaluate(_user_config(monkeypatch, tmp_path, config, args), whole)
   assert read_events(stopped) == read_events(whole)
   assert_same_params(checkpoint.latest_params(stopped, config),
@@ -211,8 +212,8 @@ def test_a_users_linen_model_trains_resumes_bitwise_and_predicts_from_the_comman
   Image.fromarray(digit).save(tmp_path / "digit.png")
   predicted = subprocess.run(
       [sys.executable, "-m", "jaxdl.predict", f"--workdir={whole}", str(tmp_path / "digit.png")],
-      cwd=REPO, env={**os.environ, "PYTHONPATH": str(tmp_path)}, capture_output=True, text=True,
-      timeout=300)
+      cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)}, capture_output=True,
+      text=True, timeout=300)
   assert predicted.returncode == 0, predicted.stderr
   label, prob, path = predicted.stdout.strip().split("\t")
   assert path.endswith("digit.png")
@@ -371,3 +372,18 @@ def test_the_shipped_custom_examples_run(tmp_path, monkeypatch, config):
                    "eval_batch_size": 32, "log_every": 3})
   final = train.train_and_evaluate(c, str(tmp_path / "w"))
   assert final["test_count"] == 32 and np.isfinite(final["test_loss"])
+
+
+def test_the_package_list_has_every_package_and_the_configs():
+  """pyproject.toml lists the packages an install holds (no package finder: jaxdl.configs is
+  the top-level configs/ directory): every package under jaxdl/ must be in the list, or a
+  regular install lacks it while an editable one, which maps jaxdl/ whole, still has it."""
+  import tomllib  # pylint: disable=g-import-not-at-top
+  with open(f"{REPO}/pyproject.toml", "rb") as f:
+    setuptools = tomllib.load(f)["tool"]["setuptools"]
+  found = {os.path.relpath(d, REPO).replace(os.sep, ".")
+           for d, _, names in os.walk(f"{REPO}/jaxdl") if "__init__.py" in names}
+  assert sorted(setuptools["packages"]) == sorted(found | {"jaxdl.configs"})
+  assert setuptools["package-dir"] == {"jaxdl.configs": "configs"}
+  import jaxdl.configs  # pylint: disable=g-import-not-at-top
+  assert os.path.samefile(os.path.dirname(jaxdl.configs.__file__), f"{REPO}/configs")

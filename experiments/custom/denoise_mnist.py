@@ -5,13 +5,9 @@ on jaxdl's shared blocks (configs/common.py). Results: experiments/custom/README
       --config.data.path=../shared/data/mnist-10k
 """
 
-import os
-import sys
-
 import ml_collections
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from configs import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jaxdl.configs import common
 
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:

@@ -5,13 +5,9 @@ config with its model block replaced. Results: experiments/custom/README.md.
       --config.data.path=../shared/data/mnist-10k
 """
 
-import os
-import sys
-
 import ml_collections
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from configs import mnist  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jaxdl.configs import mnist
 
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:

@@ -13,14 +13,11 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
-
-from jaxdl import checkpoint, digests, runrecord, train  # pylint: disable=wrong-import-position
-from configs import mnist  # pylint: disable=wrong-import-position
+from jaxdl import checkpoint, digests, runrecord, train
+from jaxdl.configs import mnist
 
 
 def main() -> None:

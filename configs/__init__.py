@@ -1,0 +1,1 @@
+"""The shipped experiments' configs, installed as the package jaxdl.configs."""
