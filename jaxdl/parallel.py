@@ -78,6 +78,15 @@ def mesh_dims(mesh_shape: tuple[int, ...], devices: int) -> tuple[int, int]:
   return shape
 
 
+def model_axis_size(mesh_shape: tuple[int, ...]) -> int:
+  """The 'model' axis of config.parallel.mesh_shape: as written, or (when -1) from the job's
+  devices; known before the mesh is made, for the config's checks."""
+  shape = tuple(mesh_shape)
+  if len(shape) < 2 or shape[1] != -1:
+    return shape[1] if len(shape) == 2 else 1
+  return mesh_dims(shape, jax.device_count())[1]
+
+
 def make_mesh(mesh_shape: tuple[int, ...] = (-1,)) -> Mesh:
   """The (data, model) mesh over every device of the job (mesh_dims)."""
   shape = mesh_dims(mesh_shape, jax.device_count())

@@ -1,28 +1,21 @@
-"""The train state, the pure steps (state, batch) → (state, metrics), and how they are run.
+"""The train state and the pure steps: (state, batch) → (state, metric sums).
 
 An objective is `(params, batch, rng, train) -> (loss, aux sums)`: the forward pass and the loss
-of one task (task.objective builds it). `Runner` binds it and the optimizer to the steps and
-compiles them for the mesh: jax.jit, one step per call or k fused by lax.scan, or jax.pmap.
+of one task (task.objective builds it). Everything here is a pure function of its arguments;
+how the steps are compiled and fed (jit on a mesh, pmap, k fused steps) is runner.py's.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import math
 from typing import Any, Callable
 
 import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.sharding import NamedSharding, PartitionSpec as P
-import numpy as np
 import optax
 
-from jaxdl import parallel
-from jaxdl.errors import UserError
-from jaxdl.data import dataset, eval_batches
+from jaxdl.data.iterator import take
 
 Objective = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 
@@ -211,14 +204,13 @@ def train_steps(state: TrainState, sums: dict[str, jax.Array], xs: dict[str, jax
   """len(xs) train steps in one compiled call (lax.scan): train_step after train_step.
 
   xs holds the steps' batches stacked on a leading axis, or, when `arrays` (the training split,
-  resident on the device) is given, each step's row `index` and `mask`, gathered here exactly as
-  data.TrainBatches.batch does on the host. Each step's metric sums are added onto `sums` in
+  resident on the device) is given, each step's row `index` and `mask`, gathered here by the
+  same data.iterator.take that makes a batch on the host. Each step's metric sums are added onto `sums` in
   step order with merge_sums, as the loop merges them.
   """
   def body(carry, x):
     state, sums = carry
-    batch = x if arrays is None else {**{k: v[x["index"]] for k, v in arrays.items()},
-                                      "mask": x["mask"]}
+    batch = x if arrays is None else take(arrays, x["index"], x["mask"])
     state, aux = train_step(state, batch, objective=objective, tx=tx,
                             skip_nonfinite=skip_nonfinite, ema_decay=ema_decay,
                             ema_warmup=ema_warmup, grad_accum_steps=grad_accum_steps)
@@ -230,155 +222,3 @@ def train_steps(state: TrainState, sums: dict[str, jax.Array], xs: dict[str, jax
   unroll = True if jax.default_backend() == "cpu" else 1
   (state, sums), _ = jax.lax.scan(body, (state, sums), xs, unroll=unroll)
   return state, sums
-
-
-def steps_per_dispatch(limit: int, *boundaries: int) -> int:
-  """The largest k <= limit that divides every boundary (log, eval and checkpoint intervals), so
-  dispatches of k fused steps end exactly on each of them; 1 = no fusion."""
-  g = math.gcd(*boundaries)
-  return max(k for k in range(1, max(limit, 1) + 1) if g % k == 0)
-
-
-# A training split up to this size is copied to the device once when steps are fused, and each
-# step's batch is gathered there; a larger one (or an iterator without rows) is stacked on the
-# host.
-_DEVICE_DATA_MAX_BYTES = 1 << 30
-
-
-class Runner:
-  """How the loop runs steps: the state's layout, and the compiled train and eval steps.
-
-  parallel.mode='jit': one program over the mesh (the batch split over 'data', the state
-  replicated or fsdp-sharded), k fused steps per dispatch (k dividing every log, eval and
-  checkpoint interval: config.steps_per_dispatch), their batches gathered on the device when
-  the iterator's `rows()` fit there, else stacked on the host. 'pmap': jax.pmap of the same
-  train_step, one step per dispatch. `run` and `evaluate` hide which.
-  """
-
-  def __init__(self, config, model: nn.Module, objective: Objective,
-               tx: optax.GradientTransformation, train_batches: dataset.TrainIterator,
-               mesh, input_key: str, eval_every: int):
-    self.mesh, self.batches, self.mode = mesh, train_batches, config.parallel.mode
-    replicated = parallel.replicated(mesh)
-    ema_decay, skip = config.train.ema_decay, config.train.skip_nonfinite
-    sample = parallel.global_batch(train_batches.batch(0), mesh)
-    self._create = functools.partial(create_state, model, tx, seed=config.seed,
-                                     ema=ema_decay > 0)
-    self._sample_inputs = sample[input_key]
-    abstract_state = jax.eval_shape(self._create, self._sample_inputs)
-    axes = param_axes(model, self._sample_inputs)  # logical names → 'model' (tensor parallel)
-    if mesh.shape["model"] > 1 and not parallel.uses_model_axis(axes):
-      raise UserError(f"config.parallel.mesh_shape={tuple(config.parallel.mesh_shape)}: a "
-                      f"'model' axis of {mesh.shape['model']} needs a model whose params carry "
-                      f"logical axis names that parallel.LOGICAL_RULES puts on it (the "
-                      f"transformer's: heads, mlp, vocab); {config.model.name!r} has none")
-    self.state_sharding = parallel.state_shardings(
-        abstract_state, mesh, config.parallel.fsdp, config.parallel.fsdp_min_size, axes)
-    # The state's shapes, dtypes and layout, without its memory: what a restore fills in.
-    self.abstract_state = jax.tree.map(
-        lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-        abstract_state, self.state_sharding)
-    bound = dict(objective=objective, tx=tx, skip_nonfinite=skip, ema_decay=ema_decay,
-                 ema_warmup=config.train.ema_warmup,
-                 grad_accum_steps=config.train.grad_accum_steps)
-    if self.mode == "pmap":
-      self._step = parallel.pmap_train_step(functools.partial(train_step, **bound), mesh)
-    else:
-      self._step = jax.jit(functools.partial(train_step, **bound),
-                           out_shardings=(self.state_sharding, replicated), donate_argnums=0)
-    self._eval = jax.jit(functools.partial(eval_step, objective=objective),
-                         out_shardings=replicated)
-    self._add = jax.jit(merge_sums)
-
-    self.fuse = 1 if self.mode == "pmap" else steps_per_dispatch(
-        config.steps_per_dispatch, config.log_every, eval_every, config.checkpoint_every)
-    self._steps = jax.jit(functools.partial(train_steps, **bound),
-                          out_shardings=(self.state_sharding, replicated), donate_argnums=0)
-    rows = train_batches.rows() if self.fuse > 1 and jax.process_count() == 1 else None
-    self._device_rows = None  # the training split on the device, when fused steps gather there
-    if rows is not None and sum(v.nbytes for v in rows.values()) <= _DEVICE_DATA_MAX_BYTES:
-      self._device_rows = jax.device_put(rows, replicated)
-    self._sums_shape = None if self.fuse == 1 else jax.eval_shape(
-        self._step, abstract_state, sample)[1]
-
-  def compile_step(self, batch: dict[str, jax.Array]):
-    """The jit train step compiled for a global batch of `batch`'s shapes and layout, without
-    running it: its cost_analysis() and memory_analysis() (experiments/bench/accelerator.py)."""
-    if self.mode == "pmap":
-      raise UserError("Runner.compile_step: parallel.mode='pmap' has no single compiled step; "
-                      "use parallel.mode='jit'")
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                            batch)
-    with self._context():
-      return self._step.lower(self.abstract_state, abstract).compile()
-
-  def init_state(self) -> TrainState:
-    """The initial state, initialised directly into its layout (replicated, or fsdp)."""
-    return jax.jit(self._create, out_shardings=self.state_sharding)(self._sample_inputs)
-
-  def dispatch(self, step: int, num_steps: int) -> int:
-    """How many steps the dispatch starting at `step` runs: up to a multiple of fuse, or the end."""
-    return min(self.fuse - step % self.fuse, num_steps - step)
-
-  def run(self, state: TrainState, sums, step: int, k: int):
-    """Steps step..step+k-1; their metric sums are merged onto `sums` (None: none yet)."""
-    with jax.profiler.StepTraceAnnotation("train", step_num=step), self._context():
-      if k == 1:
-        batch = self.batches.batch(step)  # this process's rows of global batch `step`
-        if self.mode == "jit":
-          batch = parallel.global_batch(batch, self.mesh)
-        state, step_sums = self._step(state, batch)
-        return state, step_sums if sums is None else self._add(sums, step_sums)
-      if sums is None:  # merge_sums(empty, x) == x exactly: the unfused loop's sums
-        sums = empty_sums(self._sums_shape)
-      return self._steps(state, sums, self._chunk(step, k), self._device_rows)
-
-  def _chunk(self, step: int, k: int) -> dict[str, jax.Array]:
-    """What train_steps scans over for steps step..step+k-1: indices or stacked batches."""
-    if self._device_rows is not None:
-      rows = [self.batches.indices(s) for s in range(step, step + k)]
-      return jax.device_put({"index": np.stack([r[0] for r in rows]).astype(np.int32),
-                             "mask": np.stack([r[1] for r in rows]).astype(np.float32)},
-                            parallel.replicated(self.mesh))
-    batches = [self.batches.batch(s) for s in range(step, step + k)]
-    stacked = NamedSharding(self.mesh, P(None, "data"))
-    return {key: jax.make_array_from_process_local_data(
-        stacked, np.stack([b[key] for b in batches])) for key in batches[0]}
-
-  def evaluate(self, state: TrainState, arrays: dict[str, np.ndarray], batch_size: int):
-    """The eval sums over every example of a split exactly once (ragged end padded, masked)."""
-    sums = None
-    with self._context():
-      for batch in eval_batches(arrays, batch_size, jax.process_index(), jax.process_count()):
-        out = self._eval(state, parallel.global_batch(batch, self.mesh))
-        sums = out if sums is None else self._add(sums, out)
-    return sums
-
-  def _context(self):
-    """What the jit steps are traced and called under: the mesh, so that a model's activation
-    constraints take effect (parallel.activation_sharding); a pmap step has none."""
-    return (contextlib.nullcontext() if self.mode == "pmap"
-            else parallel.activation_sharding(self.mesh))
-
-
-PREDICT_BATCH = 256  # inputs per forward pass of a classifier's predictions (jaxdl.predict)
-
-
-def classifier(model: nn.Module, params, label_names: list[str],
-               encode: Callable[[list], np.ndarray], batch_size: int = PREDICT_BATCH):
-  """(inputs) -> [(label name, probability)] of each input's likeliest class: `encode` turns a
-  list of inputs (sentences, image paths) into the model's array, batch_size at a time, the last
-  batch padded so that every call runs one compiled shape."""
-  probs = jax.jit(lambda x: jax.nn.softmax(model.apply({"params": params}, x, train=False), -1))
-
-  def predict(inputs: list) -> list[tuple[str, float]]:
-    out = []
-    for start in range(0, len(inputs), batch_size):
-      chunk = inputs[start:start + batch_size]
-      x = encode(chunk)
-      x = np.pad(x, [(0, batch_size - len(chunk))] + [(0, 0)] * (x.ndim - 1))
-      p_NxC = np.asarray(probs(x))[:len(chunk)]
-      out += [(label_names[c], float(p[c])) for c, p in zip(p_NxC.argmax(-1), p_NxC)]
-    return out
-
-  return predict

@@ -3,7 +3,7 @@ loop, finish.
 
 Nothing is written to the workdir until the config, the devices and the data have all passed
 their checks, so a mistake leaves no trace. What the task means (its data, loss and metrics)
-comes from its module (jaxdl/tasks/); how the steps are compiled, from steps.Runner.
+comes from its module (jaxdl/tasks/); how the steps are compiled and fed, from runner.Runner.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 
 from jaxdl import (checkpoint, files, history, lease, metrics, models, optim, parallel, profiler,
-                   resume, runrecord, steps, stopping, tasks, validate)
+                   resume, runner as runners, runrecord, steps, stopping, tasks, validate)
 from jaxdl.errors import UserError
 
 
@@ -168,7 +168,6 @@ def _train(config: ml_collections.ConfigDict, workdir: str, restart: bool,
   parallel.check_batch("batch_size", config.batch_size, mesh)
   parallel.check_batch("eval_batch_size", config.eval_batch_size, mesh)
   parallel.check_microbatch(config.batch_size, config.train.grad_accum_steps, mesh)
-  models.check_model_axis(config.model, mesh.shape["model"])
 
   # 3. data: train batches are a function of (seed, step); eval splits are whole in memory.
   # The files a run keeps beside its checkpoints (a vocabulary) are reused only when there are
@@ -183,8 +182,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, restart: bool,
   model = models.get(config.model, **dataset.model_info)
   tx = optim.make(config.opt, num_steps)
   lr_at = optim.schedule(config.opt, num_steps)
-  runner = steps.Runner(config, model, task.objective(config, model), tx, dataset.train, mesh,
-                        task.INPUT, eval_every)
+  runner = runners.Runner(config, model, task.objective(config, model), tx, dataset.train, mesh,
+                          task.INPUT, eval_every)
 
   def evaluate(split: str) -> dict[str, Any]:
     return task.summarise(runner.evaluate(state, dataset.evals[split], config.eval_batch_size))
@@ -210,6 +209,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, restart: bool,
     runrecord.begin(workdir, resolved, start_step, num_steps)  # run.json: a segment per start
     on_error.enter_context(_recorded_on_error(workdir, lambda: step))
     writer.print(_start_line(config, dataset, state, num_steps))
+    for note in runner.notes:  # where the runner does otherwise than the config asked
+      writer.print(note)
 
     # 8. loop: over dispatches of k fused steps (k = 1: one step each); logging, eval and
     # checkpoints at fixed step boundaries, each of which ends a dispatch.

@@ -148,7 +148,7 @@ def test_length_grouped_batches_cover_each_example_once(tiny_text):
     longest = (batch["tokens"] != 0).sum(1).max()
     assert batch["tokens"].shape[1] == min(16, -(-longest // 8) * 8)
     rows += [tuple(r) for r, m in zip(batch["tokens"], batch["mask"]) if m]
-  every = dataset.train.arrays["tokens"]
+  every = dataset.train.grouped.arrays["tokens"]  # the uncut rows under the cut batches
   assert len(rows) == len(every) == 320 and widths <= {8, 16}
   padded = [r + (0,) * (16 - len(r)) for r in rows]  # each row back at max_len
   assert sorted(padded) == sorted(tuple(r) for r in every)  # every example exactly once
@@ -240,17 +240,17 @@ def test_resuming_with_another_length_grouping_is_refused(tiny_text):
 
 
 @pytest.mark.slow
-def test_fused_steps_with_cut_batches_are_refused(tiny_text, tmp_path):
-  """Fused steps scan over one batch shape; length-cut batches have several: one line, before
-  any work (with data.bucket=0 the same fused run trains, as test_train's fused tests do)."""
-  tiny_text.steps_per_dispatch, tiny_text.data.bucket = 4, 8
-  with pytest.raises(UserError, match=r"config.steps_per_dispatch=4: fused steps need batches "
-                                      r"of one width; set data.bucket=0"):
-    train.train_and_evaluate(tiny_text, str(tmp_path / "w"))
-  assert not (tmp_path / "w").exists()
-  tiny_text.data.bucket = 0
-  final = train.train_and_evaluate(tiny_text, str(tmp_path / "w"))
-  assert final["dev_count"] == 40
+def test_fused_steps_over_cut_batches_run_one_step_per_call(tiny_text, tmp_path, capsys):
+  """Length-cut batches differ in width, and fused steps stack batches of one: the runner runs
+  one step per call, says so once, and the run is the unfused run's, bit for bit."""
+  tiny_text.data.bucket, tiny_text.num_train_steps = 8, 8
+  tiny_text.log_every = tiny_text.eval_every = tiny_text.checkpoint_every = 4
+  one = train.train_and_evaluate(tiny_text, str(tmp_path / "one"))
+  tiny_text.steps_per_dispatch = 4
+  capsys.readouterr()
+  assert train.train_and_evaluate(tiny_text, str(tmp_path / "fused")) == one
+  assert capsys.readouterr().out.count("differ in shape from step to step") == 1
+  assert read_events(str(tmp_path / "fused")) == read_events(str(tmp_path / "one"))
 
 
 @pytest.mark.slow

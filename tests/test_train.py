@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import interrupt_at, load_config, read_events, set_keys, state_like
-from jaxdl import checkpoint, data, metrics, parallel, steps, tasks, train
+from jaxdl import checkpoint, data, metrics, parallel, runner as runners, tasks, train
 from jaxdl.data import download, offline, sources
 
 
@@ -134,9 +134,9 @@ def test_evaluate_counts_a_ragged_last_batch_once(tiny_mnist):
   task = tasks.get(tiny_mnist.task)
   arrays = offline.synthetic_images(10, 37, seed=1)["test"]
   mesh = parallel.make_mesh()
-  runner = steps.Runner(tiny_mnist, model, task.objective(tiny_mnist, model), tx,
-                        data.TrainBatches(arrays, tiny_mnist.batch_size, seed=0), mesh,
-                        task.INPUT, tiny_mnist.eval_every)
+  runner = runners.Runner(tiny_mnist, model, task.objective(tiny_mnist, model), tx,
+                          data.TrainBatches(arrays, tiny_mnist.batch_size, seed=0), mesh,
+                          task.INPUT, tiny_mnist.eval_every)
   state = runner.init_state()
   ragged = task.summarise(runner.evaluate(state, arrays, 16))  # 16 + 16 + 5 (padded to 16)
   whole = task.summarise(runner.evaluate(state, arrays, 37))
@@ -168,7 +168,7 @@ def test_fused_steps_match_one_step_per_call(tiny_mnist, tmp_path, monkeypatch):
   tiny_mnist.opt.name, tiny_mnist.opt.lr = "sgd", 0.05  # Adam would blow float noise up to ~lr
   tiny_mnist.log_every, tiny_mnist.eval_every, tiny_mnist.checkpoint_every = 4, 8, 8
   tiny_mnist.num_train_steps = 18  # 4 dispatches of 4 steps, then a tail of 2
-  assert steps.steps_per_dispatch(25, 4, 8, 8) == 4
+  assert runners.steps_per_dispatch(25, 4, 8, 8) == 4
   tiny_mnist.steps_per_dispatch = 1
   one = str(tmp_path / "one")
   expected = train.train_and_evaluate(tiny_mnist, one)
@@ -178,7 +178,7 @@ def test_fused_steps_match_one_step_per_call(tiny_mnist, tmp_path, monkeypatch):
     fused = str(tmp_path / f"fused_{on_device}")
     with monkeypatch.context() as patch:
       if not on_device:
-        patch.setattr(steps, "_DEVICE_DATA_MAX_BYTES", 0)
+        patch.setattr(runners, "_DEVICE_DATA_MAX_BYTES", 0)
       result = train.train_and_evaluate(tiny_mnist, fused)
     a, b = read_events(one), read_events(fused)
     assert [(e["event"], e["step"]) for e in a] == [(e["event"], e["step"]) for e in b]

@@ -175,3 +175,13 @@ def test_validating_a_new_nested_workdir_creates_nothing(tmp_path):
   config = load_config("mnist")
   validate.validate(config, tasks.get(config.task), str(workdir))
   assert os.listdir(tmp_path) == []
+
+
+def test_a_model_axis_needs_a_family_with_tensor_parallel_names():
+  """The CNN's params carry no logical axis names: a 'model' axis is refused with the config,
+  before any work (a user's model shows its names only once traced: runner.Runner's note)."""
+  config = load_config("mnist")
+  config.parallel.mesh_shape = (1, 2)
+  assert _refusal(config, "") == (
+      "config.parallel.mesh_shape: a 'model' axis of 2 devices needs a model whose params carry "
+      "logical axis names (the transformer's: heads, mlp, vocab); model.name='cnn' has none")

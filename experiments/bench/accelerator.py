@@ -5,7 +5,7 @@
   python experiments/bench/accelerator.py --cpu_devices=8 --set=parallel.mesh_shape=4,2 \
       --compile_only      # CPU: the memory analysis of a sharded step, without running it
 
-It builds jaxdl's own pieces (models.get, optim.make, the task's objective, steps.Runner's
+It builds jaxdl's own pieces (models.get, optim.make, the task's objective, runner.Runner's
 layout on the mesh, steps.train_step), jit-compiles one train step for the config's global
 batch on random tokens (a throughput benchmark: the data never reaches the numbers), and prints
 one JSON line:
@@ -95,14 +95,14 @@ def main() -> None:
     os.environ["JAX_NUM_CPU_DEVICES"] = str(args.cpu_devices)
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from jaxdl import models, optim, parallel, steps, tasks  # pylint: disable=g-import-not-at-top
+  from jaxdl import models, optim, parallel, runner as runners, tasks  # pylint: disable=g-import-not-at-top
 
   config = _config(args.config, args.set)
   task = tasks.get(config.task)
   mesh = parallel.make_mesh(config.parallel.mesh_shape)
   parallel.check_batch("batch_size", config.batch_size, mesh)
   parallel.check_microbatch(config.batch_size, config.train.grad_accum_steps, mesh)
-  models.check_model_axis(config.model, mesh.shape["model"])
+  models.check(config.model, task.MODELS, mesh.shape["model"])
   vocab = 256  # data.vocab=bytes; the benchmark's tokens are random bytes
   model = models.get(config.model, vocab_size=vocab)
   tx = optim.make(config.opt, config.num_train_steps)
@@ -116,11 +116,8 @@ def main() -> None:
       ids = rng.integers(0, vocab, (b, t + 1), dtype=np.int32)
       return {"inputs": ids[:, :-1], "targets": ids[:, 1:], "mask": np.ones(b, np.float32)}
 
-    def rows(self):
-      return None
-
-  runner = steps.Runner(config, model, task.objective(config, model), tx, RandomWindows(), mesh,
-                        task.INPUT, eval_every=10**9)
+  runner = runners.Runner(config, model, task.objective(config, model), tx, RandomWindows(),
+                          mesh, task.INPUT, eval_every=10**9)
   batch = parallel.global_batch(RandomWindows().batch(0), mesh)
   start = time.time()
   compiled = runner.compile_step(batch)

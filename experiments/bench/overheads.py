@@ -24,7 +24,7 @@ sys.path.insert(0, REPO)
 import jax  # pylint: disable=g-import-not-at-top
 import numpy as np
 
-from jaxdl import checkpoint, models, optim, parallel, steps, tasks
+from jaxdl import checkpoint, models, optim, parallel, runner as runners, steps, tasks
 
 
 def main():
@@ -124,10 +124,10 @@ def main():
         f"{100 * per_save / config.checkpoint_every / plain:.2f}% of step time)")
 
   # Eval throughput over the whole test split (batch 512, last batch padded), as the loop runs
-  # it: steps.Runner.evaluate's sums, then the task's summarise (which waits for them).
+  # it: runner.Runner.evaluate's sums, then the task's summarise (which waits for them).
   split = dataset.evals[dataset.eval_split]
-  runner = steps.Runner(config, model, objective, tx, batches, mesh, task.INPUT,
-                        config.eval_every or batches.steps_per_epoch)
+  runner = runners.Runner(config, model, objective, tx, batches, mesh, task.INPUT,
+                          config.eval_every or batches.steps_per_epoch)
   evaluate = lambda: task.summarise(runner.evaluate(state, split, config.eval_batch_size))
   evaluate()
   eval_s = []

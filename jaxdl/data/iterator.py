@@ -1,5 +1,5 @@
 """Deterministic, resumable batches over in-memory arrays: shuffled epochs, length-grouped
-epochs for variable-length texts, and evaluation batches.
+epochs for variable-length texts (cut to their longest text), and evaluation batches.
 
 Training batches are a pure function of (seed, step): epoch e's order is a permutation drawn from
 (seed, e), so every example is seen once per epoch and a resumed run sees exactly the batches the
@@ -21,10 +21,11 @@ from jaxdl.errors import UserError
 Batch = dict[str, np.ndarray]
 
 
-def _take(arrays: dict[str, np.ndarray], idx: np.ndarray, valid: np.ndarray) -> Batch:
-  batch = {k: v[idx] for k, v in arrays.items()}
-  batch["mask"] = valid.astype(np.float32)
-  return batch
+def take(arrays: dict, index, mask) -> dict:
+  """A batch: rows `index` of every array, and `mask` (1 for a real example, 0 for padding).
+  The one definition of a batch of rows: on the host (numpy), and on the device in fused steps
+  (steps.train_steps gathers from the arrays there)."""
+  return {**{k: v[index] for k, v in arrays.items()}, "mask": mask}
 
 
 def _local_slice(n: int, process_index: int, process_count: int) -> slice:
@@ -77,29 +78,25 @@ class TrainBatches:
   def batch(self, step: int) -> Batch:
     """This process's part of global batch `step` (padded and masked at an epoch's end)."""
     idx, valid = self.indices(step)
-    return _take(self.arrays, idx[self._local], valid[self._local])
+    return take(self.arrays, idx[self._local], valid[self._local].astype(np.float32))
 
-  def rows(self) -> dict[str, np.ndarray] | None:
-    """The arrays every batch is rows of (batch(step) = rows indices(step) + mask), which fused
-    steps may gather on the device."""
+  def rows(self) -> dict[str, np.ndarray]:
+    """The arrays every batch is rows of (batch(step) = take(rows, indices(step))), which fused
+    steps may gather on the device (data.dataset.RowIterator)."""
     return self.arrays
 
 
 class LengthGroupedBatches(TrainBatches):
-  """TrainBatches of sequences of similar length, cut to the batch's longest one.
+  """TrainBatches of sequences of similar length (cut to their longest by CutBatches).
 
   Within each pool of `sort_pool` batches of an epoch's permutation, examples are sorted by
   length, cut into batches, and the batches shuffled (all from (seed, epoch), so still a pure
-  function of the step). A batch's `tokens` array is then cut to its longest sequence rounded up
-  to a multiple of `bucket`. SST-2's training phrases average 9 words against a 64-token
-  max_len, so the LSTM runs ~4x fewer steps. Each distinct width compiles once (<= max_len /
-  bucket). Lengths count the non-zero (non-padding) tokens.
+  function of the step). Lengths count the non-zero (non-padding) tokens.
   """
 
-  def __init__(self, arrays, batch_size, seed, bucket, sort_pool, process_index=0,
-               process_count=1):
+  def __init__(self, arrays, batch_size, seed, sort_pool, process_index=0, process_count=1):
     super().__init__(arrays, batch_size, seed, process_index, process_count)
-    self.bucket, self.sort_pool = bucket, sort_pool
+    self.sort_pool = sort_pool
     self.lengths = (arrays["tokens"] != 0).sum(1)
 
   def position(self, step: int) -> dict[str, int]:
@@ -120,19 +117,33 @@ class LengthGroupedBatches(TrainBatches):
     self._order = order
     return order
 
-  def batch(self, step: int) -> Batch:
-    out = super().batch(step)
-    if self.bucket:
-      # The width comes from the whole global batch, so every process cuts the same.
-      epoch, i = divmod(step, self.steps_per_epoch)
-      idx = self._epoch_order(epoch)[i * self.batch_size:(i + 1) * self.batch_size]
-      longest = max(1, int(self.lengths[idx].max()))
-      out["tokens"] = out["tokens"][:, :min(out["tokens"].shape[1],
-                                            -(-longest // self.bucket) * self.bucket)]
-    return out
 
-  def rows(self) -> dict[str, np.ndarray] | None:
-    return None if self.bucket else self.arrays  # cut batches are not rows of the arrays
+class CutBatches:
+  """A LengthGroupedBatches' batches with `tokens` cut to the batch's longest sequence, rounded
+  up to a multiple of `bucket`. SST-2's training phrases average 9 words against a 64-token
+  max_len, so the LSTM runs ~4x fewer steps. Each distinct width compiles once (<= max_len /
+  bucket); steps of several widths cannot be fused (stacked), hence `shapes_vary`."""
+
+  shapes_vary = True
+
+  def __init__(self, grouped: LengthGroupedBatches, bucket: int):
+    self.grouped, self.bucket = grouped, bucket
+    self.size, self.steps_per_epoch = grouped.size, grouped.steps_per_epoch
+
+  def position(self, step: int) -> dict[str, int]:
+    return self.grouped.position(step)
+
+  def check_position(self, step: int, saved: dict[str, int]) -> None:
+    self.grouped.check_position(step, saved)
+
+  def batch(self, step: int) -> Batch:
+    out = self.grouped.batch(step)
+    # The width comes from the whole global batch, so every process cuts the same.
+    idx, valid = self.grouped.indices(step)
+    longest = max(1, int(self.grouped.lengths[idx[valid]].max()))
+    out["tokens"] = out["tokens"][:, :min(out["tokens"].shape[1],
+                                          -(-longest // self.bucket) * self.bucket)]
+    return out
 
 
 def eval_batches(arrays: dict[str, np.ndarray], batch_size: int, process_index: int = 0,
@@ -144,4 +155,4 @@ def eval_batches(arrays: dict[str, np.ndarray], batch_size: int, process_index: 
     idx = np.arange(start, start + batch_size)
     valid = idx < size
     idx = np.where(valid, idx, 0)
-    yield _take(arrays, idx[local], valid[local])
+    yield take(arrays, idx[local], valid[local].astype(np.float32))

@@ -20,8 +20,8 @@ Batch = dict[str, np.ndarray]
 
 
 class TrainWindows:
-  """Global batch `step` = `batch_size` random windows drawn from (seed, step); the data
-  iterator the loop uses (batch / position / check_position / size / steps_per_epoch)."""
+  """Global batch `step` = `batch_size` random windows drawn from (seed, step): a
+  data.TrainIterator (windows are cut from the token stream, not rows of an array)."""
 
   def __init__(self, ids: np.ndarray, block_size: int, batch_size: int, seed: int,
                process_index: int = 0, process_count: int = 1):
@@ -53,9 +53,6 @@ class TrainWindows:
     windows = self.ids[idx_BxL1]
     return {"inputs": windows[:, :-1], "targets": windows[:, 1:],
             "mask": np.ones(len(starts_B), np.float32)}
-
-  def rows(self) -> None:
-    return None  # windows are cut from the token stream, not rows of an array
 
 
 def eval_windows(ids: np.ndarray, block_size: int, max_windows: int = 0) -> Batch:

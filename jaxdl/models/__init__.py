@@ -55,12 +55,20 @@ def _takes_rngs(build: Callable[..., Any]) -> bool:
     return False
 
 
-def check(model_config, task_models: tuple[str, ...]) -> None:
-  """model.name is one of the task's families (and that family's keys are valid), or an
+def check(model_config, task_models: tuple[str, ...], model_axis: int = 1) -> None:
+  """The one check of config.model: model.name is one of the task's families (whose keys are
+  then valid, and whose widths a 'model' mesh axis of `model_axis` devices divides), or an
   importable PACKAGE.MODULE:ATTR. Builds nothing."""
   name = model_config.name
   if name in task_models:
-    FAMILIES[name].check(model_config)
+    family = FAMILIES[name]
+    family.check(model_config)
+    if model_axis > 1 and not hasattr(family, "check_model_axis"):
+      raise UserError(f"config.parallel.mesh_shape: a 'model' axis of {model_axis} devices "
+                      f"needs a model whose params carry logical axis names (the "
+                      f"transformer's: heads, mlp, vocab); model.name={name!r} has none")
+    if model_axis > 1:
+      family.check_model_axis(model_config, model_axis)
   elif ":" in name:
     _user_builder(name)
   else:
@@ -68,19 +76,11 @@ def check(model_config, task_models: tuple[str, ...]) -> None:
                     f"(this task's models), or PACKAGE.MODULE:ATTR for your own")
 
 
-def check_model_axis(model_config, size: int) -> None:
-  """A built-in family's widths that a 'model' mesh axis of `size` devices must divide (a
-  family without tensor-parallel names is refused by steps.Runner instead)."""
-  family = FAMILIES.get(model_config.name)
-  if size > 1 and hasattr(family, "check_model_axis"):
-    family.check_model_axis(model_config, size)
-
-
 def get(model_config, **model_info) -> nn.Module:
-  """The linen Module config.model names (an NNX model comes wrapped as one)."""
+  """The linen Module config.model names (an NNX model comes wrapped as one); its keys were
+  checked by check() (validate.py) when the run began."""
   name = model_config.name
   if name in FAMILIES:
-    FAMILIES[name].check(model_config)  # also for callers that skipped validate (tools, tests)
     return FAMILIES[name].from_config(model_config, **model_info)
   build = _user_builder(name)
   where = f"config.model.name={name!r}"

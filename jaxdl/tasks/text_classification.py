@@ -28,7 +28,7 @@ import numpy as np
 from jaxdl import files
 from jaxdl.data import sources, subsets, tables, tfds
 from jaxdl.data.dataset import Dataset
-from jaxdl.data.iterator import LengthGroupedBatches
+from jaxdl.data.iterator import CutBatches, LengthGroupedBatches
 from jaxdl.data.vocab import VOCAB_FILE, WordVocab, build_vocab
 from jaxdl.errors import UserError
 from jaxdl.tasks import classifier
@@ -63,11 +63,6 @@ def check(config) -> None:
   if not 0 <= config.loss.label_smoothing < 1:
     raise UserError(f"config.loss.label_smoothing={config.loss.label_smoothing!r}: must be in "
                     f"[0, 1)")
-  # Fused steps scan over batches of one shape; length-cut batches have several widths.
-  if config.steps_per_dispatch > 1 and data.bucket > 0:
-    raise UserError(f"config.steps_per_dispatch={config.steps_per_dispatch}: fused steps need "
-                    f"batches of one width; set data.bucket=0 (full max_len batches) or "
-                    f"steps_per_dispatch=1")
 
 
 def _ways(name: str) -> str:
@@ -138,8 +133,10 @@ def load(config, workdir: str | None) -> Dataset:
                     f"data.validation_size to carve one out of train)")
   final_splits = tuple(s for s in ("val", "dev", "test") if s in arrays)
 
-  train = LengthGroupedBatches(arrays["train"], config.batch_size, config.seed, data_cfg.bucket,
-                      data_cfg.sort_pool, jax.process_index(), jax.process_count())
+  train = LengthGroupedBatches(arrays["train"], config.batch_size, config.seed,
+                               data_cfg.sort_pool, jax.process_index(), jax.process_count())
+  if data_cfg.bucket:
+    train = CutBatches(train, data_cfg.bucket)
   sizes = " | ".join(
       [subsets.describe(len(full.texts), kept, val)] +
       [f"{split} {len(splits[split].texts):,}" +
