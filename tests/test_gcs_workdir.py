@@ -356,9 +356,9 @@ def test_metrics_appends_on_gs_are_not_quadratic(gcs, monkeypatch):
       uploaded.append(len(data)), pipe_file(path, data, *args, **kwargs))[1])
   write_text = files.write_text
   rewritten = []
-  monkeypatch.setattr(metrics, "write_text",
+  monkeypatch.setattr(files, "write_text",
                       lambda p, text: (rewritten.append(len(text)), write_text(p, text))[1])
-  monkeypatch.setattr(metrics, "_COMPACT_EVERY", 10)
+  monkeypatch.setattr(files, "_COMPACT_EVERY", 10)
   path = f"gs://{BUCKET}/appends/metrics.jsonl"
   lines = [json.dumps({"event": "train", "step": i, "loss": 1.0 / (i + 1)}) + "\n"
            for i in range(25)]
