@@ -1,7 +1,7 @@
 """How jaxdl fails: one exception type for user mistakes, and one way for a tool to report.
 
 Anything a user can get wrong (a config value, a path, a data file) raises `UserError` with a
-single line that names the key, file or value. Every
+single line that names the key, file or value; a config value is checked by `require`. Every
 tool (main, predict, sample, plot, report, sweep) runs in `reported()`, which prints such an
 error as `jaxdl: error: LINE` and exits 1, so a traceback always means a bug in jaxdl, never in
 the user's input, and its last line says so.
@@ -21,6 +21,13 @@ import traceback
 
 class UserError(Exception):
   """A mistake in the user's config, command line or data; the message is one line."""
+
+
+def require(ok: bool, key: str, value, rule: str) -> None:
+  """Every check of a config value: unless `ok`, the UserError 'config.KEY=VALUE: RULE', which
+  names the key as --config.KEY sets it, e.g. require(lr >= 0, "opt.lr", lr, "must be >= 0")."""
+  if not ok:
+    raise UserError(f"config.{key}={value!r}: {rule}")
 
 
 def exit_at_once(message: str) -> None:
