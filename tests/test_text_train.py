@@ -247,20 +247,6 @@ def test_resuming_with_another_length_grouping_is_refused(tiny_text):
 
 
 @pytest.mark.slow
-def test_fused_steps_with_cut_batches_are_refused(tiny_text, tmp_path):
-  """Fused steps scan over one batch shape; length-cut batches have several: one line, before
-  any work (with data.bucket=0 the same fused run trains, as test_train's fused tests do)."""
-  tiny_text.steps_per_dispatch, tiny_text.data.bucket = 4, 8
-  with pytest.raises(UserError, match=r"config.steps_per_dispatch=4: fused steps need batches "
-                                      r"of one width; set data.bucket=0"):
-    train.train_and_evaluate(tiny_text, str(tmp_path / "w"))
-  assert not (tmp_path / "w").exists()
-  tiny_text.data.bucket = 0
-  final = train.train_and_evaluate(tiny_text, str(tmp_path / "w"))
-  assert final["dev_count"] == 40
-
-
-@pytest.mark.slow
 def test_a_run_killed_before_its_first_checkpoint_starts_afresh_on_new_data(
     tiny_text, sst_dir, tmp_path, monkeypatch):
   """No checkpoint to resume: the vocab.json it left is not reused (the re-run may point at other
