@@ -121,6 +121,16 @@ def fail(message: str) -> None:
   sys.exit(1)
 
 
+def parse_absl_flags(argv: list[str]) -> list[str]:
+  """absl's flag parser for app.run(main, flags_parser=...), with a bad flag or value one line
+  (absl's own: 'FATAL Flags parsing error: ...' and a hint on two lines)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    fail(first_line(e))
+
+
 @contextlib.contextmanager
 def reported(interrupted: str = ""):
   """Every tool's body runs in `with errors.reported():`, so that each failure ends the same way.

@@ -117,4 +117,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
   logging.set_verbosity(logging.WARNING)
-  app.run(main)
+  app.run(main, flags_parser=errors.parse_absl_flags)
