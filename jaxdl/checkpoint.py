@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from typing import Any, Callable
 
 from absl import logging
@@ -39,7 +38,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxdl import digests, files, parallel
-from jaxdl.errors import UserError, environment_failure, first_line
+from jaxdl.errors import UserError, environment_failure, first_line, os_cause
 
 _TMP_MARK = ".orbax-checkpoint-tmp"  # Orbax's suffix for a save still being written
 
@@ -81,22 +80,6 @@ class SaveError(UserError):
   which may wait out long timeouts on the failed write."""
 
 
-def save_cause(error: BaseException) -> str:
-  """The cause of a failed write in a few words: an OSError's message, or the OS error that a
-  TensorStore status names ('No space left on device'), else the error's first line."""
-  seen, text = set(), ""
-  while error is not None and id(error) not in seen:
-    seen.add(id(error))
-    if isinstance(error, OSError) and error.strerror:
-      return error.strerror
-    text = text or first_line(error)
-    code = re.search(r"\[os_error_code='(\d+)'\]", str(error))
-    if code:
-      return os.strerror(int(code.group(1)))
-    error = error.__cause__ or error.__context__
-  return text
-
-
 class RestoreError(UserError):
   """A checkpoint could not be restored for a reason other than damage (out of memory,
   permission, a transient I/O or network error): one line, exit 1, the workdir untouched."""
@@ -123,27 +106,6 @@ def damage_evidence(error: BaseException) -> str | None:
       return first_line(error)
     error = error.__cause__ or error.__context__
   return None
-
-
-# TensorStore's (and gRPC's) status codes for a failing environment: the network, the quota,
-# permissions, memory. Such an error says nothing about the files.
-_ENVIRONMENT_STATUSES = ("UNAVAILABLE", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED",
-                         "DEADLINE_EXCEEDED", "UNAUTHENTICATED", "ABORTED", "CANCELLED")
-
-
-def environment_error(error: BaseException) -> bool:
-  """Whether `error` (or one it was raised from) comes from the environment: out of memory,
-  permission denied, a disk, network or quota error."""
-  seen = set()
-  while error is not None and id(error) not in seen:
-    seen.add(id(error))
-    if isinstance(error, (MemoryError, TimeoutError)) or (
-        isinstance(error, OSError) and not isinstance(error, FileNotFoundError)):
-      return True
-    if str(error).startswith(_ENVIRONMENT_STATUSES):
-      return True
-    error = error.__cause__ or error.__context__
-  return False
 
 
 # The outcomes of reading a checkpoint step, gravest last (see _agree).
@@ -289,7 +251,7 @@ class Checkpoints:
       return "damaged", f"{what}: {evidence}"
     cause = (f"cannot restore the checkpoint at step {step} in {self.directory} "
              f"({type(error).__name__}: {first_line(error)})")
-    if environment_error(error):
+    if environment_failure(error) is not None:
       return "error", (f"{cause}; this is not damage, so nothing in the workdir was changed: "
                        f"fix the cause and re-run")
     return "error", (f"{cause}; its files look whole and this is no error of the environment, "
@@ -360,7 +322,7 @@ class Checkpoints:
       kept = []
     last = f"step {kept[-1]}, left intact" if kept else "none yet"
     what = committed or f"saving the checkpoint at step {step} in {self.directory}"
-    raise SaveError(f"{what} failed ({save_cause(error)}); the run stopped "
+    raise SaveError(f"{what} failed ({os_cause(error)}); the run stopped "
                     f"there; the last good checkpoint: {last}") from error
 
   def close(self) -> None:

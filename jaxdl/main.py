@@ -43,18 +43,6 @@ _INIT_TIMEOUT = flags.DEFINE_integer(
     "join; then each waiting process stops with one line", lower_bound=1)
 
 
-def _fail(message: str) -> None:
-  jax = sys.modules.get("jax")
-  if jax is not None and jax.distributed.is_initialized():
-    # A multi-process job: every process stops with this line, and none may wait for the
-    # others at interpreter exit, where JAX's distributed client and its CPU collectives shut
-    # down together with every process (seen: process 0 of a job whose process 1 gave another
-    # --num_processes printed its line, then hung there after process 1 had exited).
-    errors.exit_at_once(message)
-  print(f"jaxdl: error: {message}", file=sys.stderr, flush=True)
-  sys.exit(1)
-
-
 def _last_line(error: BaseException) -> str:
   """The message of an error, one line: config_flags wraps a config file's exception in the
   text of its traceback, whose last line ('ValueError: unknown preset ...') says what went wrong."""
@@ -89,22 +77,23 @@ def parse_flags(argv: list[str]) -> list[str]:
   """absl's parser, with each failure turned into one line naming the flag, key or file."""
   config_file = _config_file(argv)
   if config_file and not os.path.isfile(config_file.split(":")[0]):
-    _fail(f"--config={config_file}: no such config file")
+    errors.fail(f"--config={config_file}: no such config file")
   try:
     rest = flags.FLAGS(argv)
   except (AttributeError, KeyError) as e:  # config_flags reports an unknown key as either
     if "has no attribute 'get_config'" in str(e):  # config_flags calls the file's get_config
-      _fail(f"--config={config_file}: the file defines no get_config() (see configs/mnist.py)")
-    _fail(_unknown_key(argv, e))
+      errors.fail(f"--config={config_file}: the file defines no get_config() "
+                  f"(see configs/mnist.py)")
+    errors.fail(_unknown_key(argv, e))
   except Exception as e:  # pylint: disable=broad-except  (a bad flag, value or config file)
-    _fail(_last_line(e))
+    errors.fail(_last_line(e))
   if _CONFIG.value is None:
-    _fail("--config is required, e.g. --config=configs/mnist.py")
+    errors.fail("--config is required, e.g. --config=configs/mnist.py")
   if not isinstance(_CONFIG.value, ml_collections.ConfigDict):
-    _fail(f"--config={config_file}: get_config() returned a {type(_CONFIG.value).__name__}, "
+    errors.fail(f"--config={config_file}: get_config() returned a {type(_CONFIG.value).__name__}, "
           f"not an ml_collections.ConfigDict (see configs/mnist.py)")
   if not _WORKDIR.value:
-    _fail("--workdir is required, e.g. --workdir=runs/mnist")
+    errors.fail("--workdir is required, e.g. --workdir=runs/mnist")
   if not any(a.startswith(("--verbosity", "-v")) for a in argv[1:]):
     # jaxdl prints its own progress; library INFO chatter (Orbax, XLA) only with --verbosity=0.
     logging.set_verbosity(logging.WARNING)
@@ -147,34 +136,23 @@ def enable_compilation_cache(directory: str) -> None:
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    _fail(f"unexpected arguments: {' '.join(argv[1:])}")
-  if _XLA_CACHE.value:
-    enable_compilation_cache(_XLA_CACHE.value)
-  # Imported here so that flag errors are reported before the slower jax/flax/orbax imports.
-  from jaxdl import checkpoint, parallel, train  # pylint: disable=g-import-not-at-top
-  try:
-    parallel.set_cpu_devices(_CONFIG.value.parallel.cpu_devices)
-    parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                        _INIT_TIMEOUT.value)
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, restart=_RESTART.value,
-                             stop_timeout=_STOP_TIMEOUT.value)
-  except checkpoint.SaveError as e:
-    errors.exit_at_once(str(e))  # Orbax's threads may wait out long timeouts on the failed write
-  except errors.UserError as e:
-    _fail(str(e))
-  except stopping.Stopped as e:  # the step is saved: 0 for SIGTERM (preemption), 130 for ^C
-    sys.exit(0 if e.signum == signal.SIGTERM else 130)
-  except Exception as e:  # pylint: disable=broad-except
-    # A file jaxdl writes: the disk is full, read-only, not ours; a gs:// server refuses.
-    failure = errors.environment_failure(e)
-    if failure is None:
-      raise  # not the environment's: a bug, with its traceback
-    _fail(failure)
-  except KeyboardInterrupt:
-    print("jaxdl: interrupted; re-run the same command to resume from the newest checkpoint",
-          file=sys.stderr)
-    sys.exit(130)
+  with errors.reported("re-run the same command to resume from the newest checkpoint"):
+    if len(argv) > 1:
+      raise errors.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if _XLA_CACHE.value:
+      enable_compilation_cache(_XLA_CACHE.value)
+    # Imported here so that flag errors are reported before the slower jax/flax/orbax imports.
+    from jaxdl import checkpoint, parallel, train  # pylint: disable=g-import-not-at-top
+    try:
+      parallel.set_cpu_devices(_CONFIG.value.parallel.cpu_devices)
+      parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                          _INIT_TIMEOUT.value)
+      train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, restart=_RESTART.value,
+                               stop_timeout=_STOP_TIMEOUT.value)
+    except checkpoint.SaveError as e:
+      errors.exit_at_once(str(e))  # Orbax's threads may wait out long timeouts on the failed write
+    except stopping.Stopped as e:  # the step is saved: 0 for SIGTERM (preemption), 130 for ^C
+      sys.exit(0 if e.signum == signal.SIGTERM else 130)
 
 
 if __name__ == "__main__":

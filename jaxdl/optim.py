@@ -5,7 +5,7 @@ import math
 import jax
 import optax
 
-from jaxdl.errors import UserError
+from jaxdl.errors import UserError, require
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine")
@@ -15,16 +15,14 @@ DECAY_MASKS = ("all", "matrices")  # config.opt.decay_mask
 def check(opt_cfg) -> None:
   """The names and values of config.opt; builds nothing."""
   for key, valid in (("name", OPTIMIZERS), ("schedule", SCHEDULES), ("decay_mask", DECAY_MASKS)):
-    if opt_cfg[key] not in valid:
-      raise UserError(f"config.opt.{key}={opt_cfg[key]!r}: must be one of {', '.join(valid)}")
+    require(opt_cfg[key] in valid, f"opt.{key}", opt_cfg[key], f"must be one of {', '.join(valid)}")
   for key in ("lr", "warmup_steps", "momentum", "weight_decay", "grad_clip_norm", "end_lr_factor"):
-    if not (math.isfinite(opt_cfg[key]) and opt_cfg[key] >= 0):
-      raise UserError(f"config.opt.{key}={opt_cfg[key]!r}: must be finite and >= 0")
+    require(math.isfinite(opt_cfg[key]) and opt_cfg[key] >= 0, f"opt.{key}", opt_cfg[key],
+            "must be finite and >= 0")
   for key in ("b1", "b2"):
-    if not 0 <= opt_cfg[key] < 1:
-      raise UserError(f"config.opt.{key}={opt_cfg[key]!r}: must be in [0, 1)")
-  if opt_cfg.nesterov and not opt_cfg.momentum > 0:
-    raise UserError(f"config.opt.nesterov={opt_cfg.nesterov!r}: needs opt.momentum > 0")
+    require(0 <= opt_cfg[key] < 1, f"opt.{key}", opt_cfg[key], "must be in [0, 1)")
+  require(not opt_cfg.nesterov or opt_cfg.momentum > 0, "opt.nesterov", opt_cfg.nesterov,
+          "needs opt.momentum > 0")
 
 
 def decay_mask(opt_cfg):

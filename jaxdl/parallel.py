@@ -33,7 +33,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
-from jaxdl.errors import UserError, exit_at_once, first_line
+from jaxdl.errors import UserError, exit_at_once, first_line, require
 
 
 MESH_AXES = ("data", "model")
@@ -106,9 +106,8 @@ def check_batch(name: str, batch_size: int, mesh: Mesh) -> None:
 def check_microbatch(batch_size: int, k: int, mesh: Mesh) -> None:
   """Gradient accumulation splits each device's rows of a batch k ways (steps.microbatches)."""
   per_device = batch_size // mesh.shape["data"]
-  if per_device % k:
-    raise UserError(f"config.train.grad_accum_steps={k}: must divide the per-device batch, "
-                    f"{per_device} (batch_size={batch_size} over {mesh.shape['data']} devices)")
+  require(per_device % k == 0, "train.grad_accum_steps", k, f"must divide the per-device batch, "
+          f"{per_device} (batch_size={batch_size} over {mesh.shape['data']} devices)")
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -336,9 +335,8 @@ def set_cpu_devices(count) -> None:
   experiments/bench/README.md), so one device leaves the other cores mostly idle. N devices run
   N slices of the batch at once, as on N accelerators. Must run before JAX's backends start.
   """
-  if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-    raise UserError(f"config.parallel.cpu_devices={count!r}: must be an integer >= 0 "
-                    f"(0 = JAX's default)")
+  require(isinstance(count, int) and not isinstance(count, bool) and count >= 0,
+          "parallel.cpu_devices", count, "must be an integer >= 0 (0 = JAX's default)")
   if count > 0:
     jax.config.update("jax_num_cpu_devices", count)
   if _cpu_devices() > 1:  # also devices made by XLA_FLAGS' --xla_force_host_platform_device_count

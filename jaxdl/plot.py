@@ -12,14 +12,13 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import sys
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from jaxdl import files  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jaxdl import errors, files  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxdl import report  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxdl.errors import (  # pylint: disable=g-import-not-at-top,wrong-import-position
     UserError, first_line)
@@ -147,12 +146,9 @@ def main(argv: list[str] | None = None) -> None:
                            "the metrics the runs' tasks name)")
   parser.add_argument("--title", default=None, help="a title above the panels")
   args = parser.parse_args(argv)
-  try:
+  with errors.reported():
     metrics = [m for m in args.metrics.split(",") if m] or None
     print(plot(args.workdirs, args.out, metrics, args.title))
-  except UserError as e:
-    print(f"jaxdl: error: {e}", file=sys.stderr)
-    sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -18,15 +18,12 @@ import sys
 
 from absl import app, flags, logging
 
+from jaxdl import errors
+
 # The flags exist only when this file runs as a program, so that `predictor` can be imported
 # beside jaxdl.sample (each defining --workdir would be absl's DuplicateFlagError).
 if __name__ == "__main__":
   _WORKDIR = flags.DEFINE_string("workdir", None, "the training run's directory")
-
-
-def _fail(message: str) -> None:
-  print(f"jaxdl.predict: error: {message}", file=sys.stderr)
-  sys.exit(1)
 
 
 def predictor(workdir: str):
@@ -44,20 +41,18 @@ def predictor(workdir: str):
 
 
 def main(argv: list[str]) -> None:
-  if not _WORKDIR.value:
-    _fail("--workdir is required, e.g. --workdir=runs/sst2")
-  logging.set_verbosity(logging.WARNING)
-  from jaxdl.errors import UserError  # pylint: disable=g-import-not-at-top
-  texts = argv[1:] or [line.rstrip("\n") for line in sys.stdin if line.strip()]
-  if not texts:
-    _fail("no input: give inputs (sentences, image files) as arguments or one per line on stdin")
-  try:
+  with errors.reported():
+    if not _WORKDIR.value:
+      raise errors.UserError("--workdir is required, e.g. --workdir=runs/sst2")
+    logging.set_verbosity(logging.WARNING)
+    texts = argv[1:] or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not texts:
+      raise errors.UserError("no input: give inputs (sentences, image files) as arguments or one "
+                             "per line on stdin")
     predict = predictor(_WORKDIR.value)
     for text, (label, prob) in zip(texts, predict(texts)):
       print(f"{label}\t{prob:.4f}\t{text}")
-  except UserError as e:
-    _fail(str(e))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=errors.parse_absl_flags)

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import jax
 
-from jaxdl.errors import UserError
+from jaxdl.errors import UserError, require
 
 
 def parse(spec: str) -> tuple[int, int] | None:
@@ -28,8 +28,7 @@ def parse(spec: str) -> tuple[int, int] | None:
   except ValueError:
     raise UserError(f"config.profile_steps={spec!r}: expected 'START:STOP' (e.g. '10:15', "
                     "steps 10 to 14) or '' for no profile") from None
-  if not 0 <= start < stop:
-    raise UserError(f"config.profile_steps={spec!r}: needs 0 <= START < STOP")
+  require(0 <= start < stop, "profile_steps", spec, "needs 0 <= START < STOP")
   return start, stop
 
 

@@ -11,10 +11,9 @@ import argparse
 import dataclasses
 import json
 import os
-import sys
 from typing import Any
 
-from jaxdl import files, metrics
+from jaxdl import errors, files, metrics
 from jaxdl.errors import UserError
 
 MISSING = "-"
@@ -113,11 +112,8 @@ def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(prog="python -m jaxdl.report", description=__doc__.split("\n")[0])
   parser.add_argument("workdirs", nargs="+", metavar="WORKDIR")
   args = parser.parse_args(argv)
-  try:
+  with errors.reported():
     print(table([load_run(w) for w in args.workdirs]))
-  except UserError as e:
-    print(f"jaxdl: error: {e}", file=sys.stderr)
-    sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -14,13 +14,12 @@ pure function of (checkpoint, prompt, flags, seed).
 from __future__ import annotations
 
 import functools
-import sys
 
 from absl import app, flags, logging
 import jax
 import jax.numpy as jnp
 
-from jaxdl import checkpoint, models, tasks
+from jaxdl import checkpoint, errors, models, tasks
 from jaxdl.errors import UserError
 from jaxdl.models import transformer
 
@@ -107,20 +106,15 @@ def sample(workdir: str, prompt: str, num_chars: int, temperature: float, top_k:
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    print(f"jaxdl.sample: error: unexpected arguments: {' '.join(argv[1:])}", file=sys.stderr)
-    sys.exit(1)
-  try:
+  with errors.reported():
+    if len(argv) > 1:
+      raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not _WORKDIR.value:
       raise UserError("--workdir is required")
-    text = sample(_WORKDIR.value, _PROMPT.value, _NUM_CHARS.value, _TEMPERATURE.value,
-                  _TOP_K.value, _SEED.value)
-  except UserError as e:
-    print(f"jaxdl.sample: error: {e}", file=sys.stderr)
-    sys.exit(1)
-  print(text)
+    print(sample(_WORKDIR.value, _PROMPT.value, _NUM_CHARS.value, _TEMPERATURE.value,
+                 _TOP_K.value, _SEED.value))
 
 
 if __name__ == "__main__":
   logging.set_verbosity(logging.WARNING)
-  app.run(main)
+  app.run(main, flags_parser=errors.parse_absl_flags)

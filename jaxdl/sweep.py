@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 
-from jaxdl import files, metrics, report
+from jaxdl import errors, files, metrics, report
 from jaxdl.errors import UserError
 
 
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
                       help="directory of the sweep's workdirs (runs/sweep-<config name>)")
   parser.add_argument("-j", "--jobs", type=int, default=1, help="runs at a time (1)")
   args = parser.parse_args(argv)
-  try:
+  with errors.reported("re-run the same command to resume the sweep"):
     if args.jobs < 1:
       raise UserError(f"-j {args.jobs}: must be >= 1")
     axes = parse_axes(args.axes)
@@ -172,17 +172,10 @@ def main(argv: list[str] | None = None) -> None:
     if runs:
       print()
       print(report.table(runs))
-  except UserError as e:
-    print(f"jaxdl: error: {e}", file=sys.stderr)
-    sys.exit(1)
-  except KeyboardInterrupt:
-    print("jaxdl: sweep interrupted; re-run the same command to resume it", file=sys.stderr)
-    sys.exit(130)
-  failed = [w for w, r in results.items() if r in ("failed", "stopped")]
-  if failed:
-    print(f"jaxdl: {len(failed)} of {len(results)} runs failed or stopped; re-run the same "
-          "command to retry or resume them", file=sys.stderr)
-    sys.exit(1)
+    failed = [w for w, r in results.items() if r in ("failed", "stopped")]
+    if failed:
+      errors.fail(f"{len(failed)} of {len(results)} runs failed or stopped; re-run the same "
+                  "command to retry or resume them")
 
 
 if __name__ == "__main__":

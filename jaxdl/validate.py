@@ -4,9 +4,9 @@ Types and unknown keys are already enforced by the locked ConfigDict and config_
 the value rules, each where it belongs: the task checks its own keys (task.check), the model
 family its block (models.check), the optimizer config.opt (optim.check), and this file the
 blocks every experiment shares. Each failure is a `UserError` whose one line names the key and
-the value. Checks that need the devices or the data (batch divisibility, batch larger than the
-dataset, a user model's return value) run where those are known, still before the workdir is
-touched.
+the value (`errors.require`). Checks that need the devices or the data (batch divisibility,
+batch larger than the dataset, a user model's return value) run where those are known, still
+before the workdir is touched.
 """
 
 from __future__ import annotations
@@ -14,12 +14,7 @@ from __future__ import annotations
 import os
 
 from jaxdl import files, models, optim, parallel, profiler
-from jaxdl.errors import UserError, first_line
-
-
-def _require(ok: bool, key: str, value, rule: str) -> None:
-  if not ok:
-    raise UserError(f"config.{key}={value!r}: {rule}")
+from jaxdl.errors import UserError, first_line, require
 
 
 REACH_TIMEOUT = 45  # seconds an object store's first listing may take, retries included
@@ -87,35 +82,35 @@ def validate(config, task, workdir: str) -> None:
   resolved task module (tasks.get(config.task))."""
   for key in ("batch_size", "eval_batch_size", "log_every", "checkpoint_every",
               "keep_checkpoints", "steps_per_dispatch"):
-    _require(config[key] > 0, key, config[key], "must be > 0")
+    require(config[key] > 0, key, config[key], "must be > 0")
   if config.num_train_steps <= 0:
-    _require(config.num_epochs > 0, "num_epochs", config.num_epochs,
-             "must be > 0 (or set num_train_steps > 0)")
-  _require(config.min_train_steps >= 0, "min_train_steps", config.min_train_steps,
-           "must be >= 0 (0 = num_epochs alone)")
-  _require(config.eval_every >= 0, "eval_every", config.eval_every,
-           "must be >= 0 (0 evaluates once per epoch)")
-  _require(config.train.grad_accum_steps >= 1, "train.grad_accum_steps",
-           config.train.grad_accum_steps, "must be >= 1 (1 = the whole batch at once)")
-  _require(0 <= config.train.ema_decay < 1, "train.ema_decay", config.train.ema_decay,
-           "must be in [0, 1) (0 = off)")
+    require(config.num_epochs > 0, "num_epochs", config.num_epochs,
+            "must be > 0 (or set num_train_steps > 0)")
+  require(config.min_train_steps >= 0, "min_train_steps", config.min_train_steps,
+          "must be >= 0 (0 = num_epochs alone)")
+  require(config.eval_every >= 0, "eval_every", config.eval_every,
+          "must be >= 0 (0 evaluates once per epoch)")
+  require(config.train.grad_accum_steps >= 1, "train.grad_accum_steps",
+          config.train.grad_accum_steps, "must be >= 1 (1 = the whole batch at once)")
+  require(0 <= config.train.ema_decay < 1, "train.ema_decay", config.train.ema_decay,
+          "must be in [0, 1) (0 = off)")
   # jax.random.PRNGKey keeps 32 bits of a seed (without jax_enable_x64): 2**32 would draw what
   # seed 0 draws, and 2**63 or more overflows.
-  _require(0 <= config.seed < 2**32, "seed", config.seed, "must be in [0, 2**32)")
+  require(0 <= config.seed < 2**32, "seed", config.seed, "must be in [0, 2**32)")
   profiler.parse(config.profile_steps)  # raises unless '' or 'START:STOP'
 
   par = config.parallel
-  _require(par.mode in ("jit", "pmap"), "parallel.mode", par.mode, "must be one of jit, pmap")
-  _require(not (par.fsdp and par.mode == "pmap"), "parallel.fsdp", par.fsdp,
-           "needs parallel.mode='jit' (pmap keeps a full copy of the state on every device)")
-  _require(par.fsdp_min_size >= 0, "parallel.fsdp_min_size", par.fsdp_min_size, "must be >= 0")
-  _require(len(par.mesh_shape) in (1, 2) and list(par.mesh_shape).count(-1) <= 1 and all(
+  require(par.mode in ("jit", "pmap"), "parallel.mode", par.mode, "must be one of jit, pmap")
+  require(not (par.fsdp and par.mode == "pmap"), "parallel.fsdp", par.fsdp,
+          "needs parallel.mode='jit' (pmap keeps a full copy of the state on every device)")
+  require(par.fsdp_min_size >= 0, "parallel.fsdp_min_size", par.fsdp_min_size, "must be >= 0")
+  require(len(par.mesh_shape) in (1, 2) and list(par.mesh_shape).count(-1) <= 1 and all(
       isinstance(n, int) and not isinstance(n, bool) and (n > 0 or n == -1)
       for n in par.mesh_shape), "parallel.mesh_shape", par.mesh_shape,
-           "must be (data,) or (data, model) device counts, one of them at most -1 (all the "
-           "rest), e.g. (8,), (-1,) or (4, 2)")
-  _require(par.mode == "jit" or tuple(par.mesh_shape)[1:] in ((), (1,)), "parallel.mesh_shape",
-           par.mesh_shape, "a 'model' axis needs parallel.mode='jit'")
+          "must be (data,) or (data, model) device counts, one of them at most -1 (all the "
+          "rest), e.g. (8,), (-1,) or (4, 2)")
+  require(par.mode == "jit" or tuple(par.mesh_shape)[1:] in ((), (1,)), "parallel.mesh_shape",
+          par.mesh_shape, "a 'model' axis needs parallel.mode='jit'")
 
   optim.check(config.opt)
   models.check(config.model, task.MODELS, parallel.model_axis_size(par.mesh_shape))

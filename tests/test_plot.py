@@ -54,3 +54,11 @@ def test_curves_and_labels(tmp_path):
   (tmp_path / "file").write_text("not a directory")
   with pytest.raises(UserError, match=r"--out=.*file/x.png: cannot be written \("):
     plot.plot([str(path)], str(tmp_path / "file" / "x.png"))
+
+
+def test_a_directory_that_is_no_workdir_is_one_line(tmp_path, capsys):
+  with pytest.raises(SystemExit) as raised:
+    plot.main([str(tmp_path), f"--out={tmp_path / 'x.png'}"])
+  assert raised.value.code == 1
+  assert capsys.readouterr().err.splitlines()[-1] == (
+      f"jaxdl: error: {tmp_path}: no config.json or metrics.jsonl (not a jaxdl workdir?)")

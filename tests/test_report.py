@@ -54,9 +54,9 @@ def test_unfinished_runs_missing_keys_and_nested_values(tmp_path):
   assert lines[3] == f"| {b} | adam | - | 5 (unfinished) | - |"
 
 
-def test_a_directory_that_is_no_workdir_is_one_line(tmp_path):
-  result = subprocess.run([sys.executable, "-m", "jaxdl.report", str(tmp_path)], cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
-  assert result.returncode == 1
-  assert result.stderr.strip().splitlines() == [
+def test_a_directory_that_is_no_workdir_is_one_line(tmp_path, capsys):
+  with pytest.raises(SystemExit) as raised:
+    report.main([str(tmp_path)])
+  assert raised.value.code == 1
+  assert capsys.readouterr().err.strip().splitlines() == [
       f"jaxdl: error: {tmp_path}: no config.json or metrics.jsonl (not a jaxdl workdir?)"]

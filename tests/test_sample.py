@@ -107,7 +107,7 @@ def test_sample_cli_on_a_tiny_trained_run(trained_tiny_lm):
       sample.sample(workdir, *args)
   bad = _sample_cli(f"--workdir={workdir}", "--prompt=~")
   assert bad.returncode == 1 and bad.stdout == ""
-  assert bad.stderr == ("jaxdl.sample: error: --prompt has 1 character(s) not in the "
+  assert bad.stderr == ("jaxdl: error: --prompt has 1 character(s) not in the "
                         "vocabulary: '~'\n")
 
 

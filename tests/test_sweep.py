@@ -77,9 +77,12 @@ def test_bad_axes_are_one_line_errors(axes, needle):
     sweep.parse_axes(axes)
 
 
-def test_unknown_key_is_refused_before_any_run():
-  with pytest.raises(UserError, match="opt.lrr: no such config key"):
-    sweep.check_keys(os.path.join(REPO, "configs/mnist.py"), sweep.parse_axes(["opt.lrr=1"]))
+def test_unknown_key_is_refused_before_any_run(tmp_path, capsys):
+  with pytest.raises(SystemExit) as raised:  # the command line, in this process
+    sweep.main([os.path.join(REPO, "configs/mnist.py"), "opt.lrr=1", f"--root={tmp_path}"])
+  assert raised.value.code == 1 and os.listdir(tmp_path) == []
+  assert capsys.readouterr().err.splitlines()[-1].startswith(
+      "jaxdl: error: opt.lrr: no such config key")
   with pytest.raises(UserError, match="unknown preset"):
     sweep.check_keys(os.path.join(REPO, "configs/mnist.py:nope"), [])
 

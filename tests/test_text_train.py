@@ -220,7 +220,15 @@ def test_predict_cli_from_arguments_and_stdin(trained, tmp_path):
       [sys.executable, "-m", "jaxdl.predict", f"--workdir={tmp_path / 'none'}", "x"], cwd=REPO,
       capture_output=True, text=True, timeout=120)
   assert result.returncode == 1 and result.stderr.count("\n") == 1
-  assert "config.json: not found" in result.stderr
+  assert result.stderr.startswith("jaxdl: error: ") and "config.json: not found" in result.stderr
+
+
+def test_predict_cli_without_a_workdir_or_with_a_bad_flag_is_one_line():
+  for args, line in ((["x"], "--workdir is required, e.g. --workdir=runs/sst2"),
+                     (["--nosuch", "x"], "Unknown command line flag 'nosuch'")):
+    result = subprocess.run([sys.executable, "-m", "jaxdl.predict", *args], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stderr) == (1, f"jaxdl: error: {line}\n")
 
 
 def test_every_text_config_field_has_a_comment():

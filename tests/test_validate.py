@@ -116,6 +116,10 @@ def test_a_bad_optimizer_key_is_refused_through_optim_check(tmp_path, name, key,
                                                    "[0, 1)"),
     ("mnist", "model.param_dtype", "float16", "config.model.param_dtype='float16': must be one "
                                               "of float32, bfloat16"),
+    # model.dropout: one rule for every built-in family (models.check).
+    ("mnist", "model.dropout", 1.0, "config.model.dropout=1.0: must be in [0, 1)"),
+    ("text_classifier", "model.dropout", -0.1, "config.model.dropout=-0.1: must be in [0, 1)"),
+    ("tiny_lm", "model.dropout", 1.5, "config.model.dropout=1.5: must be in [0, 1)"),
 ])
 def test_a_bad_model_key_is_refused_through_the_familys_check(tmp_path, name, key, value,
                                                               message):

@@ -18,7 +18,7 @@ import glob
 import os
 from typing import Any, Callable, Generic, TypeVar
 
-from jaxdl.errors import UserError
+from jaxdl.errors import UserError, require
 
 T = TypeVar("T")
 
@@ -76,15 +76,14 @@ def check(data_cfg: Any, fallbacks: tuple[str, ...], path_kind: str = "any") -> 
   """data.source is one the task has; data.path and data.tfds_dir exist. path_kind: 'dir'
   (a directory), or 'any' (a file or a directory)."""
   valid = names(fallbacks)
-  if data_cfg.source not in valid:
-    raise UserError(f"config.data.source={data_cfg.source!r}: must be one of {', '.join(valid)}")
+  require(data_cfg.source in valid, "data.source", data_cfg.source,
+          f"must be one of {', '.join(valid)}")
   for key in ("path", "tfds_dir"):
     if data_cfg.get(key):
       path = os.path.expanduser(data_cfg[key])
-      if not os.path.exists(path):
-        raise UserError(f"config.data.{key}={data_cfg[key]!r}: does not exist")
-      if (key == "tfds_dir" or path_kind == "dir") and not os.path.isdir(path):
-        raise UserError(f"config.data.{key}={data_cfg[key]!r}: is not a directory")
+      require(os.path.exists(path), f"data.{key}", data_cfg[key], "does not exist")
+      require(os.path.isdir(path) or (key != "tfds_dir" and path_kind != "dir"), f"data.{key}",
+              data_cfg[key], "is not a directory")
 
 
 def read_utf8(path: str, encoding: str = "utf-8") -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxdl.errors import UserError
+from jaxdl.errors import UserError, require
 
 CARVE_SEED = 1729  # fixed: changing it changes every carved split, so it is never a config key
 
@@ -18,9 +18,9 @@ CARVE_SEED = 1729  # fixed: changing it changes every carved split, so it is nev
 def check(data_cfg, key: str) -> None:
   """config.data.<key>: 0 (off), a fraction in (0, 1), or a whole count >= 1."""
   value = data_cfg[key]
-  if not (value == 0 or 0 < value < 1 or (value >= 1 and float(value).is_integer())):
-    raise UserError(f"config.data.{key}={value!r}: must be 0 (off), a fraction of the training "
-                    f"split in (0, 1), or a whole number of examples >= 1")
+  require(value == 0 or 0 < value < 1 or (value >= 1 and float(value).is_integer()),
+          f"data.{key}", value, "must be 0 (off), a fraction of the training split in (0, 1), or "
+          "a whole number of examples >= 1")
 
 
 def count(amount: float, n: int, key: str) -> int:

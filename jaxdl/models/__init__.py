@@ -22,7 +22,7 @@ from typing import Any, Callable
 import flax.linen as nn
 from flax import nnx
 
-from jaxdl.errors import UserError, first_line, import_user_module
+from jaxdl.errors import UserError, first_line, import_user_module, require
 from jaxdl.models import cnn, text, transformer
 
 FAMILIES = {"cnn": cnn, "text_lstm": text, "text_cnn": text, "text_transformer": text,
@@ -60,7 +60,13 @@ def check(model_config, task_models: tuple[str, ...], model_axis: int = 1) -> No
   then valid, and whose widths a 'model' mesh axis of `model_axis` devices divides), or an
   importable PACKAGE.MODULE:ATTR. Builds nothing."""
   name = model_config.name
+  require(name in task_models or ":" in name, "model.name", name,
+          f"must be one of {', '.join(task_models)} (this task's models), or "
+          f"PACKAGE.MODULE:ATTR for your own")
   if name in task_models:
+    # Every built-in family has model.dropout: its rule, once.
+    require(0 <= model_config.dropout < 1, "model.dropout", model_config.dropout,
+            "must be in [0, 1)")
     family = FAMILIES[name]
     family.check(model_config)
     if model_axis > 1 and not hasattr(family, "check_model_axis"):
@@ -69,11 +75,8 @@ def check(model_config, task_models: tuple[str, ...], model_axis: int = 1) -> No
                       f"transformer's: heads, mlp, vocab); model.name={name!r} has none")
     if model_axis > 1:
       family.check_model_axis(model_config, model_axis)
-  elif ":" in name:
-    _user_builder(name)
   else:
-    raise UserError(f"config.model.name={name!r}: must be one of {', '.join(task_models)} "
-                    f"(this task's models), or PACKAGE.MODULE:ATTR for your own")
+    _user_builder(name)
 
 
 def get(model_config, **model_info) -> nn.Module:

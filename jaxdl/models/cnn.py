@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxdl.errors import UserError
+from jaxdl.errors import UserError, require
 from jaxdl.models import precision
 
 IMPLS = ("auto", "flax", "cpu", "cpu_im2col")  # config.model.impl
@@ -224,13 +224,9 @@ INIT_SCHEMES = ("flax", "torch")  # config.model.init
 
 
 def check(m) -> None:
-  """The CNN's keys of config.model."""
-  if not 0 <= m.dropout < 1:
-    raise UserError(f"config.model.dropout={m.dropout!r}: must be in [0, 1)")
-  if m.init not in INIT_SCHEMES:
-    raise UserError(f"config.model.init={m.init!r}: must be one of {', '.join(INIT_SCHEMES)}")
-  if m.impl not in IMPLS:
-    raise UserError(f"config.model.impl={m.impl!r}: must be one of {', '.join(IMPLS)}")
+  """The CNN's keys of config.model (model.dropout: models.check)."""
+  require(m.init in INIT_SCHEMES, "model.init", m.init, f"must be one of {', '.join(INIT_SCHEMES)}")
+  require(m.impl in IMPLS, "model.impl", m.impl, f"must be one of {', '.join(IMPLS)}")
   precision.check(m)
 
 

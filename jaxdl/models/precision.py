@@ -13,7 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxdl.errors import UserError
+from jaxdl.errors import require
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 COMPUTE_DTYPES = (*DTYPES, "auto")  # config.model.dtype
@@ -28,8 +28,7 @@ def compute_dtype(name: str) -> jnp.dtype:
 
 def check(m) -> None:
   """config.model.dtype and model.param_dtype."""
-  if m.dtype not in COMPUTE_DTYPES:
-    raise UserError(f"config.model.dtype={m.dtype!r}: must be one of {', '.join(COMPUTE_DTYPES)}")
-  if m.param_dtype not in DTYPES:
-    raise UserError(f"config.model.param_dtype={m.param_dtype!r}: must be one of "
-                    f"{', '.join(DTYPES)}")
+  require(m.dtype in COMPUTE_DTYPES, "model.dtype", m.dtype,
+          f"must be one of {', '.join(COMPUTE_DTYPES)}")
+  require(m.param_dtype in DTYPES, "model.param_dtype", m.param_dtype,
+          f"must be one of {', '.join(DTYPES)}")

@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxdl.errors import UserError
+from jaxdl.errors import require
 from jaxdl.models import precision
 
 PAD_ID = 0  # token id of padding (the vocabulary reserves it)
@@ -198,25 +198,17 @@ POOLS = ("max_mean", "attention")  # config.model.pool of text_lstm
 
 
 def check(m) -> None:
-  """The sentence encoders' keys of config.model."""
-  if not 0 <= m.dropout < 1:
-    raise UserError(f"config.model.dropout={m.dropout!r}: must be in [0, 1)")
+  """The sentence encoders' keys of config.model (model.dropout: models.check)."""
   for key in ("embed_dim", "hidden_dim", "num_layers", "num_heads"):
-    if not m[key] > 0:
-      raise UserError(f"config.model.{key}={m[key]!r}: must be > 0")
-  if m.head_dim < 0:
-    raise UserError(f"config.model.head_dim={m.head_dim!r}: must be >= 0 (0 = linear)")
+    require(m[key] > 0, f"model.{key}", m[key], "must be > 0")
+  require(m.head_dim >= 0, "model.head_dim", m.head_dim, "must be >= 0 (0 = linear)")
   for key in ("embed_dropout", "word_dropout"):
-    if not 0 <= m[key] < 1:
-      raise UserError(f"config.model.{key}={m[key]!r}: must be in [0, 1)")
-  if not (len(m.kernel_sizes) > 0 and all(k > 0 for k in m.kernel_sizes)):
-    raise UserError(f"config.model.kernel_sizes={m.kernel_sizes!r}: must be one or more "
-                    f"widths > 0")
-  if m.name == "text_transformer" and m.hidden_dim % m.num_heads:
-    raise UserError(f"config.model.hidden_dim={m.hidden_dim!r}: must be divisible by "
-                    f"model.num_heads={m.num_heads}")
-  if m.pool not in POOLS:
-    raise UserError(f"config.model.pool={m.pool!r}: must be one of {', '.join(POOLS)}")
+    require(0 <= m[key] < 1, f"model.{key}", m[key], "must be in [0, 1)")
+  require(len(m.kernel_sizes) > 0 and all(k > 0 for k in m.kernel_sizes), "model.kernel_sizes",
+          m.kernel_sizes, "must be one or more widths > 0")
+  require(m.name != "text_transformer" or m.hidden_dim % m.num_heads == 0, "model.hidden_dim",
+          m.hidden_dim, f"must be divisible by model.num_heads={m.num_heads}")
+  require(m.pool in POOLS, "model.pool", m.pool, f"must be one of {', '.join(POOLS)}")
   precision.check(m)
 
 

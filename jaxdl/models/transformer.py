@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdl import parallel
-from jaxdl.errors import UserError
+from jaxdl.errors import UserError, require
 from jaxdl.models import dense, precision
 
 POSITIONS = ("learned", "rope")
@@ -277,9 +277,9 @@ def remat_policy(remat: str) -> Callable | None:
   outputs, so only the elementwise ops are recomputed)."""
   if remat in REMATS:
     return None
-  if remat not in REMAT_POLICIES:  # the others in jax.checkpoint_policies are factories
-    raise UserError(f"config.model.remat={remat!r}: must be one of "
-                    f"{', '.join(REMATS + REMAT_POLICIES)}")
+  # The others in jax.checkpoint_policies are factories.
+  require(remat in REMAT_POLICIES, "model.remat", remat,
+          f"must be one of {', '.join(REMATS + REMAT_POLICIES)}")
   return getattr(jax.checkpoint_policies, remat)
 
 
@@ -292,28 +292,20 @@ def init_cache(model: TransformerLM, batch_size: int) -> dict:
 
 
 def check(m) -> None:
-  """The Transformer LM's keys of config.model."""
-  if not 0 <= m.dropout < 1:
-    raise UserError(f"config.model.dropout={m.dropout!r}: must be in [0, 1)")
+  """The Transformer LM's keys of config.model (model.dropout: models.check)."""
   for key in ("num_layers", "num_heads", "width", "mlp_ratio", "block_size"):
-    if not m[key] > 0:
-      raise UserError(f"config.model.{key}={m[key]!r}: must be > 0")
-  if m.width % m.num_heads:
-    raise UserError(f"config.model.width={m.width!r}: must be divisible by "
-                    f"model.num_heads={m.num_heads}")
-  if m.positions not in POSITIONS:
-    raise UserError(f"config.model.positions={m.positions!r}: must be one of "
-                    f"{', '.join(POSITIONS)}")
-  if m.positions == "rope" and (m.width // m.num_heads) % 2:
-    raise UserError(f"config.model.positions={m.positions!r}: needs an even head width "
-                    f"(model.width / model.num_heads) for rotary pairs")
+    require(m[key] > 0, f"model.{key}", m[key], "must be > 0")
+  require(m.width % m.num_heads == 0, "model.width", m.width,
+          f"must be divisible by model.num_heads={m.num_heads}")
+  require(m.positions in POSITIONS, "model.positions", m.positions,
+          f"must be one of {', '.join(POSITIONS)}")
+  require(m.positions != "rope" or (m.width // m.num_heads) % 2 == 0, "model.positions",
+          m.positions, "needs an even head width (model.width / model.num_heads) for rotary pairs")
   precision.check(m)
-  if m.impl not in dense.IMPLS:
-    raise UserError(f"config.model.impl={m.impl!r}: must be one of {', '.join(dense.IMPLS)}")
+  require(m.impl in dense.IMPLS, "model.impl", m.impl, f"must be one of {', '.join(dense.IMPLS)}")
   remat_policy(m.remat)  # raises for an unknown name
-  if m.attention not in ATTENTIONS:
-    raise UserError(f"config.model.attention={m.attention!r}: must be one of "
-                    f"{', '.join(ATTENTIONS)}")
+  require(m.attention in ATTENTIONS, "model.attention", m.attention,
+          f"must be one of {', '.join(ATTENTIONS)}")
   if m.attention == "cudnn":
     for ok, why in ((jax.default_backend() == "gpu",
                      f"needs a GPU (this job's backend is {jax.default_backend()})"),
@@ -321,8 +313,7 @@ def check(m) -> None:
                      f"needs a bfloat16 compute dtype (model.dtype={m.dtype!r})"),
                     (m.dropout == 0, f"has no attention dropout; set model.dropout=0 (it is "
                                      f"{m.dropout})")):
-      if not ok:
-        raise UserError(f"config.model.attention='cudnn': {why}; 'auto' picks it where it runs")
+      require(ok, "model.attention", m.attention, f"{why}; 'auto' picks it where it runs")
 
 
 def check_model_axis(m, size: int) -> None:

@@ -34,7 +34,7 @@ from types import ModuleType
 import ml_collections
 
 from jaxdl import files
-from jaxdl.errors import UserError, first_line, import_user_module
+from jaxdl.errors import UserError, first_line, import_user_module, require
 from jaxdl.tasks import image_classification, language_model, text_classification
 
 TASKS = {"image_classification": image_classification,
@@ -52,14 +52,12 @@ def get(name: str) -> ModuleType:
   """The task module of config.task: a built-in name, or a user's importable 'pkg.module'."""
   if name in TASKS:
     return TASKS[name]
-  if "." not in name and not name.isidentifier():
-    raise UserError(f"config.task={name!r}: not one of {', '.join(TASKS)}, nor a module path")
+  require("." in name or name.isidentifier(), "task", name,
+          f"not one of {', '.join(TASKS)}, nor a module path")
   module = import_user_module(name, f"config.task={name!r} (not one of {', '.join(TASKS)})")
   missing = [attr for attr in REQUIRED if not hasattr(module, attr)]
-  if missing:
-    raise UserError(f"config.task={name!r}: the module {module.__file__} lacks "
-                    f"{', '.join(missing)} (a task module provides {', '.join(REQUIRED)}; see "
-                    f"jaxdl/tasks/__init__.py)")
+  require(not missing, "task", name, f"the module {module.__file__} lacks {', '.join(missing)} "
+          f"(a task module provides {', '.join(REQUIRED)}; see jaxdl/tasks/__init__.py)")
   return module
 
 

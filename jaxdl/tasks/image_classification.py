@@ -29,7 +29,7 @@ from jaxdl.data import download, idx, imagefolder, offline, sources, subsets, tf
 from jaxdl.data.augment import random_shift
 from jaxdl.data.dataset import Dataset
 from jaxdl.data.iterator import TrainBatches
-from jaxdl.errors import UserError
+from jaxdl.errors import UserError, require
 from jaxdl.tasks import classifier
 
 INPUT = "image"                  # the batch key the model reads
@@ -45,16 +45,15 @@ def check(config) -> None:
   """The image task's own keys (data.*, loss.*, model.num_classes)."""
   sources.check(config.data, FALLBACKS, path_kind="dir")
   subsets.check(config.data, "validation_size")
-  for key, value, ok, rule in (
-      ("model.num_classes", config.model.num_classes, config.model.num_classes > 1, "> 1"),
-      ("data.random_shift", config.data.random_shift, config.data.random_shift >= 0, ">= 0"),
-      ("data.synthetic_size", config.data.synthetic_size, config.data.synthetic_size > 0, "> 0"),
-      ("data.image_size", config.data.image_size, config.data.image_size >= 0,
-       ">= 0 (0 keeps the files' sizes)"),
-      ("loss.label_smoothing", config.loss.label_smoothing,
-       0 <= config.loss.label_smoothing < 1, "in [0, 1)")):
-    if not ok:
-      raise UserError(f"config.{key}={value!r}: must be {rule}")
+  data = config.data
+  require(config.model.num_classes > 1, "model.num_classes", config.model.num_classes,
+          "must be > 1")
+  require(data.random_shift >= 0, "data.random_shift", data.random_shift, "must be >= 0")
+  require(data.synthetic_size > 0, "data.synthetic_size", data.synthetic_size, "must be > 0")
+  require(data.image_size >= 0, "data.image_size", data.image_size,
+          "must be >= 0 (0 keeps the files' sizes)")
+  require(0 <= config.loss.label_smoothing < 1, "loss.label_smoothing",
+          config.loss.label_smoothing, "must be in [0, 1)")
 
 
 def _ways(name: str) -> str:
@@ -68,9 +67,8 @@ def _read_path(path: str, image_size: int):
   if imagefolder.is_image_folder(path):
     splits, classes = imagefolder.load_image_folder(path, image_size)
     return (splits, classes), f"image folders in {path}"
-  if image_size:
-    raise UserError(f"config.data.image_size={image_size}: resizes ImageFolder images only; "
-                    f"{path} holds IDX files (set it to 0)")
+  require(not image_size, "data.image_size", image_size,
+          f"resizes ImageFolder images only; {path} holds IDX files (set it to 0)")
   return (idx.load_idx_dir(path), None), f"IDX files in {path}"
 
 

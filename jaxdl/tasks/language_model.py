@@ -32,7 +32,7 @@ from jaxdl.data import corpus, offline, sources, tfds
 from jaxdl.data.dataset import Dataset
 from jaxdl.data.vocab import CHAR_KINDS, VOCAB_FILE, CharVocab
 from jaxdl.data.windows import TrainWindows, eval_windows
-from jaxdl.errors import UserError
+from jaxdl.errors import UserError, require
 
 INPUT = "inputs"
 UNIT = "tokens"
@@ -48,13 +48,11 @@ def check(config) -> None:
   """The language model's own keys (data.*)."""
   data = config.data
   sources.check(data, FALLBACKS)
-  if data.vocab not in CHAR_KINDS:
-    raise UserError(f"config.data.vocab={data.vocab!r}: must be one of {', '.join(CHAR_KINDS)}")
-  if not 0 < data.val_fraction < 1:
-    raise UserError(f"config.data.val_fraction={data.val_fraction!r}: must be in (0, 1)")
-  if data.eval_windows < 0:
-    raise UserError(f"config.data.eval_windows={data.eval_windows!r}: must be >= 0 (0 "
-                    f"evaluates every validation window)")
+  require(data.vocab in CHAR_KINDS, "data.vocab", data.vocab,
+          f"must be one of {', '.join(CHAR_KINDS)}")
+  require(0 < data.val_fraction < 1, "data.val_fraction", data.val_fraction, "must be in (0, 1)")
+  require(data.eval_windows >= 0, "data.eval_windows", data.eval_windows,
+          "must be >= 0 (0 evaluates every validation window)")
 
 
 def _pydoc(data_cfg):

@@ -30,7 +30,7 @@ from jaxdl.data import sources, subsets, tables, tfds
 from jaxdl.data.dataset import Dataset
 from jaxdl.data.iterator import CutBatches, LengthGroupedBatches
 from jaxdl.data.vocab import VOCAB_FILE, WordVocab, build_vocab
-from jaxdl.errors import UserError
+from jaxdl.errors import UserError, require
 from jaxdl.tasks import classifier
 
 INPUT = "tokens"
@@ -48,21 +48,17 @@ def check(config) -> None:
   sources.check(data, FALLBACKS)
   subsets.check(data, "train_size")
   subsets.check(data, "validation_size")
-  for key, ok, rule in (
-      ("max_len", data.max_len > 0, "must be > 0"),
-      ("min_count", data.min_count >= 1, "must be >= 1"),
-      ("max_vocab", data.max_vocab == 0 or data.max_vocab >= 3,
-       "must be 0 (no cap) or >= 3 (<pad>, <oov> and a word)"),
-      ("prefix_backoff", data.prefix_backoff >= 0, "must be >= 0 (0 = off)"),
-      ("bucket", data.bucket >= 0, "must be >= 0 (0 = off)"),
-      ("sort_pool", data.sort_pool >= 0, "must be >= 0 (0 = off)"),
-      ("num_classes", data.get("num_classes", 0) == 0 or data.get("num_classes", 0) >= 2,
-       "must be 0 (from the labels) or >= 2")):
-    if not ok:
-      raise UserError(f"config.data.{key}={data[key]!r}: {rule}")
-  if not 0 <= config.loss.label_smoothing < 1:
-    raise UserError(f"config.loss.label_smoothing={config.loss.label_smoothing!r}: must be in "
-                    f"[0, 1)")
+  require(data.max_len > 0, "data.max_len", data.max_len, "must be > 0")
+  require(data.min_count >= 1, "data.min_count", data.min_count, "must be >= 1")
+  require(data.max_vocab == 0 or data.max_vocab >= 3, "data.max_vocab", data.max_vocab,
+          "must be 0 (no cap) or >= 3 (<pad>, <oov> and a word)")
+  for key in ("prefix_backoff", "bucket", "sort_pool"):
+    require(data[key] >= 0, f"data.{key}", data[key], "must be >= 0 (0 = off)")
+  num_classes = data.get("num_classes", 0)
+  require(num_classes == 0 or num_classes >= 2, "data.num_classes", num_classes,
+          "must be 0 (from the labels) or >= 2")
+  require(0 <= config.loss.label_smoothing < 1, "loss.label_smoothing",
+          config.loss.label_smoothing, "must be in [0, 1)")
 
 
 def _ways(name: str) -> str:
