@@ -90,8 +90,9 @@ def parse_flags(argv: list[str]) -> list[str]:
   if _CONFIG.value is None:
     errors.fail("--config is required, e.g. --config=configs/mnist.py")
   if not isinstance(_CONFIG.value, ml_collections.ConfigDict):
-    errors.fail(f"--config={config_file}: get_config() returned a {type(_CONFIG.value).__name__}, "
-          f"not an ml_collections.ConfigDict (see configs/mnist.py)")
+    errors.fail(f"--config={config_file}: get_config() returned a "
+                f"{type(_CONFIG.value).__name__}, not an ml_collections.ConfigDict (see "
+                f"configs/mnist.py)")
   if not _WORKDIR.value:
     errors.fail("--workdir is required, e.g. --workdir=runs/mnist")
   if not any(a.startswith(("--verbosity", "-v")) for a in argv[1:]):
