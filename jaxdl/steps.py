@@ -205,8 +205,8 @@ def train_steps(state: TrainState, sums: dict[str, jax.Array], xs: dict[str, jax
 
   xs holds the steps' batches stacked on a leading axis, or, when `arrays` (the training split,
   resident on the device) is given, each step's row `index` and `mask`, gathered here by the
-  same data.iterator.take that makes a batch on the host. Each step's metric sums are added onto `sums` in
-  step order with merge_sums, as the loop merges them.
+  same data.iterator.take that makes a batch on the host. Each step's metric sums are added
+  onto `sums` in step order with merge_sums, as the loop merges them.
   """
   def body(carry, x):
     state, sums = carry

@@ -95,7 +95,8 @@ def main() -> None:
     os.environ["JAX_NUM_CPU_DEVICES"] = str(args.cpu_devices)
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from jaxdl import models, optim, parallel, runner as runners, tasks  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from jaxdl import models, optim, parallel, runner as runners, tasks
 
   config = _config(args.config, args.set)
   task = tasks.get(config.task)
