@@ -76,6 +76,9 @@ def four_devices(tmp_path_factory):
   runs += [["tiny_lm", {**lm, **o}, str(root / m), None] for m, o in TP_MODES.items()]
   runs += [["mnist", {**MNIST, **NOISY, **o}, str(root / f"{m}_noisy"), None]
            for m, o in MODES.items()]
+  # A user's model (no logical axis names) on a 'model' axis of 2: its params whole on both.
+  runs.append(["mnist", {**MNIST, "parallel.mesh_shape": [2, 2]}, str(root / "user_model_axis"),
+               None])
   result = subprocess.run([sys.executable, os.path.join(REPO, "tests", "parallel_worker.py"),
                            json.dumps(runs)], cwd=REPO, capture_output=True, text=True,
                           timeout=600, env={**os.environ, "JAX_NUM_CPU_DEVICES": "4"})
@@ -95,6 +98,11 @@ def test_modes_match_a_single_device_and_resume_across_modes(four_devices, tmp_p
     _assert_same_curve(_curve(root / mode), want, mode)
   assert "resumed from the checkpoint at step 8" in out
   _assert_same_curve(_curve(root / "fsdp_to_pmap"), want, "fsdp_to_pmap")
+  # A user's model without logical axis names on a (2, 2) mesh trains with its params whole on
+  # each 'model' device (the runner says so, once), as on 2 data devices.
+  assert out.count("so its 2 devices each hold them whole and compute the same (no tensor "
+                   "parallelism)") == 1
+  _assert_same_curve(_curve(root / "user_model_axis"), want, "user_model_axis")
 
 
 @pytest.mark.slow
