@@ -154,6 +154,17 @@ def main(argv: list[str]) -> None:
       errors.exit_at_once(str(e))  # Orbax's threads may wait out long timeouts on the failed write
     except stopping.Stopped as e:  # the step is saved: 0 for SIGTERM (preemption), 130 for ^C
       sys.exit(0 if e.signum == signal.SIGTERM else 130)
+    except errors.UserError:
+      raise  # reported() prints its line
+    except Exception as e:  # pylint: disable=broad-except  (else reported() calls it a bug)
+      # A disk or an object store failing mid-run: TensorStore's and gcsfs's threads may still
+      # be on a failed write, and interpreter exit beside them crashed once (SIGSEGV, Python
+      # 3.12.1, a gs:// server refusing writes: CI 2026-12-04). The run's own clean-up has run
+      # (the writer, the checkpoints, the lease), so end at once, as for a failed save.
+      line = errors.environment_failure(e)
+      if line is None:
+        raise
+      errors.exit_at_once(line)
 
 
 if __name__ == "__main__":
