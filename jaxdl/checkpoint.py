@@ -137,7 +137,7 @@ class Checkpoints:
   """Save every N steps (the loop decides when), keep the last K, restore the newest intact."""
 
   def __init__(self, workdir: str, keep: int, on_commit: Callable[[int], None] | None = None):
-    root = workdir if files.is_url(workdir) else os.path.abspath(workdir)  # gs:// as it is
+    root = files.absolute(workdir)
     self.directory = os.path.join(root, "checkpoints")
     directory = files.Path(self.directory)
     unfinished = sorted(p.name for p in directory.iterdir() if _TMP_MARK in p.name
@@ -353,7 +353,7 @@ def latest_params(workdir: str, config_file: str) -> Any:
   """The params of the newest checkpoint in WORKDIR/checkpoints, as host arrays (for sampling
   and prediction): its moving average when the run kept one. `config_file` names the config
   to train with in the error for a workdir without checkpoints."""
-  root = workdir if files.is_url(workdir) else os.path.abspath(workdir)  # gs:// as it is
+  root = files.absolute(workdir)
   directory = os.path.join(root, "checkpoints")
   newest_error = None
   if files.Path(directory).is_dir():
