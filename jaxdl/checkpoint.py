@@ -38,7 +38,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxdl import digests, files, parallel
-from jaxdl.errors import UserError, environment_failure, first_line, os_cause
+from jaxdl.errors import UserError, chain, environment_failure, first_line, os_cause
 
 _TMP_MARK = ".orbax-checkpoint-tmp"  # Orbax's suffix for a save still being written
 
@@ -95,16 +95,13 @@ def damage_evidence(error: BaseException) -> str | None:
   """What in `error` (or the errors it was raised from) shows missing or truncated checkpoint
   files; None when nothing does. Orbax wraps TensorStore's errors in plain Exceptions, so the
   whole chain is read."""
-  seen = set()
-  while error is not None and id(error) not in seen:
-    seen.add(id(error))
-    if isinstance(error, (FileNotFoundError, DamagedFiles)):
-      return first_line(error)
-    if isinstance(error, (MemoryError, PermissionError)):
+  for e in chain(error):
+    if isinstance(e, (FileNotFoundError, DamagedFiles)):
+      return first_line(e)
+    if isinstance(e, (MemoryError, PermissionError)):
       return None  # not about the files' contents, whatever wraps it
-    if str(error).startswith(_DAMAGE_STATUSES):
-      return first_line(error)
-    error = error.__cause__ or error.__context__
+    if str(e).startswith(_DAMAGE_STATUSES):
+      return first_line(e)
   return None
 
 

@@ -65,7 +65,7 @@ _ENVIRONMENT_STATUSES = ("UNAVAILABLE", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED
                          "DEADLINE_EXCEEDED", "UNAUTHENTICATED", "ABORTED", "CANCELLED")
 
 
-def _chain(error: BaseException | None):
+def chain(error: BaseException | None):
   """`error` and the errors it was raised from (Orbax wraps TensorStore's in plain Exceptions)."""
   seen = set()
   while error is not None and id(error) not in seen:
@@ -81,7 +81,7 @@ def environment_failure(error: BaseException) -> str | None:
   store's refusal. gcsfs (under etils.epath, for gs://) raises `OSError('Forbidden: URL\\nwhy')`,
   without an errno, for HTTP 403, and its own HttpError for 401, 429 and 5xx once its retries
   are spent. Both checkpoint.py's restore and `reported` ask this one question."""
-  for e in _chain(error):
+  for e in chain(error):
     if isinstance(e, OSError) and errno.errorcode.get(e.errno) in _ENVIRONMENT_ERRNOS:
       return f"cannot write {e.filename}: {e.strerror}" if e.filename else first_line(e)
     refused = isinstance(e, OSError) and e.errno is None and str(e).startswith("Forbidden: ")
@@ -99,7 +99,7 @@ def os_cause(error: BaseException) -> str:
   """The cause of a failed write in a few words: an OSError's message, or the OS error that a
   TensorStore status names ('No space left on device'), else the error's first line."""
   text = ""
-  for e in _chain(error):
+  for e in chain(error):
     if isinstance(e, OSError) and e.strerror:
       return e.strerror
     text = text or first_line(e)

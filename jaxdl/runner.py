@@ -96,11 +96,11 @@ class Runner:
       self.fuse = 1
     self._steps = jax.jit(functools.partial(train_steps, **bound),
                           out_shardings=(self.state_sharding, replicated), donate_argnums=0)
+    rows = train_batches.rows() if (self.fuse > 1 and jax.process_count() == 1 and isinstance(
+        train_batches, dataset.RowIterator)) else None
     self._device_rows = None  # the training split on the device, when fused steps gather there
-    if (self.fuse > 1 and jax.process_count() == 1 and
-        isinstance(train_batches, dataset.RowIterator) and
-        sum(v.nbytes for v in train_batches.rows().values()) <= _DEVICE_DATA_MAX_BYTES):
-      self._device_rows = jax.device_put(train_batches.rows(), replicated)
+    if rows is not None and sum(v.nbytes for v in rows.values()) <= _DEVICE_DATA_MAX_BYTES:
+      self._device_rows = jax.device_put(rows, replicated)
     self._sums_shape = None if self.fuse == 1 else jax.eval_shape(
         self._step, abstract_state, sample)[1]
 
