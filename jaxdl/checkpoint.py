@@ -27,6 +27,7 @@ Faults handled here:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any, Callable
@@ -121,6 +122,22 @@ def _agree(outcome: str, detail: str) -> tuple[str, str]:
   if source != 0 and ranks[source] > 0:
     detail = f"process {source}: {detail}"
   return _OUTCOMES[int(ranks[source])], detail
+
+
+def _as_saved(abstract: Any, saved: Any) -> tuple[Any, Callable[[Any], Any]]:
+  """(the restore target, how to make the restored tree the state again) for a checkpoint
+  that may predate a field of the state: a field that is None in `abstract` (no arrays: the
+  model state of a model without one) and absent from the saved tree (written before the
+  field existed) is left out of the target, and set back to None after. Orbax refuses a target
+  whose tree differs from the saved one, even by an empty field."""
+  if not dataclasses.is_dataclass(abstract) or not hasattr(saved, "keys"):
+    return abstract, lambda restored: restored
+  fields = [f.name for f in dataclasses.fields(abstract)]
+  absent = [name for name in fields if getattr(abstract, name) is None and name not in saved]
+  if not absent:
+    return abstract, lambda restored: restored
+  target = {name: getattr(abstract, name) for name in fields if name not in absent}
+  return target, lambda restored: abstract.replace(**restored)
 
 
 def _handlers() -> dict[str, ocp.CheckpointHandler]:
@@ -220,14 +237,15 @@ class Checkpoints:
   def _restore_step(self, step: int, abstract: Any) -> tuple[tuple[str, str], Any]:
     """((outcome, what), the restored items or None) for one step's arrays and loop state."""
     try:
+      target, rebuild = _as_saved(abstract, self.reader.item_metadata(step)["state"])
       restored = self.reader.restore(
-          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
                                         loop=ocp.args.JsonRestore()))
     except Exception as e:  # pylint: disable=broad-except  (Orbax raises many types)
       return self._classify(step, e, "unreadable data"), None
     if not isinstance(restored["loop"], dict) or "data" not in restored["loop"]:
       return ("damaged", "the loop state is missing or empty"), None
-    return ("ok", ""), restored
+    return ("ok", ""), {**restored, "state": rebuild(restored["state"])}
 
   def _mismatch(self, step: int, saved: dict, wanted: dict) -> str:
     """One line naming the first arrays that differ between a checkpoint and the config."""
@@ -347,8 +365,9 @@ class Checkpoints:
 
 
 def latest_params(workdir: str, config_file: str) -> Any:
-  """The params of the newest checkpoint in WORKDIR/checkpoints, as host arrays (for sampling
-  and prediction): its moving average when the run kept one. `config_file` names the config
+  """The variables of the newest checkpoint in WORKDIR/checkpoints, as host arrays (for
+  sampling and prediction): {'params': params (their moving average when the run kept one),
+  **model state}. `config_file` names the config
   to train with in the error for a workdir without checkpoints."""
   root = files.absolute(workdir)
   directory = os.path.join(root, "checkpoints")
@@ -379,7 +398,8 @@ def latest_params(workdir: str, config_file: str) -> Any:
 
 
 def _params_of(manager: ocp.CheckpointManager, step: int) -> Any:
-  """The step's params (its moving average when the run kept one), as host arrays."""
+  """The step's variables, {'params': its params (their moving average when the run kept one),
+  **its model state}, as host arrays."""
   # Every array onto this process's first device. Without a target Orbax restores the saving
   # run's shardings, and refuses when its devices are not all here (a run on 2 CPU devices,
   # like the :nanogpt_cpu preset's, or on a pod).
@@ -388,4 +408,5 @@ def _params_of(manager: ocp.CheckpointManager, step: int) -> Any:
                         manager.item_metadata(step)["state"])
   state = manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(target)))["state"]  # a dict: restored without a target
-  return state["params"] if state.get("ema_params") is None else state["ema_params"]
+  params = state["params"] if state.get("ema_params") is None else state["ema_params"]
+  return {"params": params, **(state.get("model_state") or {})}

@@ -35,9 +35,9 @@ def predictor(workdir: str):
                               "jaxdl.predict labels images or sentences with a classifier's run")
   # What the model needs from the data (vocabulary size, classes) is in the workdir's files,
   # which the task reads; the model is then built as training built it.
-  params = checkpoint.latest_params(workdir, "CONFIG.py")
+  variables = checkpoint.latest_params(workdir, "CONFIG.py")
   return task.predictor(config, workdir, lambda **info: models.get(config.model, **info),
-                        params)
+                        variables)
 
 
 def main(argv: list[str]) -> None:

@@ -45,16 +45,16 @@ def _sample_token(logits_V: jax.Array, key: jax.Array, temperature: float,
 
 
 @functools.partial(jax.jit, static_argnames=("model", "num_new", "temperature", "top_k"))
-def generate(model: transformer.TransformerLM, params, prompt_P: jax.Array, key: jax.Array, *,
+def generate(model: transformer.TransformerLM, variables, prompt_P: jax.Array, key: jax.Array, *,
              num_new: int, temperature: float, top_k: int) -> jax.Array:
   """The prompt followed by `num_new` sampled token ids (int32[P + num_new])."""
   block, p = model.block_size, prompt_P.shape[0]
   keep = max(1, block // 2)  # context kept when the cache is full
 
   def run(cache, chunk_T):  # the model on a chunk that continues the cache: last logits
-    logits_1xTxV, variables = model.apply({"params": params, "cache": cache}, chunk_T[None],
-                                          train=False, decode=True, mutable=["cache"])
-    return logits_1xTxV[0, -1], variables["cache"]
+    logits_1xTxV, out = model.apply({**variables, "cache": cache}, chunk_T[None],
+                                    train=False, decode=True, mutable=["cache"])
+    return logits_1xTxV[0, -1], out["cache"]
 
   logits_V, cache = run(transformer.init_cache(model, 1), prompt_P)
   # At least `keep` long: restart's slice of `keep` tokens is traced (lax.cond traces both
@@ -99,8 +99,8 @@ def sample(workdir: str, prompt: str, num_chars: int, temperature: float, top_k:
     raise UserError(f"--prompt is {len(prompt_ids)} tokens long; the model's context "
                     f"(model.block_size) is {block}")
   model = models.get(config.model, vocab_size=vocab.size)
-  params = checkpoint.latest_params(workdir, "configs/tiny_lm.py")
-  ids = generate(model, params, jnp.asarray(prompt_ids), jax.random.PRNGKey(seed),
+  variables = checkpoint.latest_params(workdir, "configs/tiny_lm.py")
+  ids = generate(model, variables, jnp.asarray(prompt_ids), jax.random.PRNGKey(seed),
                  num_new=num_chars, temperature=temperature, top_k=top_k)
   return vocab.decode(jax.device_get(ids))
 

@@ -1,8 +1,20 @@
 """The train state and the pure steps: (state, batch) → (state, metric sums).
 
-An objective is `(params, batch, rng, train) -> (loss, aux sums)`: the forward pass and the loss
-of one task (task.objective builds it). Everything here is a pure function of its arguments;
-how the steps are compiled and fed (jit on a mesh, pmap, k fused steps) is runner.py's.
+An objective is `(variables, batch, rng, train) -> (loss, aux sums, new model state)`: the
+forward pass and the loss of one task (task.objective builds it), the model applied through
+models.apply. `variables` is {'params': ..., **model state}. Everything here is a pure
+function of its arguments; how the steps are compiled and fed (jit on a mesh, pmap, k fused
+steps) is runner.py's.
+
+Model state (BatchNorm's running averages: every collection of the model's init but 'params')
+rides in TrainState.model_state: updated by each train step, read (never updated) by eval.
+  - jit on the mesh: a batch split over devices is one global array, so a model's batch
+    statistics are the global batch's.
+  - pmap: each device normalises by its own slice's statistics (a model may name the axis,
+    'data', in its BatchNorm(axis_name=...) to sync them); the new running averages are
+    averaged over the devices (pmean), so every device keeps the same state.
+  - grad_accum_steps = k: each microbatch is normalised by its own statistics, and the running
+    averages take k updates per step, one per microbatch in order (what k smaller steps would).
 """
 
 from __future__ import annotations
@@ -15,9 +27,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxdl import models
 from jaxdl.data.iterator import take
+from jaxdl.errors import UserError
 
-Objective = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
+Objective = Callable[..., tuple[jax.Array, dict[str, jax.Array], dict[str, Any]]]
 
 @flax.struct.dataclass
 class TrainState:
@@ -29,12 +43,15 @@ class TrainState:
   # train.ema_decay > 0: the exponential moving average of params (what eval, the final metrics
   # and prediction use); None when off, so the state and its checkpoints are as before.
   ema_params: Any = None
+  # The model's non-param collections ({'batch_stats': ...}, models.split_variables); None for a
+  # model without state, so its state and checkpoints are as before model state existed.
+  model_state: Any = None
 
 
 def create_state(model: nn.Module, tx: optax.GradientTransformation, sample_inputs: jax.Array,
                  seed: int, ema: bool = False) -> TrainState:
-  """Initialises params from `seed`; the sample inputs only fix shapes. With `ema` the
-  average starts at the initial params."""
+  """Initialises params (and model state) from `seed`; the sample inputs only fix shapes.
+  With `ema` the average starts at the initial params."""
   # A raw uint32 key (not a typed key array) so Orbax stores it as an ordinary array.
   init_rng, base_rng = jax.random.split(jax.random.PRNGKey(seed))
   # An NNX model (models.get wraps it with nnx.bridge.ToLinen) is constructed inside init and
@@ -42,10 +59,31 @@ def create_state(model: nn.Module, tx: optax.GradientTransformation, sample_inpu
   # alone, so the extra stream changes no linen model's init.
   # Params carrying logical axis names (the transformer's, for tensor parallelism) come boxed;
   # the state holds the plain arrays, and the names reach the layout through param_axes().
-  params = nn.unbox(model.init({"params": init_rng, "dropout": init_rng}, sample_inputs,
-                               train=False)["params"])
+  params, model_state = models.split_variables(nn.unbox(model.init(
+      {"params": init_rng, "dropout": init_rng}, sample_inputs, train=False)))
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                    rng=base_rng, ema_params=jax.tree.map(jnp.copy, params) if ema else None)
+                    rng=base_rng, ema_params=jax.tree.map(jnp.copy, params) if ema else None,
+                    model_state=model_state)
+
+
+def variables(params, model_state) -> dict[str, Any]:
+  """What models.apply takes: {'params': params, **model state}."""
+  return {"params": params, **(model_state or {})}
+
+
+def call(objective: Objective, params, model_state, batch, rng, train: bool):
+  """(loss, sums, new model state or None) of the objective on `variables(params, state)`; a
+  task whose objective returns another shape (the (loss, sums) of jaxdl before model state)
+  is one line naming the contract."""
+  out = objective(variables(params, model_state), batch, rng, train)
+  if not (isinstance(out, tuple) and len(out) == 3):
+    raise UserError(
+        f"the task's objective returned {type(out).__name__}"
+        f"{f' of {len(out)}' if isinstance(out, tuple) else ''}; an objective returns (loss, "
+        f"sums, model state), the state being what jaxdl.models.apply returns with the outputs "
+        f"(docs/extending.md)")
+  loss, aux, new_state = out
+  return loss, aux, new_state or None
 
 
 def param_axes(model: nn.Module, sample_inputs: jax.Array) -> Any:
@@ -101,31 +139,36 @@ def microbatches(batch: dict[str, jax.Array], k: int) -> dict[str, jax.Array]:
           for key, x in batch.items()}
 
 
-def _accumulate(objective: Objective, params, batch, rng, k: int):
-  """(loss, aux sums, gradient) of the whole batch, from k microbatches in a lax.scan.
+def _accumulate(objective: Objective, params, model_state, batch, rng, k: int):
+  """(loss, aux sums, gradient, model state) of the whole batch, from k microbatches in a
+  lax.scan.
 
   The objective's loss is its microbatch's mean, aux['loss_sum'] / aux['count'], so each
   microbatch's gradient is weighted by its count and the sum divided by the batch's: the
   gradient of the whole batch's mean, to float rounding, however the mask falls (a padded
   last batch's empty microbatches add nothing). Microbatch i draws dropout from
-  fold_in(rng, i)."""
-  grad_fn = jax.value_and_grad(lambda p, mb, r: objective(p, mb, r, True), has_aux=True)
+  fold_in(rng, i), and runs on the model state microbatch i - 1 left."""
+  def loss_fn(p, state, mb, r):
+    loss, aux, new_state = call(objective, p, state, mb, r, True)
+    return loss, (aux, new_state)
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
   def body(carry, xs):
-    grads, sums = carry
+    grads, sums, state = carry
     i, mb = xs
-    (_, aux), g = grad_fn(params, mb, jax.random.fold_in(rng, i))
+    (_, (aux, state)), g = grad_fn(params, state, mb, jax.random.fold_in(rng, i))
     grads = jax.tree.map(lambda acc, gi: acc + aux["count"] * gi, grads, g)
-    return (grads, jax.tree.map(jnp.add, sums, aux)), None
+    return (grads, jax.tree.map(jnp.add, sums, aux), state), None
 
   micro = microbatches(batch, k)
   first = jax.tree.map(lambda x: x[0], micro)
-  sums_shape = jax.eval_shape(lambda: objective(params, first, rng, True)[1])
+  sums_shape = jax.eval_shape(lambda: call(objective, params, model_state, first, rng, True)[1])
   zeros = (jax.tree.map(jnp.zeros_like, params),
-           jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), sums_shape))
-  (grads, aux), _ = jax.lax.scan(body, zeros, (jnp.arange(k), micro))
+           jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), sums_shape), model_state)
+  (grads, aux, model_state), _ = jax.lax.scan(body, zeros, (jnp.arange(k), micro))
   count = jnp.maximum(aux["count"], 1.0)
-  return aux["loss_sum"] / count, aux, jax.tree.map(lambda g: g / count, grads)
+  return aux["loss_sum"] / count, aux, jax.tree.map(lambda g: g / count, grads), model_state
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, objective: Objective,
@@ -149,6 +192,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, objective: Obj
 
   With grad_accum_steps = k > 1 the batch's gradient and sums are accumulated over k
   microbatches (_accumulate), for 1/k of the activation memory; one update, as for the whole.
+
+  The model state the objective returns becomes state.model_state (see the module docstring
+  for pmap and microbatches); a skipped non-finite update keeps the old one.
   """
   # Every random choice of this step derives from the base key and the step number, so a
   # resumed run draws exactly what the uninterrupted one did.
@@ -156,11 +202,16 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, objective: Obj
   if axis_name is not None:  # pmap: each device draws its own dropout and augmentation
     rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
   if grad_accum_steps == 1:
-    loss_fn = lambda params: objective(params, batch, rng, True)
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    def loss_fn(params):
+      loss, aux, model_state = call(objective, params, state.model_state, batch, rng, True)
+      return loss, (aux, model_state)
+    (loss, (aux, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   else:
-    loss, aux, grads = _accumulate(objective, state.params, batch, rng, grad_accum_steps)
+    loss, aux, grads, model_state = _accumulate(objective, state.params, state.model_state,
+                                                batch, rng, grad_accum_steps)
   if axis_name is not None:
+    # Each device's running averages saw its own rows: their mean keeps the state replicated.
+    model_state = jax.lax.pmean(model_state, axis_name)
     # Each device's loss is the mean over its own rows. Weighting its gradient by its row count
     # (pmean(count * g) / pmean(count)) gives the gradient of the global-batch mean, as under
     # jit, even when an epoch's padded last batch leaves the devices unequal counts.
@@ -181,19 +232,20 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, objective: Obj
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
     params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
     ema_params = keep(ema_params, state.ema_params)
+    model_state = keep(model_state, state.model_state)
     aux = jax.tree.map(lambda v: jnp.where(finite, v, jnp.zeros_like(v)), aux)
   aux["nonfinite"] = 1.0 - finite.astype(jnp.float32)
   aux["first_nonfinite"] = jnp.where(finite, NO_NONFINITE, (state.step + 1).astype(jnp.float32))
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                       ema_params=ema_params), aux
+                       ema_params=ema_params, model_state=model_state), aux
 
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array], *,
               objective: Objective) -> dict[str, jax.Array]:
   """The objective's sums over the batch's unmasked examples, without dropout or augmentation,
-  with eval_params(state)."""
-  _, aux = objective(eval_params(state), batch, jax.random.PRNGKey(0), False)  # rng unused: eval
-  return aux
+  with eval_params(state) and the model state (read, not updated)."""
+  rng = jax.random.PRNGKey(0)  # unused: eval
+  return call(objective, eval_params(state), state.model_state, batch, rng, False)[1]
 
 
 def train_steps(state: TrainState, sums: dict[str, jax.Array], xs: dict[str, jax.Array],

@@ -179,11 +179,19 @@ def _train(config: ml_collections.ConfigDict, workdir: str, restart: bool,
   eval_every = config.eval_every or steps_per_epoch
 
   # 4. model, 5. optimizer, 6. the state's layout on the mesh, and the compiled steps.
-  model = models.get(config.model, **dataset.model_info)
+  model_reads: set[str] = set()  # the model block's keys a user's model reads
+  model = models.get(config.model, reads=model_reads, **dataset.model_info)
   tx = optim.make(config.opt, num_steps)
   lr_at = optim.schedule(config.opt, num_steps)
   runner = runners.Runner(config, model, task.objective(config, model), tx, dataset.train, mesh,
                           task.INPUT, eval_every)
+  # The runner has built and traced the model: every key it reads has been read by now.
+  unread = models.unread_keys(config.model, model_reads, getattr(task, "MODEL_KEYS", ()))
+  if unread:
+    runner.notes.append(
+        f"WARNING: {config.model.name} never reads config.model's {', '.join(unread)}: "
+        f"{'it does' if len(unread) == 1 else 'they do'} nothing in this run (a builder taking "
+        f"`dtype` / `param_dtype` gets the precision policy; jaxdl/models/__init__.py)")
 
   def evaluate(split: str) -> dict[str, Any]:
     return task.summarise(runner.evaluate(state, dataset.evals[split], config.eval_batch_size))

@@ -61,7 +61,7 @@ class MLP(nnx.Module):
 USER_TASK = """
 import functools
 import jax, jax.numpy as jnp
-from jaxdl import losses
+from jaxdl import losses, models
 from jaxdl.data import Dataset, TrainBatches, idx, sources, tfds
 
 INPUT, UNIT, TRAIN_METRICS, PLOT_METRICS, MODELS = "image", "examples", ("psnr",), ("loss", "psnr"), ()
@@ -78,15 +78,15 @@ def load(config, workdir):
                  evals={"test": arrays["test"]}, eval_split="test", final_splits=("test",),
                  source=source, describe="images")
 
-def _loss(params, batch, rng, train, *, model):
+def _loss(variables, batch, rng, train, *, model):
   clean = batch["image"].astype(jnp.float32) / 255.0
   noisy = clean + 0.3 * jax.random.normal(rng, clean.shape)
-  out = model.apply({"params": params}, noisy, train=train)
+  out, model_state = models.apply(model, variables, noisy, train=train)
   mse = ((out - clean) ** 2).mean(axis=(1, 2, 3))
   m = batch["mask"]
   sums = {"loss_sum": (mse * m).sum(), "psnr_sum": (-10 * jnp.log10(mse) * m).sum(),
           "count": m.sum()}
-  return sums["loss_sum"] / jnp.maximum(sums["count"], 1.0), sums
+  return sums["loss_sum"] / jnp.maximum(sums["count"], 1.0), sums, model_state
 
 def objective(config, model):
   return functools.partial(_loss, model=model)

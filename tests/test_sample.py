@@ -48,7 +48,7 @@ def test_cached_generation_matches_full_passes(positions):
                         positions=positions)
   params = _params(model, scale=10.0)  # decisive logits
   prompt = [3, 1, 4]
-  out = sample.generate(model, params, jnp.asarray(prompt), jax.random.PRNGKey(0), num_new=14,
+  out = sample.generate(model, {"params": params}, jnp.asarray(prompt), jax.random.PRNGKey(0), num_new=14,
                         temperature=0.0, top_k=0)  # the context restarts after 6 new tokens
   assert out.tolist() == _reference(model, params, prompt, 14)
 
@@ -62,7 +62,7 @@ def test_every_length_from_no_new_token_to_past_the_block():
   params = _params(model, scale=10.0)
   for prompt, num_new in (([3], 0), ([3], 1), ([3], 2), ([3], 3), ([3], 7), ([3], 8),
                           ([3], 20), ([3, 1, 4, 1, 5, 9, 2, 6], 1)):
-    out = sample.generate(model, params, jnp.asarray(prompt), jax.random.PRNGKey(0),
+    out = sample.generate(model, {"params": params}, jnp.asarray(prompt), jax.random.PRNGKey(0),
                           num_new=num_new, temperature=0.0, top_k=0)
     assert out.tolist() == _reference(model, params, prompt, num_new), (prompt, num_new)
 
@@ -71,7 +71,7 @@ def test_every_length_from_no_new_token_to_past_the_block():
 def test_sampling_is_deterministic_per_seed_and_respects_top_k():
   model = TransformerLM(vocab_size=13, num_layers=1, num_heads=2, width=16, block_size=8)
   params = _params(model)
-  run = lambda seed, **kw: sample.generate(model, params, jnp.asarray([1, 2]),
+  run = lambda seed, **kw: sample.generate(model, {"params": params}, jnp.asarray([1, 2]),
                                            jax.random.PRNGKey(seed), num_new=30, **kw).tolist()
   a = run(0, temperature=1.0, top_k=0)
   assert a == run(0, temperature=1.0, top_k=0) and a != run(1, temperature=1.0, top_k=0)

@@ -154,7 +154,7 @@ def test_ema_is_the_moving_average_and_what_eval_uses(warmup):
   assert not np.allclose(state.ema_params["Dense_0"]["kernel"], state.params["Dense_0"]["kernel"])
   # eval_step scores the average, not the raw params.
   evaluated = steps.eval_step(state, _batch(), objective=objective)
-  _, on_ema = objective(state.ema_params, _batch(), jax.random.PRNGKey(0), False)
+  _, on_ema, _ = objective({"params": state.ema_params}, _batch(), jax.random.PRNGKey(0), False)
   np.testing.assert_array_equal(evaluated["loss_sum"], on_ema["loss_sum"])
   # A skipped (non-finite) update leaves the average as it was.
   bad = dict(_batch(), mask=_batch()["mask"] * np.float32("nan"))

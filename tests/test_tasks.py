@@ -231,8 +231,8 @@ class _ZeroLogits(nn.Module):
 def _sums_through_objective(task, config, model, batch):
   """The task's own objective(config, model) on one eval batch, then its summarise."""
   fn = task.objective(config, model)
-  params = model.init(jax.random.PRNGKey(0), batch[task.INPUT], train=False)["params"]
-  loss, sums = fn(params, batch, jax.random.PRNGKey(1), False)
+  variables = model.init(jax.random.PRNGKey(0), batch[task.INPUT], train=False)
+  loss, sums, _ = fn(variables, batch, jax.random.PRNGKey(1), False)
   return float(loss), task.summarise(sums)
 
 

@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxdl import losses
+from jaxdl import losses, models
 from jaxdl.data import Dataset, TrainBatches, idx, offline, sources, tfds
 from jaxdl.errors import UserError
 
@@ -53,22 +53,23 @@ def load(config, workdir: str) -> Dataset:
                  describe=f"train {train.size:,} test {len(images['test']['image']):,} images")
 
 
-def reconstruct(params, batch, rng, train, *, model, noise_std: float):
+def reconstruct(variables, batch, rng, train, *, model, noise_std: float):
   """Gaussian noise (std in [0, 1] pixel units) on the image, the model's reconstruction, and
   its per-image mean squared error against the clean image. Evaluation noise comes from a fixed
   key (eval_step's), so every evaluation scores the same noisy inputs."""
   clean_BxHxWxC = batch["image"].astype(jnp.float32) / 255.0
   noise_rng, dropout_rng = jax.random.split(rng)
   noisy = clean_BxHxWxC + noise_std * jax.random.normal(noise_rng, clean_BxHxWxC.shape)
-  out = model.apply({"params": params}, jnp.clip(noisy, 0, 1), train=train,
-                    rngs={"dropout": dropout_rng})
+  # The model contract: variables in, (outputs, new model state) out (jaxdl/models/__init__.py)
+  out, model_state = models.apply(model, variables, jnp.clip(noisy, 0, 1), train=train,
+                                  rng=dropout_rng)
   mse_B = ((out - clean_BxHxWxC) ** 2).mean(axis=(1, 2, 3))
   mask_B = batch["mask"]
   count = mask_B.sum()
   psnr_B = -10.0 * jnp.log10(jnp.maximum(mse_B, 1e-10))  # peak 1.0: PSNR = 10 log10(1 / mse)
   sums = {"loss_sum": (mse_B * mask_B).sum(), "psnr_sum": (psnr_B * mask_B).sum(),
           "count": count}
-  return sums["loss_sum"] / jnp.maximum(count, 1.0), sums
+  return sums["loss_sum"] / jnp.maximum(count, 1.0), sums, model_state
 
 
 def objective(config, model):

@@ -11,6 +11,17 @@ PYTHONPATH), and built as `ATTR(model_config, **model_info)`:
     so its params live in the same TrainState and checkpoints as a linen model's, initialised
     from config.seed, and the train step stays one pure jitted function.
 Either way `module(inputs, train=bool)` returns what the task expects (logits).
+
+A user's builder that takes `dtype` and/or `param_dtype` keywords gets the precision policy
+(models/precision.py: model.dtype resolved, 'auto' included, and model.param_dtype); one that
+does not computes as it chooses, and the run names model.dtype among the keys it did not read.
+Keys of the model block that a user's model never reads (a shipped family's keys left in a
+shipped config whose model.name was overridden) get one warning line (`unread_keys`).
+
+The model contract, one function for every objective and tool (`apply`): variables in,
+(outputs, new model state) out. `variables` is {'params': ..., **model state}, the state being
+every other collection the model's init made (linen 'batch_stats', NNX BatchStat through the
+bridge): in training it is updated and returned, in evaluation it is read and returned as it is.
 """
 
 from __future__ import annotations
@@ -23,10 +34,88 @@ import flax.linen as nn
 from flax import nnx
 
 from jaxdl.errors import UserError, first_line, import_user_module, require
-from jaxdl.models import cnn, text, transformer
+from jaxdl.models import cnn, precision, text, transformer
 
 FAMILIES = {"cnn": cnn, "text_lstm": text, "text_cnn": text, "text_transformer": text,
             "transformer": transformer}
+
+
+# Collections of a model's variables that are not its state: 'params' are what the optimizer
+# trains; 'intermediates' (sow), 'perturbations' (linen's perturb: zeros to take gradients of
+# activations by) and 'cache' (the decoding cache) are made per call, not carried.
+NOT_STATE = ("params", "intermediates", "perturbations", "cache")
+
+
+def split_variables(variables) -> tuple[Any, dict[str, Any] | None]:
+  """(params, model state or None) of a model's init variables: the state is every collection
+  but NOT_STATE's ({'batch_stats': ...}); None when there is none, as in a stateless model's
+  train state and checkpoints."""
+  state = {k: v for k, v in variables.items() if k not in NOT_STATE}
+  return variables["params"], state or None
+
+
+def apply(model: nn.Module, variables, inputs, *, train: bool, rng=None, **kwargs):
+  """(outputs, new model state) of `model` on `inputs`: the one way jaxdl and its tasks call a
+  model. `variables` is {'params': ..., **state}; with train=True the state's collections are
+  updated (BatchNorm's running averages) and returned, else returned as they came. `rng` is the
+  'dropout' stream (NNX's nnx.Dropout draws from it too); kwargs go to the model's call."""
+  state = {k: v for k, v in variables.items() if k != "params"}
+  rngs = None if rng is None else {"dropout": rng}
+  if train and state:
+    outputs, new_state = model.apply(variables, inputs, train=True, rngs=rngs,
+                                     mutable=list(state), **kwargs)
+    return outputs, dict(new_state)
+  return model.apply(variables, inputs, train=train, rngs=rngs, **kwargs), state
+
+
+class _Reads:
+  """A read-only view of a ConfigDict that records which of its keys were read (the user's
+  builder and its module read the model block through it), for `unread_keys`."""
+
+  def __init__(self, config, reads: set[str]):
+    object.__setattr__(self, "_config", config)
+    object.__setattr__(self, "_reads", reads)
+
+  def __getattr__(self, key):
+    if not key.startswith("__"):
+      self._reads.add(key)
+    return getattr(self._config, key)
+
+  def __getitem__(self, key):
+    self._reads.add(key)
+    return self._config[key]
+
+  def get(self, key, default=None):
+    self._reads.add(key)
+    return self._config.get(key, default)
+
+  def __contains__(self, key):
+    return key in self._config
+
+  def __iter__(self):  # iterating or to_dict() reads every key
+    self._reads.update(self._config.keys())
+    return iter(self._config)
+
+  def __setattr__(self, key, value):
+    raise AttributeError(f"config.model is read-only here (tried to set {key!r})")
+
+  def __repr__(self):
+    return repr(self._config)
+
+  def __hash__(self):  # a linen module holding it stays hashable (jit's static arguments)
+    return id(self)
+
+  def __eq__(self, other):
+    return self is other
+
+
+def unread_keys(model_config, reads: set[str], task_keys: tuple[str, ...] = ()) -> list[str]:
+  """The keys of a user's model block that neither its model (`reads`, from get's `reads`) nor
+  the task (`task_keys`, its MODEL_KEYS) read: they do nothing in this run. [] for a built-in
+  family, which checks its own keys."""
+  if model_config.name in FAMILIES:
+    return []
+  return sorted(set(model_config.keys()) - reads - set(task_keys) - {"name"})
 
 
 def _user_builder(name: str) -> Callable[..., Any]:
@@ -77,16 +166,43 @@ def check(model_config, task_models: tuple[str, ...], model_axis: int = 1) -> No
       family.check_model_axis(model_config, model_axis)
   else:
     _user_builder(name)
+    precision.check(model_config)  # what a builder taking dtype / param_dtype would get
 
 
-def get(model_config, **model_info) -> nn.Module:
+def _precision(build: Callable[..., Any], model_config, reads: set[str]) -> dict[str, Any]:
+  """The precision keywords a user's builder takes (`dtype`, `param_dtype`), from the policy
+  (the model block's dtype / param_dtype keys, where it has them)."""
+  try:
+    takes = inspect.signature(build).parameters
+  except (TypeError, ValueError):  # a builtin without a signature
+    return {}
+  policy = {}
+  if "dtype" in takes and "dtype" in model_config:
+    policy["dtype"] = precision.compute_dtype(model_config.dtype)
+    reads.add("dtype")
+  if "param_dtype" in takes and "param_dtype" in model_config:
+    policy["param_dtype"] = precision.DTYPES[model_config.param_dtype]
+    reads.add("param_dtype")
+  return policy
+
+
+def get(model_config, reads: set[str] | None = None, **model_info) -> nn.Module:
   """The linen Module config.model names (an NNX model comes wrapped as one); its keys were
-  checked by check() (validate.py) when the run began."""
+  checked by check() (validate.py) when the run began. With a set `reads`, a user's model sees
+  its block through a view that adds each key it reads (at build, init or call) to it."""
   name = model_config.name
   if name in FAMILIES:
     return FAMILIES[name].from_config(model_config, **model_info)
   build = _user_builder(name)
   where = f"config.model.name={name!r}"
+  if isinstance(build, type) and issubclass(build, nnx.Module):
+    signature_of = build.__init__  # NNX's metaclass hides __init__'s signature from the class
+  else:
+    signature_of = build
+  model_info = {**model_info, **_precision(signature_of, model_config, set() if reads is None
+                                           else reads)}
+  if reads is not None:
+    model_config = _Reads(model_config, reads)
   args = ", ".join(["model_config", *(f"{k}={v!r}" for k, v in model_info.items())])
   if _takes_rngs(build):  # NNX: built inside linen's init/apply, with rngs from the run's keys
     return nnx.bridge.ToLinen(functools.partial(build, model_config, **model_info))

@@ -27,8 +27,10 @@ def compute_dtype(name: str) -> jnp.dtype:
 
 
 def check(m) -> None:
-  """config.model.dtype and model.param_dtype."""
-  require(m.dtype in COMPUTE_DTYPES, "model.dtype", m.dtype,
-          f"must be one of {', '.join(COMPUTE_DTYPES)}")
-  require(m.param_dtype in DTYPES, "model.param_dtype", m.param_dtype,
-          f"must be one of {', '.join(DTYPES)}")
+  """config.model.dtype and model.param_dtype (a user's model block may lack them)."""
+  if "dtype" in m:
+    require(m.dtype in COMPUTE_DTYPES, "model.dtype", m.dtype,
+            f"must be one of {', '.join(COMPUTE_DTYPES)}")
+  if "param_dtype" in m:
+    require(m.param_dtype in DTYPES, "model.param_dtype", m.param_dtype,
+            f"must be one of {', '.join(DTYPES)}")

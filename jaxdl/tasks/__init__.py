@@ -13,14 +13,19 @@ named by `--config.task=PACKAGE.MODULE` provides the same):
   load(config, workdir)    -> data.Dataset; workdir is the run's directory when it holds
                            checkpoints to resume (reuse the files saved beside them, e.g. a
                            vocabulary), else None; it is read, never written
-  objective(config, model) -> (params, batch, rng, train) -> (loss, sums of metrics)
+  objective(config, model) -> (variables, batch, rng, train) -> (loss, sums of metrics,
+                           model state): the forward pass through
+                           jaxdl.models.apply(model, variables, inputs, train=, rng=), which
+                           returns (outputs, model state)
   summarise(sums)          -> {'loss': ..., 'count': ..., ...} from sums added over batches
   brief(split, metrics)    -> the console text of a split's metrics
 Optional:
   FORMATS        {key: format} of a logged number's console text, e.g. {'accuracy': 'acc
                  {:.2%}'} (default: 'key {:.4g}', and '{:,.0f} UNIT/s' for the throughput)
   LOG_SCALE      the metrics that jaxdl.plot draws on a log axis, as it does the loss
-  For the tools: predictor(config, workdir, build_model, params) -> a function of a list of
+  MODEL_KEYS     keys of config.model that the task reads itself (('num_classes',)): a user's
+                 model need not read them, and the run does not warn that they do nothing
+  For the tools: predictor(config, workdir, build_model, variables) -> a function of a list of
   inputs (image paths, sentences) -> [(label, probability)] for jaxdl.predict, where
   build_model(**model_info) builds the run's model; tokenizer(config, workdir) -> an object
   with encode(text, what) and decode(ids), for jaxdl.sample.

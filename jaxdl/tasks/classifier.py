@@ -15,26 +15,27 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from jaxdl import losses
+from jaxdl import losses, models
 
 # The console text of the keys a classifier logs (see metrics.Progress).
 FORMATS = {"accuracy": "acc {:.2%}", "examples_per_s": "{:,.0f} ex/s"}
 
 
-def classify(params, batch, rng, train, *, model, input_key: str, label_smoothing: float,
+def classify(variables, batch, rng, train, *, model, input_key: str, label_smoothing: float,
              augment: Callable | None = None, confusion: bool = False):
-  """(loss, sums) of one batch: the mean cross-entropy of its unmasked examples, smoothed in
-  training; `augment(inputs, rng)` transforms the training inputs with a key of its own."""
+  """(loss, sums, model state) of one batch: the mean cross-entropy of its unmasked examples,
+  smoothed in training; `augment(inputs, rng)` transforms the training inputs with a key of its
+  own."""
   inputs = batch[input_key]
   if train and augment is not None:
     augment_rng, rng = jax.random.split(rng)
     inputs = augment(inputs, augment_rng)
-  logits_BxC = model.apply({"params": params}, inputs, train=train, rngs={"dropout": rng})
+  logits_BxC, model_state = models.apply(model, variables, inputs, train=train, rng=rng)
   loss, aux = losses.softmax_cross_entropy(logits_BxC, batch["label"], batch["mask"],
                                            label_smoothing if train else 0.0)
   if confusion:
     aux["confusion"] = losses.confusion_matrix(logits_BxC, batch["label"], batch["mask"])
-  return loss, aux
+  return loss, aux, model_state
 
 
 def confusion_scores(confusion: np.ndarray) -> dict[str, Any]:
@@ -72,12 +73,13 @@ def brief(split: str, m: dict[str, Any]) -> str:
 PREDICT_BATCH = 256  # inputs per forward pass of a classifier's predictions (jaxdl.predict)
 
 
-def predictor(model, params, label_names: list[str], encode: Callable[[list], np.ndarray],
+def predictor(model, variables, label_names: list[str], encode: Callable[[list], np.ndarray],
               batch_size: int = PREDICT_BATCH):
   """(inputs) -> [(label name, probability)] of each input's likeliest class: `encode` turns a
   list of inputs (sentences, image paths) into the model's array, batch_size at a time, the last
-  batch padded so that every call runs one compiled shape."""
-  probs = jax.jit(lambda x: jax.nn.softmax(model.apply({"params": params}, x, train=False), -1))
+  batch padded so that every call runs one compiled shape. `variables`: {'params', **state}."""
+  probs = jax.jit(lambda x: jax.nn.softmax(
+      models.apply(model, variables, x, train=False)[0], -1))
 
   def predict(inputs: list) -> list[tuple[str, float]]:
     out = []

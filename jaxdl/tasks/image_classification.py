@@ -37,6 +37,7 @@ UNIT = "examples"                # what the sums' 'count' counts
 TRAIN_METRICS = ("accuracy",)    # logged with the loss in every train event
 PLOT_METRICS = ("loss", "accuracy")  # jaxdl.plot's default panels
 MODELS = ("cnn",)                # built-in model families (others: model.name='pkg.module:attr')
+MODEL_KEYS = ("num_classes",)  # model-block keys the task reads itself (the data's labels are checked against it)
 FORMATS = classifier.FORMATS     # the console text of accuracy and throughput
 FALLBACKS = ("download", "synthetic", "sample")  # data.source names after files and tfds
 
@@ -166,7 +167,7 @@ summarise = classifier.summarise  # mean loss and accuracy
 brief = classifier.brief
 
 
-def predictor(config, workdir: str, build_model, params):
+def predictor(config, workdir: str, build_model, variables):
   """(image file paths) -> [(class name, probability)], reading each file as training did;
   build_model(**model_info) is the run's model."""
   path = os.path.join(workdir, imagefolder.CLASSES_FILE)
@@ -176,5 +177,5 @@ def predictor(config, workdir: str, build_model, params):
   classes = imagefolder.read_classes_json(text, path)
   height, width, channels = json.loads(text)["image_shape"]
   model = build_model(num_classes=len(classes))
-  return classifier.predictor(model, params, classes, lambda paths: np.stack(
+  return classifier.predictor(model, variables, classes, lambda paths: np.stack(
       [imagefolder.read_image(p, channels, (height, width)) for p in paths]))

@@ -27,7 +27,7 @@ from typing import Any
 from absl import logging
 import jax
 
-from jaxdl import files, losses
+from jaxdl import files, losses, models
 from jaxdl.data import corpus, offline, sources, tfds
 from jaxdl.data.dataset import Dataset
 from jaxdl.data.vocab import CHAR_KINDS, VOCAB_FILE, CharVocab
@@ -41,6 +41,7 @@ PLOT_METRICS = ("loss", "perplexity")
 LOG_SCALE = ("perplexity",)  # plotted on a log axis, as the loss is
 FORMATS = {"tokens_per_s": "{:,.0f} tok/s"}
 MODELS = ("transformer",)
+MODEL_KEYS = ("block_size",)  # model-block keys the task reads itself (the windows are cut to it)
 FALLBACKS = ("pydoc",)
 
 
@@ -116,11 +117,12 @@ def load(config, workdir: str | None) -> Dataset:
       model_info={"vocab_size": vocab.size}, files={VOCAB_FILE: vocab.to_json()})
 
 
-def next_token(params, batch, rng, train, *, model):
+def next_token(variables, batch, rng, train, *, model):
   """Next-token cross-entropy of a language model over whole windows."""
-  logits_BxLxV = model.apply({"params": params}, batch["inputs"], train=train,
-                             rngs={"dropout": rng})
-  return losses.next_token_cross_entropy(logits_BxLxV, batch["targets"], batch["mask"])
+  logits_BxLxV, model_state = models.apply(model, variables, batch["inputs"], train=train,
+                                           rng=rng)
+  return (*losses.next_token_cross_entropy(logits_BxLxV, batch["targets"], batch["mask"]),
+          model_state)
 
 
 def objective(config, model):

@@ -167,7 +167,7 @@ summarise = classifier.summarise  # mean loss, accuracy, the confusion's scores
 brief = classifier.brief
 
 
-def predictor(config, workdir: str, build_model, params):
+def predictor(config, workdir: str, build_model, variables):
   """(sentences) -> [(label name, probability)], with the vocabulary the run trained with;
   build_model(**model_info) is the run's model."""
   vocab = read_vocab(workdir)
@@ -177,5 +177,5 @@ def predictor(config, workdir: str, build_model, params):
   max_len = config.data.max_len
   model = build_model(vocab_size=len(vocab.words), num_classes=vocab.num_classes,
                       max_len=max_len)
-  return classifier.predictor(model, params, vocab.label_names,
+  return classifier.predictor(model, variables, vocab.label_names,
                           lambda texts: vocab.encode(texts, max_len)[0])
