@@ -59,6 +59,17 @@ def get_config() -> ml_collections.ConfigDict:
                              # num_updates): a short run's average is not its first, untrained
                              # params; False = ema_decay from step 0 (runs before this key)
 
+  c.checkpoint = ml_collections.ConfigDict()  # (checkpoint_every, keep_checkpoints: above)
+  c.checkpoint.keep_best = ""  # an eval metric as metrics.jsonl names it ('val_loss',
+                               # 'test_accuracy'): each eval, the last step's too, is saved,
+                               # and the best one's checkpoint kept beside the newest; '' = off
+  c.checkpoint.best_mode = "min"  # min | max: whether a lower or a higher keep_best is better
+
+  c.early_stopping = ml_collections.ConfigDict()
+  c.early_stopping.patience = 0  # > 0: stop when checkpoint.keep_best's metric has not improved
+                                 # for this many evals, and finish on the best checkpoint (needs
+                                 # keep_best); 0 = off
+
   c.parallel = ml_collections.ConfigDict()
   c.parallel.mode = "jit"       # jit: one program on a device Mesh | pmap: jax.pmap + lax.pmean
   c.parallel.fsdp = False       # jit: shard params + optimizer state over 'data' (ZeRO-3)

@@ -3,6 +3,7 @@
 Each checkpoint step holds two items: 'state' (the TrainState pytree, restored with the shardings
 of the state it replaces) and 'loop' (JSON: the data position and the partial metric sums of the
 current log interval), so a resumed run logs exactly what an uninterrupted one would.
+With checkpoint.keep_best, the best eval's step is kept beside the newest ones (`_keep_best`).
 Saves are asynchronous: device arrays are copied to host before `save` returns, so the next
 (donating) train step may run while the files are written. Orbax writes each save into a
 temporary directory and renames it when complete, so a kill mid-save never leaves a step
@@ -28,7 +29,9 @@ Faults handled here:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import math
 import os
 from typing import Any, Callable
 
@@ -147,10 +150,36 @@ def _handlers() -> dict[str, ocp.CheckpointHandler]:
   return {"state": ocp.StandardCheckpointHandler(), "loop": ocp.JsonCheckpointHandler()}
 
 
-class Checkpoints:
-  """Save every N steps (the loop decides when), keep the last K, restore the newest intact."""
+def _score(metrics: dict, metric: str, mode: str) -> float:
+  """Orbax's ranking of a step, higher better: a step saved as a new best carries its value;
+  every other step carries {} and ranks last."""
+  value = metrics.get(metric)
+  return -math.inf if value is None else (-value if mode == "min" else value)
 
-  def __init__(self, workdir: str, keep: int, on_commit: Callable[[int], None] | None = None):
+
+def _keep_best(keep: int, metric: str, mode: str) -> dict[str, Any]:
+  """CheckpointManagerOptions that keep the newest `keep` steps and the best one.
+
+  Orbax's BestN ranks steps by the metrics saved with them. The loop decides which step is the
+  best (strictly better than every earlier eval; NaN never is) and saves its value with that
+  step only: given every eval's value, BestN would keep the later of two equal ones, and NaN
+  sorts anywhere. best_fn makes Orbax write the metrics into the step (with the preservation
+  policy alone it keeps them in memory only, and a resumed run would lose the best step);
+  a re-opened manager reads them back (checked on orbax-checkpoint 0.12.8)."""
+  score = functools.partial(_score, metric=metric, mode=mode)
+  policy = ocp.checkpoint_managers.AnyPreservationPolicy([
+      ocp.checkpoint_managers.LatestN(n=keep),
+      ocp.checkpoint_managers.BestN(get_metric_fn=score, n=1,
+                                    keep_checkpoints_without_metrics=False)])
+  return dict(preservation_policy=policy, best_fn=score, best_mode="max")
+
+
+class Checkpoints:
+  """Save every N steps (the loop decides when), keep the last K (and, with `keep_best`, the
+  best eval's step), restore the newest intact."""
+
+  def __init__(self, workdir: str, keep: int, on_commit: Callable[[int], None] | None = None,
+               keep_best: str = "", best_mode: str = "min"):
     root = files.absolute(workdir)
     self.directory = os.path.join(root, "checkpoints")
     directory = files.Path(self.directory)
@@ -159,9 +188,10 @@ class Checkpoints:
     if unfinished and jax.process_index() == 0:
       logging.warning("removing unfinished save(s) of a killed run in %s: %s", self.directory,
                       ", ".join(unfinished))
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                           enable_async_checkpointing=True,
-                                           cleanup_tmp_directories=True)
+    keeping = _keep_best(keep, keep_best, best_mode) if keep_best else {"max_to_keep": keep}
+    self._tracks_best = bool(keep_best)
+    options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=True,
+                                           cleanup_tmp_directories=True, **keeping)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_handlers=_handlers())
     self._undigested: list[int] = []  # steps saved, their digest still to write (see wait)
@@ -198,12 +228,7 @@ class Checkpoints:
     steps = json.loads(parallel.broadcast_text(
         json.dumps(sorted(self.manager.all_steps(), reverse=True))))
     for step in steps:
-      outcome, detail = _agree(*self._check_digest(step))
-      if outcome == "ok":
-        outcome, detail = _agree(*self._check_metadata(step, wanted))
-      if outcome == "ok":
-        (outcome, detail), restored = self._restore_step(step, abstract)
-        outcome, detail = _agree(outcome, detail)
+      (outcome, detail), restored = self._read(step, abstract, wanted)
       if outcome == "ok":
         return restored["state"], restored["loop"]
       if outcome == "damaged":
@@ -211,6 +236,38 @@ class Checkpoints:
         continue
       raise (UserError if outcome == "refused" else RestoreError)(detail)
     return None
+
+  def restore(self, step: int, like_state: Any) -> tuple[Any, dict]:
+    """(state, loop) of checkpoint `step` (the best one, for the final eval of an early stop),
+    with restore_latest's checks. There is no other copy of that step to fall back on: damage
+    moves it aside and is a UserError, as is a step that is not there."""
+    self.wait()  # the step may be the save in flight
+    if self.reader is not self.manager:
+      self.reader.reload()  # the reader lists the steps of its opening
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like_state)
+    if step not in self.manager.all_steps():
+      raise UserError(f"the checkpoint at step {step} is not in {self.directory} (deleted by "
+                      f"hand?); re-run with --restart to train afresh")
+    (outcome, detail), restored = self._read(step, abstract, _layout(abstract))
+    if outcome == "ok":
+      return restored["state"], restored["loop"]
+    if outcome == "damaged":
+      self._move_aside(step, detail)
+      raise UserError(f"the checkpoint at step {step} is damaged ({detail}) and was moved aside; "
+                      f"re-run with --restart to train afresh")
+    raise (UserError if outcome == "refused" else RestoreError)(detail)
+
+  def _read(self, step: int, abstract: Any, wanted: dict) -> tuple[tuple[str, str], Any]:
+    """((outcome, what), the restored items or None) of one step: its digest, its array
+    metadata, then its data, each outcome agreed by every process (_agree)."""
+    outcome, detail = _agree(*self._check_digest(step))
+    if outcome == "ok":
+      outcome, detail = _agree(*self._check_metadata(step, wanted))
+    if outcome != "ok":
+      return (outcome, detail), None
+    (outcome, detail), restored = self._restore_step(step, abstract)
+    return _agree(outcome, detail), restored
 
   def _check_digest(self, step: int) -> tuple[str, str]:
     """('ok' | 'damaged' | 'error', what) for the step's files against their digest. Every
@@ -292,12 +349,17 @@ class Checkpoints:
     if self.reader is not self.manager:
       self.reader.reload()
 
-  def save(self, step: int, state: Any, loop: dict) -> None:
+  def save(self, step: int, state: Any, loop: dict, best: dict | None = None) -> None:
+    """Saves `step` asynchronously. With keep_best, `best` is {metric: value} for a step that is
+    the best eval so far, which rotation then keeps; None for any other step."""
     self.wait()  # Orbax's save would wait for the previous one here anyway
     self._undigested.append(step)
+    # With keep_best every step carries metrics ({} ranks last), or Orbax warns at each save.
+    metrics = (best or {}) if self._tracks_best else None
     try:
       self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                      loop=ocp.args.JsonSave(loop)), force=True)
+                                                      loop=ocp.args.JsonSave(loop)),
+                        metrics=metrics, force=True)
     except Exception as e:  # pylint: disable=broad-except  (Orbax raises many types)
       self._failed(e)
 

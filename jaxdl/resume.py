@@ -30,7 +30,13 @@ HARMLESS_KEYS = ("num_train_steps", "num_epochs", "min_train_steps", "log_every"
                  "parallel.cpu_devices",
                  "steps_per_dispatch", "model.impl", "train.grad_accum_steps", "model.remat",
                  "model.attention", "model.dtype",
-                 "profile_steps")  # a trace of a resumed run changes nothing it computes
+                 "profile_steps",  # a trace of a resumed run changes nothing it computes
+                 # Like the run length, patience decides only when the run ends: the checkpoints
+                 # keep the best value and step and the evals since it, and a new patience
+                 # applies to them from the next eval (a larger one lets an early-stopped run go
+                 # on). checkpoint.keep_best and best_mode are not here: the saved best was
+                 # judged by them, and another metric or direction would compare unlike values.
+                 "early_stopping.patience")
 
 # Keys added to the configs after runs were made without them, each with the value that does what
 # those runs did: a workdir whose config.json lacks one resumes with that value (adopt_added_keys;
@@ -41,7 +47,9 @@ ADDED_KEYS = {"train.ema_decay": 0.0, "data.prefix_backoff": 0, "parallel.cpu_de
               "data.image_size": 0, "loss.label_smoothing": 0.0, "data.validation_size": 0,
               "data.train_size": 0, "train.ema_warmup": False, "train.grad_accum_steps": 1,
               "model.remat": "none", "model.attention": "xla", "model.param_dtype": "float32",
-              "model.dtype": "float32", "model.scan_layers": False, "data.num_classes": 0}
+              "model.dtype": "float32", "model.scan_layers": False, "data.num_classes": 0,
+              "checkpoint.keep_best": "", "checkpoint.best_mode": "min",
+              "early_stopping.patience": 0}
 
 
 def config_changes(old: dict, new: dict, prefix: str = "") -> dict[str, tuple[Any, Any]]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
+import math
 import os
 import signal
 import time
@@ -21,8 +23,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxdl import (checkpoint, files, history, lease, metrics, models, optim, parallel, profiler,
-                   resume, runner as runners, runrecord, steps, stopping, tasks, validate)
+from jaxdl import (checkpoint, data, files, history, lease, metrics, models, optim, parallel,
+                   profiler, resume, runner as runners, runrecord, steps, stopping, tasks,
+                   validate)
 from jaxdl.errors import UserError
 
 
@@ -87,16 +90,53 @@ def _start_line(config, dataset, state, num_steps: int) -> str:
           f"({dataset.train.steps_per_epoch} per epoch)")
 
 
+def _eval_metric_names(task, objective, runner, dataset, config, mesh) -> list[str]:
+  """The eval events' scalar metrics ('val_loss', 'val_accuracy'): the task's summary of zero
+  eval sums, whose shapes are traced from the eval step (jax.eval_shape), never computed."""
+  batch = next(data.eval_batches(dataset.evals[dataset.eval_split], config.eval_batch_size))
+  step = functools.partial(steps.eval_step, objective=objective)
+  with (parallel.activation_sharding(mesh) if config.parallel.mode == "jit"
+        else contextlib.nullcontext()):  # as the runner traces it
+    shapes = jax.eval_shape(step, runner.abstract_state, batch)
+  summary = task.summarise({k: np.zeros(s.shape, s.dtype) for k, s in shapes.items()})
+  return [f"{dataset.eval_split}_{k}" for k, v in summary.items()
+          if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "count"]
+
+
+# checkpoint.keep_best's bookkeeping, kept in each checkpoint's loop state ('best'): the best
+# eval's step and value, and the evals since it, so a resumed run judges (and stops) exactly
+# as an uninterrupted one. A checkpoint without it (keep_best off, an older jaxdl) starts here.
+_NO_BEST = {"step": None, "value": None, "evals_since": 0}
+
+
+def _after_eval(best: dict, step: int, value: float, mode: str) -> dict:
+  """The bookkeeping after the eval at `step` gave `value`: a new best only when strictly
+  better (the first of equal evals stays the best); NaN never is."""
+  if not math.isnan(value) and (best["value"] is None or (
+      value < best["value"] if mode == "min" else value > best["value"])):
+    return {"step": step, "value": value, "evals_since": 0}
+  return {**best, "evals_since": best["evals_since"] + 1}
+
+
+def _patience_out(best: dict | None, patience: int) -> bool:
+  """Whether early stopping ends the run: `patience` evals without a new best. A run with no
+  best yet (every eval NaN) has no checkpoint to finish on, and goes on."""
+  return (patience > 0 and best is not None and best["step"] is not None
+          and best["evals_since"] >= patience)
+
+
 def _restore(ckpts, runner, dataset, writer, workdir: str, resolved: dict, config_changes: dict,
              adopted: dict, num_steps: int, resuming: bool):
-  """The newest intact checkpoint's (state, interval sums), or a fresh state; then the first
-  writes to the workdir: metrics trimmed to the restored step, config.json, the task's files.
+  """The newest intact checkpoint's (state, interval sums, keep_best bookkeeping or None), or a
+  fresh state; then the first writes to the workdir: metrics trimmed to the restored step,
+  config.json, the task's files.
 
   The checkpoint is restored into the abstract state (shapes and layout only), so a resume
   never holds two copies of the state; a fresh state is made only when there is none to
   restore. Trimming metrics.jsonl waits until the restore has succeeded (a RestoreError leaves
   every file as it was)."""
   interval_sums = None  # metric sums since the last train log line
+  best = None  # the keep_best bookkeeping the checkpoint holds, if any
   restored = ckpts.restore_latest(runner.abstract_state)  # None: no intact checkpoint
   if restored is None and resuming:  # every checkpoint was damaged, and is now moved aside
     raise UserError(history.refusal(workdir, history.record_evidence(workdir)))
@@ -107,6 +147,7 @@ def _restore(ckpts, runner, dataset, writer, workdir: str, resolved: dict, confi
     dataset.train.check_position(int(state.step), loop["data"])
     if loop["interval_sums"] is not None:
       interval_sums = {k: jnp.asarray(v, jnp.float32) for k, v in loop["interval_sums"].items()}
+    best = loop.get("best")
     writer.print(f"resumed from the checkpoint at step {int(state.step)} in {ckpts.directory}")
   start_step = int(state.step)
   if start_step > num_steps:
@@ -125,7 +166,7 @@ def _restore(ckpts, runner, dataset, writer, workdir: str, resolved: dict, confi
       path = os.path.join(workdir, name)
       if not files.exists(path) or restored is None:  # a fresh run's replace stale ones
         files.write_text(path, text)
-  return state, interval_sums
+  return state, interval_sums, best
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -137,7 +178,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   stopped `stop_timeout` seconds after the signal ends the process (stopping.py).
 
   Returns the final eval metrics, f"{split}_{name}" for each of the dataset's final splits
-  (MNIST: 'test_loss', 'test_accuracy', 'test_count').
+  (MNIST: 'test_loss', 'test_accuracy', 'test_count'); with checkpoint.keep_best, also
+  'best_step' and f"best_{keep_best}" (the best eval's).
   """
   # The signals' handlers and deadline hold for the whole run, its exit included.
   with stopping.StopSignals(stop_timeout, jax.process_count() > 1) as signals:
@@ -183,8 +225,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, restart: bool,
   model = models.get(config.model, reads=model_reads, **dataset.model_info)
   tx = optim.make(config.opt, num_steps)
   lr_at = optim.schedule(config.opt, num_steps)
-  runner = runners.Runner(config, model, task.objective(config, model), tx, dataset.train, mesh,
-                          task.INPUT, eval_every)
+  objective = task.objective(config, model)
+  runner = runners.Runner(config, model, objective, tx, dataset.train, mesh, task.INPUT,
+                          eval_every)
   # The runner has built and traced the model: every key it reads has been read by now.
   unread = models.unread_keys(config.model, model_reads, getattr(task, "MODEL_KEYS", ()))
   if unread:
@@ -192,6 +235,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, restart: bool,
         f"WARNING: {config.model.name} never reads config.model's {', '.join(unread)}: "
         f"{'it does' if len(unread) == 1 else 'they do'} nothing in this run (a builder taking "
         f"`dtype` / `param_dtype` gets the precision policy; jaxdl/models/__init__.py)")
+  keep_best, patience = config.checkpoint.keep_best, config.early_stopping.patience
+  if keep_best:  # a metric of the eval events, known once the data and the model are
+    validate.check_best_metric(keep_best, _eval_metric_names(task, objective, runner, dataset,
+                                                             config, mesh))
 
   def evaluate(split: str) -> dict[str, Any]:
     return task.summarise(runner.evaluate(state, dataset.evals[split], config.eval_batch_size))
@@ -207,12 +254,15 @@ def _train(config: ml_collections.ConfigDict, workdir: str, restart: bool,
   with (lease.held(workdir, restart, resuming, resolved) as held,
         _closed_on_error(writer),
         checkpoint.Checkpoints(workdir, config.keep_checkpoints,
-                               on_commit=lambda step: runrecord.saved(workdir, step)) as ckpts,
+                               on_commit=lambda step: runrecord.saved(workdir, step),
+                               keep_best=keep_best,
+                               best_mode=config.checkpoint.best_mode) as ckpts,
         contextlib.ExitStack() as on_error):
     if held.kept:
       writer.print(f"--restart: kept what {workdir} held in {held.kept}; starting afresh")
-    state, interval_sums = _restore(ckpts, runner, dataset, writer, workdir, resolved,
-                                    config_changes, adopted, num_steps, resuming)
+    state, interval_sums, best = _restore(ckpts, runner, dataset, writer, workdir, resolved,
+                                          config_changes, adopted, num_steps, resuming)
+    best = (best or dict(_NO_BEST)) if keep_best else None
     start_step = step = int(state.step)
     runrecord.begin(workdir, resolved, start_step, num_steps)  # run.json: a segment per start
     on_error.enter_context(_recorded_on_error(workdir, lambda: step))
@@ -229,7 +279,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, restart: bool,
     # Throughput leaves out the first dispatch, which compiles the step: the first interval's
     # rate counts only what ran after it, over the time since it finished.
     uncounted = 0.0
-    while step < num_steps:
+    # An early-stopped run re-run on its workdir stops again at once: its checkpoint says so.
+    stopped_early = _patience_out(best, patience) and step < num_steps
+    at_end = {}  # with keep_best, the last step's eval, which the final evals reuse
+    while step < num_steps and not stopped_early:
       profile.at(step, state)  # starts/stops the trace at config.profile_steps
       k = runner.dispatch(step, num_steps)
       state, interval_sums = runner.run(state, interval_sums, step, k)
@@ -261,23 +314,34 @@ def _train(config: ml_collections.ConfigDict, workdir: str, restart: bool,
             **({"skipped_nonfinite": int(interval_sums["nonfinite"])} if skip_nonfinite else {})})
         interval_sums, interval_start, uncounted = None, time.time(), 0.0
 
-      if done % eval_every == 0 and done != num_steps:
+      # With keep_best the last step is evaluated too: the final state may be the best.
+      evaluated = done % eval_every == 0 and done != num_steps or keep_best and done == num_steps
+      if evaluated:
         _check_finite(interval_sums, skip_nonfinite, ckpts)
         jax.block_until_ready(state)  # queued train steps belong to the train interval's time
         eval_start = time.time()
         split = dataset.eval_split
         result = evaluate(split)
-        writer.write("eval", done, {f"{split}_{k}": v for k, v in result.items()})
+        named = {f"{split}_{k}": v for k, v in result.items()}
+        writer.write("eval", done, named)
         writer.print(f"eval at step {done}: {task.brief(split, result)}")
         interval_start += time.time() - eval_start  # train throughput excludes eval time
+        if keep_best:
+          best = _after_eval(best, done, named[keep_best], config.checkpoint.best_mode)
+          at_end = {split: result} if done == num_steps else {}
 
       # SIGTERM or SIGINT arrived: save this step, then exit
       stop = signals.requested(ckpts.manager)
-      if stop or done % config.checkpoint_every == 0 or done == num_steps:
+      # With keep_best every eval is saved, so that the best one is on disk to keep.
+      if (stop or done % config.checkpoint_every == 0 or done == num_steps
+          or evaluated and keep_best):
         _check_finite(interval_sums, skip_nonfinite, ckpts)  # never save a diverged state
         sums = None if interval_sums is None else {
             k: np.asarray(v).tolist() for k, v in jax.device_get(interval_sums).items()}
-        ckpts.save(done, state, {"data": dataset.train.position(done), "interval_sums": sums})
+        loop = {"data": dataset.train.position(done), "interval_sums": sums,
+                **({"best": best} if keep_best else {})}
+        ckpts.save(done, state, loop, best={keep_best: best["value"]}
+                   if keep_best and best["step"] == done else None)
       if stop:
         ckpts.wait()
         signum = signals.signum or signal.SIGTERM  # None: a preemption notice, or another process's signal
@@ -285,14 +349,28 @@ def _train(config: ml_collections.ConfigDict, workdir: str, restart: bool,
                      f"waited for it to reach the disk; re-run the same command to resume")
         runrecord.end(workdir, done, None)  # a clean stop: end time, no final metrics
         raise stopping.Stopped(signum, done)  # _closed_on_error closes the writer
+      stopped_early = _patience_out(best, patience) and done < num_steps
 
-    # 9. finish: final evals (the last step saved the final checkpoint), summary line.
+    # 9. finish: final evals (the last step saved the final checkpoint), summary line. An early
+    # stop's are of the best checkpoint, restored into the state.
     profile.stop(state, num_steps)
-    results = {split: evaluate(split) for split in dataset.final_splits}
+    if stopped_early:
+      writer.print(f"early stop at step {step}: {keep_best} has not improved on step "
+                   f"{best['step']}'s {best['value']:.4g} for {best['evals_since']} evals "
+                   f"(early_stopping.patience={patience}); the final evals are of step "
+                   f"{best['step']}'s checkpoint")
+      state = None  # freed before the best is read: never two copies of the state at once
+      state, _ = ckpts.restore(best["step"], runner.abstract_state)
+    results = {split: at_end.get(split) or evaluate(split) for split in dataset.final_splits}
   final = {f"{split}_{k}": v for split, result in results.items() for k, v in result.items()}
-  writer.write("final", num_steps, final)
-  writer.print(f"final: {' | '.join(task.brief(s, r) for s, r in results.items())} | "
-               f"{num_steps} steps, {time.time() - run_start:.1f}s | data: {dataset.source}")
-  runrecord.end(workdir, num_steps, final)
+  best_text = ""
+  if keep_best and best["step"] is not None:  # None: every eval was NaN
+    final.update({"best_step": best["step"], f"best_{keep_best}": best["value"]})
+    best_text = f" | best: step {best['step']} {keep_best} {best['value']:.4g}"
+  length = f"{step} of {num_steps} steps (stopped early)" if stopped_early else f"{step} steps"
+  writer.write("final", step, final)
+  writer.print(f"final: {' | '.join(task.brief(s, r) for s, r in results.items())}"
+               f"{best_text} | {length}, {time.time() - run_start:.1f}s | data: {dataset.source}")
+  runrecord.end(workdir, step, final)
   writer.close()
   return final

@@ -77,6 +77,22 @@ def _check_workdir(workdir: str) -> None:
     raise UserError(f"--workdir={workdir}: cannot be created ({parent} is not a writable directory)")
 
 
+def _check_best(config) -> None:
+  """checkpoint.best_mode and early_stopping.patience; that keep_best names a metric of the
+  run's eval split is checked once the data and model are known (check_best_metric)."""
+  mode, patience = config.checkpoint.best_mode, config.early_stopping.patience
+  require(mode in ("min", "max"), "checkpoint.best_mode", mode, "must be one of min, max")
+  require(patience >= 0, "early_stopping.patience", patience, "must be >= 0 (0 = off)")
+  require(patience == 0 or config.checkpoint.keep_best, "early_stopping.patience", patience,
+          "needs checkpoint.keep_best, the eval metric that must improve (e.g. 'val_loss')")
+
+
+def check_best_metric(keep_best: str, names: list[str]) -> None:
+  """checkpoint.keep_best ('' = off) is one of `names`, the eval events' scalar metrics."""
+  require(not keep_best or keep_best in names, "checkpoint.keep_best", keep_best,
+          f"not a metric of this run's evals; valid: {', '.join(names)}")
+
+
 def validate(config, task, workdir: str) -> None:
   """Raises UserError for the first config value or workdir that cannot work; `task` is the
   resolved task module (tasks.get(config.task))."""
@@ -98,6 +114,7 @@ def validate(config, task, workdir: str) -> None:
   # seed 0 draws, and 2**63 or more overflows.
   require(0 <= config.seed < 2**32, "seed", config.seed, "must be in [0, 2**32)")
   profiler.parse(config.profile_steps)  # raises unless '' or 'START:STOP'
+  _check_best(config)
 
   par = config.parallel
   require(par.mode in ("jit", "pmap"), "parallel.mode", par.mode, "must be one of jit, pmap")
