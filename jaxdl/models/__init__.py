@@ -11,31 +11,49 @@ PYTHONPATH), and built as `ATTR(model_config, **model_info)`:
     so its params live in the same TrainState and checkpoints as a linen model's, initialised
     from config.seed, and the train step stays one pure jitted function.
 Either way `module(inputs, train=bool)` returns what the task expects (logits).
+
+Which model keys may change on resume is declared where they are read, as a task module
+declares its own (jaxdl/tasks/__init__.py): a family file, precision.py (model.dtype and
+model.param_dtype, merged for every built-in family) and a user's PACKAGE.MODULE may define
+  RESUME_HARMLESS  a tuple of dotted keys that change only rounding, speed or memory
+                   (('model.impl',)): they may change when a run resumes;
+  RESUME_ADDED     {dotted key: value} of keys added after workdirs were made without them,
+                   each with the value that reproduces those runs ({'model.remat': 'none'}).
+rooms(model_config) names the modules that resume.declared reads.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+from types import ModuleType
 from typing import Any, Callable
 
 import flax.linen as nn
 from flax import nnx
 
 from jaxdl.errors import UserError, first_line, import_user_module, require
-from jaxdl.models import cnn, text, transformer
+from jaxdl.models import cnn, precision, text, transformer
 
 FAMILIES = {"cnn": cnn, "text_lstm": text, "text_cnn": text, "text_transformer": text,
             "transformer": transformer}
+
+
+def _user_module(name: str) -> ModuleType:
+  """The PACKAGE.MODULE of 'PACKAGE.MODULE:ATTR', imported; UserError naming the value
+  otherwise."""
+  module_name, _, attr = name.partition(":")
+  where = f"config.model.name={name!r}"
+  if not module_name or not attr.isidentifier():
+    raise UserError(f"{where}: expected PACKAGE.MODULE:ATTR (e.g. my_models:ResNet)")
+  return import_user_module(module_name, where)
 
 
 def _user_builder(name: str) -> Callable[..., Any]:
   """The ATTR of 'PACKAGE.MODULE:ATTR', imported; UserError naming the value otherwise."""
   module_name, _, attr = name.partition(":")
   where = f"config.model.name={name!r}"
-  if not module_name or not attr.isidentifier():
-    raise UserError(f"{where}: expected PACKAGE.MODULE:ATTR (e.g. my_models:ResNet)")
-  module = import_user_module(module_name, where)
+  module = _user_module(name)
   if not hasattr(module, attr):
     raise UserError(f"{where}: {module_name!r} ({module.__file__}) has no {attr!r}")
   build = getattr(module, attr)
@@ -53,6 +71,17 @@ def _takes_rngs(build: Callable[..., Any]) -> bool:
     return "rngs" in inspect.signature(build).parameters
   except (TypeError, ValueError):  # a builtin without a signature
     return False
+
+
+def rooms(model_config) -> tuple[ModuleType, ...]:
+  """The modules that own config.model's keys, whose resume declarations (RESUME_HARMLESS,
+  RESUME_ADDED) resume.declared merges: precision.py (the dtype keys every built-in family
+  shares) and the family's file, or the user's PACKAGE.MODULE (which may take precision.py's
+  declarations into its own if it reads those keys)."""
+  name = model_config.name
+  if name in FAMILIES:
+    return (precision, FAMILIES[name])
+  return (_user_module(name),) if ":" in name else ()  # another name: check() refuses it
 
 
 def check(model_config, task_models: tuple[str, ...], model_axis: int = 1) -> None:

@@ -39,6 +39,15 @@ PLOT_METRICS = ("loss", "accuracy")  # jaxdl.plot's default panels
 MODELS = ("cnn",)                # built-in model families (others: model.name='pkg.module:attr')
 FORMATS = classifier.FORMATS     # the console text of accuracy and throughput
 FALLBACKS = ("download", "synthetic", "sample")  # data.source names after files and tfds
+# Resume declarations (jaxdl/resume.py): keys that may change on resume, and keys added since
+# older workdirs were made, each with the value that reproduces them. A data key that several
+# tasks read through the data floor (data.validation_size: data/subsets.py) is declared by each
+# task whose config has it: resume.py merges only the run's task and model rooms, as it cannot
+# know which floor helpers a task calls.
+RESUME_HARMLESS = ("data.download_dir",)  # where downloads are cached; each is checked by sha256
+RESUME_ADDED = {"data.image_size": 0,       # the files' own sizes
+                "data.validation_size": 0,  # no carving: evals on the test split
+                "loss.label_smoothing": 0.0}
 
 
 def check(config) -> None:

@@ -40,6 +40,15 @@ PLOT_METRICS = ("loss", "accuracy")
 MODELS = ("text_lstm", "text_cnn", "text_transformer")
 FORMATS = classifier.FORMATS
 FALLBACKS = ()
+# Resume declarations (jaxdl/resume.py): keys that may change on resume, and keys added since
+# older workdirs were made, each with the value that reproduces them. A data key that several
+# tasks read through the data floor (data.validation_size: data/subsets.py) is declared by each
+# task whose config has it: resume.py merges only the run's task and model rooms, as it cannot
+# know which floor helpers a task calls.
+RESUME_ADDED = {"data.validation_size": 0, "data.train_size": 0,  # no carving, all of train
+                "data.prefix_backoff": 0,  # unseen words are <oov>
+                "data.num_classes": 0,     # 1 + the largest train label
+                "loss.label_smoothing": 0.0}
 
 
 def check(config) -> None:
