@@ -140,13 +140,7 @@ def load(config, workdir: str | None) -> Dataset:
   # data.validation_size carves 'val' out of train by a fixed seed (data/subsets.py): evals
   # during training (and any choice made on them) see it, and the test split is evaluated once,
   # at the end. Data with a val split of its own (an ImageFolder val/) keeps it instead.
-  full = splits["train"]
-  n = len(full["label"])
-  kept, val = np.arange(n), None
-  if data_cfg.validation_size and "val" not in splits:
-    kept, val = subsets.carve_train(n, data_cfg.validation_size, 0)
-    splits = {**splits, "train": {k: v[kept] for k, v in full.items()},
-              "val": {k: v[val] for k, v in full.items()}}
+  splits, sizes = subsets.with_validation(splits, data_cfg)
   train = TrainBatches(splits["train"], config.batch_size, config.seed, jax.process_index(),
                        jax.process_count())
   evals = {k: v for k, v in splits.items() if k != "train"}
@@ -154,9 +148,8 @@ def load(config, workdir: str | None) -> Dataset:
   return Dataset(
       train=train, evals=evals, eval_split="val" if "val" in evals else "test",
       final_splits=tuple(s for s in ("val", "test") if s in evals), source=source,
-      describe=" | ".join([subsets.describe(n, kept, val)] + [
-          f"{s} {len(a['label']):,}" for s, a in splits.items()
-          if s != "train" and not (s == "val" and val is not None)]),
+      describe=" | ".join([sizes] + [f"{s} {len(a['label']):,}" for s, a in splits.items()
+                                     if s not in ("train", "val")]),
       model_info={"num_classes": num_classes},
       files={imagefolder.CLASSES_FILE: imagefolder.classes_json(
           classes or [str(c) for c in range(num_classes)], shape)})
