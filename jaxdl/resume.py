@@ -1,55 +1,87 @@
 """What a resumed run may change: the config guard between a workdir's config.json and today's.
 
-A workdir with checkpoints resumes only under a config that means the same run: the keys in
-HARMLESS_KEYS may change (run length, verbosity, layout, float rounding), keys added to the
-configs since the run was made take the value that does what it did (ADDED_KEYS), and any other
+A workdir with checkpoints resumes only under a config that means the same run: the harmless
+keys may change (run length, verbosity, layout, float rounding), keys added to the configs since
+the run was made take the value that does what it did (adopt_added_keys), and any other
 difference is refused with one line listing the keys. Reads only; nothing here writes.
+
+Each room declares its own keys (declared()): this file lists only the shared blocks' keys
+(configs/common.py), and the run's task module, its model family's file (with precision.py's
+keys, which every family shares) or a user's model module add theirs as RESUME_HARMLESS (a
+tuple of dotted keys) and RESUME_ADDED ({dotted key: the value that reproduces older runs}).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from types import ModuleType
+from typing import Any, NamedTuple
 
-from jaxdl import files
+from jaxdl import files, models
 from jaxdl.checkpoint import has_checkpoints
 from jaxdl.errors import UserError, first_line
 
-# Config keys a resumed run may change: they decide how long and how verbosely the run goes on,
-# not what the saved params, optimizer state and data position mean (steps_per_dispatch,
-# model.impl, model.attention, model.remat, model.dtype (the compute dtype; the params keep
-# model.param_dtype) and train.grad_accum_steps change only float rounding, and the last the
-# dropout draws). Any other difference from
-# the workdir's config.json (model.*, data.name/path/source, task, seed, batch_size, opt.*,
-# loss.*, ...) is refused. Changing the run length also stretches the lr schedule.
-HARMLESS_KEYS = ("num_train_steps", "num_epochs", "min_train_steps", "log_every", "eval_every",
-                 "checkpoint_every", "keep_checkpoints", "eval_batch_size", "data.download_dir",
-                 "train.skip_nonfinite", "parallel.mode", "parallel.fsdp",
-                 "parallel.fsdp_min_size", "parallel.mesh_shape",  # Orbax reshards on restore
-                 "parallel.cpu_devices",
-                 "steps_per_dispatch", "model.impl", "train.grad_accum_steps", "model.remat",
-                 "model.attention", "model.dtype",
-                 "profile_steps",  # a trace of a resumed run changes nothing it computes
-                 # Like the run length, patience decides only when the run ends: the checkpoints
-                 # keep the best value and step and the evals since it, and a new patience
-                 # applies to them from the next eval (a larger one lets an early-stopped run go
-                 # on). checkpoint.keep_best and best_mode are not here: the saved best was
-                 # judged by them, and another metric or direction would compare unlike values.
-                 "early_stopping.patience")
+# The shared blocks' keys that a resumed run may change: they decide how long and how verbosely
+# the run goes on, not what the saved params, optimizer state and data position mean
+# (steps_per_dispatch and train.grad_accum_steps change only float rounding, and the last the
+# dropout draws). Any other difference from the workdir's config.json (seed, batch_size, opt.*,
+# and every task or model key that its room does not declare harmless) is refused. Changing
+# the run length also stretches the lr schedule.
+HARMLESS = ("num_train_steps", "num_epochs", "min_train_steps", "log_every", "eval_every",
+            "checkpoint_every", "keep_checkpoints", "eval_batch_size", "train.skip_nonfinite",
+            "parallel.mode", "parallel.fsdp", "parallel.fsdp_min_size",
+            "parallel.mesh_shape",  # Orbax reshards on restore
+            "parallel.cpu_devices", "steps_per_dispatch", "train.grad_accum_steps",
+            "profile_steps",  # a trace of a resumed run changes nothing it computes
+            # Like the run length, patience decides only when the run ends: the checkpoints keep
+            # the best value and step and the evals since it, and a new patience applies to them
+            # from the next eval (a larger one lets an early-stopped run go on).
+            # checkpoint.keep_best and best_mode are not here: the saved best was judged by
+            # them, and another metric or direction would compare unlike values.
+            "early_stopping.patience")
 
-# Keys added to the configs after runs were made without them, each with the value that does what
-# those runs did: a workdir whose config.json lacks one resumes with that value (adopt_added_keys;
-# the run says so), so upgrading jaxdl neither strands a run nor changes what it computes. The
-# same holds the other way for a key removed from a config (loss.label_smoothing left the
-# language model's, which never read it): a config.json that has it with this value resumes.
-ADDED_KEYS = {"train.ema_decay": 0.0, "data.prefix_backoff": 0, "parallel.cpu_devices": 0,
-              "data.image_size": 0, "loss.label_smoothing": 0.0, "data.validation_size": 0,
-              "data.train_size": 0, "train.ema_warmup": False, "train.grad_accum_steps": 1,
-              "model.remat": "none", "model.attention": "xla", "model.param_dtype": "float32",
-              "model.dtype": "float32", "model.scan_layers": False, "data.num_classes": 0,
-              "checkpoint.keep_best": "", "checkpoint.best_mode": "min",
-              "early_stopping.patience": 0}
+# The shared blocks' keys added after runs were made without them, each with the value that
+# does what those runs did: a workdir whose config.json lacks one resumes with that value
+# (adopt_added_keys; the run says so), so upgrading jaxdl neither strands a run nor changes what
+# it computes. The same holds the other way for a key removed from a config: a config.json that
+# has it with this value resumes.
+ADDED = {"train.ema_decay": 0.0, "parallel.cpu_devices": 0, "train.ema_warmup": False,
+         "train.grad_accum_steps": 1, "checkpoint.keep_best": "", "checkpoint.best_mode": "min",
+         "early_stopping.patience": 0}
+
+
+class Keys(NamedTuple):
+  """The merged declarations of one run: what may change on resume, and what was added since."""
+  harmless: tuple[str, ...]
+  added: dict[str, Any]
+
+
+def _declaration(module: ModuleType, name: str, kind: type) -> Any:
+  """module.NAME (RESUME_HARMLESS or RESUME_ADDED) if it has one and it is well-formed."""
+  value = getattr(module, name, kind())
+  if not (isinstance(value, kind) and all(isinstance(k, str) and k for k in value)):
+    shape = ("a tuple of dotted config keys" if kind is tuple
+             else "a dict {dotted config key: the value older runs had}")
+    raise UserError(f"{module.__name__} ({getattr(module, '__file__', '?')}): {name} must be "
+                    f"{shape}, not {type(value).__name__} {value!r:.80}")
+  return value
+
+
+def declared(task: ModuleType, model_config) -> Keys:
+  """The shared blocks' keys and those that the task module and config.model's rooms (a
+  built-in family's file and precision.py, or a user's model module) declare: the harmless
+  keys joined in that order, the added ones merged. Two rooms that give an added key different
+  values contradict each other about what older runs did: a UserError naming both."""
+  harmless, added, owner = list(HARMLESS), dict(ADDED), dict.fromkeys(ADDED, __name__)
+  for module in (task, *models.rooms(model_config)):
+    harmless += _declaration(module, "RESUME_HARMLESS", tuple)
+    for key, value in _declaration(module, "RESUME_ADDED", dict).items():
+      if key in added and added[key] != value:
+        raise UserError(f"RESUME_ADDED[{key!r}]: {owner[key]} declares {added[key]!r}, "
+                        f"{module.__name__} {value!r}; one value reproduces the older runs")
+      added[key], owner[key] = value, module.__name__
+  return Keys(tuple(dict.fromkeys(harmless)), added)  # each key once, in the order declared
 
 
 def config_changes(old: dict, new: dict, prefix: str = "") -> dict[str, tuple[Any, Any]]:
@@ -68,10 +100,10 @@ def config_changes(old: dict, new: dict, prefix: str = "") -> dict[str, tuple[An
   return out
 
 
-def _saved_value(key: str, old: Any) -> str:
-  """How a refusal shows a key's value in config.json (ADDED_KEYS: what its absence meant)."""
-  if old is None and key in ADDED_KEYS:
-    return f"absent (so {ADDED_KEYS[key]!r}, from before the key existed)"
+def _saved_value(key: str, old: Any, added: dict[str, Any]) -> str:
+  """How a refusal shows a key's value in config.json (an added key: what its absence meant)."""
+  if old is None and key in added:
+    return f"absent (so {added[key]!r}, from before the key existed)"
   return repr(old)
 
 
@@ -86,11 +118,12 @@ def saved_config(workdir: str) -> dict | None:
     raise UserError(f"{config_path}: unreadable ({first_line(e)}); use a new --workdir") from None
 
 
-def adopt_added_keys(config, saved: dict | None) -> dict[str, tuple[Any, Any]]:
-  """Sets each ADDED_KEYS key that the saved config lacks (and `config` has) to the value that
-  does what the saved run did; {key: (value it had, value adopted)} for those it changed."""
+def adopt_added_keys(config, saved: dict | None, keys: Keys) -> dict[str, tuple[Any, Any]]:
+  """Sets each added key (keys.added) that the saved config lacks (and `config` has) to the
+  value that does what the saved run did; {key: (value it had, value adopted)} for those it
+  changed."""
   adopted = {}
-  for key, value in ADDED_KEYS.items() if saved is not None else ():
+  for key, value in keys.added.items() if saved is not None else ():
     *parents, name = key.split(".")
     old, new = saved, config
     for part in parents:
@@ -103,24 +136,24 @@ def adopt_added_keys(config, saved: dict | None) -> dict[str, tuple[Any, Any]]:
   return adopted
 
 
-def check_resume_config(workdir: str, saved: dict | None,
-                        resolved: dict) -> dict[str, tuple[Any, Any]]:
-  """The harmless config changes since the run that wrote workdir's checkpoints, whose
-  config.json is `saved` (saved_config(workdir), read once per start).
+def check_resume_config(workdir: str, saved: dict | None, resolved: dict,
+                        keys: Keys) -> dict[str, tuple[Any, Any]]:
+  """The harmless config changes (keys.harmless) since the run that wrote workdir's
+  checkpoints, whose config.json is `saved` (saved_config(workdir), read once per start).
 
   Raises UserError listing the keys when any other key differs. Reads only; a workdir without
   checkpoints or without config.json (saved is None) has nothing to check.
   """
   if saved is None:
     return {}
+  added = keys.added
   changes = {k: (old, new) for k, (old, new) in config_changes(saved, resolved).items()
-             if not (k in ADDED_KEYS and (old, new) in ((None, ADDED_KEYS[k]),
-                                                         (ADDED_KEYS[k], None)))}
-  refused = [key for key in changes if key not in HARMLESS_KEYS]
+             if not (k in added and (old, new) in ((None, added[k]), (added[k], None)))}
+  refused = [key for key in changes if key not in keys.harmless]
   if refused:
-    listed = "; ".join(f"{k}: {_saved_value(k, changes[k][0])} -> {changes[k][1]!r}"
+    listed = "; ".join(f"{k}: {_saved_value(k, changes[k][0], added)} -> {changes[k][1]!r}"
                        for k in refused)
     raise UserError(f"--workdir={workdir} holds checkpoints of another experiment; these keys "
                     f"differ from its config.json: {listed}. Use a new --workdir or --restart (only "
-                    f"{', '.join(HARMLESS_KEYS)} may change on resume)")
+                    f"{', '.join(keys.harmless)} may change on resume)")
   return changes

@@ -192,6 +192,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, restart: bool,
   # 0. task and 1. checks: every value rule, before any work; the workdir is only read.
   task = tasks.get(config.task)
   validate.validate(config, task, workdir)
+  # The keys that may change on resume, and those added since, as the task and model declare.
+  keys = resume.declared(task, config.model)
   # A workdir from before a key existed resumes with the value that does what its run did.
   config = copy.deepcopy(config)  # the caller's config stays as it was given
   # A workdir with no checkpoint to resume but a run's record is refused (--restart keeps the
@@ -200,9 +202,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, restart: bool,
   if not restart and not resuming:
     history.check_record(workdir)
   saved = resume.saved_config(workdir) if resuming else None
-  adopted = resume.adopt_added_keys(config, saved)
+  adopted = resume.adopt_added_keys(config, saved, keys)
   resolved = config.to_dict()
-  config_changes = resume.check_resume_config(workdir, saved, resolved)
+  config_changes = resume.check_resume_config(workdir, saved, resolved, keys)
   skip_nonfinite = config.train.skip_nonfinite
 
   # 2. parallel: one (data, model) mesh over all devices; batches split over its 'data' axis.

@@ -20,7 +20,7 @@ import pytest
 from conftest import (REPO, SUBPROCESS_CACHE, assert_same_params, flag_values, interrupt_at,
                       load_config, load_config_file, read_events, run_main, set_keys,
                       write_mnist_dir)
-from jaxdl import checkpoint, predict, train
+from jaxdl import checkpoint, predict, tasks, train
 from jaxdl.data import idx
 from jaxdl.errors import UserError
 
@@ -99,6 +99,30 @@ def summarise(sums):
 
 def brief(split, m):
   return f"{split} mse {m['loss']:.4f} | {split} PSNR {m['psnr']:.2f} dB"
+"""
+
+# The user task a version later: it carves a validation split out of train (jaxdl's helper, one
+# line), so its config gained data.validation_size; its older runs carved none, which
+# RESUME_ADDED declares. (Later definitions of check and load replace the first ones.)
+USER_TASK_WITH_VALIDATION = USER_TASK + """
+from jaxdl.data import subsets
+
+RESUME_ADDED = {"data.validation_size": 0}  # the value that reproduces runs from before the key
+
+def check(config):
+  sources.check(config.data, (), path_kind="dir")
+  subsets.check(config.data, "validation_size")
+
+def load(config, workdir):
+  splits, source = sources.load(
+      config.data, read_path=lambda p: (idx.load_idx_dir(p), "IDX"), read_tfds=tfds.read_images,
+      ways="no data")
+  images = {k: {"image": v["image"]} for k, v in splits.items()}
+  images, sizes = subsets.with_validation(images, config.data)
+  evals = {k: v for k, v in images.items() if k != "train"}
+  return Dataset(train=TrainBatches(images["train"], config.batch_size, config.seed),
+                 evals=evals, eval_split="val" if "val" in evals else "test",
+                 final_splits=tuple(evals), source=source, describe=sizes)
 """
 
 USER_TASK_MODEL = """
@@ -264,6 +288,47 @@ def test_a_users_task_trains_and_resumes_bitwise(tmp_path, monkeypatch):
   final = [e for e in events if e["event"] == "final"][0]
   assert set(final) == {"event", "step", "test_loss", "test_count", "test_psnr"}
   assert final["test_psnr"] > 10  # a learnt reconstruction (the noisy input alone: ~10 dB)
+
+
+def test_a_users_task_that_adds_a_key_resumes_its_older_workdirs_at_the_declared_value(
+    tmp_path, monkeypatch, capsys):
+  """A workdir of the user's task, trained before its config had data.validation_size, resumes
+  under the task's next version (which carves a val split, default 0.25) at the value that its
+  RESUME_ADDED declares (0: no carving, the same training rows), and the run says so. Without
+  the declaration the same resume is refused."""
+  monkeypatch.setattr(sys, "dont_write_bytecode", True)  # the module is rewritten in place
+  monkeypatch.delitem(sys.modules, "mytask_versions", raising=False)
+  (tmp_path / "mytask_versions.py").write_text(USER_TASK)
+  (tmp_path / "mytask_model.py").write_text(USER_TASK_MODEL)
+  config = _config_file(tmp_path / "task_config.py", "common",
+                        "dict(name='mytask_model:autoencoder')", task="mytask_versions")
+  args = [f"--config.data.path={_digits(tmp_path)}", "--config.batch_size=16",
+          "--config.eval_batch_size=32", "--config.num_train_steps=4", "--config.log_every=2",
+          "--config.checkpoint_every=4"]
+  workdir = str(tmp_path / "w")
+  train.train_and_evaluate(_user_config(monkeypatch, tmp_path, config, args), workdir)
+
+  (tmp_path / "mytask_versions.py").write_text(USER_TASK_WITH_VALIDATION)  # the next version
+  monkeypatch.delitem(sys.modules, "mytask_versions")
+  c = _user_config(monkeypatch, tmp_path, config, [*args, "--config.num_train_steps=8"])
+  c.unlock()
+  c.data.validation_size = 0.25  # the key's default in the task's config, from now on
+  c.lock()
+  task = tasks.get(c.task)
+  with monkeypatch.context() as patch:
+    patch.delattr(task, "RESUME_ADDED")
+    with pytest.raises(UserError, match=r"these keys differ from its config.json: "
+                                        r"data.validation_size: None -> 0.25\. Use a new"):
+      train.train_and_evaluate(c, workdir)
+  capsys.readouterr()
+  final = train.train_and_evaluate(c, workdir)
+  out = capsys.readouterr().out
+  assert "resumed from the checkpoint at step 4" in out
+  assert ("resuming with data.validation_size=0, not 0.25: this workdir's run was made before "
+          "the key existed") in out
+  assert json.loads((tmp_path / "w" / "config.json").read_text())["data"]["validation_size"] == 0
+  assert set(final) == {"test_loss", "test_count", "test_psnr"}  # no val carved: test only
+  assert c.data.validation_size == 0.25  # the caller's config is left as it was given
 
 
 @pytest.mark.parametrize("value,needle", [

@@ -8,6 +8,7 @@ import os
 import threading
 import time
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -206,6 +207,23 @@ def test_carved_rows_are_fixed_disjoint_and_sized_by_count_or_fraction():
     subsets.carve_train(100, 0, 100)
 
 
+def test_with_validation_carves_the_rows_of_carve_train_and_keeps_a_val_of_the_datas_own():
+  """The one-line helper of a task's load(): the rows carve_train picks (val first, then
+  train_size of the rest where the config has that key), the other splits as they were; data
+  with a val split of its own keeps it; nothing to carve leaves train's arrays uncopied."""
+  full = {"x": np.arange(100) * 10, "label": np.arange(100) % 3}
+  test = {"x": np.arange(7), "label": np.zeros(7, int)}
+  cfg = ml_collections.ConfigDict({"validation_size": 0.1, "train_size": 0.5})
+  splits, sizes = subsets.with_validation({"train": full, "test": test}, cfg)
+  kept, val = subsets.carve_train(100, 0.1, 0.5)
+  assert list(splits) == ["train", "test", "val"] and splits["test"] is test
+  np.testing.assert_array_equal(splits["train"]["x"], full["x"][kept])
+  np.testing.assert_array_equal(splits["val"]["label"], full["label"][val])
+  assert sizes == "train 45 of 100 | val 10 carved from train"
+  own = {"x": np.arange(4), "label": np.ones(4, int)}
+  splits, sizes = subsets.with_validation({"train": full, "val": own},
+                                          ml_collections.ConfigDict({"validation_size": 0.1}))
+  assert splits["train"] is full and splits["val"] is own and sizes == "train 100 | val 4"
 @pytest.mark.parametrize("value", [-1, 1.5, float("nan")])
 def test_a_bad_carve_size_is_one_line(value):
   with pytest.raises(UserError, match=r"config.data.validation_size=.*: must be 0 \(off\), a "

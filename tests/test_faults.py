@@ -25,7 +25,7 @@ from conftest import (REPO, SMALL_MODEL, SUBPROCESS_CACHE, assert_same_params, f
                       load_config, read_events, run_main, state_like, tiny_mnist_config,
                       write_mnist_dir)
 from jaxdl import (checkpoint, data, digests, lease, metrics, models, optim, resume, stopping,
-                   train)
+                   tasks, train)
 from jaxdl.data import idx
 from jaxdl.errors import UserError
 
@@ -605,6 +605,13 @@ def test_a_config_section_added_since_is_a_harmless_change():
   assert resume.config_changes(new, old) == {"train.skip_nonfinite": (False, None)}
 
 
+def _text_keys() -> resume.Keys:
+  """What the text classifier's rooms declare (data.prefix_backoff, data.validation_size, ...),
+  for the config dicts below, which hold a few of its keys."""
+  return resume.declared(tasks.get("text_classification"),
+                         ml_collections.ConfigDict({"name": "text_lstm"}))
+
+
 def test_a_key_added_since_resumes_at_the_value_the_old_run_had(tmp_path):
   """A workdir from before train.ema_decay and data.prefix_backoff existed resumes with both at
   their old behaviour (0); the default 4 is refused, naming the value to pass."""
@@ -614,11 +621,11 @@ def test_a_key_added_since_resumes_at_the_value_the_old_run_had(tmp_path):
   old_ways = {"seed": 0, "data": {"max_len": 64, "prefix_backoff": 0},
               "train": {"ema_decay": 0.0}}
   saved = resume.saved_config(str(workdir))
-  assert resume.check_resume_config(str(workdir), saved, old_ways) == {}
+  assert resume.check_resume_config(str(workdir), saved, old_ways, _text_keys()) == {}
   with pytest.raises(UserError, match=r"data.prefix_backoff: absent \(so 0, from before the key "
                                       r"existed\) -> 4\. Use a new"):
-    resume.check_resume_config(str(workdir), saved, {**old_ways, "data": {"max_len": 64,
-                                                                          "prefix_backoff": 4}})
+    resume.check_resume_config(str(workdir), saved, {**old_ways, "data": {
+        "max_len": 64, "prefix_backoff": 4}}, _text_keys())
 
 
 def test_a_key_added_since_is_adopted_at_the_old_runs_value(tmp_path):
@@ -636,16 +643,17 @@ def test_a_key_added_since_is_adopted_at_the_old_runs_value(tmp_path):
   with pytest.raises(UserError, match=r"data.validation_size: absent \(so 0, from before the "
                                       r"key existed\) -> 0.1; train.ema_warmup: absent \(so "
                                       r"False, from before the key existed\) -> True\. Use"):
-    resume.check_resume_config(str(workdir), saved, config.to_dict())
-  assert resume.adopt_added_keys(config, saved) == {"train.ema_warmup": (True, False),
-                                                        "data.validation_size": (0.1, 0)}
+    resume.check_resume_config(str(workdir), saved, config.to_dict(), _text_keys())
+  assert resume.adopt_added_keys(config, saved, _text_keys()) == {
+      "train.ema_warmup": (True, False), "data.validation_size": (0.1, 0)}
   assert not config.train.ema_warmup and config.data.validation_size == 0
-  assert resume.check_resume_config(str(workdir), saved, config.to_dict()) == {}
+  assert resume.check_resume_config(str(workdir), saved, config.to_dict(), _text_keys()) == {}
   config.train.ema_warmup, config.data.validation_size = True, 0.1
   with_warmup = {**saved, "train": {"ema_decay": 0.999, "ema_warmup": True}}
-  assert resume.adopt_added_keys(config, with_warmup) == {"data.validation_size": (0.1, 0)}
+  assert resume.adopt_added_keys(config, with_warmup, _text_keys()) == {
+      "data.validation_size": (0.1, 0)}
   assert config.train.ema_warmup  # the saved run had the key: its value is the config's own
-  assert resume.adopt_added_keys(config, None) == {}  # no checkpoints: a fresh run
+  assert resume.adopt_added_keys(config, None, _text_keys()) == {}  # no checkpoints: fresh
 
 
 TEXT_BAD = {  # file content → the message's needle

@@ -24,7 +24,7 @@ import pytest
 
 from conftest import (DEFAULT_XLA_LEVEL, REPO, assert_close_events, assert_same_params,
                       load_config, read_events, set_keys)
-from jaxdl import checkpoint, resume
+from jaxdl import checkpoint, resume, tasks
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "old_workdirs")
 TASKS = ("image_classification", "text_classification", "language_model")
@@ -92,8 +92,9 @@ def resumed(tmp_path_factory):
     # The fresh run takes the keys added since at the values the old run had, as the resume
     # adopts them (the text classifier's train.ema_warmup=False, MNIST's
     # data.validation_size=0).
-    adopted = resume.adopt_added_keys(copy.deepcopy(config), saved)
-    assert set(adopted) <= set(resume.ADDED_KEYS)
+    keys = resume.declared(tasks.get(config.task), config.model)
+    adopted = resume.adopt_added_keys(copy.deepcopy(config), saved, keys)
+    assert set(adopted) <= set(keys.added)
     name = f"{record['config']}:{record['preset']}"
     overrides = {**record["overrides"], "data.path": data_dir}
     fresh = os.path.join(root, task, "fresh")

@@ -29,6 +29,9 @@ TRAIN_METRICS = ("psnr",)
 PLOT_METRICS = ("loss", "psnr")
 MODELS = ()  # no built-in model reconstructs images: model.name is PACKAGE.MODULE:ATTR
 FALLBACKS = ("sample",)
+# A key added to this task's config after runs were made would be declared here, with the value
+# that reproduces those runs, so that their workdirs still resume (jaxdl/tasks/__init__.py):
+#   RESUME_ADDED = {"data.new_key": its_value_before}
 
 
 def check(config) -> None:

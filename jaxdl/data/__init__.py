@@ -4,6 +4,7 @@
   idx.py, tables.py, corpus.py, imagefolder.py, tfds.py, offline.py, download.py
                readers, one per format or place the data comes from
   vocab.py     word and character vocabularies (vocab.json)
+  subsets.py   rows carved out of train by a fixed seed: a validation split, a smaller train set
   iterator.py  deterministic, resumable batches over in-memory arrays; evaluation batches
   windows.py   a language model's windows
   augment.py   on-device augmentation

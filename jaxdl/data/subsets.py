@@ -4,9 +4,14 @@ none (data.validation_size), and a smaller training set (data.train_size, for le
 Both keys take a count (>= 1) or a fraction of the training split (0 < x < 1); 0 is off. The
 seed is fixed, not config.seed: the carved rows are part of the data, so runs with different
 seeds train and validate on the same rows, and their spread is the training's alone.
+
+A task's load() carves in one line, `splits, sizes = subsets.with_validation(splits,
+config.data)`, after its check() called `subsets.check(config.data, "validation_size")`.
 """
 
 from __future__ import annotations
+
+from typing import Any, Callable
 
 import numpy as np
 
@@ -51,6 +56,38 @@ def carve_train(n: int, validation_size: float, train_size: float
     kept, _ = carve(len(train), train_size, "train_size", salt=1)
     train = train[kept]
   return train, val
+
+
+def _take_rows(split: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
+  """A split of equal-length arrays ({'image': [N, ...], 'label': [N]}) at `rows`."""
+  return {key: array[rows] for key, array in split.items()}
+
+
+def _num_rows(split: dict[str, np.ndarray]) -> int:
+  return len(next(iter(split.values())))
+
+
+def with_validation(splits: dict[str, Any], data_cfg,
+                    take: Callable[[Any, np.ndarray], Any] = _take_rows,
+                    size: Callable[[Any], int] = _num_rows) -> tuple[dict[str, Any], str]:
+  """(splits, sizes): 'val' carved out of 'train' by data.validation_size, and train cut to
+  data.train_size of the rest where the config has that key; 'sizes' is the start-up line's
+  text of the two ('train 3,367 of 67,349 | val 800 carved from train').
+
+  Data with a 'val' split of its own (an ImageFolder val/) keeps it and carves none. A split is
+  a dict of equal-length arrays, or anything that `take(split, rows)` and `size(split)` read.
+  """
+  full, own_val = splits["train"], splits.get("val")
+  n = size(full)
+  train_size = data_cfg.train_size if "train_size" in data_cfg else 0  # an optional key
+  kept, val = carve_train(n, 0 if own_val is not None else data_cfg.validation_size, train_size)
+  out = dict(splits)
+  if len(kept) < n:  # nothing carved: train stays the arrays it was, not a copy of them
+    out["train"] = take(full, kept)
+  if val is not None:
+    out["val"] = take(full, val)
+  sizes = describe(n, kept, val)
+  return out, sizes + (f" | val {size(own_val):,}" if own_val is not None else "")
 
 
 def describe(n: int, train: np.ndarray, val: np.ndarray | None) -> str:

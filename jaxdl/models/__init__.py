@@ -22,12 +22,22 @@ The model contract, one function for every objective and tool (`apply`): variabl
 (outputs, new model state) out. `variables` is {'params': ..., **model state}, the state being
 every other collection the model's init made (linen 'batch_stats', NNX BatchStat through the
 bridge): in training it is updated and returned, in evaluation it is read and returned as it is.
+
+Which model keys may change on resume is declared where they are read, as a task module
+declares its own (jaxdl/tasks/__init__.py): a family file, precision.py (model.dtype and
+model.param_dtype, merged for every built-in family) and a user's PACKAGE.MODULE may define
+  RESUME_HARMLESS  a tuple of dotted keys that change only rounding, speed or memory
+                   (('model.impl',)): they may change when a run resumes;
+  RESUME_ADDED     {dotted key: value} of keys added after workdirs were made without them,
+                   each with the value that reproduces those runs ({'model.remat': 'none'}).
+rooms(model_config) names the modules that resume.declared reads.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+from types import ModuleType
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -118,13 +128,21 @@ def unread_keys(model_config, reads: set[str], task_keys: tuple[str, ...] = ()) 
   return sorted(set(model_config.keys()) - reads - set(task_keys) - {"name"})
 
 
-def _user_builder(name: str) -> Callable[..., Any]:
-  """The ATTR of 'PACKAGE.MODULE:ATTR', imported; UserError naming the value otherwise."""
+def _user_module(name: str) -> ModuleType:
+  """The PACKAGE.MODULE of 'PACKAGE.MODULE:ATTR', imported; UserError naming the value
+  otherwise."""
   module_name, _, attr = name.partition(":")
   where = f"config.model.name={name!r}"
   if not module_name or not attr.isidentifier():
     raise UserError(f"{where}: expected PACKAGE.MODULE:ATTR (e.g. my_models:ResNet)")
-  module = import_user_module(module_name, where)
+  return import_user_module(module_name, where)
+
+
+def _user_builder(name: str) -> Callable[..., Any]:
+  """The ATTR of 'PACKAGE.MODULE:ATTR', imported; UserError naming the value otherwise."""
+  module_name, _, attr = name.partition(":")
+  where = f"config.model.name={name!r}"
+  module = _user_module(name)
   if not hasattr(module, attr):
     raise UserError(f"{where}: {module_name!r} ({module.__file__}) has no {attr!r}")
   build = getattr(module, attr)
@@ -142,6 +160,17 @@ def _takes_rngs(build: Callable[..., Any]) -> bool:
     return "rngs" in inspect.signature(build).parameters
   except (TypeError, ValueError):  # a builtin without a signature
     return False
+
+
+def rooms(model_config) -> tuple[ModuleType, ...]:
+  """The modules that own config.model's keys, whose resume declarations (RESUME_HARMLESS,
+  RESUME_ADDED) resume.declared merges: precision.py (the dtype keys every built-in family
+  shares) and the family's file, or the user's PACKAGE.MODULE (which may take precision.py's
+  declarations into its own if it reads those keys)."""
+  name = model_config.name
+  if name in FAMILIES:
+    return (precision, FAMILIES[name])
+  return (_user_module(name),) if ":" in name else ()  # another name: check() refuses it
 
 
 def check(model_config, task_models: tuple[str, ...], model_axis: int = 1) -> None:

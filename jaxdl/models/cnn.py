@@ -25,6 +25,10 @@ from jaxdl.models import precision
 
 IMPLS = ("auto", "flax", "cpu", "cpu_im2col")  # config.model.impl
 
+# Resume declarations (jaxdl/resume.py): the implementations share one parameter tree and
+# differ only in rounding (and tied max-pool gradients), so model.impl may change on resume.
+RESUME_HARMLESS = ("model.impl",)
+
 
 def resolve_impl(impl: str) -> str:
   """'auto' → 'cpu_im2col' on the CPU backend, 'flax' on accelerators; other names unchanged."""

@@ -18,6 +18,12 @@ from jaxdl.errors import require
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 COMPUTE_DTYPES = (*DTYPES, "auto")  # config.model.dtype
 
+# Resume declarations (jaxdl/resume.py), merged for every built-in family: the compute dtype
+# changes only rounding (the params keep param_dtype); runs made before either key computed
+# and stored in float32.
+RESUME_HARMLESS = ("model.dtype",)
+RESUME_ADDED = {"model.dtype": "float32", "model.param_dtype": "float32"}
+
 
 def compute_dtype(name: str) -> jnp.dtype:
   """config.model.dtype as a dtype: 'auto' is bfloat16 on GPU and TPU, float32 elsewhere."""

@@ -37,6 +37,13 @@ _INIT_STD = 0.02  # GPT-2's init: normal(0.02) everywhere, residual projections 
 ATTENTIONS = ("auto", "xla", "cudnn")  # config.model.attention
 FUSED_IMPLEMENTATION = "cudnn"  # jax.nn.dot_product_attention's, for attention='cudnn'
 
+# Resume declarations (jaxdl/resume.py). The dense layers' implementation, the attention kernel
+# and rematerialisation compute the same params' same function, differing only in rounding
+# and memory, so they may change on resume. Runs made before remat, attention and scan_layers
+# existed kept activations, materialised the scores and stored block_0.. unstacked.
+RESUME_HARMLESS = ("model.impl", "model.attention", "model.remat")
+RESUME_ADDED = {"model.remat": "none", "model.attention": "xla", "model.scan_layers": False}
+
 
 def resolve_attention(attention: str, dtype, dropout: float) -> str:
   """'auto' → 'cudnn' on a GPU with a 16-bit compute dtype and no attention dropout (what the

@@ -25,6 +25,15 @@ Optional:
   LOG_SCALE      the metrics that jaxdl.plot draws on a log axis, as it does the loss
   MODEL_KEYS     keys of config.model that the task reads itself (('num_classes',)): a user's
                  model need not read them, and the run does not warn that they do nothing
+  RESUME_HARMLESS  a tuple of the task's dotted config keys that may change when a run
+                 resumes, because they change only rounding, speed or verbosity, not what the
+                 checkpoints mean: ('data.download_dir',). Any other changed key refuses it.
+  RESUME_ADDED   {dotted key: value} of the task's keys added after workdirs were made without
+                 them, each with the value that does what those runs did: {'data.foo': 0}. A
+                 config.json that lacks the key resumes at that value, and the run says so; a
+                 config.json that has a key removed from the config since resumes if it holds
+                 that value. jaxdl/resume.py merges both with the shared blocks' keys and the
+                 model's rooms' (jaxdl/models/__init__.py); a malformed one is a UserError.
   For the tools: predictor(config, workdir, build_model, variables) -> a function of a list of
   inputs (image paths, sentences) -> [(label, probability)] for jaxdl.predict, where
   build_model(**model_info) builds the run's model; tokenizer(config, workdir) -> an object

@@ -40,6 +40,15 @@ MODELS = ("cnn",)                # built-in model families (others: model.name='
 MODEL_KEYS = ("num_classes",)  # model-block keys the task reads itself (the data's labels are checked against it)
 FORMATS = classifier.FORMATS     # the console text of accuracy and throughput
 FALLBACKS = ("download", "synthetic", "sample")  # data.source names after files and tfds
+# Resume declarations (jaxdl/resume.py): keys that may change on resume, and keys added since
+# older workdirs were made, each with the value that reproduces them. A data key that several
+# tasks read through the data floor (data.validation_size: data/subsets.py) is declared by each
+# task whose config has it: resume.py merges only the run's task and model rooms, as it cannot
+# know which floor helpers a task calls.
+RESUME_HARMLESS = ("data.download_dir",)  # where downloads are cached; each is checked by sha256
+RESUME_ADDED = {"data.image_size": 0,       # the files' own sizes
+                "data.validation_size": 0,  # no carving: evals on the test split
+                "loss.label_smoothing": 0.0}
 
 
 def check(config) -> None:
@@ -132,13 +141,7 @@ def load(config, workdir: str | None) -> Dataset:
   # data.validation_size carves 'val' out of train by a fixed seed (data/subsets.py): evals
   # during training (and any choice made on them) see it, and the test split is evaluated once,
   # at the end. Data with a val split of its own (an ImageFolder val/) keeps it instead.
-  full = splits["train"]
-  n = len(full["label"])
-  kept, val = np.arange(n), None
-  if data_cfg.validation_size and "val" not in splits:
-    kept, val = subsets.carve_train(n, data_cfg.validation_size, 0)
-    splits = {**splits, "train": {k: v[kept] for k, v in full.items()},
-              "val": {k: v[val] for k, v in full.items()}}
+  splits, sizes = subsets.with_validation(splits, data_cfg)
   train = TrainBatches(splits["train"], config.batch_size, config.seed, jax.process_index(),
                        jax.process_count())
   evals = {k: v for k, v in splits.items() if k != "train"}
@@ -146,9 +149,8 @@ def load(config, workdir: str | None) -> Dataset:
   return Dataset(
       train=train, evals=evals, eval_split="val" if "val" in evals else "test",
       final_splits=tuple(s for s in ("val", "test") if s in evals), source=source,
-      describe=" | ".join([subsets.describe(n, kept, val)] + [
-          f"{s} {len(a['label']):,}" for s, a in splits.items()
-          if s != "train" and not (s == "val" and val is not None)]),
+      describe=" | ".join([sizes] + [f"{s} {len(a['label']):,}" for s, a in splits.items()
+                                     if s not in ("train", "val")]),
       model_info={"num_classes": num_classes},
       files={imagefolder.CLASSES_FILE: imagefolder.classes_json(
           classes or [str(c) for c in range(num_classes)], shape)})

@@ -40,6 +40,15 @@ PLOT_METRICS = ("loss", "accuracy")
 MODELS = ("text_lstm", "text_cnn", "text_transformer")
 FORMATS = classifier.FORMATS
 FALLBACKS = ()
+# Resume declarations (jaxdl/resume.py): keys that may change on resume, and keys added since
+# older workdirs were made, each with the value that reproduces them. A data key that several
+# tasks read through the data floor (data.validation_size: data/subsets.py) is declared by each
+# task whose config has it: resume.py merges only the run's task and model rooms, as it cannot
+# know which floor helpers a task calls.
+RESUME_ADDED = {"data.validation_size": 0, "data.train_size": 0,  # no carving, all of train
+                "data.prefix_backoff": 0,  # unseen words are <oov>
+                "data.num_classes": 0,     # 1 + the largest train label
+                "loss.label_smoothing": 0.0}
 
 
 def check(config) -> None:
@@ -100,12 +109,9 @@ def load(config, workdir: str | None) -> Dataset:
     raise UserError(f"the train split of {source} has no labels")
   # data.validation_size carves a 'val' split out of train (for data without a dev split), and
   # data.train_size keeps a subset of the rest; both by a fixed seed (data/subsets.py).
-  full = labelled["train"]
-  kept, val = subsets.carve_train(len(full.texts), data_cfg.validation_size, data_cfg.train_size)
-  pick = lambda rows: tables.TextSplit([full.texts[i] for i in rows], full.labels[rows])
-  labelled["train"] = splits["train"] = pick(kept)
-  if val is not None:
-    labelled["val"] = splits["val"] = pick(val)
+  labelled, carved = subsets.with_validation(
+      labelled, data_cfg, size=lambda s: len(s.texts),
+      take=lambda s, rows: tables.TextSplit([s.texts[i] for i in rows], s.labels[rows]))
   vocab = read_vocab(workdir)  # resume: the exact vocabulary the checkpoints were made with
   if vocab is not None:
     vocab_note = f"vocab {len(vocab.words):,} (from {os.path.join(workdir, VOCAB_FILE)})"
@@ -134,10 +140,9 @@ def load(config, workdir: str | None) -> Dataset:
   if data_cfg.bucket:
     train = CutBatches(train, data_cfg.bucket)
   sizes = " | ".join(
-      [subsets.describe(len(full.texts), kept, val)] +
-      [f"{split} {len(splits[split].texts):,}" +
-       ("" if split in arrays else " (unlabelled: not evaluated)")
-       for split in splits if split not in ("train", "val")])
+      [carved] + [f"{split} {len(splits[split].texts):,}" +
+                  ("" if split in arrays else " (unlabelled: not evaluated)")
+                  for split in splits if split not in ("train", "val")])
   cut = ", ".join(f"{c['truncated']:,} {split}" for split, c in counts.items())
 
   def share(key):  # e.g. '4.7% dev, 4.9% test': counts[split][key] per token of the eval splits
