@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 
+import jax
 import numpy as np
 from PIL import Image
 import pytest
@@ -425,18 +426,72 @@ def test_image_folders_with_the_wrong_class_count_or_sizes_are_one_line(tmp_path
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config", ["resnet_mnist", "mlp_nnx_mnist", "denoise_mnist"])
+@pytest.mark.parametrize("config", ["resnet_mnist", "cnn_nnx_mnist", "denoise_mnist", "diabetes"])
 def test_the_shipped_custom_examples_run(tmp_path, monkeypatch, config):
   """Each example of experiments/custom/ (its config file, model and task modules, imported by
-  their paths from the repository root, as jaxdl.main there imports them) trains a few steps."""
+  their paths from the repository root, as jaxdl.main there imports them) trains a few steps;
+  the BatchNorm models carry their model state, and the regression keeps its best checkpoint."""
   monkeypatch.syspath_prepend(REPO)
   c = load_config_file(f"{REPO}/experiments/custom/{config}.py")
-  if config == "resnet_mnist":  # its code at a smaller size: two stages, as wide as the data
+  if config in ("resnet_mnist", "cnn_nnx_mnist"):  # their code at a smaller size
     c.model.widths = (8, 8)
-  c = set_keys(c, {"data.path": _digits(tmp_path), "num_train_steps": 6, "batch_size": 16,
-                   "eval_batch_size": 32, "log_every": 3})
-  final = train.train_and_evaluate(c, str(tmp_path / "w"))
-  assert final["test_count"] == 32 and np.isfinite(final["test_loss"])
+  if config == "cnn_nnx_mnist":
+    c.model.hidden = 16
+  keys = {"num_train_steps": 6, "batch_size": 16, "eval_batch_size": 32, "log_every": 3}
+  if config == "diabetes":  # scikit-learn's table (442 rows): no data to write
+    keys["eval_every"] = 3   # two evals, each saved for checkpoint.keep_best
+  else:
+    keys["data.path"] = _digits(tmp_path)
+  final = train.train_and_evaluate(set_keys(c, keys), str(tmp_path / "w"))
+  assert final["test_count"] == (88 if config == "diabetes" else 32)
+  assert np.isfinite(final["test_loss"])
+  if config == "diabetes":
+    assert final["best_step"] in (3, 6) and np.isfinite(final["test_r2"])
+  if config in ("resnet_mnist", "cnn_nnx_mnist"):  # BatchNorm's running averages: model state
+    variables = checkpoint.latest_params(str(tmp_path / "w"), config)
+    assert set(variables) == {"params", "batch_stats"}
+    means = [v for path, v in jax.tree_util.tree_leaves_with_path(variables["batch_stats"])
+             if "mean" in jax.tree_util.keystr(path)]
+    assert means and all(np.any(m != 0) for m in means)  # updated by training (init: zeros)
+
+
+def _regression(monkeypatch):
+  """experiments/custom/regression.py, imported as its config names it (from the repo root)."""
+  monkeypatch.syspath_prepend(REPO)
+  import importlib  # pylint: disable=g-import-not-at-top
+  return importlib.import_module("experiments.custom.regression")
+
+
+def test_the_regression_example_scores_rmse_and_r2_from_sums(monkeypatch):
+  """The regression example's summarise, on sums added over two batches (a masked padding row
+  in the second): RMSE and R² as computed by hand. Targets 1, 2, 3, 4 (mean 2.5, SST 5),
+  predictions 1, 2, 3, 5: SSE 1, RMSE sqrt(1/4) = 0.5, R² = 1 - 1/5 = 0.8."""
+  regression = _regression(monkeypatch)
+  first = regression.sums_of(np.float32([1, 2]), np.float32([1, 2]), np.float32([1, 1]))
+  second = regression.sums_of(np.float32([3, 5, 99]), np.float32([3, 4, 0]),
+                              np.float32([1, 1, 0]))
+  m = regression.summarise({k: first[k] + second[k] for k in first})
+  assert m["count"] == 4 and m["loss"] == 0.25 and m["rmse"] == 0.5
+  assert abs(m["r2"] - 0.8) < 1e-12
+  # The split's mean predicted for every row: R² 0; a split without spread has no R².
+  flat = regression.summarise(regression.sums_of(np.float32([2.5] * 4), np.float32([1, 2, 3, 4]),
+                                                 np.ones(4, np.float32)))
+  assert flat["r2"] == 0.0 and flat["rmse"] == np.sqrt(1.25)
+  assert np.isnan(regression.summarise(regression.sums_of(
+      np.float32([1, 2]), np.float32([3, 3]), np.ones(2, np.float32)))["r2"])
+
+
+def test_the_regression_example_without_scikit_learn_is_one_line(monkeypatch):
+  """The task's check names the missing package and how to install it, in one line."""
+  regression = _regression(monkeypatch)
+  find_spec = regression.importlib.util.find_spec
+  monkeypatch.setattr(regression.importlib.util, "find_spec",
+                      lambda name, *a: None if name == "sklearn" else find_spec(name, *a))
+  config = load_config_file(f"{REPO}/experiments/custom/diabetes.py")
+  with pytest.raises(UserError, match=r"scikit-learn is not installed: pip install -e "
+                                      r"'\.\[examples\]'") as error:
+    regression.check(config)
+  assert "\n" not in str(error.value)
 
 
 def test_the_package_list_has_every_package_and_the_configs():

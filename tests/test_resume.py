@@ -237,7 +237,8 @@ def test_a_run_from_before_every_added_key_resumes_and_still_validates(tmp_path,
 # Keys a room declares that its configs no longer have: a config.json holding one at the
 # declared value resumes. loss.label_smoothing left the language model's config (never read).
 REMOVED = {"jaxdl.tasks.language_model": {"loss.label_smoothing"}}
-CUSTOM = ("denoise_mnist", "resnet_mnist", "mlp_nnx_mnist")  # experiments/custom's configs
+# experiments/custom's configs
+CUSTOM = ("denoise_mnist", "resnet_mnist", "cnn_nnx_mnist", "diabetes")
 
 
 def test_every_declared_key_is_a_key_of_a_shipped_config_of_its_room(monkeypatch):
