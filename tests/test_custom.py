@@ -426,11 +426,21 @@ def test_image_folders_with_the_wrong_class_count_or_sizes_are_one_line(tmp_path
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config", ["resnet_mnist", "cnn_nnx_mnist", "denoise_mnist", "diabetes"])
+@pytest.mark.parametrize("config", [
+    "resnet_mnist",
+    pytest.param("cnn_nnx_mnist", marks=pytest.mark.xfail(
+        strict=True, raises=KeyError,
+        reason="jaxdl bug: checkpoint.latest_params restores an NNX model's nnx.List entries "
+               "under string keys ('0', as Orbax's metadata names them) where the bridge's "
+               "variables have ints (0), and the bridge's update refuses them: jaxdl.predict "
+               "fails on any NNX model holding an nnx.List. Training and resume restore "
+               "against the model's own structure and work.")),
+    "denoise_mnist", "diabetes"])
 def test_the_shipped_custom_examples_run(tmp_path, monkeypatch, config):
   """Each example of experiments/custom/ (its config file, model and task modules, imported by
   their paths from the repository root, as jaxdl.main there imports them) trains a few steps;
-  the BatchNorm models carry their model state, and the regression keeps its best checkpoint."""
+  the BatchNorm models carry their model state and predict, and the regression keeps its best
+  checkpoint."""
   monkeypatch.syspath_prepend(REPO)
   c = load_config_file(f"{REPO}/experiments/custom/{config}.py")
   if config in ("resnet_mnist", "cnn_nnx_mnist"):  # their code at a smaller size
@@ -453,6 +463,10 @@ def test_the_shipped_custom_examples_run(tmp_path, monkeypatch, config):
     means = [v for path, v in jax.tree_util.tree_leaves_with_path(variables["batch_stats"])
              if "mean" in jax.tree_util.keystr(path)]
     assert means and all(np.any(m != 0) for m in means)  # updated by training (init: zeros)
+    digit = idx.read_idx(f"{tmp_path}/digits/t10k-images-idx3-ubyte.gz")[0]
+    Image.fromarray(digit).save(tmp_path / "digit.png")
+    _predicts_a_digit(predict.predictor(str(tmp_path / "w"))([str(tmp_path / "digit.png")]),
+                      "digit.png")
 
 
 def _regression(monkeypatch):
