@@ -8,6 +8,8 @@ new program), which the suite pays for every config it trains. The CNN has its o
 """
 
 from flax import nnx
+from typing import Any
+
 import flax.linen as nn
 import jax.numpy as jnp
 
@@ -16,12 +18,15 @@ class MLP(nn.Module):
   hidden: int = 32
   num_classes: int = 10
   dropout: float = 0.0
+  dtype: Any = jnp.float32        # the compute dtype of its layers
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, *, train: bool):
     x = x.reshape(x.shape[0], -1).astype(jnp.float32) / 255.0
-    x = nn.Dropout(self.dropout, deterministic=not train)(nn.relu(nn.Dense(self.hidden)(x)))
-    return nn.Dense(self.num_classes)(x)
+    dense = lambda n: nn.Dense(n, dtype=self.dtype, param_dtype=self.param_dtype)
+    x = nn.Dropout(self.dropout, deterministic=not train)(nn.relu(dense(self.hidden)(x)))
+    return dense(self.num_classes)(x).astype(jnp.float32)
 
 
 def mlp(model_config, *, num_classes: int) -> nn.Module:
@@ -61,3 +66,9 @@ class NnxBatchNormMLP(nnx.Module):
   def __call__(self, x, *, train: bool):
     x = x.reshape(x.shape[0], -1).astype(jnp.float32) / 255.0
     return self.out(nnx.relu(self.norm(self.hidden(x), use_running_average=not train)))
+
+
+def mlp_with_policy(model_config, *, num_classes: int, dtype, param_dtype) -> nn.Module:
+  """mlp, for a builder that takes the precision policy (models.get passes it)."""
+  return MLP(num_classes=num_classes, dropout=model_config.dropout, dtype=dtype,
+             param_dtype=param_dtype)
