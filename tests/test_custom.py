@@ -452,3 +452,45 @@ def test_the_package_list_has_every_package_and_the_configs():
   assert setuptools["package-dir"] == {"jaxdl.configs": "configs"}
   import jaxdl.configs  # pylint: disable=g-import-not-at-top
   assert os.path.samefile(os.path.dirname(jaxdl.configs.__file__), f"{REPO}/configs")
+
+
+# The BatchNorm examples at a smaller size, and the steps of their killed runs: a checkpoint
+# every 4 steps, the kill after the train line of step 14 (checkpoints 4..12 written, some
+# perhaps still in flight), 24 steps in all.
+BATCHNORM_EXAMPLES = {"resnet_mnist": ["--config.model.widths=(8, 8)"]}
+_KILLED = ("--config.batch_size=16", "--config.eval_batch_size=32",
+           "--config.num_train_steps=24", "--config.log_every=2", "--config.eval_every=12",
+           "--config.checkpoint_every=4", "--config.opt.warmup_steps=4",
+           "--config.data.validation_size=0")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", BATCHNORM_EXAMPLES)
+def test_a_batchnorm_example_killed_mid_run_resumes_bitwise(tmp_path, monkeypatch, name):
+  """A model with state (BatchNorm's statistics in the checkpoints): its run SIGKILLed mid-run
+  (no save of the step at hand) and re-run with the same command ends bit for bit as an
+  uninterrupted run, statistics included."""
+  config = f"{REPO}/experiments/custom/{name}.py"
+  args = [f"--config.data.path={_digits(tmp_path)}", *_KILLED, *BATCHNORM_EXAMPLES[name]]
+  killed, whole = str(tmp_path / "killed"), str(tmp_path / "whole")
+  cmd = [sys.executable, "-m", "jaxdl.main", f"--config={config}", *args, f"--workdir={killed}"]
+  env = {**os.environ, "JAXDL_XLA_CACHE": SUBPROCESS_CACHE}
+  proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  seen = []
+  for line in proc.stdout:
+    seen.append(line)
+    if line.startswith("step 14/"):
+      proc.kill()
+      break
+  proc.communicate(timeout=300)
+  assert proc.returncode == -signal.SIGKILL, "".join(seen)
+  resumed = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert resumed.returncode == 0, resumed.stderr
+  assert "resumed from the checkpoint at step" in resumed.stdout, resumed.stdout
+  monkeypatch.syspath_prepend(REPO)
+  train.train_and_evaluate(set_keys(load_config_file(config), flag_values(args)), whole)
+  assert read_events(killed) == read_events(whole)
+  got, want = checkpoint.latest_params(killed, "x"), checkpoint.latest_params(whole, "x")
+  assert "batch_stats" in want
+  assert_same_params(got, want)  # bitwise, the statistics too

@@ -238,8 +238,10 @@ def test_batchnorm_statistics_are_the_model_state_updated_by_train_and_read_by_e
   sums = jax.jit(functools.partial(steps.eval_step, objective=objective))(new, _batch(seed=1))
   _, by_hand, kept = objective(steps.variables(new.params, new.model_state), _batch(seed=1),
                                jax.random.PRNGKey(0), False)
-  np.testing.assert_array_equal(sums["loss_sum"], by_hand["loss_sum"])
-  assert kept == new.model_state  # eval returns the state as it came
+  # eval_step compiled, the objective op by op: equal to rounding (1 ulp on jax 0.12)
+  np.testing.assert_allclose(sums["loss_sum"], by_hand["loss_sum"], rtol=1e-6)
+  # eval returns the state as it came: the same arrays
+  assert all(a is b for a, b in zip(jax.tree.leaves(kept), jax.tree.leaves(new.model_state)))
   bad = dict(batch, mask=batch["mask"] * np.float32("nan"))
   skipped, _ = jax.jit(functools.partial(step, skip_nonfinite=True))(new, bad)
   for a, b in zip(jax.tree.leaves(new.model_state), jax.tree.leaves(skipped.model_state)):
