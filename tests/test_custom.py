@@ -457,7 +457,8 @@ def test_the_package_list_has_every_package_and_the_configs():
 # The BatchNorm examples at a smaller size, and the steps of their killed runs: a checkpoint
 # every 4 steps, the kill after the train line of step 14 (checkpoints 4..12 written, some
 # perhaps still in flight), 24 steps in all.
-BATCHNORM_EXAMPLES = {"resnet_mnist": ["--config.model.widths=(8, 8)"]}
+BATCHNORM_EXAMPLES = {"resnet_mnist": ["--config.model.widths=(8, 8)"],
+                      "cnn_nnx_mnist": ["--config.model.widths=(8, 8)", "--config.model.hidden=16"]}
 _KILLED = ("--config.batch_size=16", "--config.eval_batch_size=32",
            "--config.num_train_steps=24", "--config.log_every=2", "--config.eval_every=12",
            "--config.checkpoint_every=4", "--config.opt.warmup_steps=4",
