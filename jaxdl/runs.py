@@ -171,12 +171,16 @@ def _manager(directory: str) -> ocp.CheckpointManager:
                                options=ocp.CheckpointManagerOptions(create=False))
 
 
+def _train_first(directory: str, workdir: str) -> UserError:
+  return UserError(f"no checkpoint in {directory}; train first: python -m jaxdl.main "
+                   f"--config=CONFIG.py --workdir={workdir}")
+
+
 def _directory(workdir: str) -> str:
   """WORKDIR/checkpoints; UserError when there is none."""
   directory = os.path.join(files.absolute(workdir), "checkpoints")
   if not files.Path(directory).is_dir():
-    raise UserError(f"no checkpoint in {directory}; train first: python -m jaxdl.main "
-                    f"--config=CONFIG.py --workdir={workdir}")
+    raise _train_first(directory, workdir)
   return directory
 
 
@@ -226,8 +230,7 @@ def read_variables(workdir: str, which: str | int = "latest") -> tuple[int, dict
         logging.warning("%s; trying an older one", error)
   if newest_error:
     raise UserError(f"{newest_error}, nor can any older one")
-  raise UserError(f"no checkpoint in {directory}; train first: python -m jaxdl.main "
-                  f"--config=CONFIG.py --workdir={workdir}")
+  raise _train_first(directory, workdir)
 
 
 def _variables_at(manager: ocp.CheckpointManager, directory: str, step: int) -> dict[str, Any]:

@@ -173,8 +173,9 @@ def test_an_nnx_model_comes_back_as_itself_with_the_runs_weights(nnx_run, bn_run
   np.testing.assert_array_equal(module.layers[1].kernel[...],
                                 run.variables["params"]["layers"][1]["kernel"])
   paths, pixels = _digits(tmp_path)
-  np.testing.assert_allclose(module(pixels, train=False), run.apply(pixels), rtol=1e-6,
-                             atol=1e-6)
+  # The module runs op by op, run.apply compiled: XLA fuses and rounds otherwise (1e-6 seen).
+  np.testing.assert_allclose(module(pixels, train=False), run.apply(pixels), rtol=1e-5,
+                             atol=1e-5)
   (label, prob), *_ = run.predict(paths)
   assert label in [str(c) for c in range(10)] and 0 < prob <= 1
   with pytest.raises(UserError, match=r"^model.name='load_bn_model:build' is a linen model, "

@@ -94,7 +94,8 @@ def test_sample_cli_on_a_tiny_trained_run(trained_tiny_lm):
   # In this process first: the command line then finds its compiled program in the session's
   # persistent cache (conftest.py).
   text = sample.sample(workdir, "ROMEO:", 40, 0.8, 40, 3)  # the CLI's defaults
-  cli = _sample_cli(f"--workdir={workdir}", "--prompt=ROMEO:", "--num_chars=40", "--seed=3")
+  cli = _sample_cli(f"--workdir={workdir}", "--prompt=ROMEO:", "--num_chars=40", "--seed=3",
+                    "--which=24")  # the newest checkpoint, named
   assert cli.returncode == 0, cli.stderr
   assert cli.stdout.startswith("ROMEO:") and len(cli.stdout) == len("ROMEO:") + 40 + 1  # + \n
   assert cli.stdout == text + "\n"  # deterministic per seed, across processes
