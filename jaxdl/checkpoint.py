@@ -7,7 +7,8 @@ With checkpoint.keep_best, the best eval's step is kept beside the newest ones (
 Saves are asynchronous: device arrays are copied to host before `save` returns, so the next
 (donating) train step may run while the files are written. Orbax writes each save into a
 temporary directory and renames it when complete, so a kill mid-save never leaves a step
-directory that looks finished.
+directory that looks finished. Reading a run's checkpoint for use (predict, sample, jaxdl.load)
+is runs.py's: a reader that never moves or writes anything.
 
 Faults handled here:
   - a kill mid-save leaves Orbax's `<step>.orbax-checkpoint-tmp*` directory: it never was a
@@ -143,16 +144,16 @@ def _as_saved(abstract: Any, saved: Any) -> tuple[Any, Callable[[Any], Any]]:
   return target, lambda restored: abstract.replace(**restored)
 
 
-def _handlers() -> dict[str, ocp.CheckpointHandler]:
+def item_handlers() -> dict[str, ocp.CheckpointHandler]:
   """A checkpoint's items: the train state's arrays and the loop's JSON (data position, sums).
   A manager that reads only the state still names both: Orbax warns about an item it has no
   handler for whenever it reads the step's metadata."""
   return {"state": ocp.StandardCheckpointHandler(), "loop": ocp.JsonCheckpointHandler()}
 
 
-def _score(metrics: dict, metric: str, mode: str) -> float:
+def score(metrics: dict, metric: str, mode: str) -> float:
   """Orbax's ranking of a step, higher better: a step saved as a new best carries its value;
-  every other step carries {} and ranks last."""
+  every other step carries {} and ranks last (-inf). jaxdl.load picks 'best' by it too."""
   value = metrics.get(metric)
   return -math.inf if value is None else (-value if mode == "min" else value)
 
@@ -166,12 +167,12 @@ def _keep_best(keep: int, metric: str, mode: str) -> dict[str, Any]:
   sorts anywhere. best_fn makes Orbax write the metrics into the step (with the preservation
   policy alone it keeps them in memory only, and a resumed run would lose the best step);
   a re-opened manager reads them back (checked on orbax-checkpoint 0.12.8)."""
-  score = functools.partial(_score, metric=metric, mode=mode)
+  rank = functools.partial(score, metric=metric, mode=mode)
   policy = ocp.checkpoint_managers.AnyPreservationPolicy([
       ocp.checkpoint_managers.LatestN(n=keep),
-      ocp.checkpoint_managers.BestN(get_metric_fn=score, n=1,
+      ocp.checkpoint_managers.BestN(get_metric_fn=rank, n=1,
                                     keep_checkpoints_without_metrics=False)])
-  return dict(preservation_policy=policy, best_fn=score, best_mode="max")
+  return dict(preservation_policy=policy, best_fn=rank, best_mode="max")
 
 
 class Checkpoints:
@@ -193,7 +194,7 @@ class Checkpoints:
     options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=True,
                                            cleanup_tmp_directories=True, **keeping)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                         item_handlers=_handlers())
+                                         item_handlers=item_handlers())
     self._undigested: list[int] = []  # steps saved, their digest still to write (see wait)
     self._broken = False  # a save failed: nothing more is written or waited for
     self._on_commit = on_commit  # called on process 0 with each step once it is on disk
@@ -206,7 +207,7 @@ class Checkpoints:
       alone = ocp.options.MultiprocessingOptions(primary_host=jax.process_index(),
                                                  active_processes={jax.process_index()})
       self.reader = ocp.CheckpointManager(
-          self.directory, item_handlers=_handlers(),
+          self.directory, item_handlers=item_handlers(),
           options=ocp.CheckpointManagerOptions(create=False,
                                                multiprocessing_options=alone))
 
@@ -424,51 +425,3 @@ class Checkpoints:
       # The error already on its way out says what went wrong; this one only followed from it.
       logging.info("while stopping after an error, closing the checkpoints failed too: %s",
                    first_line(e))
-
-
-def latest_params(workdir: str, config_file: str) -> Any:
-  """The variables of the newest checkpoint in WORKDIR/checkpoints, as host arrays (for
-  sampling and prediction): {'params': params (their moving average when the run kept one),
-  **model state}. `config_file` names the config
-  to train with in the error for a workdir without checkpoints."""
-  root = files.absolute(workdir)
-  directory = os.path.join(root, "checkpoints")
-  newest_error = None
-  if files.Path(directory).is_dir():
-    with ocp.CheckpointManager(directory, item_handlers=_handlers(),
-                               options=ocp.CheckpointManagerOptions(create=False)) as manager:
-      # A damaged step (truncated or missing files) is passed over for the next older one,
-      # with a WARNING, as a resume does; a reader only reads, so nothing is moved aside. Any
-      # other error is reported as it is.
-      for step in sorted(manager.all_steps(), reverse=True):
-        try:
-          mismatch = digests.check(os.path.join(directory, str(step)))
-          if mismatch:
-            raise DamagedFiles(f"checksum: {mismatch}")
-          return _params_of(manager, step)
-        except Exception as e:  # pylint: disable=broad-except  (Orbax raises many types)
-          error = (f"the checkpoint at step {step} in {directory} cannot be read "
-                   f"({first_line(e)})")
-          if damage_evidence(e) is None:
-            raise UserError(error) from None
-          newest_error = newest_error or error
-          logging.warning("%s; trying an older one", error)
-  if newest_error:
-    raise UserError(f"{newest_error}, nor can any older one")
-  raise UserError(f"no checkpoint in {directory}; train first: python -m jaxdl.main "
-                  f"--config={config_file} --workdir={workdir}")
-
-
-def _params_of(manager: ocp.CheckpointManager, step: int) -> Any:
-  """The step's variables, {'params': its params (their moving average when the run kept one),
-  **its model state}, as host arrays."""
-  # Every array onto this process's first device. Without a target Orbax restores the saving
-  # run's shardings, and refuses when its devices are not all here (a run on 2 CPU devices,
-  # like the :nanogpt_cpu preset's, or on a pod).
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                        manager.item_metadata(step)["state"])
-  state = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(target)))["state"]  # a dict: restored without a target
-  params = state["params"] if state.get("ema_params") is None else state["ema_params"]
-  return {"params": params, **(state.get("model_state") or {})}

@@ -24,8 +24,8 @@ import ml_collections
 import numpy as np
 
 from jaxdl import (checkpoint, data, files, history, lease, metrics, models, optim, parallel,
-                   profiler, resume, runner as runners, runrecord, steps, stopping, tasks,
-                   validate)
+                   profiler, resume, runner as runners, runrecord, runs, steps, stopping,
+                   tasks, validate)
 from jaxdl.errors import UserError
 
 
@@ -129,7 +129,7 @@ def _restore(ckpts, runner, dataset, writer, workdir: str, resolved: dict, confi
              adopted: dict, num_steps: int, resuming: bool):
   """The newest intact checkpoint's (state, interval sums, keep_best bookkeeping or None), or a
   fresh state; then the first writes to the workdir: metrics trimmed to the restored step,
-  config.json, the task's files.
+  config.json, model_info.json, the task's files.
 
   The checkpoint is restored into the abstract state (shapes and layout only), so a resume
   never holds two copies of the state; a fresh state is made only when there is none to
@@ -162,6 +162,13 @@ def _restore(ckpts, runner, dataset, writer, workdir: str, resolved: dict, confi
                    f"before the key existed, and {new!r} does what it did")
   if writer.enabled:
     files.write_json(os.path.join(workdir, "config.json"), resolved)
+    # What the model was built with beyond its config: jaxdl.load rebuilds any task's model.
+    info = runs.saved_model_info(dataset.model_info)
+    if info is None:
+      writer.print(f"WARNING: the data's model_info is not JSON, so {runs.MODEL_INFO} is not "
+                   f"written and jaxdl.load cannot rebuild this run's model")
+    else:
+      files.write_json(os.path.join(workdir, runs.MODEL_INFO), info)
     for name, text in dataset.files.items():  # e.g. the vocabulary, kept beside checkpoints
       path = os.path.join(workdir, name)
       if not files.exists(path) or restored is None:  # a fresh run's replace stale ones

@@ -20,7 +20,7 @@ import pytest
 from conftest import (REPO, SUBPROCESS_CACHE, assert_same_params, flag_values, interrupt_at,
                       load_config, load_config_file, read_events, run_main, set_keys,
                       write_mnist_dir)
-from jaxdl import checkpoint, predict, tasks, train
+from jaxdl import predict, runs, tasks, train
 from jaxdl.data import idx
 from jaxdl.errors import UserError
 
@@ -227,8 +227,8 @@ def test_a_users_linen_model_trains_resumes_bitwise_and_predicts_from_the_comman
                        {"PYTHONPATH": str(tmp_path)}, cwd=tmp_path)
   train.train_and_evaluate(_user_config(monkeypatch, tmp_path, config, args), whole)
   assert read_events(stopped) == read_events(whole)
-  assert_same_params(checkpoint.latest_params(stopped, config),
-                     checkpoint.latest_params(whole, config))  # bitwise
+  assert_same_params(runs.read_variables(stopped)[1],
+                     runs.read_variables(whole)[1])  # bitwise
   final = [e for e in read_events(whole) if e["event"] == "final"][0]
   assert final["test_accuracy"] > 0.5  # the squares are easy: it learnt
 
@@ -257,8 +257,8 @@ def test_a_users_nnx_model_trains_resumes_bitwise_and_predicts(tmp_path, monkeyp
   train.train_and_evaluate(c, stopped)
   train.train_and_evaluate(c, whole)
   assert read_events(stopped) == read_events(whole)
-  assert_same_params(checkpoint.latest_params(stopped, config),
-                     checkpoint.latest_params(whole, config))  # bitwise
+  assert_same_params(runs.read_variables(stopped)[1],
+                     runs.read_variables(whole)[1])  # bitwise
   final = [e for e in read_events(whole) if e["event"] == "final"][0]
   assert final["test_accuracy"] > 0.5  # the squares are easy: it learnt
   digit = idx.read_idx(f"{tmp_path}/digits/t10k-images-idx3-ubyte.gz")[0]
@@ -281,8 +281,8 @@ def test_a_users_task_trains_and_resumes_bitwise(tmp_path, monkeypatch):
   train.train_and_evaluate(c, stopped)
   train.train_and_evaluate(c, whole)
   assert read_events(stopped) == read_events(whole)
-  assert_same_params(checkpoint.latest_params(stopped, config),
-                     checkpoint.latest_params(whole, config))  # bitwise
+  assert_same_params(runs.read_variables(stopped)[1],
+                     runs.read_variables(whole)[1])  # bitwise
   events = read_events(whole)
   assert {"loss", "lr", "psnr"} <= set(events[0])  # the task's TRAIN_METRICS
   final = [e for e in events if e["event"] == "final"][0]
