@@ -492,6 +492,6 @@ def test_a_batchnorm_example_killed_mid_run_resumes_bitwise(tmp_path, monkeypatc
   monkeypatch.syspath_prepend(REPO)
   train.train_and_evaluate(set_keys(load_config_file(config), flag_values(args)), whole)
   assert read_events(killed) == read_events(whole)
-  got, want = checkpoint.latest_params(killed, "x"), checkpoint.latest_params(whole, "x")
+  got, want = runs.read_variables(killed)[1], runs.read_variables(whole)[1]
   assert "batch_stats" in want
   assert_same_params(got, want)  # bitwise, the statistics too
