@@ -175,6 +175,38 @@ def _keep_best(keep: int, metric: str, mode: str) -> dict[str, Any]:
   return dict(preservation_policy=policy, best_fn=rank, best_mode="max")
 
 
+def _set_aside(directory: str, step: int, why: str) -> None:
+  """Renames the damaged `step` to damaged-<step> (never deletes it) and warns, naming it."""
+  path = os.path.join(directory, str(step))
+  target = ""
+  if jax.process_index() == 0:  # the directory is shared: one process names and renames
+    target = os.path.join(directory, f"damaged-{step}")
+    n = 1
+    while files.exists(target):
+      n += 1
+      target = os.path.join(directory, f"damaged-{step}-{n}")
+    files.Path(path).rename(target)  # etils.epath: os.rename here, the backend's move on gs://
+  # Process 0 sends the name only once it has renamed, so the others list the directory after.
+  target = parallel.broadcast_text(target)
+  logging.warning("checkpoint %s is damaged (%s); moved it to %s, falling back to an older "
+                  "checkpoint", path, why, target)
+
+
+def unreadable_metrics(directory: str) -> list[int]:
+  """The steps whose keep_best metrics file (`<step>/metrics/metrics`, JSON) does not parse: a
+  manager that tracks the best reads every step's when it opens, and would fail on one."""
+  bad = []
+  for name in _step_dirs(directory):
+    path = os.path.join(directory, name, "metrics", "metrics")
+    try:
+      json.loads(files.read_text(path))
+    except FileNotFoundError:
+      continue  # a step saved without metrics (keep_best off when it was written)
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError: cut short or garbled
+      bad.append(int(name))
+  return sorted(bad)
+
+
 class Checkpoints:
   """Save every N steps (the loop decides when), keep the last K (and, with `keep_best`, the
   best eval's step), restore the newest intact."""
@@ -189,6 +221,11 @@ class Checkpoints:
     if unfinished and jax.process_index() == 0:
       logging.warning("removing unfinished save(s) of a killed run in %s: %s", self.directory,
                       ", ".join(unfinished))
+    if keep_best:  # the manager below reads every step's metrics: damage there is set aside
+      damaged = json.loads(parallel.broadcast_text(json.dumps(
+          unreadable_metrics(self.directory) if jax.process_index() == 0 else [])))
+      for step in damaged:
+        _set_aside(self.directory, step, "its keep_best metrics file is not JSON")
     keeping = _keep_best(keep, keep_best, best_mode) if keep_best else {"max_to_keep": keep}
     self._tracks_best = bool(keep_best)
     options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=True,
@@ -249,14 +286,13 @@ class Checkpoints:
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like_state)
     if step not in self.manager.all_steps():
       raise UserError(f"the checkpoint at step {step} is not in {self.directory} (deleted by "
-                      f"hand?); re-run with --restart to train afresh")
+                      f"hand?)")
     (outcome, detail), restored = self._read(step, abstract, _layout(abstract))
     if outcome == "ok":
       return restored["state"], restored["loop"]
     if outcome == "damaged":
       self._move_aside(step, detail)
-      raise UserError(f"the checkpoint at step {step} is damaged ({detail}) and was moved aside; "
-                      f"re-run with --restart to train afresh")
+      raise UserError(f"the checkpoint at step {step} is damaged ({detail}) and was moved aside")
     raise (UserError if outcome == "refused" else RestoreError)(detail)
 
   def _read(self, step: int, abstract: Any, wanted: dict) -> tuple[tuple[str, str], Any]:
@@ -333,19 +369,7 @@ class Checkpoints:
 
   def _move_aside(self, step: int, why: str) -> None:
     """Renames a damaged step to damaged-<step> (never deletes it) and warns, naming it."""
-    path = os.path.join(self.directory, str(step))
-    target = ""
-    if jax.process_index() == 0:  # the directory is shared: one process names and renames
-      target = os.path.join(self.directory, f"damaged-{step}")
-      n = 1
-      while files.exists(target):
-        n += 1
-        target = os.path.join(self.directory, f"damaged-{step}-{n}")
-      files.Path(path).rename(target)  # etils.epath: os.rename here, the backend's move on gs://
-    # Process 0 sends the name only once it has renamed, so the others list the directory after.
-    target = parallel.broadcast_text(target)
-    logging.warning("checkpoint %s is damaged (%s); moved it to %s, falling back to an older "
-                    "checkpoint", path, why, target)
+    _set_aside(self.directory, step, why)
     self.manager.reload()
     if self.reader is not self.manager:
       self.reader.reload()

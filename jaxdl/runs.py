@@ -52,7 +52,12 @@ class Run:
   def apply(self, inputs, *, train: bool = False, rng=None):
     """The model's outputs on `inputs` (models.apply, compiled; the new model state of
     train=True is dropped: the run's variables never change)."""
-    return _apply(self.model, self.variables, inputs, train=train, rng=rng)[0]
+    return self._apply(self.variables, inputs, train=train, rng=rng)[0]
+
+  @functools.cached_property
+  def _apply(self):
+    # The model closed over, not a static argument: a user's linen module need not be hashable.
+    return jax.jit(functools.partial(models.apply, self.model), static_argnames="train")
 
   def predict(self, inputs: list) -> list:
     """The task's predictor: [(label, probability)] of each input (image paths, sentences)."""
@@ -76,9 +81,6 @@ class Run:
     module = _construct(self.model, nnx.Rngs(self.config.seed))
     nnx.update(module, nnx.merge_state(*self.variables.values()))
     return module
-
-
-_apply = jax.jit(models.apply, static_argnames=("model", "train"))
 
 
 def load(workdir: str, which: str | int = "latest") -> Run:
@@ -167,8 +169,11 @@ def _keyed(tree, like):
 
 
 def _manager(directory: str) -> ocp.CheckpointManager:
+  # lightweight_initialize: no step's metadata or keep_best metrics read at opening, where one
+  # garbled metrics file would fail the whole reader; best_step reads the metrics it needs.
   return ocp.CheckpointManager(directory, item_handlers=checkpoint.item_handlers(),
-                               options=ocp.CheckpointManagerOptions(create=False))
+                               options=ocp.CheckpointManagerOptions(
+                                   create=False, lightweight_initialize=True))
 
 
 def _train_first(directory: str, workdir: str) -> UserError:
@@ -192,10 +197,14 @@ def best_step(workdir: str, config) -> int:
     raise UserError(f"which='best': the run in {workdir} kept no best checkpoint (it was "
                     f"trained without --config.checkpoint.keep_best=METRIC)")
   directory = _directory(workdir)
+  damaged = checkpoint.unreadable_metrics(directory)
+  for step in damaged:  # a reader changes nothing: passed over, as a damaged newest step is
+    logging.warning("the checkpoint at step %d in %s is damaged (its keep_best metrics file is "
+                    "not JSON); passing over it", step, directory)
   with _manager(directory) as manager:
     scores = {step: checkpoint.score(manager.metrics(step) or {}, metric,
                                      config.checkpoint.best_mode)
-              for step in manager.all_steps()}
+              for step in manager.all_steps() if step not in damaged}
   best = max(scores, key=lambda step: (scores[step], -step), default=None)
   if best is None or scores[best] == -np.inf:
     raise UserError(f"which='best': no checkpoint in {directory} carries a best {metric} "

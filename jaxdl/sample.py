@@ -22,7 +22,6 @@ The output is a pure function of (checkpoint, prompt, flags, seed).
 from __future__ import annotations
 
 import functools
-import inspect
 
 from absl import app, flags, logging
 import jax
@@ -91,13 +90,18 @@ def generate(model: transformer.TransformerLM, variables, prompt_P: jax.Array, k
   return seq[:p + num_new]
 
 
-@functools.partial(jax.jit, static_argnames=("model", "num_new", "temperature", "top_k",
-                                             "window"))
 def generate_windowed(model, variables, prompt_P: jax.Array, key: jax.Array, *, num_new: int,
                       temperature: float, top_k: int, window: int | None) -> jax.Array:
   """The prompt followed by `num_new` sampled token ids (int32[P + num_new]), each from a full
   pass over the newest `window` tokens (all of them when None), for a model without a cache.
-  Token i draws from fold_in(key, i), as in `generate`."""
+  Token i draws from fold_in(key, i), as in `generate`. Compiled with the model closed over,
+  not as a static argument: a user's linen module need not be hashable (a field holding its
+  config is not)."""
+  how = dict(num_new=num_new, temperature=temperature, top_k=top_k, window=window)
+  return jax.jit(functools.partial(_windowed, model, **how))(variables, prompt_P, key)
+
+
+def _windowed(model, variables, prompt_P, key, *, num_new, temperature, top_k, window):
   p = prompt_P.shape[0]
   window = window or p + num_new
   # At least `window` long, so that every window's slice fits; zeros after the text so far.
@@ -116,9 +120,10 @@ def generate_windowed(model, variables, prompt_P: jax.Array, key: jax.Array, *, 
 
 
 def has_cache(model) -> bool:
-  """Whether the model decodes with the built-in transformer's key/value cache: its call takes
-  `decode` (and then keeps a 'cache' collection of model.block_size positions)."""
-  return "decode" in inspect.signature(model.__call__).parameters
+  """Whether the model decodes with a key/value cache jaxdl knows how to drive: the built-in
+  transformer's (`decode=True`, a 'cache' collection of model.block_size positions). Any other
+  model, a user's whose call happens to take `decode` included, is run on full windows."""
+  return isinstance(model, transformer.TransformerLM)
 
 
 def sample(workdir: str, prompt: str, num_chars: int, temperature: float, top_k: int,

@@ -90,17 +90,22 @@ def _start_line(config, dataset, state, num_steps: int) -> str:
           f"({dataset.train.steps_per_epoch} per epoch)")
 
 
-def _eval_metric_names(task, objective, runner, dataset, config, mesh) -> list[str]:
+def _eval_metric_names(task, objective, runner, dataset, config, mesh) -> list[str] | None:
   """The eval events' scalar metrics ('val_loss', 'val_accuracy'): the task's summary of zero
-  eval sums, whose shapes are traced from the eval step (jax.eval_shape), never computed."""
+  eval sums, whose shapes are traced from the eval step (jax.eval_shape), never computed. None
+  when the task's summarise cannot take zero sums (a ratio of two of them): the loop then
+  checks checkpoint.keep_best at the first eval."""
   batch = next(data.eval_batches(dataset.evals[dataset.eval_split], config.eval_batch_size))
   step = functools.partial(steps.eval_step, objective=objective)
   with (parallel.activation_sharding(mesh) if config.parallel.mode == "jit"
         else contextlib.nullcontext()):  # as the runner traces it
     shapes = jax.eval_shape(step, runner.abstract_state, batch)
-  summary = task.summarise({k: np.zeros(s.shape, s.dtype) for k, s in shapes.items()})
+  try:
+    summary = task.summarise({k: np.zeros(s.shape, s.dtype) for k, s in shapes.items()})
+  except (ArithmeticError, ValueError):  # ZeroDivisionError, math domain errors
+    return None
   return [f"{dataset.eval_split}_{k}" for k, v in summary.items()
-          if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "count"]
+          if isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and k != "count"]
 
 
 # checkpoint.keep_best's bookkeeping, kept in each checkpoint's loop state ('best'): the best
@@ -109,12 +114,13 @@ def _eval_metric_names(task, objective, runner, dataset, config, mesh) -> list[s
 _NO_BEST = {"step": None, "value": None, "evals_since": 0}
 
 
-def _after_eval(best: dict, step: int, value: float, mode: str) -> dict:
-  """The bookkeeping after the eval at `step` gave `value`: a new best only when strictly
-  better (the first of equal evals stays the best); NaN never is."""
+def _after_eval(best: dict, step: int, value: float, mode: str, result: dict) -> dict:
+  """The bookkeeping after the eval at `step` gave `value` (and the task's `result`, kept for
+  the final summary): a new best only when strictly better (the first of equal evals stays
+  the best); NaN never is."""
   if not math.isnan(value) and (best["value"] is None or (
       value < best["value"] if mode == "min" else value > best["value"])):
-    return {"step": step, "value": value, "evals_since": 0}
+    return {"step": step, "value": value, "evals_since": 0, "result": result}
   return {**best, "evals_since": best["evals_since"] + 1}
 
 
@@ -237,8 +243,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str, restart: bool,
   objective = task.objective(config, model)
   runner = runners.Runner(config, model, objective, tx, dataset.train, mesh, task.INPUT,
                           eval_every)
-  # The runner has built and traced the model: every key it reads has been read by now.
+  # The runner has built the model and traced its init (train=False); a key it reads only in
+  # training is read once a train step is traced too.
   unread = models.unread_keys(config.model, model_reads, getattr(task, "MODEL_KEYS", ()))
+  if unread:
+    runner.trace_train_step()
+    unread = models.unread_keys(config.model, model_reads, getattr(task, "MODEL_KEYS", ()))
   if unread:
     runner.notes.append(
         f"WARNING: {config.model.name} never reads config.model's {', '.join(unread)}: "
@@ -246,8 +256,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, restart: bool,
         f"`dtype` / `param_dtype` gets the precision policy; jaxdl/models/__init__.py)")
   keep_best, patience = config.checkpoint.keep_best, config.early_stopping.patience
   if keep_best:  # a metric of the eval events, known once the data and the model are
-    validate.check_best_metric(keep_best, _eval_metric_names(task, objective, runner, dataset,
-                                                             config, mesh))
+    names = _eval_metric_names(task, objective, runner, dataset, config, mesh)
+    if names is not None:
+      validate.check_best_metric(keep_best, names)
 
   def evaluate(split: str) -> dict[str, Any]:
     return task.summarise(runner.evaluate(state, dataset.evals[split], config.eval_batch_size))
@@ -336,7 +347,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, restart: bool,
         writer.print(f"eval at step {done}: {task.brief(split, result)}")
         interval_start += time.time() - eval_start  # train throughput excludes eval time
         if keep_best:
-          best = _after_eval(best, done, named[keep_best], config.checkpoint.best_mode)
+          validate.check_best_metric(keep_best, sorted(named))  # when the start could not
+          best = _after_eval(best, done, named[keep_best], config.checkpoint.best_mode, result)
           at_end = {split: result} if done == num_steps else {}
 
       # SIGTERM or SIGINT arrived: save this step, then exit
@@ -369,13 +381,19 @@ def _train(config: ml_collections.ConfigDict, workdir: str, restart: bool,
                    f"(early_stopping.patience={patience}); the final evals are of step "
                    f"{best['step']}'s checkpoint")
       state = None  # freed before the best is read: never two copies of the state at once
-      state, _ = ckpts.restore(best["step"], runner.abstract_state)
+      try:
+        state, _ = ckpts.restore(best["step"], runner.abstract_state)
+      except UserError as e:  # damaged (now moved aside) or deleted: the stop step's instead
+        writer.print(f"WARNING: {e}; the final evals are of the newest checkpoint instead")
+        state, _ = ckpts.restore_latest(runner.abstract_state)
     results = {split: at_end.get(split) or evaluate(split) for split in dataset.final_splits}
   final = {f"{split}_{k}": v for split, result in results.items() for k, v in result.items()}
   best_text = ""
   if keep_best and best["step"] is not None:  # None: every eval was NaN
     final.update({"best_step": best["step"], f"best_{keep_best}": best["value"]})
     best_text = f" | best: step {best['step']} {keep_best} {best['value']:.4g}"
+    if best.get("result"):  # the best eval's metrics (a checkpoint of an older jaxdl lacks them)
+      best_text += f" ({task.brief(dataset.eval_split, best['result'])})"
   length = f"{step} of {num_steps} steps (stopped early)" if stopped_early else f"{step} steps"
   writer.write("final", step, final)
   writer.print(f"final: {' | '.join(task.brief(s, r) for s, r in results.items())}"
