@@ -3,7 +3,7 @@
 Each checkpoint step holds two items: 'state' (the TrainState pytree, restored with the shardings
 of the state it replaces) and 'loop' (JSON: the data position and the partial metric sums of the
 current log interval), so a resumed run logs exactly what an uninterrupted one would.
-With checkpoint.keep_best, the best eval's step is kept beside the newest ones (`_keep_best`).
+With checkpoint.keep_best, the best eval's step is kept beside the newest ones (keepbest.py).
 Saves are asynchronous: device arrays are copied to host before `save` returns, so the next
 (donating) train step may run while the files are written. Orbax writes each save into a
 temporary directory and renames it when complete, so a kill mid-save never leaves a step
@@ -17,7 +17,7 @@ Faults handled here:
     recorded once the save committed, digests.py): `restore_latest` moves it aside to
     `checkpoints/damaged-<step>` (kept for inspection, never deleted) with a WARNING, and
     falls back to the next newest intact checkpoint. Only evidence of damage does that
-    (`damage_evidence`); any other restore error (out of memory, permission, transient I/O) is
+    (`digests.damage_evidence`); any other restore error (out of memory, permission, transient I/O) is
     a RestoreError that changes nothing.
   - a checkpoint whose arrays do not fit the config's state (another model or optimizer):
     refused with a UserError, never moved or touched.
@@ -30,9 +30,7 @@ Faults handled here:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
-import math
 import os
 from typing import Any, Callable
 
@@ -42,24 +40,15 @@ from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxdl import digests, files, parallel
-from jaxdl.errors import UserError, chain, environment_failure, first_line, os_cause
+from jaxdl import digests, files, keepbest, parallel
+from jaxdl.errors import UserError, environment_failure, first_line, os_cause
 
 _TMP_MARK = ".orbax-checkpoint-tmp"  # Orbax's suffix for a save still being written
 
 
-def _step_dirs(directory: str) -> list[str]:
-  """The step folders in `directory`, local or gs:// (the same epath calls). Fails closed: an
-  error of the listing (a network error) is raised, never read as 'no checkpoints'."""
-  try:
-    return [p.name for p in files.Path(directory).iterdir() if p.name.isdigit()]
-  except FileNotFoundError:
-    return []
-
-
 def has_checkpoints(workdir: str) -> bool:
   """Whether workdir holds a checkpoint step to resume (damaged or not)."""
-  return bool(_step_dirs(os.path.join(workdir, "checkpoints")))
+  return bool(digests.step_names(os.path.join(workdir, "checkpoints")))
 
 
 def _layout(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -73,10 +62,6 @@ def _layout(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
       tree, is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))[0]
   return {"/".join(name(e) for e in path): (tuple(leaf.shape), str(leaf.dtype))
           for path, leaf in leaves}
-
-
-class DamagedFiles(Exception):
-  """A step's files differ from the digest recorded when it was saved (digests.py)."""
 
 
 class SaveError(UserError):
@@ -93,23 +78,6 @@ class RestoreError(UserError):
 # TensorStore's status codes for data that is absent or cut short (a missing chunk or manifest,
 # a truncated file, a zstd stream that ends early). Any other status (UNAVAILABLE,
 # PERMISSION_DENIED, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, UNKNOWN, ...) is not evidence.
-_DAMAGE_STATUSES = ("NOT_FOUND", "DATA_LOSS", "OUT_OF_RANGE", "FAILED_PRECONDITION")
-
-
-def damage_evidence(error: BaseException) -> str | None:
-  """What in `error` (or the errors it was raised from) shows missing or truncated checkpoint
-  files; None when nothing does. Orbax wraps TensorStore's errors in plain Exceptions, so the
-  whole chain is read."""
-  for e in chain(error):
-    if isinstance(e, (FileNotFoundError, DamagedFiles)):
-      return first_line(e)
-    if isinstance(e, (MemoryError, PermissionError)):
-      return None  # not about the files' contents, whatever wraps it
-    if str(e).startswith(_DAMAGE_STATUSES):
-      return first_line(e)
-  return None
-
-
 # The outcomes of reading a checkpoint step, gravest last (see _agree).
 _OUTCOMES = ("ok", "damaged", "refused", "error")
 
@@ -151,30 +119,6 @@ def item_handlers() -> dict[str, ocp.CheckpointHandler]:
   return {"state": ocp.StandardCheckpointHandler(), "loop": ocp.JsonCheckpointHandler()}
 
 
-def score(metrics: dict, metric: str, mode: str) -> float:
-  """Orbax's ranking of a step, higher better: a step saved as a new best carries its value;
-  every other step carries {} and ranks last (-inf). jaxdl.load picks 'best' by it too."""
-  value = metrics.get(metric)
-  return -math.inf if value is None else (-value if mode == "min" else value)
-
-
-def _keep_best(keep: int, metric: str, mode: str) -> dict[str, Any]:
-  """CheckpointManagerOptions that keep the newest `keep` steps and the best one.
-
-  Orbax's BestN ranks steps by the metrics saved with them. The loop decides which step is the
-  best (strictly better than every earlier eval; NaN never is) and saves its value with that
-  step only: given every eval's value, BestN would keep the later of two equal ones, and NaN
-  sorts anywhere. best_fn makes Orbax write the metrics into the step (with the preservation
-  policy alone it keeps them in memory only, and a resumed run would lose the best step);
-  a re-opened manager reads them back (checked on orbax-checkpoint 0.12.8)."""
-  rank = functools.partial(score, metric=metric, mode=mode)
-  policy = ocp.checkpoint_managers.AnyPreservationPolicy([
-      ocp.checkpoint_managers.LatestN(n=keep),
-      ocp.checkpoint_managers.BestN(get_metric_fn=rank, n=1,
-                                    keep_checkpoints_without_metrics=False)])
-  return dict(preservation_policy=policy, best_fn=rank, best_mode="max")
-
-
 def _set_aside(directory: str, step: int, why: str) -> None:
   """Renames the damaged `step` to damaged-<step> (never deletes it) and warns, naming it."""
   path = os.path.join(directory, str(step))
@@ -190,21 +134,6 @@ def _set_aside(directory: str, step: int, why: str) -> None:
   target = parallel.broadcast_text(target)
   logging.warning("checkpoint %s is damaged (%s); moved it to %s, falling back to an older "
                   "checkpoint", path, why, target)
-
-
-def unreadable_metrics(directory: str) -> list[int]:
-  """The steps whose keep_best metrics file (`<step>/metrics/metrics`, JSON) does not parse: a
-  manager that tracks the best reads every step's when it opens, and would fail on one."""
-  bad = []
-  for name in _step_dirs(directory):
-    path = os.path.join(directory, name, "metrics", "metrics")
-    try:
-      json.loads(files.read_text(path))
-    except FileNotFoundError:
-      continue  # a step saved without metrics (keep_best off when it was written)
-    except ValueError:  # JSONDecodeError, UnicodeDecodeError: cut short or garbled
-      bad.append(int(name))
-  return sorted(bad)
 
 
 class Checkpoints:
@@ -223,10 +152,11 @@ class Checkpoints:
                       ", ".join(unfinished))
     if keep_best:  # the manager below reads every step's metrics: damage there is set aside
       damaged = json.loads(parallel.broadcast_text(json.dumps(
-          unreadable_metrics(self.directory) if jax.process_index() == 0 else [])))
+          digests.unreadable_metrics(self.directory) if jax.process_index() == 0 else [])))
       for step in damaged:
         _set_aside(self.directory, step, "its keep_best metrics file is not JSON")
-    keeping = _keep_best(keep, keep_best, best_mode) if keep_best else {"max_to_keep": keep}
+    keeping = (keepbest.manager_options(keep, keep_best, best_mode) if keep_best
+               else {"max_to_keep": keep})
     self._tracks_best = bool(keep_best)
     options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=True,
                                            cleanup_tmp_directories=True, **keeping)
@@ -355,7 +285,7 @@ class Checkpoints:
     line): an out-of-memory, a permission or a transient I/O error says nothing about the
     files, and falling back past it (to step 0 at worst, which empties metrics.jsonl) would
     lose the run's history."""
-    evidence = first_line(error) if damaged else damage_evidence(error)
+    evidence = first_line(error) if damaged else digests.damage_evidence(error)
     if evidence is not None:
       return "damaged", f"{what}: {evidence}"
     cause = (f"cannot restore the checkpoint at step {step} in {self.directory} "
@@ -418,7 +348,7 @@ class Checkpoints:
     step = self._undigested[-1] if self._undigested else None
     self._undigested, self._broken = [], True
     try:
-      kept = sorted(int(n) for n in _step_dirs(self.directory)
+      kept = sorted(int(n) for n in digests.step_names(self.directory)
                     if committed or int(n) != step)
     except OSError:
       kept = []

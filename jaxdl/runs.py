@@ -32,7 +32,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxdl import checkpoint, digests, files, models, resume, tasks
+from jaxdl import checkpoint, digests, files, keepbest, models, resume, tasks
 from jaxdl.errors import UserError, first_line
 
 MODEL_INFO = "model_info.json"  # WORKDIR/model_info.json: models.get's kwargs from the data
@@ -191,18 +191,18 @@ def _directory(workdir: str) -> str:
 
 def best_step(workdir: str, config) -> int:
   """The step of the run's checkpoint.keep_best checkpoint: the best of the steps that carry the
-  metric (the loop saves it only with a step it judged a new best; checkpoint._keep_best)."""
+  metric (the loop saves it only with a step it judged a new best; keepbest.manager_options)."""
   metric = config.checkpoint.keep_best
   if not metric:
     raise UserError(f"which='best': the run in {workdir} kept no best checkpoint (it was "
                     f"trained without --config.checkpoint.keep_best=METRIC)")
   directory = _directory(workdir)
-  damaged = checkpoint.unreadable_metrics(directory)
+  damaged = digests.unreadable_metrics(directory)
   for step in damaged:  # a reader changes nothing: passed over, as a damaged newest step is
     logging.warning("the checkpoint at step %d in %s is damaged (its keep_best metrics file is "
                     "not JSON); passing over it", step, directory)
   with _manager(directory) as manager:
-    scores = {step: checkpoint.score(manager.metrics(step) or {}, metric,
+    scores = {step: keepbest.score(manager.metrics(step) or {}, metric,
                                      config.checkpoint.best_mode)
               for step in manager.all_steps() if step not in damaged}
   best = max(scores, key=lambda step: (scores[step], -step), default=None)
@@ -233,7 +233,7 @@ def read_variables(workdir: str, which: str | int = "latest") -> tuple[int, dict
         return step, _variables_at(manager, directory, step)
       except Exception as e:  # pylint: disable=broad-except  (Orbax raises many types)
         error = f"the checkpoint at step {step} in {directory} cannot be read ({first_line(e)})"
-        if checkpoint.damage_evidence(e) is None or which != "latest":
+        if digests.damage_evidence(e) is None or which != "latest":
           raise UserError(error) from None
         newest_error = newest_error or error
         logging.warning("%s; trying an older one", error)
@@ -246,7 +246,7 @@ def _variables_at(manager: ocp.CheckpointManager, directory: str, step: int) -> 
   """The step's variables, after its checksums."""
   mismatch = digests.check(os.path.join(directory, str(step)))
   if mismatch:
-    raise checkpoint.DamagedFiles(f"checksum: {mismatch}")
+    raise digests.DamagedFiles(f"checksum: {mismatch}")
   # Every array onto this process's first device. Without a target Orbax restores the saving
   # run's shardings, and refuses when its devices are not all here (a run on 2 CPU devices,
   # like the :nanogpt_cpu preset's, or on a pod).

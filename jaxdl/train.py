@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
-import math
 import os
 import signal
 import time
@@ -23,9 +21,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxdl import (checkpoint, data, files, history, lease, metrics, models, optim, parallel,
-                   profiler, resume, runner as runners, runrecord, runs, steps, stopping,
-                   tasks, validate)
+from jaxdl import (checkpoint, files, history, keepbest, lease, metrics, models, optim,
+                   parallel, profiler, resume, runner as runners, runrecord, runs, steps,
+                   stopping, tasks, validate)
 from jaxdl.errors import UserError
 
 
@@ -88,47 +86,6 @@ def _start_line(config, dataset, state, num_steps: int) -> str:
           f"({config.batch_size // jax.device_count()} per device) | {mode}, state "
           f"{per_device:.3g} of {total:.3g} MB per device | {num_steps:,} steps "
           f"({dataset.train.steps_per_epoch} per epoch)")
-
-
-def _eval_metric_names(task, objective, runner, dataset, config, mesh) -> list[str] | None:
-  """The eval events' scalar metrics ('val_loss', 'val_accuracy'): the task's summary of zero
-  eval sums, whose shapes are traced from the eval step (jax.eval_shape), never computed. None
-  when the task's summarise cannot take zero sums (a ratio of two of them): the loop then
-  checks checkpoint.keep_best at the first eval."""
-  batch = next(data.eval_batches(dataset.evals[dataset.eval_split], config.eval_batch_size))
-  step = functools.partial(steps.eval_step, objective=objective)
-  with (parallel.activation_sharding(mesh) if config.parallel.mode == "jit"
-        else contextlib.nullcontext()):  # as the runner traces it
-    shapes = jax.eval_shape(step, runner.abstract_state, batch)
-  try:
-    summary = task.summarise({k: np.zeros(s.shape, s.dtype) for k, s in shapes.items()})
-  except (ArithmeticError, ValueError):  # ZeroDivisionError, math domain errors
-    return None
-  return [f"{dataset.eval_split}_{k}" for k, v in summary.items()
-          if isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and k != "count"]
-
-
-# checkpoint.keep_best's bookkeeping, kept in each checkpoint's loop state ('best'): the best
-# eval's step and value, and the evals since it, so a resumed run judges (and stops) exactly
-# as an uninterrupted one. A checkpoint without it (keep_best off, an older jaxdl) starts here.
-_NO_BEST = {"step": None, "value": None, "evals_since": 0}
-
-
-def _after_eval(best: dict, step: int, value: float, mode: str, result: dict) -> dict:
-  """The bookkeeping after the eval at `step` gave `value` (and the task's `result`, kept for
-  the final summary): a new best only when strictly better (the first of equal evals stays
-  the best); NaN never is."""
-  if not math.isnan(value) and (best["value"] is None or (
-      value < best["value"] if mode == "min" else value > best["value"])):
-    return {"step": step, "value": value, "evals_since": 0, "result": result}
-  return {**best, "evals_since": best["evals_since"] + 1}
-
-
-def _patience_out(best: dict | None, patience: int) -> bool:
-  """Whether early stopping ends the run: `patience` evals without a new best. A run with no
-  best yet (every eval NaN) has no checkpoint to finish on, and goes on."""
-  return (patience > 0 and best is not None and best["step"] is not None
-          and best["evals_since"] >= patience)
 
 
 def _restore(ckpts, runner, dataset, writer, workdir: str, resolved: dict, config_changes: dict,
@@ -256,7 +213,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, restart: bool,
         f"`dtype` / `param_dtype` gets the precision policy; jaxdl/models/__init__.py)")
   keep_best, patience = config.checkpoint.keep_best, config.early_stopping.patience
   if keep_best:  # a metric of the eval events, known once the data and the model are
-    names = _eval_metric_names(task, objective, runner, dataset, config, mesh)
+    names = keepbest.eval_metric_names(task, objective, runner, dataset, config, mesh)
     if names is not None:
       validate.check_best_metric(keep_best, names)
 
@@ -282,7 +239,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, restart: bool,
       writer.print(f"--restart: kept what {workdir} held in {held.kept}; starting afresh")
     state, interval_sums, best = _restore(ckpts, runner, dataset, writer, workdir, resolved,
                                           config_changes, adopted, num_steps, resuming)
-    best = (best or dict(_NO_BEST)) if keep_best else None
+    best = (best or dict(keepbest.NONE_YET)) if keep_best else None
     start_step = step = int(state.step)
     runrecord.begin(workdir, resolved, start_step, num_steps)  # run.json: a segment per start
     on_error.enter_context(_recorded_on_error(workdir, lambda: step))
@@ -300,7 +257,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, restart: bool,
     # rate counts only what ran after it, over the time since it finished.
     uncounted = 0.0
     # An early-stopped run re-run on its workdir stops again at once: its checkpoint says so.
-    stopped_early = _patience_out(best, patience) and step < num_steps
+    stopped_early = keepbest.patience_out(best, patience) and step < num_steps
     at_end = {}  # with keep_best, the last step's eval, which the final evals reuse
     while step < num_steps and not stopped_early:
       profile.at(step, state)  # starts/stops the trace at config.profile_steps
@@ -348,7 +305,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, restart: bool,
         interval_start += time.time() - eval_start  # train throughput excludes eval time
         if keep_best:
           validate.check_best_metric(keep_best, sorted(named))  # when the start could not
-          best = _after_eval(best, done, named[keep_best], config.checkpoint.best_mode, result)
+          best = keepbest.after_eval(best, done, named[keep_best], config.checkpoint.best_mode, result)
           at_end = {split: result} if done == num_steps else {}
 
       # SIGTERM or SIGINT arrived: save this step, then exit
@@ -370,7 +327,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, restart: bool,
                      f"waited for it to reach the disk; re-run the same command to resume")
         runrecord.end(workdir, done, None)  # a clean stop: end time, no final metrics
         raise stopping.Stopped(signum, done)  # _closed_on_error closes the writer
-      stopped_early = _patience_out(best, patience) and done < num_steps
+      stopped_early = keepbest.patience_out(best, patience) and done < num_steps
 
     # 9. finish: final evals (the last step saved the final checkpoint), summary line. An early
     # stop's are of the best checkpoint, restored into the state.

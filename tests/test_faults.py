@@ -800,10 +800,10 @@ def test_damage_evidence_reads_the_whole_chain():
     except ValueError as inner:
       raise Exception("Encountered error while reading array index") from inner
   except Exception as outer:  # pylint: disable=broad-except
-    assert checkpoint.damage_evidence(outer).startswith("OUT_OF_RANGE")
-  assert checkpoint.damage_evidence(FileNotFoundError("File .../loop/metadata not found."))
-  assert checkpoint.damage_evidence(MemoryError()) is None
-  assert checkpoint.damage_evidence(ValueError("UNAVAILABLE: try again")) is None
+    assert digests.damage_evidence(outer).startswith("OUT_OF_RANGE")
+  assert digests.damage_evidence(FileNotFoundError("File .../loop/metadata not found."))
+  assert digests.damage_evidence(MemoryError()) is None
+  assert digests.damage_evidence(ValueError("UNAVAILABLE: try again")) is None
 
 
 def test_every_test_the_fault_table_names_exists():
