@@ -3,11 +3,12 @@
 Each checkpoint step holds two items: 'state' (the TrainState pytree, restored with the shardings
 of the state it replaces) and 'loop' (JSON: the data position and the partial metric sums of the
 current log interval), so a resumed run logs exactly what an uninterrupted one would.
-With checkpoint.keep_best, the best eval's step is kept beside the newest ones (`_keep_best`).
+With checkpoint.keep_best, the best eval's step is kept beside the newest ones (keepbest.py).
 Saves are asynchronous: device arrays are copied to host before `save` returns, so the next
 (donating) train step may run while the files are written. Orbax writes each save into a
 temporary directory and renames it when complete, so a kill mid-save never leaves a step
-directory that looks finished.
+directory that looks finished. Reading a run's checkpoint for use (predict, sample, jaxdl.load)
+is runs.py's: a reader that never moves or writes anything.
 
 Faults handled here:
   - a kill mid-save leaves Orbax's `<step>.orbax-checkpoint-tmp*` directory: it never was a
@@ -16,7 +17,7 @@ Faults handled here:
     recorded once the save committed, digests.py): `restore_latest` moves it aside to
     `checkpoints/damaged-<step>` (kept for inspection, never deleted) with a WARNING, and
     falls back to the next newest intact checkpoint. Only evidence of damage does that
-    (`damage_evidence`); any other restore error (out of memory, permission, transient I/O) is
+    (`digests.damage_evidence`); any other restore error (out of memory, permission, transient I/O) is
     a RestoreError that changes nothing.
   - a checkpoint whose arrays do not fit the config's state (another model or optimizer):
     refused with a UserError, never moved or touched.
@@ -29,9 +30,7 @@ Faults handled here:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
-import math
 import os
 from typing import Any, Callable
 
@@ -41,24 +40,15 @@ from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxdl import digests, files, parallel
-from jaxdl.errors import UserError, chain, environment_failure, first_line, os_cause
+from jaxdl import digests, files, keepbest, parallel
+from jaxdl.errors import UserError, environment_failure, first_line, os_cause
 
 _TMP_MARK = ".orbax-checkpoint-tmp"  # Orbax's suffix for a save still being written
 
 
-def _step_dirs(directory: str) -> list[str]:
-  """The step folders in `directory`, local or gs:// (the same epath calls). Fails closed: an
-  error of the listing (a network error) is raised, never read as 'no checkpoints'."""
-  try:
-    return [p.name for p in files.Path(directory).iterdir() if p.name.isdigit()]
-  except FileNotFoundError:
-    return []
-
-
 def has_checkpoints(workdir: str) -> bool:
   """Whether workdir holds a checkpoint step to resume (damaged or not)."""
-  return bool(_step_dirs(os.path.join(workdir, "checkpoints")))
+  return bool(digests.step_names(os.path.join(workdir, "checkpoints")))
 
 
 def _layout(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -72,10 +62,6 @@ def _layout(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
       tree, is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))[0]
   return {"/".join(name(e) for e in path): (tuple(leaf.shape), str(leaf.dtype))
           for path, leaf in leaves}
-
-
-class DamagedFiles(Exception):
-  """A step's files differ from the digest recorded when it was saved (digests.py)."""
 
 
 class SaveError(UserError):
@@ -92,23 +78,6 @@ class RestoreError(UserError):
 # TensorStore's status codes for data that is absent or cut short (a missing chunk or manifest,
 # a truncated file, a zstd stream that ends early). Any other status (UNAVAILABLE,
 # PERMISSION_DENIED, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, UNKNOWN, ...) is not evidence.
-_DAMAGE_STATUSES = ("NOT_FOUND", "DATA_LOSS", "OUT_OF_RANGE", "FAILED_PRECONDITION")
-
-
-def damage_evidence(error: BaseException) -> str | None:
-  """What in `error` (or the errors it was raised from) shows missing or truncated checkpoint
-  files; None when nothing does. Orbax wraps TensorStore's errors in plain Exceptions, so the
-  whole chain is read."""
-  for e in chain(error):
-    if isinstance(e, (FileNotFoundError, DamagedFiles)):
-      return first_line(e)
-    if isinstance(e, (MemoryError, PermissionError)):
-      return None  # not about the files' contents, whatever wraps it
-    if str(e).startswith(_DAMAGE_STATUSES):
-      return first_line(e)
-  return None
-
-
 # The outcomes of reading a checkpoint step, gravest last (see _agree).
 _OUTCOMES = ("ok", "damaged", "refused", "error")
 
@@ -143,35 +112,28 @@ def _as_saved(abstract: Any, saved: Any) -> tuple[Any, Callable[[Any], Any]]:
   return target, lambda restored: abstract.replace(**restored)
 
 
-def _handlers() -> dict[str, ocp.CheckpointHandler]:
+def item_handlers() -> dict[str, ocp.CheckpointHandler]:
   """A checkpoint's items: the train state's arrays and the loop's JSON (data position, sums).
   A manager that reads only the state still names both: Orbax warns about an item it has no
   handler for whenever it reads the step's metadata."""
   return {"state": ocp.StandardCheckpointHandler(), "loop": ocp.JsonCheckpointHandler()}
 
 
-def _score(metrics: dict, metric: str, mode: str) -> float:
-  """Orbax's ranking of a step, higher better: a step saved as a new best carries its value;
-  every other step carries {} and ranks last."""
-  value = metrics.get(metric)
-  return -math.inf if value is None else (-value if mode == "min" else value)
-
-
-def _keep_best(keep: int, metric: str, mode: str) -> dict[str, Any]:
-  """CheckpointManagerOptions that keep the newest `keep` steps and the best one.
-
-  Orbax's BestN ranks steps by the metrics saved with them. The loop decides which step is the
-  best (strictly better than every earlier eval; NaN never is) and saves its value with that
-  step only: given every eval's value, BestN would keep the later of two equal ones, and NaN
-  sorts anywhere. best_fn makes Orbax write the metrics into the step (with the preservation
-  policy alone it keeps them in memory only, and a resumed run would lose the best step);
-  a re-opened manager reads them back (checked on orbax-checkpoint 0.12.8)."""
-  score = functools.partial(_score, metric=metric, mode=mode)
-  policy = ocp.checkpoint_managers.AnyPreservationPolicy([
-      ocp.checkpoint_managers.LatestN(n=keep),
-      ocp.checkpoint_managers.BestN(get_metric_fn=score, n=1,
-                                    keep_checkpoints_without_metrics=False)])
-  return dict(preservation_policy=policy, best_fn=score, best_mode="max")
+def _set_aside(directory: str, step: int, why: str) -> None:
+  """Renames the damaged `step` to damaged-<step> (never deletes it) and warns, naming it."""
+  path = os.path.join(directory, str(step))
+  target = ""
+  if jax.process_index() == 0:  # the directory is shared: one process names and renames
+    target = os.path.join(directory, f"damaged-{step}")
+    n = 1
+    while files.exists(target):
+      n += 1
+      target = os.path.join(directory, f"damaged-{step}-{n}")
+    files.Path(path).rename(target)  # etils.epath: os.rename here, the backend's move on gs://
+  # Process 0 sends the name only once it has renamed, so the others list the directory after.
+  target = parallel.broadcast_text(target)
+  logging.warning("checkpoint %s is damaged (%s); moved it to %s, falling back to an older "
+                  "checkpoint", path, why, target)
 
 
 class Checkpoints:
@@ -188,12 +150,18 @@ class Checkpoints:
     if unfinished and jax.process_index() == 0:
       logging.warning("removing unfinished save(s) of a killed run in %s: %s", self.directory,
                       ", ".join(unfinished))
-    keeping = _keep_best(keep, keep_best, best_mode) if keep_best else {"max_to_keep": keep}
+    if keep_best:  # the manager below reads every step's metrics: damage there is set aside
+      damaged = json.loads(parallel.broadcast_text(json.dumps(
+          digests.unreadable_metrics(self.directory) if jax.process_index() == 0 else [])))
+      for step in damaged:
+        _set_aside(self.directory, step, "its keep_best metrics file is not JSON")
+    keeping = (keepbest.manager_options(keep, keep_best, best_mode) if keep_best
+               else {"max_to_keep": keep})
     self._tracks_best = bool(keep_best)
     options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=True,
                                            cleanup_tmp_directories=True, **keeping)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                         item_handlers=_handlers())
+                                         item_handlers=item_handlers())
     self._undigested: list[int] = []  # steps saved, their digest still to write (see wait)
     self._broken = False  # a save failed: nothing more is written or waited for
     self._on_commit = on_commit  # called on process 0 with each step once it is on disk
@@ -206,7 +174,7 @@ class Checkpoints:
       alone = ocp.options.MultiprocessingOptions(primary_host=jax.process_index(),
                                                  active_processes={jax.process_index()})
       self.reader = ocp.CheckpointManager(
-          self.directory, item_handlers=_handlers(),
+          self.directory, item_handlers=item_handlers(),
           options=ocp.CheckpointManagerOptions(create=False,
                                                multiprocessing_options=alone))
 
@@ -248,14 +216,13 @@ class Checkpoints:
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like_state)
     if step not in self.manager.all_steps():
       raise UserError(f"the checkpoint at step {step} is not in {self.directory} (deleted by "
-                      f"hand?); re-run with --restart to train afresh")
+                      f"hand?)")
     (outcome, detail), restored = self._read(step, abstract, _layout(abstract))
     if outcome == "ok":
       return restored["state"], restored["loop"]
     if outcome == "damaged":
       self._move_aside(step, detail)
-      raise UserError(f"the checkpoint at step {step} is damaged ({detail}) and was moved aside; "
-                      f"re-run with --restart to train afresh")
+      raise UserError(f"the checkpoint at step {step} is damaged ({detail}) and was moved aside")
     raise (UserError if outcome == "refused" else RestoreError)(detail)
 
   def _read(self, step: int, abstract: Any, wanted: dict) -> tuple[tuple[str, str], Any]:
@@ -318,7 +285,7 @@ class Checkpoints:
     line): an out-of-memory, a permission or a transient I/O error says nothing about the
     files, and falling back past it (to step 0 at worst, which empties metrics.jsonl) would
     lose the run's history."""
-    evidence = first_line(error) if damaged else damage_evidence(error)
+    evidence = first_line(error) if damaged else digests.damage_evidence(error)
     if evidence is not None:
       return "damaged", f"{what}: {evidence}"
     cause = (f"cannot restore the checkpoint at step {step} in {self.directory} "
@@ -332,19 +299,7 @@ class Checkpoints:
 
   def _move_aside(self, step: int, why: str) -> None:
     """Renames a damaged step to damaged-<step> (never deletes it) and warns, naming it."""
-    path = os.path.join(self.directory, str(step))
-    target = ""
-    if jax.process_index() == 0:  # the directory is shared: one process names and renames
-      target = os.path.join(self.directory, f"damaged-{step}")
-      n = 1
-      while files.exists(target):
-        n += 1
-        target = os.path.join(self.directory, f"damaged-{step}-{n}")
-      files.Path(path).rename(target)  # etils.epath: os.rename here, the backend's move on gs://
-    # Process 0 sends the name only once it has renamed, so the others list the directory after.
-    target = parallel.broadcast_text(target)
-    logging.warning("checkpoint %s is damaged (%s); moved it to %s, falling back to an older "
-                    "checkpoint", path, why, target)
+    _set_aside(self.directory, step, why)
     self.manager.reload()
     if self.reader is not self.manager:
       self.reader.reload()
@@ -393,7 +348,7 @@ class Checkpoints:
     step = self._undigested[-1] if self._undigested else None
     self._undigested, self._broken = [], True
     try:
-      kept = sorted(int(n) for n in _step_dirs(self.directory)
+      kept = sorted(int(n) for n in digests.step_names(self.directory)
                     if committed or int(n) != step)
     except OSError:
       kept = []
@@ -424,51 +379,3 @@ class Checkpoints:
       # The error already on its way out says what went wrong; this one only followed from it.
       logging.info("while stopping after an error, closing the checkpoints failed too: %s",
                    first_line(e))
-
-
-def latest_params(workdir: str, config_file: str) -> Any:
-  """The variables of the newest checkpoint in WORKDIR/checkpoints, as host arrays (for
-  sampling and prediction): {'params': params (their moving average when the run kept one),
-  **model state}. `config_file` names the config
-  to train with in the error for a workdir without checkpoints."""
-  root = files.absolute(workdir)
-  directory = os.path.join(root, "checkpoints")
-  newest_error = None
-  if files.Path(directory).is_dir():
-    with ocp.CheckpointManager(directory, item_handlers=_handlers(),
-                               options=ocp.CheckpointManagerOptions(create=False)) as manager:
-      # A damaged step (truncated or missing files) is passed over for the next older one,
-      # with a WARNING, as a resume does; a reader only reads, so nothing is moved aside. Any
-      # other error is reported as it is.
-      for step in sorted(manager.all_steps(), reverse=True):
-        try:
-          mismatch = digests.check(os.path.join(directory, str(step)))
-          if mismatch:
-            raise DamagedFiles(f"checksum: {mismatch}")
-          return _params_of(manager, step)
-        except Exception as e:  # pylint: disable=broad-except  (Orbax raises many types)
-          error = (f"the checkpoint at step {step} in {directory} cannot be read "
-                   f"({first_line(e)})")
-          if damage_evidence(e) is None:
-            raise UserError(error) from None
-          newest_error = newest_error or error
-          logging.warning("%s; trying an older one", error)
-  if newest_error:
-    raise UserError(f"{newest_error}, nor can any older one")
-  raise UserError(f"no checkpoint in {directory}; train first: python -m jaxdl.main "
-                  f"--config={config_file} --workdir={workdir}")
-
-
-def _params_of(manager: ocp.CheckpointManager, step: int) -> Any:
-  """The step's variables, {'params': its params (their moving average when the run kept one),
-  **its model state}, as host arrays."""
-  # Every array onto this process's first device. Without a target Orbax restores the saving
-  # run's shardings, and refuses when its devices are not all here (a run on 2 CPU devices,
-  # like the :nanogpt_cpu preset's, or on a pod).
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                        manager.item_metadata(step)["state"])
-  state = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(target)))["state"]  # a dict: restored without a target
-  params = state["params"] if state.get("ema_params") is None else state["ema_params"]
-  return {"params": params, **(state.get("model_state") or {})}

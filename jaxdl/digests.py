@@ -13,16 +13,22 @@ the first file that differs. A step without DIGEST (saved by an older jaxdl, or 
 its commit and its digest) is judged by the shapes of its files alone (`_judge`), which cannot
 see flipped bits.
 
+`damage_evidence` reads damage from a restore's error instead (a missing or truncated file
+surfacing from Orbax or TensorStore), and `unreadable_metrics` finds the steps whose keep_best
+metrics file is not JSON (Orbax reads them all when a manager opens).
+
 Reads and writes go through etils.epath: a local directory or gs://, the same calls.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import zlib
 
 
 from jaxdl import files
+from jaxdl.errors import chain, first_line
 
 DIGEST = "jaxdl-digest.json"
 _CHUNK = 1 << 24  # bytes read at a time: a large array file is never held whole
@@ -111,3 +117,48 @@ def _judge(root: files.Path) -> str | None:
     elif path.stat().length == 0:
       return f"{name} is empty"
   return None
+
+
+class DamagedFiles(Exception):
+  """A step's files differ from the digest recorded when it was saved (digests.py)."""
+
+
+_DAMAGE_STATUSES = ("NOT_FOUND", "DATA_LOSS", "OUT_OF_RANGE", "FAILED_PRECONDITION")
+
+
+def damage_evidence(error: BaseException) -> str | None:
+  """What in `error` (or the errors it was raised from) shows missing or truncated checkpoint
+  files; None when nothing does. Orbax wraps TensorStore's errors in plain Exceptions, so the
+  whole chain is read."""
+  for e in chain(error):
+    if isinstance(e, (FileNotFoundError, DamagedFiles)):
+      return first_line(e)
+    if isinstance(e, (MemoryError, PermissionError)):
+      return None  # not about the files' contents, whatever wraps it
+    if str(e).startswith(_DAMAGE_STATUSES):
+      return first_line(e)
+  return None
+
+
+def unreadable_metrics(directory: str) -> list[int]:
+  """The steps whose keep_best metrics file (`<step>/metrics/metrics`, JSON) does not parse: a
+  manager that tracks the best reads every step's when it opens, and would fail on one."""
+  bad = []
+  for name in step_names(directory):
+    path = os.path.join(directory, name, "metrics", "metrics")
+    try:
+      json.loads(files.read_text(path))
+    except FileNotFoundError:
+      continue  # a step saved without metrics (keep_best off when it was written)
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError: cut short or garbled
+      bad.append(int(name))
+  return sorted(bad)
+
+
+def step_names(directory: str) -> list[str]:
+  """The step folders in `directory`, local or gs:// (the same epath calls). Fails closed: an
+  error of the listing (a network error) is raised, never read as 'no checkpoints'."""
+  try:
+    return [p.name for p in files.Path(directory).iterdir() if p.name.isdigit()]
+  except FileNotFoundError:
+    return []

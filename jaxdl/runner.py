@@ -103,6 +103,14 @@ class Runner:
       self._device_rows = jax.device_put(rows, replicated)
     self._sums_shape = None if self.fuse == 1 else jax.eval_shape(
         self._step, abstract_state, sample)[1]
+    self._trace_train = lambda: jax.eval_shape(functools.partial(train_step, **bound),
+                                               abstract_state, sample)
+
+  def trace_train_step(self) -> None:
+    """Traces one train step without computing it: the model's call with train=True has run
+    (e.g. for keys of the config only that call reads)."""
+    with self._context():
+      self._trace_train()
 
   def compile_step(self, batch: dict[str, jax.Array]):
     """The jit train step compiled for a global batch of `batch`'s shapes and layout, without

@@ -10,9 +10,10 @@ Model state (BatchNorm's running averages: every collection of the model's init 
 rides in TrainState.model_state: updated by each train step, read (never updated) by eval.
   - jit on the mesh: a batch split over devices is one global array, so a model's batch
     statistics are the global batch's.
-  - pmap: each device normalises by its own slice's statistics (a model may name the axis,
-    'data', in its BatchNorm(axis_name=...) to sync them); the new running averages are
-    averaged over the devices (pmean), so every device keeps the same state.
+  - pmap: each device normalises by its own slice's statistics (a model may pass
+    axis_name='data' to its BatchNorm under pmap only, to sync them; jit has no named axis);
+    the new running averages are averaged over the devices (pmean), so every device keeps one
+    state.
   - grad_accum_steps = k: each microbatch is normalised by its own statistics, and the running
     averages take k updates per step, one per microbatch in order (what k smaller steps would).
 """
@@ -83,7 +84,13 @@ def call(objective: Objective, params, model_state, batch, rng, train: bool):
         f"sums, model state), the state being what jaxdl.models.apply returns with the outputs "
         f"(docs/extending.md)")
   loss, aux, new_state = out
-  return loss, aux, new_state or None
+  new_state = new_state or None
+  if jax.tree.structure(new_state) != jax.tree.structure(model_state):
+    raise UserError(
+        f"the task's objective returned a model state of collections "
+        f"{sorted(new_state or {})}, given {sorted(model_state or {})}; return the state that "
+        f"jaxdl.models.apply returns with the outputs (docs/extending.md)")
+  return loss, aux, new_state
 
 
 def param_axes(model: nn.Module, sample_inputs: jax.Array) -> Any:

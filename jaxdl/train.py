@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
-import math
 import os
 import signal
 import time
@@ -23,9 +21,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxdl import (checkpoint, data, files, history, lease, metrics, models, optim, parallel,
-                   profiler, resume, runner as runners, runrecord, steps, stopping, tasks,
-                   validate)
+from jaxdl import (checkpoint, files, history, keepbest, lease, metrics, models, optim,
+                   parallel, profiler, resume, runner as runners, runrecord, runs, steps,
+                   stopping, tasks, validate)
 from jaxdl.errors import UserError
 
 
@@ -90,46 +88,11 @@ def _start_line(config, dataset, state, num_steps: int) -> str:
           f"({dataset.train.steps_per_epoch} per epoch)")
 
 
-def _eval_metric_names(task, objective, runner, dataset, config, mesh) -> list[str]:
-  """The eval events' scalar metrics ('val_loss', 'val_accuracy'): the task's summary of zero
-  eval sums, whose shapes are traced from the eval step (jax.eval_shape), never computed."""
-  batch = next(data.eval_batches(dataset.evals[dataset.eval_split], config.eval_batch_size))
-  step = functools.partial(steps.eval_step, objective=objective)
-  with (parallel.activation_sharding(mesh) if config.parallel.mode == "jit"
-        else contextlib.nullcontext()):  # as the runner traces it
-    shapes = jax.eval_shape(step, runner.abstract_state, batch)
-  summary = task.summarise({k: np.zeros(s.shape, s.dtype) for k, s in shapes.items()})
-  return [f"{dataset.eval_split}_{k}" for k, v in summary.items()
-          if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "count"]
-
-
-# checkpoint.keep_best's bookkeeping, kept in each checkpoint's loop state ('best'): the best
-# eval's step and value, and the evals since it, so a resumed run judges (and stops) exactly
-# as an uninterrupted one. A checkpoint without it (keep_best off, an older jaxdl) starts here.
-_NO_BEST = {"step": None, "value": None, "evals_since": 0}
-
-
-def _after_eval(best: dict, step: int, value: float, mode: str) -> dict:
-  """The bookkeeping after the eval at `step` gave `value`: a new best only when strictly
-  better (the first of equal evals stays the best); NaN never is."""
-  if not math.isnan(value) and (best["value"] is None or (
-      value < best["value"] if mode == "min" else value > best["value"])):
-    return {"step": step, "value": value, "evals_since": 0}
-  return {**best, "evals_since": best["evals_since"] + 1}
-
-
-def _patience_out(best: dict | None, patience: int) -> bool:
-  """Whether early stopping ends the run: `patience` evals without a new best. A run with no
-  best yet (every eval NaN) has no checkpoint to finish on, and goes on."""
-  return (patience > 0 and best is not None and best["step"] is not None
-          and best["evals_since"] >= patience)
-
-
 def _restore(ckpts, runner, dataset, writer, workdir: str, resolved: dict, config_changes: dict,
              adopted: dict, num_steps: int, resuming: bool):
   """The newest intact checkpoint's (state, interval sums, keep_best bookkeeping or None), or a
   fresh state; then the first writes to the workdir: metrics trimmed to the restored step,
-  config.json, the task's files.
+  config.json, model_info.json, the task's files.
 
   The checkpoint is restored into the abstract state (shapes and layout only), so a resume
   never holds two copies of the state; a fresh state is made only when there is none to
@@ -162,6 +125,13 @@ def _restore(ckpts, runner, dataset, writer, workdir: str, resolved: dict, confi
                    f"before the key existed, and {new!r} does what it did")
   if writer.enabled:
     files.write_json(os.path.join(workdir, "config.json"), resolved)
+    # What the model was built with beyond its config: jaxdl.load rebuilds any task's model.
+    info = runs.saved_model_info(dataset.model_info)
+    if info is None:
+      writer.print(f"WARNING: the data's model_info is not JSON, so {runs.MODEL_INFO} is not "
+                   f"written and jaxdl.load cannot rebuild this run's model")
+    else:
+      files.write_json(os.path.join(workdir, runs.MODEL_INFO), info)
     for name, text in dataset.files.items():  # e.g. the vocabulary, kept beside checkpoints
       path = os.path.join(workdir, name)
       if not files.exists(path) or restored is None:  # a fresh run's replace stale ones
@@ -230,8 +200,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str, restart: bool,
   objective = task.objective(config, model)
   runner = runners.Runner(config, model, objective, tx, dataset.train, mesh, task.INPUT,
                           eval_every)
-  # The runner has built and traced the model: every key it reads has been read by now.
+  # The runner has built the model and traced its init (train=False); a key it reads only in
+  # training is read once a train step is traced too.
   unread = models.unread_keys(config.model, model_reads, getattr(task, "MODEL_KEYS", ()))
+  if unread:
+    runner.trace_train_step()
+    unread = models.unread_keys(config.model, model_reads, getattr(task, "MODEL_KEYS", ()))
   if unread:
     runner.notes.append(
         f"WARNING: {config.model.name} never reads config.model's {', '.join(unread)}: "
@@ -239,8 +213,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, restart: bool,
         f"`dtype` / `param_dtype` gets the precision policy; jaxdl/models/__init__.py)")
   keep_best, patience = config.checkpoint.keep_best, config.early_stopping.patience
   if keep_best:  # a metric of the eval events, known once the data and the model are
-    validate.check_best_metric(keep_best, _eval_metric_names(task, objective, runner, dataset,
-                                                             config, mesh))
+    names = keepbest.eval_metric_names(task, objective, runner, dataset, config, mesh)
+    if names is not None:
+      validate.check_best_metric(keep_best, names)
 
   def evaluate(split: str) -> dict[str, Any]:
     return task.summarise(runner.evaluate(state, dataset.evals[split], config.eval_batch_size))
@@ -264,7 +239,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, restart: bool,
       writer.print(f"--restart: kept what {workdir} held in {held.kept}; starting afresh")
     state, interval_sums, best = _restore(ckpts, runner, dataset, writer, workdir, resolved,
                                           config_changes, adopted, num_steps, resuming)
-    best = (best or dict(_NO_BEST)) if keep_best else None
+    best = (best or dict(keepbest.NONE_YET)) if keep_best else None
     start_step = step = int(state.step)
     runrecord.begin(workdir, resolved, start_step, num_steps)  # run.json: a segment per start
     on_error.enter_context(_recorded_on_error(workdir, lambda: step))
@@ -282,7 +257,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, restart: bool,
     # rate counts only what ran after it, over the time since it finished.
     uncounted = 0.0
     # An early-stopped run re-run on its workdir stops again at once: its checkpoint says so.
-    stopped_early = _patience_out(best, patience) and step < num_steps
+    stopped_early = keepbest.patience_out(best, patience) and step < num_steps
     at_end = {}  # with keep_best, the last step's eval, which the final evals reuse
     while step < num_steps and not stopped_early:
       profile.at(step, state)  # starts/stops the trace at config.profile_steps
@@ -329,7 +304,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, restart: bool,
         writer.print(f"eval at step {done}: {task.brief(split, result)}")
         interval_start += time.time() - eval_start  # train throughput excludes eval time
         if keep_best:
-          best = _after_eval(best, done, named[keep_best], config.checkpoint.best_mode)
+          validate.check_best_metric(keep_best, sorted(named))  # when the start could not
+          best = keepbest.after_eval(best, done, named[keep_best], config.checkpoint.best_mode, result)
           at_end = {split: result} if done == num_steps else {}
 
       # SIGTERM or SIGINT arrived: save this step, then exit
@@ -351,7 +327,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, restart: bool,
                      f"waited for it to reach the disk; re-run the same command to resume")
         runrecord.end(workdir, done, None)  # a clean stop: end time, no final metrics
         raise stopping.Stopped(signum, done)  # _closed_on_error closes the writer
-      stopped_early = _patience_out(best, patience) and done < num_steps
+      stopped_early = keepbest.patience_out(best, patience) and done < num_steps
 
     # 9. finish: final evals (the last step saved the final checkpoint), summary line. An early
     # stop's are of the best checkpoint, restored into the state.
@@ -362,13 +338,19 @@ def _train(config: ml_collections.ConfigDict, workdir: str, restart: bool,
                    f"(early_stopping.patience={patience}); the final evals are of step "
                    f"{best['step']}'s checkpoint")
       state = None  # freed before the best is read: never two copies of the state at once
-      state, _ = ckpts.restore(best["step"], runner.abstract_state)
+      try:
+        state, _ = ckpts.restore(best["step"], runner.abstract_state)
+      except UserError as e:  # damaged (now moved aside) or deleted: the stop step's instead
+        writer.print(f"WARNING: {e}; the final evals are of the newest checkpoint instead")
+        state, _ = ckpts.restore_latest(runner.abstract_state)
     results = {split: at_end.get(split) or evaluate(split) for split in dataset.final_splits}
   final = {f"{split}_{k}": v for split, result in results.items() for k, v in result.items()}
   best_text = ""
   if keep_best and best["step"] is not None:  # None: every eval was NaN
     final.update({"best_step": best["step"], f"best_{keep_best}": best["value"]})
     best_text = f" | best: step {best['step']} {keep_best} {best['value']:.4g}"
+    if best.get("result"):  # the best eval's metrics (a checkpoint of an older jaxdl lacks them)
+      best_text += f" ({task.brief(dataset.eval_split, best['result'])})"
   length = f"{step} of {num_steps} steps (stopped early)" if stopped_early else f"{step} steps"
   writer.write("final", step, final)
   writer.print(f"final: {' | '.join(task.brief(s, r) for s, r in results.items())}"

@@ -94,7 +94,7 @@ os.environ["PYTHONWARNINGS"] = ",".join([
 HEAVY_MODULES = ("test_multihost.py", "test_custom.py", "test_old_workdirs.py", "test_train.py",
                  "test_transformer.py", "test_faults.py", "test_gcs_workdir.py",
                  "test_parallel.py", "test_main.py", "test_text_train.py", "test_lease.py",
-                 "test_lm.py",
+                 "test_lm.py", "test_runs.py",
                  "test_text_models.py", "test_sample.py", "test_sweep.py", "test_steps.py",
                  "test_models.py")
 
@@ -211,7 +211,7 @@ def assert_close_events(got: list[dict], want: list[dict], rtol: float, atol: fl
 
 
 def assert_same_params(got, want, rtol: float | None = None, atol: float = 0.0):
-  """Two pytrees of arrays (e.g. checkpoint.latest_params of two workdirs): the same structure,
+  """Two pytrees of arrays (e.g. runs.read_variables of two workdirs): the same structure,
   shapes and dtypes, and the same values: bit for bit, or to rtol/atol where given."""
   assert jax.tree.structure(got) == jax.tree.structure(want)
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):

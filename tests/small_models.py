@@ -7,6 +7,9 @@ new program), which the suite pays for every config it trains. The CNN has its o
 (test_models.py) and trains end to end where a test names it.
 """
 
+from flax import nnx
+from typing import Any
+
 import flax.linen as nn
 import jax.numpy as jnp
 
@@ -15,14 +18,57 @@ class MLP(nn.Module):
   hidden: int = 32
   num_classes: int = 10
   dropout: float = 0.0
+  dtype: Any = jnp.float32        # the compute dtype of its layers
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, *, train: bool):
     x = x.reshape(x.shape[0], -1).astype(jnp.float32) / 255.0
-    x = nn.Dropout(self.dropout, deterministic=not train)(nn.relu(nn.Dense(self.hidden)(x)))
-    return nn.Dense(self.num_classes)(x)
+    dense = lambda n: nn.Dense(n, dtype=self.dtype, param_dtype=self.param_dtype)
+    x = nn.Dropout(self.dropout, deterministic=not train)(nn.relu(dense(self.hidden)(x)))
+    return dense(self.num_classes)(x).astype(jnp.float32)
 
 
 def mlp(model_config, *, num_classes: int) -> nn.Module:
   """The MNIST config's model block, read for its dropout rate (the step rng's use)."""
   return MLP(num_classes=num_classes, dropout=model_config.dropout)
+
+
+class BatchNormMLP(nn.Module):
+  """The MLP with BatchNorm after its hidden layer: a model with state ('batch_stats'). The
+  hidden layer has no bias, as before any BatchNorm: the norm subtracts it, so its gradient is
+  float rounding, which Adam's m/sqrt(v) turns into full-size updates of either sign."""
+  hidden: int = 32
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    x = x.reshape(x.shape[0], -1).astype(jnp.float32) / 255.0
+    x = nn.Dense(self.hidden, use_bias=False)(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+    return nn.Dense(self.num_classes)(nn.relu(x))
+
+
+def bn_mlp(model_config, *, num_classes: int) -> nn.Module:
+  del model_config  # no keys of its own
+  return BatchNormMLP(num_classes=num_classes)
+
+
+class NnxBatchNormMLP(nnx.Module):
+  """BatchNormMLP in Flax NNX (nnx.BatchNorm's BatchStat through the bridge)."""
+
+  def __init__(self, model_config, *, num_classes: int, rngs: nnx.Rngs):
+    del model_config
+    self.hidden = nnx.Linear(28 * 28, 32, use_bias=False, rngs=rngs)  # see BatchNormMLP
+    self.norm = nnx.BatchNorm(32, momentum=0.9, rngs=rngs)
+    self.out = nnx.Linear(32, num_classes, rngs=rngs)
+
+  def __call__(self, x, *, train: bool):
+    x = x.reshape(x.shape[0], -1).astype(jnp.float32) / 255.0
+    return self.out(nnx.relu(self.norm(self.hidden(x), use_running_average=not train)))
+
+
+def mlp_with_policy(model_config, *, num_classes: int, dtype, param_dtype) -> nn.Module:
+  """mlp, for a builder that takes the precision policy (models.get passes it)."""
+  return MLP(num_classes=num_classes, dropout=model_config.dropout, dtype=dtype,
+             param_dtype=param_dtype)

@@ -53,7 +53,9 @@ def test_the_best_checkpoint_outlives_rotation_and_a_resume(tiny_mnist, tmp_path
   assert final["best_step"] == best_step and final["best_test_loss"] == best_loss
   assert read_events(workdir)[-1] == {"event": "final", "step": 24, **final}
   assert json.load(open(os.path.join(workdir, "run.json")))["final"] == final
-  assert f"| best: step {best_step} test_loss {best_loss:.4g} | 24 steps" in capsys.readouterr().out
+  out = capsys.readouterr().out  # the best eval's metrics as its eval line gave them
+  assert f"| best: step {best_step} test_loss {best_loss:.4g} (test accuracy " in out
+  assert f"| test loss {best_loss:.4f}) | 24 steps" in out
 
   # A resume re-opens the checkpoints: Orbax reads back which step is the best, and its
   # rotation keeps it while the resumed run saves 28 and 32.
@@ -141,3 +143,20 @@ def test_a_keep_best_that_is_no_eval_metric_is_one_line_before_any_write(tiny_mn
   assert str(error.value) == ("config.checkpoint.keep_best='val_loss': not a metric of this "
                               "run's evals; valid: test_loss, test_accuracy")
   assert not workdir.exists()
+
+
+def test_a_garbled_metrics_file_is_damage_set_aside_not_a_traceback(tiny_mnist, tmp_path):
+  """With keep_best, Orbax reads every step's metrics file when the checkpoints open: one cut
+  short (a power cut) is damage like any other, moved aside to damaged-<step> with the run
+  going on from the next intact checkpoint; jaxdl.load(which='best') passes over it."""
+  from jaxdl import runs  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "w")
+  train.train_and_evaluate(_keep_best(tiny_mnist), workdir)
+  best_step, _ = _best(_evals(workdir))
+  with open(os.path.join(workdir, "checkpoints", "24", "metrics", "metrics"), "w") as f:
+    f.write('{"test_lo')
+  assert runs.best_step(workdir, _keep_best(tiny_mnist)) == best_step
+  tiny_mnist.num_train_steps = 28
+  train.train_and_evaluate(_keep_best(tiny_mnist), workdir)
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", "damaged-24"))
+  assert read_events(workdir)[-1]["step"] == 28

@@ -21,7 +21,7 @@ import pytest
 from conftest import (REPO, SUBPROCESS_CACHE, assert_same_params, flag_values, interrupt_at,
                       load_config, load_config_file, read_events, run_main, set_keys,
                       write_mnist_dir)
-from jaxdl import checkpoint, predict, tasks, train
+from jaxdl import predict, runs, tasks, train
 from jaxdl.data import idx
 from jaxdl.errors import UserError
 
@@ -228,8 +228,8 @@ def test_a_users_linen_model_trains_resumes_bitwise_and_predicts_from_the_comman
                        {"PYTHONPATH": str(tmp_path)}, cwd=tmp_path)
   train.train_and_evaluate(_user_config(monkeypatch, tmp_path, config, args), whole)
   assert read_events(stopped) == read_events(whole)
-  assert_same_params(checkpoint.latest_params(stopped, config),
-                     checkpoint.latest_params(whole, config))  # bitwise
+  assert_same_params(runs.read_variables(stopped)[1],
+                     runs.read_variables(whole)[1])  # bitwise
   final = [e for e in read_events(whole) if e["event"] == "final"][0]
   assert final["test_accuracy"] > 0.5  # the squares are easy: it learnt
 
@@ -258,8 +258,8 @@ def test_a_users_nnx_model_trains_resumes_bitwise_and_predicts(tmp_path, monkeyp
   train.train_and_evaluate(c, stopped)
   train.train_and_evaluate(c, whole)
   assert read_events(stopped) == read_events(whole)
-  assert_same_params(checkpoint.latest_params(stopped, config),
-                     checkpoint.latest_params(whole, config))  # bitwise
+  assert_same_params(runs.read_variables(stopped)[1],
+                     runs.read_variables(whole)[1])  # bitwise
   final = [e for e in read_events(whole) if e["event"] == "final"][0]
   assert final["test_accuracy"] > 0.5  # the squares are easy: it learnt
   digit = idx.read_idx(f"{tmp_path}/digits/t10k-images-idx3-ubyte.gz")[0]
@@ -282,8 +282,8 @@ def test_a_users_task_trains_and_resumes_bitwise(tmp_path, monkeypatch):
   train.train_and_evaluate(c, stopped)
   train.train_and_evaluate(c, whole)
   assert read_events(stopped) == read_events(whole)
-  assert_same_params(checkpoint.latest_params(stopped, config),
-                     checkpoint.latest_params(whole, config))  # bitwise
+  assert_same_params(runs.read_variables(stopped)[1],
+                     runs.read_variables(whole)[1])  # bitwise
   events = read_events(whole)
   assert {"loss", "lr", "psnr"} <= set(events[0])  # the task's TRAIN_METRICS
   final = [e for e in events if e["event"] == "final"][0]
@@ -521,3 +521,46 @@ def test_the_package_list_has_every_package_and_the_configs():
   assert setuptools["package-dir"] == {"jaxdl.configs": "configs"}
   import jaxdl.configs  # pylint: disable=g-import-not-at-top
   assert os.path.samefile(os.path.dirname(jaxdl.configs.__file__), f"{REPO}/configs")
+
+
+# The BatchNorm examples at a smaller size, and the steps of their killed runs: a checkpoint
+# every 4 steps, the kill after the train line of step 14 (checkpoints 4..12 written, some
+# perhaps still in flight), 24 steps in all.
+BATCHNORM_EXAMPLES = {"resnet_mnist": ["--config.model.widths=(8, 8)"],
+                      "cnn_nnx_mnist": ["--config.model.widths=(8, 8)", "--config.model.hidden=16"]}
+_KILLED = ("--config.batch_size=16", "--config.eval_batch_size=32",
+           "--config.num_train_steps=24", "--config.log_every=2", "--config.eval_every=12",
+           "--config.checkpoint_every=4", "--config.opt.warmup_steps=4",
+           "--config.data.validation_size=0")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", BATCHNORM_EXAMPLES)
+def test_a_batchnorm_example_killed_mid_run_resumes_bitwise(tmp_path, monkeypatch, name):
+  """A model with state (BatchNorm's statistics in the checkpoints): its run SIGKILLed mid-run
+  (no save of the step at hand) and re-run with the same command ends bit for bit as an
+  uninterrupted run, statistics included."""
+  config = f"{REPO}/experiments/custom/{name}.py"
+  args = [f"--config.data.path={_digits(tmp_path)}", *_KILLED, *BATCHNORM_EXAMPLES[name]]
+  killed, whole = str(tmp_path / "killed"), str(tmp_path / "whole")
+  cmd = [sys.executable, "-m", "jaxdl.main", f"--config={config}", *args, f"--workdir={killed}"]
+  env = {**os.environ, "JAXDL_XLA_CACHE": SUBPROCESS_CACHE}
+  proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  seen = []
+  for line in proc.stdout:
+    seen.append(line)
+    if line.startswith("step 14/"):
+      proc.kill()
+      break
+  proc.communicate(timeout=300)
+  assert proc.returncode == -signal.SIGKILL, "".join(seen)
+  resumed = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert resumed.returncode == 0, resumed.stderr
+  assert "resumed from the checkpoint at step" in resumed.stdout, resumed.stdout
+  monkeypatch.syspath_prepend(REPO)
+  train.train_and_evaluate(set_keys(load_config_file(config), flag_values(args)), whole)
+  assert read_events(killed) == read_events(whole)
+  got, want = runs.read_variables(killed)[1], runs.read_variables(whole)[1]
+  assert "batch_stats" in want
+  assert_same_params(got, want)  # bitwise, the statistics too

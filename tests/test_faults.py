@@ -24,8 +24,8 @@ import pytest
 from conftest import (REPO, SMALL_MODEL, SUBPROCESS_CACHE, assert_same_params, file_bytes,
                       load_config, read_events, run_main, state_like, tiny_mnist_config,
                       write_mnist_dir)
-from jaxdl import (checkpoint, data, digests, lease, metrics, models, optim, resume, stopping,
-                   tasks, train)
+from jaxdl import (checkpoint, data, digests, lease, metrics, models, optim, resume, runs,
+                   stopping, tasks, train)
 from jaxdl.data import idx
 from jaxdl.errors import UserError
 
@@ -106,8 +106,8 @@ def test_killed_at_random_moments_resumes_bitwise(tmp_path, tiny_mnist):
   assert got == want
   train_steps = [e["step"] for e in got if e["event"] == "train"]
   assert train_steps == sorted(set(train_steps)) == [*range(3, 61, 3)]  # none twice/missing
-  assert_same_params(checkpoint.latest_params(workdir, "x"),
-                     checkpoint.latest_params(reference, "x"))  # bitwise
+  assert_same_params(runs.read_variables(workdir)[1],
+                     runs.read_variables(reference)[1])  # bitwise
 
 
 def test_sigterm_saves_the_current_step(finished_run, tiny_mnist, tmp_path, monkeypatch,
@@ -252,7 +252,7 @@ def test_every_checkpoint_damaged_keeps_the_record(finished_run, tmp_path):
 
 @pytest.mark.parametrize("damage", ["truncated array data", "flipped bits in array data"])
 def test_readers_pass_over_a_damaged_newest_checkpoint(finished_run, tmp_path, caplog, damage):
-  """predict and sample read params through checkpoint.latest_params: a damaged newest step (cut
+  """predict and sample read params through runs.read_variables: a damaged newest step (cut
   short, or failing its checksum) is passed over with a WARNING for the next older one, and
   left where it is (a reader changes nothing); with every step damaged, one line."""
   _, source, _ = finished_run
@@ -263,7 +263,7 @@ def test_readers_pass_over_a_damaged_newest_checkpoint(finished_run, tmp_path, c
   ckpt_dir = os.path.join(workdir, "checkpoints")
   DAMAGE[damage](os.path.join(ckpt_dir, "24"))
   caplog.set_level(logging.WARNING)
-  assert_same_params(checkpoint.latest_params(workdir, "x"), checkpoint.latest_params(older, "x"))
+  assert_same_params(runs.read_variables(workdir)[1], runs.read_variables(older)[1])
   warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
   assert any(f"the checkpoint at step 24 in {ckpt_dir} cannot be read" in w and
              "trying an older one" in w for w in warnings), warnings
@@ -272,7 +272,7 @@ def test_readers_pass_over_a_damaged_newest_checkpoint(finished_run, tmp_path, c
     _truncate(os.path.join(ckpt_dir, step))
   with pytest.raises(UserError, match=r"the checkpoint at step 24 in .* cannot be read \(.*\), "
                                       r"nor can any older one"):
-    checkpoint.latest_params(workdir, "x")
+    runs.read_variables(workdir)[1]
 
 
 def test_checkpoint_of_another_model_is_refused_untouched(finished_run, tmp_path):
@@ -553,7 +553,7 @@ def test_a_full_disk_stops_the_run_in_one_line_within_60_s(tmp_path):
     if saved:
       assert steps[-1] == int(saved.group(1))
     assert digests.check(os.path.join(ckpt_dir, str(steps[-1]))) is None  # whole
-    assert checkpoint.latest_params(workdir, "x")  # and readable
+    assert runs.read_variables(workdir)[1]  # and readable
   finally:
     subprocess.run(["umount", str(disk)], check=True)
 
@@ -800,10 +800,10 @@ def test_damage_evidence_reads_the_whole_chain():
     except ValueError as inner:
       raise Exception("Encountered error while reading array index") from inner
   except Exception as outer:  # pylint: disable=broad-except
-    assert checkpoint.damage_evidence(outer).startswith("OUT_OF_RANGE")
-  assert checkpoint.damage_evidence(FileNotFoundError("File .../loop/metadata not found."))
-  assert checkpoint.damage_evidence(MemoryError()) is None
-  assert checkpoint.damage_evidence(ValueError("UNAVAILABLE: try again")) is None
+    assert digests.damage_evidence(outer).startswith("OUT_OF_RANGE")
+  assert digests.damage_evidence(FileNotFoundError("File .../loop/metadata not found."))
+  assert digests.damage_evidence(MemoryError()) is None
+  assert digests.damage_evidence(ValueError("UNAVAILABLE: try again")) is None
 
 
 def test_every_test_the_fault_table_names_exists():

@@ -17,9 +17,9 @@ from PIL import Image
 import pytest
 
 import gcs_server
-from conftest import (REPO, SMALL_MODEL, SUBPROCESS_CACHE, interrupt_at, load_config, run_main,
-                      set_keys, tiny_lm_config)
-from jaxdl import (checkpoint, digests, files, lease, metrics, plot, predict, report, sample, sweep,
+from conftest import (REPO, SMALL_MODEL, SUBPROCESS_CACHE, assert_same_params, interrupt_at,
+                      load_config, run_main, set_keys, tiny_lm_config)
+from jaxdl import (digests, files, lease, metrics, plot, predict, report, runs, sample, sweep,
                    tasks, train, validate)
 from jaxdl.data import windows
 
@@ -117,8 +117,8 @@ def killed_run(gcs, tmp_path_factory):
 def test_killed_gs_run_resumes_bitwise(killed_run):
   workdir, reference = killed_run
   assert _events(workdir) == _events(reference)
-  for a, b in zip(jax.tree.leaves(checkpoint.latest_params(workdir, "x")),
-                  jax.tree.leaves(checkpoint.latest_params(reference, "x"))):
+  for a, b in zip(jax.tree.leaves(runs.read_variables(workdir)[1]),
+                  jax.tree.leaves(runs.read_variables(reference)[1])):
     np.testing.assert_array_equal(a, b)
   # TensorBoard's event files are there, one per start, rebuilt to hold each step once.
   got = [(tag, step, value) for tag, step, value, _ in metrics.read_tensorboard(workdir)
@@ -139,6 +139,9 @@ def test_tools_read_a_gs_run(killed_run, tmp_path):
   Image.fromarray(np.zeros((28, 28), np.uint8)).save(image)
   (label, prob), = predict.predictor(workdir)([image])  # the command line: test_custom.py
   assert 0 < float(prob) <= 1 and label.isdigit()
+  run = runs.load(workdir, 20)  # jaxdl.load: model_info.json, a chosen step, through the server
+  assert run.step == 20 and run.model_info == {"num_classes": 10}
+  assert_same_params(run.variables, runs.load(reference, 20).variables)
 
 
 def test_resuming_a_gs_run_with_another_seed_is_refused_untouched(killed_run):
@@ -282,7 +285,7 @@ def test_a_gs_server_that_refuses_writes_stops_the_run_in_one_line(gcs):
            r"recording the checkpoint at step \d+ in the run's record \(run\.json\) failed "
            r"\(Forbidden: .*")
   assert re.fullmatch(rf"jaxdl: error: ({'|'.join(forms)})", lines[0]), lines[0]
-  assert checkpoint.latest_params(workdir, "x")  # the newest checkpoint is whole
+  assert runs.read_variables(workdir)[1]  # the newest checkpoint is whole
 
 
 def test_damaged_newest_gs_checkpoint_falls_back(gcs, tmp_path, caplog):

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import load_config
+from conftest import load_config, set_keys
 from jaxdl import models, tasks, validate
 from jaxdl.errors import UserError
 from jaxdl.models.cnn import CNN
@@ -141,3 +141,16 @@ def test_conv_cpu_matches_xla_convolution_and_its_gradients(channels):
   grads = jax.grad(loss(conv_cpu), argnums=(0, 1))(x, kernel)
   ref = jax.grad(loss(xla), argnums=(0, 1))(x, kernel)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), grads, ref)
+
+
+def test_a_users_builder_taking_dtype_gets_the_policy_and_unread_keys_are_named():
+  """The MNIST config's model block on a user's builder that takes dtype and param_dtype:
+  it gets them resolved ('auto' is float32 on CPU); it reads model.dropout; the task reads
+  model.num_classes; init and impl (the CNN's) are read by no one."""
+  block = set_keys(load_config("mnist"), {"model.name": "small_models:mlp_with_policy",
+                                          "model.param_dtype": "bfloat16"}).model
+  reads = set()
+  model = models.get(block, reads=reads, num_classes=10)
+  assert model.dtype == jnp.float32 and model.param_dtype == jnp.bfloat16
+  assert models.unread_keys(block, reads, ("num_classes",)) == ["impl", "init"]
+  assert models.unread_keys(load_config("mnist").model, set()) == []  # a family checks its own

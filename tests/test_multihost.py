@@ -15,7 +15,7 @@ import pytest
 
 from conftest import (REPO, SMALL_MODEL, SUBPROCESS_CACHE, assert_close_events, assert_same_params,
                       flag_values, load_config, read_events, run_main, set_keys)
-from jaxdl import checkpoint, parallel, train
+from jaxdl import parallel, runs, train
 from jaxdl.errors import UserError
 
 # Tiny synthetic MNIST; a constant learning rate so that the 8-step job and a 12-step run follow
@@ -75,7 +75,7 @@ def _wait_for_line(proc, prefix, timeout=120):
 
 
 def _params(workdir):
-  return checkpoint.latest_params(workdir, "configs/mnist.py")
+  return runs.read_variables(workdir)[1]
 
 
 def _kill_all(procs):

@@ -20,11 +20,14 @@ import shutil
 import subprocess
 import sys
 
+import flax
+import jax
+import numpy as np
 import pytest
 
 from conftest import (DEFAULT_XLA_LEVEL, REPO, assert_close_events, assert_same_params,
-                      load_config, read_events, set_keys)
-from jaxdl import checkpoint, resume, tasks
+                      file_bytes, load_config, read_events, set_keys)
+from jaxdl import models, resume, runs, tasks
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "old_workdirs")
 TASKS = ("image_classification", "text_classification", "language_model")
@@ -126,9 +129,36 @@ def test_an_old_workdir_resumes_to_the_uninterrupted_result(task, resumed):
   assert [e for e in events if e["step"] <= RESUMED_FROM] == [
       e for e in old_events if e["step"] <= RESUMED_FROM]
   assert_close_events(read_events(workdir), read_events(fresh), **TOLERANCE)  # final included
-  assert_same_params(checkpoint.latest_params(workdir, "x"),
-                     checkpoint.latest_params(fresh, "x"), **TOLERANCE)
+  assert_same_params(runs.read_variables(workdir)[1],
+                     runs.read_variables(fresh)[1], **TOLERANCE)
 
   if task != "image_classification":  # the vocabulary the checkpoints were made with
     assert _read(os.path.join(workdir, "vocab.json")) == _read(
         os.path.join(original, "vocab.json"))  # reused, not rebuilt
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_jaxdl_load_reads_an_old_workdir_and_writes_nothing(task, tmp_path):
+  """A workdir made before model_info.json (and before keys such as model.remat) is read by
+  jaxdl.load: its model rebuilt from the task's files (vocab.json) or its config, the keys
+  added since at the values its run had, the checkpoint's variables in the model's layout."""
+  workdir = str(tmp_path / "workdir")
+  shutil.copytree(os.path.join(FIXTURES, task, "workdir"), workdir)
+  before = file_bytes(workdir)
+  run = runs.load(workdir)
+  assert run.step == RESUMED_FROM and not os.path.exists(os.path.join(workdir, runs.MODEL_INFO))
+  if task == "image_classification":
+    inputs, info = np.zeros((1, 28, 28, 1), np.uint8), {"num_classes": 10}
+  else:
+    with open(os.path.join(workdir, "vocab.json")) as f:
+      vocab = json.load(f)
+    inputs = np.zeros((1, 16), np.int32)  # the fixtures' max_len and block_size
+    info = ({"vocab_size": len(vocab["words"]), "num_classes": len(vocab["label_names"]),
+             "max_len": 16} if task == "text_classification" else
+            {"vocab_size": len(vocab["chars"])})
+  assert run.model_info == info
+  shapes = lambda tree: jax.tree.map(lambda x: (x.shape, x.dtype), tree)
+  init = jax.eval_shape(lambda: run.model.init(jax.random.PRNGKey(0), inputs, train=False))
+  params, state = models.split_variables(flax.linen.unbox(init))  # traced, not run
+  assert shapes(run.variables) == shapes({"params": params, **(state or {})})
+  assert file_bytes(workdir) == before  # a reader

@@ -86,6 +86,45 @@ def four_devices(tmp_path_factory):
   return root, result.stdout
 
 
+# Models with state (BatchNorm, linen and NNX) on 8 CPU devices: under jit the batch statistics
+# are the global batch's, so jit and jit+fsdp follow one device's curve; pmap normalises each
+# device's 2 rows by their own statistics (steps.py), so it only has to run and stay replicated.
+BATCHNORM = {"linen": {**MNIST, "model.name": "small_models:bn_mlp"},
+             "nnx": {**MNIST, "model.name": "small_models:NnxBatchNormMLP"}}
+BATCHNORM_MODES = {"mesh": {}, "fsdp": {"parallel.fsdp": True, "parallel.fsdp_min_size": 256}}
+
+
+@pytest.fixture(scope="module")
+def eight_devices_batchnorm(tmp_path_factory):
+  """The BatchNorm runs on 8 CPU devices, in one process of their own (a device count is fixed
+  per process). Returns (root, the process's stdout)."""
+  root = tmp_path_factory.mktemp("eight_devices")
+  runs = [["mnist", {**BATCHNORM[kind], **o}, str(root / f"{kind}_{m}"), None]
+          for kind in BATCHNORM for m, o in BATCHNORM_MODES.items()]
+  runs.append(["mnist", {**BATCHNORM["linen"], "parallel.mode": "pmap"}, str(root / "pmap"),
+               None])
+  result = subprocess.run([sys.executable, os.path.join(REPO, "tests", "parallel_worker.py"),
+                           json.dumps(runs)], cwd=REPO, capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "JAX_NUM_CPU_DEVICES": "8"})
+  assert result.returncode == 0, result.stderr[-3000:]
+  return root, result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", BATCHNORM)
+def test_batchnorm_on_8_devices_follows_one_device_under_jit_and_fsdp(
+    eight_devices_batchnorm, tmp_path, kind):
+  root, out = eight_devices_batchnorm
+  assert "8 cpu device(s), batch 16 (2 per device) | jit+fsdp, state" in out
+  single = str(tmp_path / "single")
+  train.train_and_evaluate(set_keys(load_config("mnist"), BATCHNORM[kind]), single)
+  want = _curve(single)
+  for mode in BATCHNORM_MODES:
+    _assert_same_curve(_curve(root / f"{kind}_{mode}"), want, f"{kind} {mode}")
+  pmap = _curve(root / "pmap")
+  assert [x[:2] for x in pmap] == [x[:2] for x in want] and np.isfinite([x[2] for x in pmap]).all()
+
+
 @pytest.mark.slow
 def test_modes_match_a_single_device_and_resume_across_modes(four_devices, tmp_path):
   root, out = four_devices

@@ -1,4 +1,5 @@
-"""Sampling: cached generation equals full-pass generation, determinism, and the CLI end to end."""
+"""Sampling: cached generation equals full-pass generation, determinism, the CLI end to end, and
+a user's language model without a cache."""
 
 import json
 import re
@@ -7,12 +8,15 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
 from conftest import REPO
-from jaxdl import sample
+import jaxdl
+from jaxdl import sample, train
 from jaxdl.errors import UserError
+from jaxdl.tasks import language_model
 from jaxdl.models.transformer import TransformerLM
 
 
@@ -90,7 +94,8 @@ def test_sample_cli_on_a_tiny_trained_run(trained_tiny_lm):
   # In this process first: the command line then finds its compiled program in the session's
   # persistent cache (conftest.py).
   text = sample.sample(workdir, "ROMEO:", 40, 0.8, 40, 3)  # the CLI's defaults
-  cli = _sample_cli(f"--workdir={workdir}", "--prompt=ROMEO:", "--num_chars=40", "--seed=3")
+  cli = _sample_cli(f"--workdir={workdir}", "--prompt=ROMEO:", "--num_chars=40", "--seed=3",
+                    "--which=24")  # the newest checkpoint, named
   assert cli.returncode == 0, cli.stderr
   assert cli.stdout.startswith("ROMEO:") and len(cli.stdout) == len("ROMEO:") + 40 + 1  # + \n
   assert cli.stdout == text + "\n"  # deterministic per seed, across processes
@@ -122,3 +127,68 @@ def test_sample_errors_before_any_work(tiny_lm, tmp_path):
   (workdir / "vocab.json").write_text('{"kind": "chars", "chars": "ab"}')
   with pytest.raises(UserError, match=r"no checkpoint in .*checkpoints; train first"):
     sample.sample(str(workdir), "a", 5, 1.0, 0, 0)
+
+
+@pytest.mark.slow
+def test_sample_is_load_and_generate_and_the_window_path_agrees_with_the_cache(trained_tiny_lm):
+  """jaxdl.sample draws from jaxdl.load's model and variables; and the path of a model without
+  a cache (a full pass over the window per token) gives the cached path's tokens while the text
+  fits the block (past it the two keep different contexts: a restart, a sliding window)."""
+  config, workdir, _ = trained_tiny_lm
+  run = jaxdl.load(workdir)
+  vocab = language_model.tokenizer(config, workdir)
+  prompt, key = jnp.asarray(vocab.encode("ROMEO:", "prompt")), jax.random.PRNGKey(0)
+  greedy = dict(num_new=10, temperature=0.0, top_k=0)  # 6 + 10 tokens: the block of 16
+  cached = sample.generate(run.model, run.variables, prompt, key, **greedy)
+  assert sample.sample(workdir, "ROMEO:", 10, 0.0, 0, 0) == vocab.decode(jax.device_get(cached))
+  windowed = sample.generate_windowed(run.model, run.variables, prompt, key, window=16, **greedy)
+  assert windowed.tolist() == cached.tolist()
+  assert sample.has_cache(run.model)
+
+
+LM_MODEL = """
+import flax.linen as nn
+import jax.numpy as jnp
+
+class _Pairs(nn.Module):  # each position sees its token and the one before: causal, no cache
+  vocab_size: int
+  width: int
+
+  @nn.compact
+  def __call__(self, tokens_BxL, *, train):
+    x_BxLxD = nn.Embed(self.vocab_size, self.width)(tokens_BxL)
+    before_BxLxD = jnp.pad(x_BxLxD, ((0, 0), (1, 0), (0, 0)))[:, :-1]
+    return nn.Dense(self.vocab_size)(nn.relu(nn.Dense(self.width)(x_BxLxD + before_BxLxD)))
+
+def build(model_config, *, vocab_size):
+  return _Pairs(vocab_size, model_config.width)
+"""
+
+
+@pytest.mark.slow
+def test_a_users_lm_without_a_cache_samples_from_full_windows(tmp_path, monkeypatch, tiny_lm):
+  """A user's linen LM (tokens [B, L] -> logits [B, L, V], no `decode`) trained with the
+  language_model task samples: each token from a pass over the newest model.block_size tokens,
+  as a loop of full passes computes it."""
+  (tmp_path / "load_user_lm.py").write_text(LM_MODEL)
+  monkeypatch.syspath_prepend(str(tmp_path))
+  monkeypatch.delitem(sys.modules, "load_user_lm", raising=False)
+  tiny_lm.unlock()
+  tiny_lm.model = ml_collections.ConfigDict(dict(name="load_user_lm:build", block_size=16,
+                                                 width=16))
+  tiny_lm.lock()
+  tiny_lm.num_train_steps = tiny_lm.checkpoint_every = tiny_lm.eval_every = 8
+  workdir = str(tmp_path / "w")
+  train.train_and_evaluate(tiny_lm, workdir)
+  run = jaxdl.load(workdir)
+  assert not sample.has_cache(run.model)
+  text = sample.sample(workdir, "ROMEO:", 30, 0.0, 0, 0)  # 36 tokens: the window slides
+  vocab = language_model.tokenizer(run.config, workdir)
+  ids = [int(i) for i in vocab.encode("ROMEO:", "prompt")]
+  for _ in range(30):
+    context = ids[-16:]
+    logits = run.apply(np.asarray([context + [0] * (16 - len(context))], np.int32))
+    ids.append(int(np.argmax(logits[0, len(context) - 1])))
+  assert text == vocab.decode(ids) and text.startswith("ROMEO:")
+  sampled = sample.sample(workdir, "ROMEO:", 30, 0.8, 5, 1)
+  assert sampled == sample.sample(workdir, "ROMEO:", 30, 0.8, 5, 1, which=8)

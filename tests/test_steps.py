@@ -10,9 +10,10 @@ import optax
 import pytest
 
 from jaxdl import steps
+from jaxdl.errors import UserError
 from jaxdl.data.augment import random_shift
 from jaxdl.tasks import classifier
-from small_models import MLP
+from small_models import MLP, BatchNormMLP
 
 
 def _batch(n=16, seed=0):
@@ -201,3 +202,71 @@ def test_gradient_accumulation_equals_the_whole_batch_with_padding_rows():
     assert all(c == 12.0 for c, _ in runs[k][1])
     for a, b in zip(jax.tree.leaves(runs[k][2]), jax.tree.leaves(runs[1][2])):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+# ---- model state (BatchNorm) ----
+
+
+def _bn_setup(k=1, axis_name=None):
+  tx = optax.sgd(0.1)
+  model = BatchNormMLP()
+  objective = _objective(model, 0)
+  state = steps.create_state(model, tx, _batch()["image"], seed=0)
+  step = functools.partial(steps.train_step, objective=objective, tx=tx, grad_accum_steps=k,
+                           axis_name=axis_name)
+  return model, objective, state, step
+
+
+def _hidden_BxH(model, state, images):
+  """The BatchNorm layer's input: the hidden Dense's outputs, in float64 for the references."""
+  dense = state.params["Dense_0"]
+  x = np.asarray(images, np.float64).reshape(len(images), -1) / 255.0
+  return x @ np.asarray(dense["kernel"], np.float64)
+
+
+def test_batchnorm_statistics_are_the_model_state_updated_by_train_and_read_by_eval():
+  """The state holds 'batch_stats' beside the params; a train step moves the running mean by
+  momentum 0.9 towards the batch's mean; eval reads it (its logits use the running averages)
+  and changes nothing; a skipped non-finite update keeps the old statistics."""
+  model, objective, state, step = _bn_setup()
+  assert set(state.model_state) == {"batch_stats"} and "batch_stats" not in state.params
+  batch = _batch()
+  new, _ = jax.jit(step)(state, batch)
+  want = 0.9 * 0.0 + 0.1 * _hidden_BxH(model, state, batch["image"]).mean(0)
+  np.testing.assert_allclose(new.model_state["batch_stats"]["BatchNorm_0"]["mean"], want,
+                             rtol=1e-5, atol=1e-6)
+  sums = jax.jit(functools.partial(steps.eval_step, objective=objective))(new, _batch(seed=1))
+  _, by_hand, kept = objective(steps.variables(new.params, new.model_state), _batch(seed=1),
+                               jax.random.PRNGKey(0), False)
+  # eval_step compiled, the objective op by op: equal to rounding (1 ulp on jax 0.12)
+  np.testing.assert_allclose(sums["loss_sum"], by_hand["loss_sum"], rtol=1e-6)
+  # eval returns the state as it came: the same arrays
+  assert all(a is b for a, b in zip(jax.tree.leaves(kept), jax.tree.leaves(new.model_state)))
+  bad = dict(batch, mask=batch["mask"] * np.float32("nan"))
+  skipped, _ = jax.jit(functools.partial(step, skip_nonfinite=True))(new, bad)
+  for a, b in zip(jax.tree.leaves(new.model_state), jax.tree.leaves(skipped.model_state)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_microbatches_update_the_batchnorm_statistics_once_each_in_order():
+  """grad_accum_steps=2: each (strided) microbatch is normalised by its own statistics and the
+  running mean takes one update per microbatch: m = 0.9 (0.9 m0 + 0.1 mean(mb0)) + 0.1
+  mean(mb1), what two smaller steps would give; not the whole batch's single update."""
+  model, _, state, step = _bn_setup(k=2)
+  batch = _batch()
+  new, _ = jax.jit(step)(state, batch)
+  hidden = _hidden_BxH(model, state, batch["image"])
+  mb0, mb1 = hidden[0::2].mean(0), hidden[1::2].mean(0)  # steps.microbatches: rows i, i+k, ...
+  want = 0.9 * (0.1 * mb0) + 0.1 * mb1
+  got = new.model_state["batch_stats"]["BatchNorm_0"]["mean"]
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  assert not np.allclose(got, 0.1 * hidden.mean(0), rtol=1e-3)  # the one-batch update differs
+
+
+def test_an_objective_of_the_old_contract_is_one_line_naming_the_new_one():
+  """An objective returning (loss, sums), as before model state existed: one line."""
+  _, objective, state, _ = _bn_setup()
+  old = lambda *a: objective(*a)[:2]
+  with pytest.raises(UserError, match=r"^the task's objective returned tuple of 2; an objective "
+                                      r"returns \(loss, sums, model state\)"):
+    steps.eval_step(state, _batch(), objective=old)

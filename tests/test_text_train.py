@@ -12,9 +12,10 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import (REPO, declared_fields, flat_keys, interrupt_at, load_config, read_events,
-                      short_schedule, state_like)
-from jaxdl import checkpoint, losses, models, optim, tasks, train
+from conftest import (REPO, assert_same_params, declared_fields, flat_keys, interrupt_at,
+                      load_config, read_events, short_schedule, state_like)
+import jaxdl
+from jaxdl import checkpoint, losses, models, optim, predict, tasks, train
 from jaxdl.data.vocab import WordVocab
 from jaxdl.tasks import text_classification
 from jaxdl.errors import UserError
@@ -208,7 +209,7 @@ def test_predict_cli_from_arguments_and_stdin(trained, tmp_path):
   run = lambda *args, stdin=None: subprocess.run(
       [sys.executable, "-m", "jaxdl.predict", f"--workdir={workdir}", *args], cwd=REPO,
       input=stdin, capture_output=True, text=True, timeout=120)
-  result = run("a great and lovely film", "a dull , boring mess")
+  result = run("--which=60", "a great and lovely film", "a dull , boring mess")  # the newest
   assert result.returncode == 0, result.stderr
   lines = [line.split("\t") for line in result.stdout.splitlines()]
   assert [(l[0], l[2]) for l in lines] == [("1", "a great and lovely film"),
@@ -221,6 +222,29 @@ def test_predict_cli_from_arguments_and_stdin(trained, tmp_path):
       capture_output=True, text=True, timeout=120)
   assert result.returncode == 1 and result.stderr.count("\n") == 1
   assert result.stderr.startswith("jaxdl: error: ") and "config.json: not found" in result.stderr
+
+
+def test_load_predicts_with_the_ema_params_as_predict_does(trained):
+  """jaxdl.load of a text run: its params are the checkpoint's moving average (the fixture's
+  train.ema_decay=0.5), and its predictions are the model's softmax on them, as jaxdl.predict's."""
+  workdir = trained[0]
+  run = jaxdl.load(workdir)
+  assert run.step == 60 and run.model_info == {"vocab_size": run.model_info["vocab_size"],
+                                               "num_classes": 2, "max_len": 16}
+  like = state_like(run.model, optim.make(run.config.opt, 60), np.zeros((1, 16), np.int32),
+                    ema=True)
+  with checkpoint.Checkpoints(workdir, keep=3) as ckpts:
+    state, _ = ckpts.restore_latest(like)
+  assert_same_params(run.variables["params"], state.ema_params)
+  sentences = ["a great and lovely film", "a dull , boring mess", "the plot"]
+  predicted = run.predict(sentences)
+  assert predict.predictor(workdir)(sentences) == predicted
+  with open(os.path.join(workdir, "vocab.json")) as f:
+    vocab = WordVocab.from_json(f.read(), "vocab.json")
+  probs = jax.nn.softmax(run.apply(vocab.encode(sentences, 16)[0]))
+  assert [label for label, _ in predicted] == [vocab.label_names[c] for c in probs.argmax(-1)]
+  # The predictor runs batches padded to 256 rows, run.apply these 3: rounding may differ.
+  np.testing.assert_allclose([p for _, p in predicted], probs.max(-1), rtol=1e-5)
 
 
 def test_predict_cli_without_a_workdir_or_with_a_bad_flag_is_one_line():

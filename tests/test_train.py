@@ -31,6 +31,10 @@ def test_tiny_run_writes_its_outputs(tiny_mnist, tmp_path, capsys):
   out = capsys.readouterr().out
   assert "final: test accuracy" in out and "SYNTHETIC" in out and "ETA" in out
   assert "\r" not in out  # not a terminal: plain lines, no progress bar
+  # The MNIST config's model block with the small MLP, which reads only model.dropout: the
+  # CNN's keys do nothing, and the run says so once (num_classes is the task's own key).
+  assert out.count("WARNING: small_models:mlp never reads config.model's dtype, impl, init, "
+                   "param_dtype: they do nothing in this run") == 1
   assert final["test_count"] == 50  # synthetic test split: 200 // 4, every example once
   events = read_events(workdir, wall_clock=True)
   assert [e["step"] for e in events if e["event"] == "train"] == [5, 10, 15, 20, 24]

@@ -35,6 +35,7 @@ rooms(model_config) names the modules that resume.declared reads.
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 from types import ModuleType
@@ -80,14 +81,21 @@ def apply(model: nn.Module, variables, inputs, *, train: bool, rng=None, **kwarg
 
 class _Reads:
   """A read-only view of a ConfigDict that records which of its keys were read (the user's
-  builder and its module read the model block through it), for `unread_keys`."""
+  builder and its module read the model block through it), for `unread_keys`. Whatever reads
+  the block whole (iteration, keys/items/values, to_dict, a copy, a pickle) counts every key
+  as read: what the model does with them is then unknown, so nothing is warned about."""
 
   def __init__(self, config, reads: set[str]):
     object.__setattr__(self, "_config", config)
     object.__setattr__(self, "_reads", reads)
 
   def __getattr__(self, key):
-    if not key.startswith("__"):
+    if key.startswith("__") or key in ("_config", "_reads"):  # copy/pickle probe these first
+      raise AttributeError(key)
+    if key in ("keys", "items", "values", "to_dict", "to_json", "copy_and_resolve_references",
+               "unlock", "lock", "iteritems", "iterkeys", "itervalues"):
+      self._reads.update(self._config.keys())
+    else:
       self._reads.add(key)
     return getattr(self._config, key)
 
@@ -102,12 +110,29 @@ class _Reads:
   def __contains__(self, key):
     return key in self._config
 
-  def __iter__(self):  # iterating or to_dict() reads every key
+  def __len__(self):
+    return len(self._config)
+
+  def __iter__(self):
     self._reads.update(self._config.keys())
     return iter(self._config)
 
+  def _whole(self):
+    self._reads.update(self._config.keys())
+    return self._config
+
+  def __copy__(self):  # a copy is the plain config, read whole
+    return self._whole()
+
+  def __deepcopy__(self, memo):
+    return copy.deepcopy(self._whole(), memo)
+
+  def __reduce__(self):
+    return (copy.copy, (self._whole(),))
+
   def __setattr__(self, key, value):
-    raise AttributeError(f"config.model is read-only here (tried to set {key!r})")
+    raise UserError(f"config.model.{key}: a model builder may not set keys of the config "
+                    f"(set them in the config file, or with --config.model.{key}=...)")
 
   def __repr__(self):
     return repr(self._config)

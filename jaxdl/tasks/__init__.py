@@ -35,9 +35,12 @@ Optional:
                  that value. jaxdl/resume.py merges both with the shared blocks' keys and the
                  model's rooms' (jaxdl/models/__init__.py); a malformed one is a UserError.
   For the tools: predictor(config, workdir, build_model, variables) -> a function of a list of
-  inputs (image paths, sentences) -> [(label, probability)] for jaxdl.predict, where
-  build_model(**model_info) builds the run's model; tokenizer(config, workdir) -> an object
-  with encode(text, what) and decode(ids), for jaxdl.sample.
+  inputs (image paths, sentences) -> [(label, probability)] for jaxdl.predict and
+  jaxdl.load's run.predict, where build_model(**model_info) builds the run's model;
+  tokenizer(config, workdir) -> an object with encode(text, what) and decode(ids), for
+  jaxdl.sample (a language model whose model returns logits [B, L, V]);
+  model_info(config, workdir) -> the Dataset's model_info of a run made before training saved
+  it as model_info.json, from the task's files (vocab.json), for jaxdl.load.
 """
 
 from __future__ import annotations
@@ -75,9 +78,11 @@ def get(name: str) -> ModuleType:
   return module
 
 
-def of_run(workdir: str, needs: str, use: str) -> tuple[ml_collections.ConfigDict, ModuleType]:
-  """(config, task module) of the run in workdir (its config.json), for a tool that needs the
-  task's `needs` (e.g. 'predictor'); `use` says what the tool is for, in the error."""
+def of_run(workdir: str, needs: str = "", use: str = "") -> tuple[ml_collections.ConfigDict,
+                                                                   ModuleType]:
+  """(config, task module) of the run in workdir (its config.json); for a tool that needs the
+  task's `needs` (e.g. 'predictor'), a UserError when the task lacks it, `use` saying what the
+  tool is for."""
   config_path = os.path.join(workdir, "config.json")
   if not files.exists(config_path):
     raise UserError(f"{config_path}: not found (is --workdir a jaxdl run directory?)")
@@ -89,6 +94,6 @@ def of_run(workdir: str, needs: str, use: str) -> tuple[ml_collections.ConfigDic
     raise UserError(f"{config_path}: not a jaxdl run's config.json (no 'task' name in it)")
   config = ml_collections.ConfigDict(saved)
   task = get(config.task)
-  if not hasattr(task, needs):
+  if needs and not hasattr(task, needs):
     raise UserError(f"--workdir={workdir}: the run's task {config.task!r} has no {needs} ({use})")
   return config, task

@@ -169,6 +169,12 @@ summarise = classifier.summarise  # mean loss and accuracy
 brief = classifier.brief
 
 
+def model_info(config, workdir: str) -> dict:
+  """The model_info of a run made before training saved it (jaxdl.load): its config's."""
+  del workdir
+  return {"num_classes": config.model.num_classes}
+
+
 def predictor(config, workdir: str, build_model, variables):
   """(image file paths) -> [(class name, probability)], reading each file as training did;
   build_model(**model_info) is the run's model."""

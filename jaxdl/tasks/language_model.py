@@ -101,6 +101,11 @@ def tokenizer(config, workdir: str | None, text: str | None = None) -> CharVocab
   return CharVocab.build(config.data.vocab, text)
 
 
+def model_info(config, workdir: str) -> dict:
+  """The model_info of a run made before training saved it (jaxdl.load), from its vocab.json."""
+  return {"vocab_size": tokenizer(config, workdir).size}
+
+
 def load(config, workdir: str | None) -> Dataset:
   """Random train windows, fixed 'val' windows, the vocabulary."""
   text, source = load_text(config.data)

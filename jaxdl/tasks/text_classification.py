@@ -156,8 +156,7 @@ def load(config, workdir: str | None) -> Dataset:
   return Dataset(train=train, evals={k: v for k, v in arrays.items() if k != "train"},
                  eval_split=eval_split, final_splits=final_splits, source=source,
                  describe=describe,
-                 model_info={"vocab_size": len(vocab.words), "num_classes": vocab.num_classes,
-                             "max_len": data_cfg.max_len},
+                 model_info=_model_info(vocab, config),
                  files={VOCAB_FILE: vocab.to_json()})
 
 
@@ -172,15 +171,28 @@ summarise = classifier.summarise  # mean loss, accuracy, the confusion's scores
 brief = classifier.brief
 
 
-def predictor(config, workdir: str, build_model, variables):
-  """(sentences) -> [(label name, probability)], with the vocabulary the run trained with;
-  build_model(**model_info) is the run's model."""
+def _saved_vocab(workdir: str) -> WordVocab:
   vocab = read_vocab(workdir)
   if vocab is None:
     raise UserError(f"{os.path.join(workdir, VOCAB_FILE)}: not found (is --workdir a text "
                     f"classifier's run?)")
-  max_len = config.data.max_len
-  model = build_model(vocab_size=len(vocab.words), num_classes=vocab.num_classes,
-                      max_len=max_len)
+  return vocab
+
+
+def _model_info(vocab: WordVocab, config) -> dict:
+  return {"vocab_size": len(vocab.words), "num_classes": vocab.num_classes,
+          "max_len": config.data.max_len}
+
+
+def model_info(config, workdir: str) -> dict:
+  """The model_info of a run made before training saved it (jaxdl.load), from its vocab.json."""
+  return _model_info(_saved_vocab(workdir), config)
+
+
+def predictor(config, workdir: str, build_model, variables):
+  """(sentences) -> [(label name, probability)], with the vocabulary the run trained with;
+  build_model(**model_info) is the run's model."""
+  vocab = _saved_vocab(workdir)
+  model = build_model(**_model_info(vocab, config))
   return classifier.predictor(model, variables, vocab.label_names,
-                          lambda texts: vocab.encode(texts, max_len)[0])
+                              lambda texts: vocab.encode(texts, config.data.max_len)[0])
