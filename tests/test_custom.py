@@ -426,16 +426,7 @@ def test_image_folders_with_the_wrong_class_count_or_sizes_are_one_line(tmp_path
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config", [
-    "resnet_mnist",
-    pytest.param("cnn_nnx_mnist", marks=pytest.mark.xfail(
-        strict=True, raises=KeyError,
-        reason="jaxdl bug: checkpoint.latest_params restores an NNX model's nnx.List entries "
-               "under string keys ('0', as Orbax's metadata names them) where the bridge's "
-               "variables have ints (0), and the bridge's update refuses them: jaxdl.predict "
-               "fails on any NNX model holding an nnx.List. Training and resume restore "
-               "against the model's own structure and work.")),
-    "denoise_mnist", "diabetes"])
+@pytest.mark.parametrize("config", ["resnet_mnist", "cnn_nnx_mnist", "denoise_mnist", "diabetes"])
 def test_the_shipped_custom_examples_run(tmp_path, monkeypatch, config):
   """Each example of experiments/custom/ (its config file, model and task modules, imported by
   their paths from the repository root, as jaxdl.main there imports them) trains a few steps;
@@ -458,7 +449,7 @@ def test_the_shipped_custom_examples_run(tmp_path, monkeypatch, config):
   if config == "diabetes":
     assert final["best_step"] in (3, 6) and np.isfinite(final["test_r2"])
   if config in ("resnet_mnist", "cnn_nnx_mnist"):  # BatchNorm's running averages: model state
-    variables = checkpoint.latest_params(str(tmp_path / "w"), config)
+    _, variables = runs.read_variables(str(tmp_path / "w"))
     assert set(variables) == {"params", "batch_stats"}
     means = [v for path, v in jax.tree_util.tree_leaves_with_path(variables["batch_stats"])
              if "mean" in jax.tree_util.keystr(path)]
