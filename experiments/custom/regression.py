@@ -150,7 +150,8 @@ class _MLP(nn.Module):
     return z_B * self.target_std + self.target_mean
 
 
-def MLP(model_config, *, target_mean: float, target_std: float) -> nn.Module:  # pylint: disable=invalid-name
+def MLP(model_config, *, target_mean: float,  # pylint: disable=invalid-name
+        target_std: float) -> nn.Module:
   """The builder jaxdl calls: the config's model block, and the training targets' mean and
   standard deviation (this task's model_info)."""
   return _MLP(hidden=tuple(model_config.hidden), dropout=model_config.dropout,
