@@ -203,7 +203,7 @@ def best_step(workdir: str, config) -> int:
                     "not JSON); passing over it", step, directory)
   with _manager(directory) as manager:
     scores = {step: keepbest.score(manager.metrics(step) or {}, metric,
-                                     config.checkpoint.best_mode)
+                                   config.checkpoint.best_mode)
               for step in manager.all_steps() if step not in damaged}
   best = max(scores, key=lambda step: (scores[step], -step), default=None)
   if best is None or scores[best] == -np.inf:

@@ -100,7 +100,8 @@ def eight_devices_batchnorm(tmp_path_factory):
   per process). Returns (root, the process's stdout)."""
   root = tmp_path_factory.mktemp("eight_devices")
   runs = [["mnist", {**BATCHNORM[kind], **o}, str(root / f"{kind}_{m}"), None]
-          for kind in BATCHNORM for m, o in BATCHNORM_MODES.items()]
+          for kind in BATCHNORM for m, o in BATCHNORM_MODES.items()
+          if kind == "linen" or m == "fsdp"]  # NNX's state is the bridge's: fsdp shows it
   runs.append(["mnist", {**BATCHNORM["linen"], "parallel.mode": "pmap"}, str(root / "pmap"),
                None])
   result = subprocess.run([sys.executable, os.path.join(REPO, "tests", "parallel_worker.py"),
@@ -119,7 +120,7 @@ def test_batchnorm_on_8_devices_follows_one_device_under_jit_and_fsdp(
   single = str(tmp_path / "single")
   train.train_and_evaluate(set_keys(load_config("mnist"), BATCHNORM[kind]), single)
   want = _curve(single)
-  for mode in BATCHNORM_MODES:
+  for mode in BATCHNORM_MODES if kind == "linen" else ("fsdp",):
     _assert_same_curve(_curve(root / f"{kind}_{mode}"), want, f"{kind} {mode}")
   pmap = _curve(root / "pmap")
   assert [x[:2] for x in pmap] == [x[:2] for x in want] and np.isfinite([x[2] for x in pmap]).all()
