@@ -17,8 +17,8 @@ Faults handled here:
     recorded once the save committed, digests.py): `restore_latest` moves it aside to
     `checkpoints/damaged-<step>` (kept for inspection, never deleted) with a WARNING, and
     falls back to the next newest intact checkpoint. Only evidence of damage does that
-    (`digests.damage_evidence`); any other restore error (out of memory, permission, transient I/O) is
-    a RestoreError that changes nothing.
+    (`digests.damage_evidence`); any other restore error (out of memory, permission, transient
+    I/O) is a RestoreError that changes nothing.
   - a checkpoint whose arrays do not fit the config's state (another model or optimizer):
     refused with a UserError, never moved or touched.
   - a workdir whose config.json differs from this run's in a key that changes what the

@@ -10,16 +10,12 @@ by the same `score`.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 from typing import Any
 
-import jax
 import numpy as np
 import orbax.checkpoint as ocp
-
-from jaxdl import data, parallel, steps
 
 
 def score(metrics: dict, metric: str, mode: str) -> float:
@@ -46,16 +42,12 @@ def manager_options(keep: int, metric: str, mode: str) -> dict[str, Any]:
   return dict(preservation_policy=policy, best_fn=rank, best_mode="max")
 
 
-def eval_metric_names(task, objective, runner, dataset, config, mesh) -> list[str] | None:
+def eval_metric_names(task, runner, dataset, batch_size: int) -> list[str] | None:
   """The eval events' scalar metrics ('val_loss', 'val_accuracy'): the task's summary of zero
-  eval sums, whose shapes are traced from the eval step (jax.eval_shape), never computed. None
-  when the task's summarise cannot take zero sums (a ratio of two of them): the loop then
-  checks checkpoint.keep_best at the first eval."""
-  batch = next(data.eval_batches(dataset.evals[dataset.eval_split], config.eval_batch_size))
-  step = functools.partial(steps.eval_step, objective=objective)
-  with (parallel.activation_sharding(mesh) if config.parallel.mode == "jit"
-        else contextlib.nullcontext()):  # as the runner traces it
-    shapes = jax.eval_shape(step, runner.abstract_state, batch)
+  eval sums, whose shapes the runner traces from its eval step, never computed. None when the
+  task's summarise cannot take zero sums (a ratio of two of them): the loop then checks
+  checkpoint.keep_best at the first eval."""
+  shapes = runner.eval_shapes(dataset.evals[dataset.eval_split], batch_size)
   try:
     summary = task.summarise({k: np.zeros(s.shape, s.dtype) for k, s in shapes.items()})
   except (ArithmeticError, ValueError):  # ZeroDivisionError, math domain errors

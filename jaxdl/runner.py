@@ -106,6 +106,13 @@ class Runner:
     self._trace_train = lambda: jax.eval_shape(functools.partial(train_step, **bound),
                                                abstract_state, sample)
 
+  def eval_shapes(self, arrays: dict[str, np.ndarray], batch_size: int):
+    """The shapes and dtypes of the eval sums over a split, traced without computing them."""
+    batch = next(eval_batches(arrays, batch_size, jax.process_index(), jax.process_count()))
+    with self._context():
+      return jax.eval_shape(self._eval, self.abstract_state,
+                            parallel.global_batch(batch, self.mesh))
+
   def trace_train_step(self) -> None:
     """Traces one train step without computing it: the model's call with train=True has run
     (e.g. for keys of the config only that call reads)."""

@@ -6,12 +6,13 @@
 Any language-model run samples: a task with a `tokenizer` whose model maps int tokens [B, L]
 to logits [B, L, V]; the run is read by jaxdl.load (jaxdl/runs.py). Decoding is one
 jit-compiled function, in one of two ways:
-  - a model with a key/value cache (its call takes `decode`, as the built-in transformer's does:
-    models/transformer.py): the prompt fills the cache in one pass, then a lax.fori_loop samples
-    one character per iteration, running the model on that character alone. When the cache
-    (block_size positions) is full, the context restarts from the newest block_size/2
-    characters, re-encoded in one pass, so every character is sampled from exactly the logits a
-    full forward pass over its (at most block_size) context would give (`generate`);
+  - the built-in transformer, with its key/value cache (models/transformer.py: `decode=True`,
+    the only cache protocol jaxdl drives; `has_cache`): the prompt fills the cache in one pass,
+    then a lax.fori_loop samples one character per iteration, running the model on that
+    character alone. When the cache (block_size positions) is full, the context restarts from
+    the newest block_size/2 characters, re-encoded in one pass, so every character is sampled
+    from exactly the logits a full forward pass over its (at most block_size) context would
+    give (`generate`);
   - any other model: each character from a full pass over the newest model.block_size
     characters (the window it trained on), or over all of them when the config has no
     block_size (`generate_windowed`). The window is read left-aligned, zeros after the text,

@@ -146,6 +146,15 @@ def microbatches(batch: dict[str, jax.Array], k: int) -> dict[str, jax.Array]:
           for key, x in batch.items()}
 
 
+def _grad_fn(objective: Objective):
+  """(params, model state, batch, rng) -> ((loss, (sums, new model state)), gradient): the
+  training objective, differentiated in the params only."""
+  def loss_fn(params, model_state, batch, rng):
+    loss, aux, new_state = call(objective, params, model_state, batch, rng, True)
+    return loss, (aux, new_state)
+  return jax.value_and_grad(loss_fn, has_aux=True)
+
+
 def _accumulate(objective: Objective, params, model_state, batch, rng, k: int):
   """(loss, aux sums, gradient, model state) of the whole batch, from k microbatches in a
   lax.scan.
@@ -155,11 +164,7 @@ def _accumulate(objective: Objective, params, model_state, batch, rng, k: int):
   gradient of the whole batch's mean, to float rounding, however the mask falls (a padded
   last batch's empty microbatches add nothing). Microbatch i draws dropout from
   fold_in(rng, i), and runs on the model state microbatch i - 1 left."""
-  def loss_fn(p, state, mb, r):
-    loss, aux, new_state = call(objective, p, state, mb, r, True)
-    return loss, (aux, new_state)
-
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  grad_fn = _grad_fn(objective)
 
   def body(carry, xs):
     grads, sums, state = carry
@@ -209,10 +214,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, objective: Obj
   if axis_name is not None:  # pmap: each device draws its own dropout and augmentation
     rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
   if grad_accum_steps == 1:
-    def loss_fn(params):
-      loss, aux, model_state = call(objective, params, state.model_state, batch, rng, True)
-      return loss, (aux, model_state)
-    (loss, (aux, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, (aux, model_state)), grads = _grad_fn(objective)(state.params, state.model_state,
+                                                            batch, rng)
   else:
     loss, aux, grads, model_state = _accumulate(objective, state.params, state.model_state,
                                                 batch, rng, grad_accum_steps)

@@ -197,9 +197,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, restart: bool,
   model = models.get(config.model, reads=model_reads, **dataset.model_info)
   tx = optim.make(config.opt, num_steps)
   lr_at = optim.schedule(config.opt, num_steps)
-  objective = task.objective(config, model)
-  runner = runners.Runner(config, model, objective, tx, dataset.train, mesh, task.INPUT,
-                          eval_every)
+  runner = runners.Runner(config, model, task.objective(config, model), tx, dataset.train, mesh,
+                          task.INPUT, eval_every)
   # The runner has built the model and traced its init (train=False); a key it reads only in
   # training is read once a train step is traced too.
   unread = models.unread_keys(config.model, model_reads, getattr(task, "MODEL_KEYS", ()))
@@ -213,7 +212,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, restart: bool,
         f"`dtype` / `param_dtype` gets the precision policy; jaxdl/models/__init__.py)")
   keep_best, patience = config.checkpoint.keep_best, config.early_stopping.patience
   if keep_best:  # a metric of the eval events, known once the data and the model are
-    names = keepbest.eval_metric_names(task, objective, runner, dataset, config, mesh)
+    names = keepbest.eval_metric_names(task, runner, dataset, config.eval_batch_size)
     if names is not None:
       validate.check_best_metric(keep_best, names)
 
@@ -292,7 +291,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, restart: bool,
         interval_sums, interval_start, uncounted = None, time.time(), 0.0
 
       # With keep_best the last step is evaluated too: the final state may be the best.
-      evaluated = done % eval_every == 0 and done != num_steps or keep_best and done == num_steps
+      evaluated = ((done % eval_every == 0 and done != num_steps)
+                   or (bool(keep_best) and done == num_steps))
       if evaluated:
         _check_finite(interval_sums, skip_nonfinite, ckpts)
         jax.block_until_ready(state)  # queued train steps belong to the train interval's time
@@ -305,7 +305,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, restart: bool,
         interval_start += time.time() - eval_start  # train throughput excludes eval time
         if keep_best:
           validate.check_best_metric(keep_best, sorted(named))  # when the start could not
-          best = keepbest.after_eval(best, done, named[keep_best], config.checkpoint.best_mode, result)
+          best = keepbest.after_eval(best, done, named[keep_best], config.checkpoint.best_mode,
+                                     result)
           at_end = {split: result} if done == num_steps else {}
 
       # SIGTERM or SIGINT arrived: save this step, then exit

@@ -37,7 +37,8 @@ UNIT = "examples"                # what the sums' 'count' counts
 TRAIN_METRICS = ("accuracy",)    # logged with the loss in every train event
 PLOT_METRICS = ("loss", "accuracy")  # jaxdl.plot's default panels
 MODELS = ("cnn",)                # built-in model families (others: model.name='pkg.module:attr')
-MODEL_KEYS = ("num_classes",)  # model-block keys the task reads itself (the data's labels are checked against it)
+# Model-block keys the task reads itself (the data's labels are checked against it).
+MODEL_KEYS = ("num_classes",)
 FORMATS = classifier.FORMATS     # the console text of accuracy and throughput
 FALLBACKS = ("download", "synthetic", "sample")  # data.source names after files and tfds
 # Resume declarations (jaxdl/resume.py): keys that may change on resume, and keys added since

@@ -41,7 +41,7 @@ PLOT_METRICS = ("loss", "perplexity")
 LOG_SCALE = ("perplexity",)  # plotted on a log axis, as the loss is
 FORMATS = {"tokens_per_s": "{:,.0f} tok/s"}
 MODELS = ("transformer",)
-MODEL_KEYS = ("block_size",)  # model-block keys the task reads itself (the windows are cut to it)
+MODEL_KEYS = ("block_size",)  # model-block keys the task reads itself (windows are cut to it)
 FALLBACKS = ("pydoc",)
 # Resume declarations (jaxdl/resume.py). loss.label_smoothing left this task's config, which
 # never read it: a config.json that has it at 0.0 resumes.
