@@ -290,6 +290,17 @@ def run_main(*args: str, env: dict | None = None, timeout: float = 300):
                         env={**os.environ, "JAXDL_XLA_CACHE": SUBPROCESS_CACHE, **(env or {})})
 
 
+def run_worker(runs: list, env: dict) -> str:
+  """Trains `runs` one after another in a process of their own (tests/parallel_worker.py: its
+  RUNS_JSON), with `env` added to this one's (a device count, an XLA level); its stdout. A
+  failed process fails the test with the end of its stderr."""
+  result = subprocess.run([sys.executable, os.path.join(REPO, "tests", "parallel_worker.py"),
+                           json.dumps(runs)], cwd=REPO, capture_output=True, text=True,
+                          timeout=600, env={**os.environ, **env})
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result.stdout
+
+
 # The tiny MNIST settings as sweep overrides, plus a profile of two steps.
 TINY_OVERRIDES = (f"model.name={SMALL_MODEL}", "data.source=synthetic", "data.synthetic_size=200",
                   "batch_size=16", "eval_batch_size=32", "num_train_steps=8", "log_every=2",

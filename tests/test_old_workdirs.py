@@ -17,16 +17,14 @@ import copy
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import flax
 import jax
 import numpy as np
 import pytest
 
-from conftest import (DEFAULT_XLA_LEVEL, REPO, assert_close_events, assert_same_params,
-                      file_bytes, load_config, read_events, set_keys)
+from conftest import (DEFAULT_XLA_LEVEL, assert_close_events, assert_same_params, file_bytes,
+                      load_config, read_events, run_worker, set_keys)
 from jaxdl import models, resume, runs, tasks
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "old_workdirs")
@@ -104,11 +102,8 @@ def resumed(tmp_path_factory):
     runs += [[name, overrides, workdir, None],
              [name, {**overrides, **{k: new for k, (_, new) in adopted.items()}}, fresh, None]]
     workdirs[task] = (workdir, fresh)
-  result = subprocess.run([sys.executable, os.path.join(REPO, "tests", "parallel_worker.py"),
-                           json.dumps(runs)], cwd=REPO, capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "XLA_FLAGS": DEFAULT_XLA_LEVEL})
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert result.stdout.count(f"resumed from the checkpoint at step {RESUMED_FROM}") == len(TASKS)
+  out = run_worker(runs, {"XLA_FLAGS": DEFAULT_XLA_LEVEL})
+  assert out.count(f"resumed from the checkpoint at step {RESUMED_FROM}") == len(TASKS)
   return workdirs
 
 

@@ -2,18 +2,14 @@
 4 virtual CPU devices give the same losses, and a checkpoint written in one mode resumes in
 another."""
 
-import json
-import os
 import re
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, SMALL_MODEL, load_config, read_events, set_keys, write_play
-from jaxdl import parallel, steps, tasks, train, validate
+from conftest import SMALL_MODEL, load_config, read_events, run_worker, set_keys, write_play
+from jaxdl import parallel, tasks, train, validate
 from jaxdl.errors import UserError
 
 # Tiny synthetic MNIST, 12 steps of batch 16 over 150 examples: 10 steps per epoch, whose last
@@ -79,11 +75,7 @@ def four_devices(tmp_path_factory):
   # A user's model (no logical axis names) on a 'model' axis of 2: its params whole on both.
   runs.append(["mnist", {**MNIST, "parallel.mesh_shape": [2, 2]}, str(root / "user_model_axis"),
                None])
-  result = subprocess.run([sys.executable, os.path.join(REPO, "tests", "parallel_worker.py"),
-                           json.dumps(runs)], cwd=REPO, capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "JAX_NUM_CPU_DEVICES": "4"})
-  assert result.returncode == 0, result.stderr[-3000:]
-  return root, result.stdout
+  return root, run_worker(runs, {"JAX_NUM_CPU_DEVICES": "4"})
 
 
 # Models with state (BatchNorm, linen and NNX) on 8 CPU devices: under jit the batch statistics
@@ -104,11 +96,7 @@ def eight_devices_batchnorm(tmp_path_factory):
           if kind == "linen" or m == "fsdp"]  # NNX's state is the bridge's: fsdp shows it
   runs.append(["mnist", {**BATCHNORM["linen"], "parallel.mode": "pmap"}, str(root / "pmap"),
                None])
-  result = subprocess.run([sys.executable, os.path.join(REPO, "tests", "parallel_worker.py"),
-                           json.dumps(runs)], cwd=REPO, capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "JAX_NUM_CPU_DEVICES": "8"})
-  assert result.returncode == 0, result.stderr[-3000:]
-  return root, result.stdout
+  return root, run_worker(runs, {"JAX_NUM_CPU_DEVICES": "8"})
 
 
 @pytest.mark.slow

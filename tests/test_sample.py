@@ -52,8 +52,8 @@ def test_cached_generation_matches_full_passes(positions):
                         positions=positions)
   params = _params(model, scale=10.0)  # decisive logits
   prompt = [3, 1, 4]
-  out = sample.generate(model, {"params": params}, jnp.asarray(prompt), jax.random.PRNGKey(0), num_new=14,
-                        temperature=0.0, top_k=0)  # the context restarts after 6 new tokens
+  out = sample.generate(model, {"params": params}, jnp.asarray(prompt), jax.random.PRNGKey(0),
+                        num_new=14, temperature=0.0, top_k=0)  # the context restarts after 6 new tokens
   assert out.tolist() == _reference(model, params, prompt, 14)
 
 
