@@ -8,6 +8,7 @@ the result equals an uninterrupted run (train.train_and_evaluate, in this proces
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -501,8 +502,10 @@ def test_the_package_list_has_every_package_and_the_configs():
 
 
 # The BatchNorm examples at a smaller size, and the steps of their killed runs: a checkpoint
-# every 4 steps, the kill after the train line of step 8 (checkpoint 4 on disk, 8 not yet
-# saved), 12 steps in all.
+# every 4 steps, the kill after the train line of step 10, 12 steps in all. The line of step 8
+# comes before its save, and checkpoint 4's async save may still be writing then (a loaded CI
+# machine showed it); the save of step 8 waits for it, so at step 10 checkpoint 4 is on disk
+# and 8 may be.
 BATCHNORM_EXAMPLES = {"resnet_mnist": ["--config.model.widths=(8, 8)"],
                       "cnn_nnx_mnist": ["--config.model.widths=(8, 8)", "--config.model.hidden=16"]}
 _KILLED = ("--config.batch_size=16", "--config.eval_batch_size=32",
@@ -527,14 +530,14 @@ def test_a_batchnorm_example_killed_mid_run_resumes_bitwise(tmp_path, monkeypatc
   seen = []
   for line in proc.stdout:
     seen.append(line)
-    if line.split("/")[0].split() == ["step", "8"]:  # the line "step  8/12 | ..."
+    if line.split("/")[0].split() == ["step", "10"]:  # the line "step 10/12 | ..."
       proc.kill()
       break
   proc.communicate(timeout=300)
   assert proc.returncode == -signal.SIGKILL, "".join(seen)
   resumed = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert resumed.returncode == 0, resumed.stderr
-  assert "resumed from the checkpoint at step 4" in resumed.stdout, resumed.stdout
+  assert re.search(r"resumed from the checkpoint at step (4|8) ", resumed.stdout), resumed.stdout
   monkeypatch.syspath_prepend(REPO)
   train.train_and_evaluate(set_keys(load_config_file(config), flag_values(args)), whole)
   assert read_events(killed) == read_events(whole)
