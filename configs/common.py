@@ -30,6 +30,12 @@ def get_config() -> ml_collections.ConfigDict:
                               # the loop uses the largest k <= this dividing log_every, the eval
                               # interval and checkpoint_every. 1 (one step per call) is fastest
                               # on CPU, where a fused call compiles k unrolled copies of the step
+  c.init_from = ""            # start a fresh run from earlier weights: a workdir (its newest
+                              # checkpoint), 'WORKDIR:best', 'WORKDIR:STEP' or an exported
+                              # FILE.safetensors; optimizer, step and data start fresh, and a
+                              # resumed run ignores it (README "Start from earlier weights")
+  c.init_from_keys = ""       # a regex: only the weights whose name ('params.Dense_0.kernel')
+                              # it matches load, the rest keep their fresh init; '' = all
   c.profile_steps = ""        # 'START:STOP' traces train steps START..STOP-1 into WORKDIR/profile
                               # (jax.profiler; README "Profiling"); '' = no trace
 

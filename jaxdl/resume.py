@@ -39,7 +39,10 @@ HARMLESS = ("num_train_steps", "num_epochs", "min_train_steps", "log_every", "ev
             # from the next eval (a larger one lets an early-stopped run go on).
             # checkpoint.keep_best and best_mode are not here: the saved best was judged by
             # them, and another metric or direction would compare unlike values.
-            "early_stopping.patience")
+            "early_stopping.patience",
+            # A resumed run's own checkpoint wins over init_from (initfrom.py), which is read
+            # only by a fresh run's start.
+            "init_from", "init_from_keys")
 
 # The shared blocks' keys added after runs were made without them, each with the value that
 # does what those runs did: a workdir whose config.json lacks one resumes with that value
@@ -48,7 +51,7 @@ HARMLESS = ("num_train_steps", "num_epochs", "min_train_steps", "log_every", "ev
 # has it with this value resumes.
 ADDED = {"train.ema_decay": 0.0, "parallel.cpu_devices": 0, "train.ema_warmup": False,
          "train.grad_accum_steps": 1, "checkpoint.keep_best": "", "checkpoint.best_mode": "min",
-         "early_stopping.patience": 0}
+         "early_stopping.patience": 0, "init_from": "", "init_from_keys": ""}
 
 
 class Keys(NamedTuple):

@@ -17,7 +17,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 import optax
 
-from jaxdl import parallel
+from jaxdl import parallel, steps, weights
 from jaxdl.data import dataset, eval_batches
 from jaxdl.errors import UserError
 from jaxdl.steps import (Objective, TrainState, create_state, empty_sums, eval_step, merge_sums,
@@ -57,6 +57,7 @@ class Runner:
     replicated = parallel.replicated(mesh)
     ema_decay, skip = config.train.ema_decay, config.train.skip_nonfinite
     sample = parallel.global_batch(train_batches.batch(0), mesh)
+    self._tx = tx
     self._create = functools.partial(create_state, model, tx, seed=config.seed,
                                      ema=ema_decay > 0)
     self._sample_inputs = sample[input_key]
@@ -130,9 +131,23 @@ class Runner:
     with self._context():
       return self._step.lower(self.abstract_state, abstract).compile()
 
-  def init_state(self) -> TrainState:
-    """The initial state, initialised directly into its layout (replicated, or fsdp)."""
-    return jax.jit(self._create, out_shardings=self.state_sharding)(self._sample_inputs)
+  def init_state(self, start: dict[str, np.ndarray] | None = None) -> TrainState:
+    """The initial state, initialised directly into its layout (replicated, or fsdp). `start`
+    ({name: array} as weights.py names them: init_from's) replaces those of the fresh params
+    and model state, each array placed as the fresh one is; the optimizer state and the params'
+    average are then made anew from the new params."""
+    state = jax.jit(self._create, out_shardings=self.state_sharding)(self._sample_inputs)
+    if not start:
+      return state
+    variables = steps.variables(state.params, state.model_state)
+    leaves, treedef = jax.tree.flatten(variables)
+    # make_array_from_callback: each process fills its own shards, as many processes need.
+    leaves = [leaf if name not in start else jax.make_array_from_callback(
+        leaf.shape, leaf.sharding, lambda index, array=start[name]: array[index])
+              for name, leaf in zip(weights.flatten(variables), leaves)]
+    return jax.jit(functools.partial(steps.start_from, tx=self._tx),
+                   out_shardings=self.state_sharding, donate_argnums=0)(
+                       state, jax.tree.unflatten(treedef, leaves))
 
   def dispatch(self, step: int, num_steps: int) -> int:
     """How many steps the dispatch starting at `step` runs: up to a multiple of fuse, or the end."""

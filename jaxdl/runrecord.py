@@ -66,8 +66,10 @@ def versions() -> dict[str, str | None]:
   return out
 
 
-def begin(workdir: str, config: dict[str, Any], start_step: int, num_steps: int) -> None:
-  """Appends this run's segment (a fresh run or a resume) to WORKDIR/run.json."""
+def begin(workdir: str, config: dict[str, Any], start_step: int, num_steps: int,
+          init_from: dict[str, Any] | None = None) -> None:
+  """Appends this run's segment (a fresh run or a resume) to WORKDIR/run.json; a fresh run
+  started from earlier weights names them (`init_from`: initfrom.Source.record)."""
   if jax.process_index() != 0:
     return
   path = os.path.join(workdir, "run.json")
@@ -87,6 +89,7 @@ def begin(workdir: str, config: dict[str, Any], start_step: int, num_steps: int)
       "start_time": now(), "start_step": start_step, "num_steps": num_steps,
       "end_time": None, "end_step": None, "last_checkpoint": None, "final": None,
       "config": config,
+      **({"init_from": init_from} if init_from else {}),
   })
   record.setdefault("final", None)
   files.write_json(path, record)

@@ -67,6 +67,17 @@ def create_state(model: nn.Module, tx: optax.GradientTransformation, sample_inpu
                     model_state=model_state)
 
 
+def start_from(state: TrainState, variables: dict[str, Any],
+               tx: optax.GradientTransformation) -> TrainState:
+  """A fresh `state` with these variables' params and model state (init_from's), the optimizer
+  state and the params' average made anew from them, as create_state makes them."""
+  params = variables["params"]
+  model_state = {name: v for name, v in variables.items() if name != "params"} or None
+  return state.replace(params=params, model_state=model_state, opt_state=tx.init(params),
+                       ema_params=None if state.ema_params is None
+                       else jax.tree.map(jnp.copy, params))
+
+
 def variables(params, model_state) -> dict[str, Any]:
   """What models.apply takes: {'params': params, **model state}."""
   return {"params": params, **(model_state or {})}

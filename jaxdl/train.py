@@ -21,9 +21,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxdl import (checkpoint, files, history, keepbest, lease, metrics, models, optim,
-                   parallel, profiler, resume, runner as runners, runrecord, runs, steps,
-                   stopping, tasks, validate)
+from jaxdl import (checkpoint, files, history, initfrom, keepbest, lease, metrics, models,
+                   optim, parallel, profiler, resume, runner as runners, runrecord, runs, steps,
+                   stopping, tasks, validate, weights)
 from jaxdl.errors import UserError
 
 
@@ -89,10 +89,10 @@ def _start_line(config, dataset, state, num_steps: int) -> str:
 
 
 def _restore(ckpts, runner, dataset, writer, workdir: str, resolved: dict, config_changes: dict,
-             adopted: dict, num_steps: int, resuming: bool):
+             adopted: dict, num_steps: int, resuming: bool, source: initfrom.Source | None):
   """The newest intact checkpoint's (state, interval sums, keep_best bookkeeping or None), or a
-  fresh state; then the first writes to the workdir: metrics trimmed to the restored step,
-  config.json, model_info.json, the task's files.
+  fresh state (from init_from's `source` weights, if any); then the first writes to the
+  workdir: metrics trimmed to the restored step, config.json, model_info.json, the task's files.
 
   The checkpoint is restored into the abstract state (shapes and layout only), so a resume
   never holds two copies of the state; a fresh state is made only when there is none to
@@ -104,7 +104,9 @@ def _restore(ckpts, runner, dataset, writer, workdir: str, resolved: dict, confi
   if restored is None and resuming:  # every checkpoint was damaged, and is now moved aside
     raise UserError(history.refusal(workdir, history.record_evidence(workdir)))
   if restored is None:
-    state = runner.init_state()
+    state = runner.init_state(source.loaded if source else None)
+    if source:
+      writer.print(source.line())
   else:
     state, loop = restored
     dataset.train.check_position(int(state.step), loop["data"])
@@ -112,6 +114,9 @@ def _restore(ckpts, runner, dataset, writer, workdir: str, resolved: dict, confi
       interval_sums = {k: jnp.asarray(v, jnp.float32) for k, v in loop["interval_sums"].items()}
     best = loop.get("best")
     writer.print(f"resumed from the checkpoint at step {int(state.step)} in {ckpts.directory}")
+    if resolved["init_from"]:  # a fresh run's start, done; this run's own weights win
+      writer.print(f"config.init_from={resolved['init_from']!r} ignored: the run resumes from "
+                   f"its own checkpoint")
   start_step = int(state.step)
   if start_step > num_steps:
     raise UserError(f"the checkpoint in {ckpts.directory} is at step {start_step}, past this "
@@ -210,6 +215,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str, restart: bool,
         f"WARNING: {config.model.name} never reads config.model's {', '.join(unread)}: "
         f"{'it does' if len(unread) == 1 else 'they do'} nothing in this run (a builder taking "
         f"`dtype` / `param_dtype` gets the precision policy; jaxdl/models/__init__.py)")
+  # init_from: the source's weights, matched against this model's before anything is written.
+  # A resume ignores it (_restore says so), so its source need not be there any more.
+  source = None
+  if config.init_from and not resuming:
+    abstract = runner.abstract_state
+    source = initfrom.read(config, weights.flatten(
+        steps.variables(abstract.params, abstract.model_state)))
   keep_best, patience = config.checkpoint.keep_best, config.early_stopping.patience
   if keep_best:  # a metric of the eval events, known once the data and the model are
     names = keepbest.eval_metric_names(task, runner, dataset, config.eval_batch_size)
@@ -237,10 +249,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str, restart: bool,
     if held.kept:
       writer.print(f"--restart: kept what {workdir} held in {held.kept}; starting afresh")
     state, interval_sums, best = _restore(ckpts, runner, dataset, writer, workdir, resolved,
-                                          config_changes, adopted, num_steps, resuming)
+                                          config_changes, adopted, num_steps, resuming, source)
     best = (best or dict(keepbest.NONE_YET)) if keep_best else None
     start_step = step = int(state.step)
-    runrecord.begin(workdir, resolved, start_step, num_steps)  # run.json: a segment per start
+    # run.json: a segment per start; a fresh run's names its init_from source
+    runrecord.begin(workdir, resolved, start_step, num_steps,
+                    init_from=source.record() if source and not start_step else None)
     on_error.enter_context(_recorded_on_error(workdir, lambda: step))
     writer.print(_start_line(config, dataset, state, num_steps))
     for note in runner.notes:  # where the runner does otherwise than the config asked

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-from jaxdl import files, models, optim, parallel, profiler
+from jaxdl import files, initfrom, models, optim, parallel, profiler
 from jaxdl.errors import UserError, first_line, require
 
 
@@ -130,6 +130,7 @@ def validate(config, task, workdir: str) -> None:
           par.mesh_shape, "a 'model' axis needs parallel.mode='jit'")
 
   optim.check(config.opt)
+  initfrom.check(config)
   models.check(config.model, task.MODELS, parallel.model_axis_size(par.mesh_shape))
   task.check(config)
   _check_workdir(workdir)

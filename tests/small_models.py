@@ -72,3 +72,10 @@ def mlp_with_policy(model_config, *, num_classes: int, dtype, param_dtype) -> nn
   """mlp, for a builder that takes the precision policy (models.get passes it)."""
   return MLP(num_classes=num_classes, dropout=model_config.dropout, dtype=dtype,
              param_dtype=param_dtype)
+
+
+def bn_mlp_wide_head(model_config, *, num_classes: int) -> nn.Module:
+  """bn_mlp with one more output than the data has classes: a new head, of another shape than
+  a bn_mlp run's (init_from with init_from_keys)."""
+  del model_config
+  return BatchNormMLP(num_classes=num_classes + 1)

@@ -27,7 +27,7 @@ from typing import Any
 from absl import logging
 import jax
 
-from jaxdl import files, losses, models
+from jaxdl import files, initfrom, losses, models
 from jaxdl.data import corpus, offline, sources, tfds
 from jaxdl.data.dataset import Dataset
 from jaxdl.data.vocab import CHAR_KINDS, VOCAB_FILE, CharVocab
@@ -88,17 +88,25 @@ def split_text(text: str, val_fraction: float) -> tuple[str, str]:
 
 def tokenizer(config, workdir: str | None, text: str | None = None) -> CharVocab:
   """WORKDIR/vocab.json if a run already wrote one (checked against data.vocab), else a new one
-  built from `text` (None: the workdir must have one, as jaxdl.sample needs)."""
+  built from `text` (None: the workdir must have one, as jaxdl.sample needs); a fresh run with
+  config.init_from takes its source's, whose ids the loaded embeddings are rows of."""
   path = os.path.join(workdir, VOCAB_FILE) if workdir is not None else None
   if path is not None and files.exists(path):
-    vocab = CharVocab.from_json(files.read_text(path), path)
-    if vocab.kind != config.data.vocab:
-      raise UserError(f"config.data.vocab={config.data.vocab!r} but {path} is a {vocab.kind!r} "
-                      f"vocabulary; use a new --workdir")
-    return vocab
+    return _read_vocab(config, files.read_text(path), path)
   if text is None:
     raise UserError(f"--workdir={workdir}: no {VOCAB_FILE}")
+  source = initfrom.task_file(config, VOCAB_FILE)
+  if source is not None:
+    return _read_vocab(config, source, f"config.init_from={config.init_from!r}'s {VOCAB_FILE}")
   return CharVocab.build(config.data.vocab, text)
+
+
+def _read_vocab(config, text: str, where: str) -> CharVocab:
+  vocab = CharVocab.from_json(text, where)
+  if vocab.kind != config.data.vocab:
+    raise UserError(f"config.data.vocab={config.data.vocab!r} but {where} is a {vocab.kind!r} "
+                    f"vocabulary; use a new --workdir")
+  return vocab
 
 
 def model_info(config, workdir: str) -> dict:
