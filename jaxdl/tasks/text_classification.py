@@ -121,11 +121,11 @@ def load(config, workdir: str | None) -> Dataset:
     vocab = build_vocab(train.texts, train.labels, data_cfg.min_count, data_cfg.max_vocab,
                         label_names, data_cfg.prefix_backoff, data_cfg.get("num_classes", 0))
     vocab_note = f"vocab {len(vocab.words):,} (words seen >= {data_cfg.min_count}x in train)"
-    source = initfrom.task_file(config, VOCAB_FILE)
-    if source is not None:  # init_from: the source's words, whose ids its embeddings are rows
+    initial = initfrom.task_file(config, VOCAB_FILE)
+    if initial is not None:  # init_from: the source's words, whose ids its embeddings are rows
       # of, and this data's classes (a new head may have another number)
       where = f"config.init_from={config.init_from!r}'s {VOCAB_FILE}"
-      vocab = dataclasses.replace(WordVocab.from_json(source, where),
+      vocab = dataclasses.replace(WordVocab.from_json(initial, where),
                                   label_names=vocab.label_names)
       vocab_note = f"vocab {len(vocab.words):,} (from {where})"
   for split, s in labelled.items():
