@@ -84,7 +84,7 @@ def trained(sst_dir, tmp_path_factory):
 
 def test_tiny_run_reports_classification_metrics_and_saves_the_vocab(trained):
   workdir, final, out = trained
-  assert "train 320 | dev 40 | test 30 | 2 classes" in out
+  assert "data: text files in " in out and "train 320 | dev 40 | test 30 | 2 classes" in out
   assert "max_len 16 truncated 0 train, 0 dev, 0 test" in out
   assert final["dev_count"] == 40 and final["test_count"] == 30
   assert final["dev_accuracy"] == 1.0  # the label word alone decides: an easy task
@@ -321,3 +321,31 @@ def test_train_size_and_validation_size_carve_the_training_split(tiny_text):
   assert dataset.describe.startswith("train 75 of 320 | val 20 carved from train | dev 40")
   assert dataset.eval_split == "val" and dataset.final_splits == ("val", "dev", "test")
   assert len(dataset.evals["val"]["label"]) == 20
+
+
+def test_init_from_encodes_with_the_sources_words_and_this_datas_classes(trained, tmp_path):
+  """A new head on a 3-class set: the fine-tuned run encodes with the source run's vocabulary
+  (its embeddings are rows of those ids), even for words only the new data has, and takes its
+  classes from the new data; the head's weights, of another shape, keep their fresh init."""
+  workdir, _, _ = trained
+  directory = tmp_path / "three"
+  directory.mkdir()
+  rows = [(f"{text} {extra}", label + (extra == "meh")) for i, (text, label)
+          in enumerate(_sentences(60, 3)) for extra in ["meh" if i % 3 == 0 else "ok"]]
+  for split in ("train", "dev"):
+    with open(directory / f"{split}.tsv", "w") as f:
+      f.write("sentence\tlabel\n" + "".join(f"{s}\t{y}\n" for s, y in rows))
+  config = _tiny_config(str(directory))
+  config.num_train_steps = 2
+  config.init_from, config.init_from_keys = workdir, r"^(?!params\._Head_0\.)"
+  new = str(tmp_path / "new")
+  with contextlib.redirect_stdout(io.StringIO()) as out:
+    train.train_and_evaluate(config, new)
+  source = WordVocab.from_json(open(os.path.join(workdir, "vocab.json")).read(), "source")
+  vocab = WordVocab.from_json(open(os.path.join(new, "vocab.json")).read(), "new")
+  assert vocab.words == source.words and "meh" not in vocab.words
+  assert vocab.num_classes == 3 and source.num_classes == 2
+  assert f"3 classes | vocab {len(source.words)} (from config.init_from={workdir!r}'s " \
+         f"vocab.json)" in out.getvalue()
+  assert "init_from: " in out.getvalue() and "kept their fresh init (params._Head_0." in \
+      out.getvalue()
