@@ -176,6 +176,39 @@ def read_file(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
       flat, metadata = _read_local(copy.name, path)
   else:
     flat, metadata = _read_local(path, path)
+  meta = _meta(metadata, path)
+  if metadata.get(META_UNSTACKED) == "true":
+    flat = restack(flat, meta["stacked"], path)
+  return unflatten(flat), meta
+
+
+_MAX_HEADER = 100_000_000  # bytes: safetensors' own limit on a header
+
+
+def read_metadata(path: str) -> dict[str, Any]:
+  """read_file's `meta` alone, from the file's header: a gs:// object is not read whole.
+
+  The header is the format's first 8 bytes (its length, little-endian) and that many bytes of
+  JSON, whose '__metadata__' is the str->str metadata: read here by hand, as safetensors reads
+  only a local file, and whole objects are what a vocabulary's lookup should not download."""
+  if not files.exists(path):
+    raise UserError(f"{path}: not found")
+  with files.Path(path).open("rb") as f:
+    size = int.from_bytes(f.read(8), "little")
+    try:
+      if not 0 < size <= _MAX_HEADER:
+        raise ValueError(f"a header of {size} bytes")
+      header = json.loads(f.read(size).decode("utf-8"))
+      metadata = header.get("__metadata__") or {}
+      if not isinstance(metadata, dict):
+        raise ValueError("its __metadata__ is not an object")
+    except (ValueError, AttributeError) as e:  # AttributeError: a header that is no object
+      raise UserError(f"{path}: not a safetensors file ({first_line(e)})") from None
+  return _meta(metadata, path)
+
+
+def _meta(metadata: Mapping[str, str], path: str) -> dict[str, Any]:
+  """read_file's `meta` of a file's str->str metadata."""
   meta = {"config": _json(metadata, META_CONFIG, path),
           "model_info": _json(metadata, META_MODEL_INFO, path),
           "files": _json(metadata, META_FILES, path) or {},
@@ -183,13 +216,11 @@ def read_file(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
           "step": int(metadata[META_STEP]) if metadata.get(META_STEP, "").isdigit() else None,
           "which": metadata.get(META_WHICH),
           "stacked": _json(metadata, META_STACKED, path) or {},
-          "metadata": metadata}
+          "metadata": dict(metadata)}
   for key in ("files", "stacked"):
     if not isinstance(meta[key], dict):
       raise UserError(f"{path}: its metadata {key!r} is not a JSON object")
-  if metadata.get(META_UNSTACKED) == "true":
-    flat = restack(flat, meta["stacked"], path)
-  return unflatten(flat), meta
+  return meta
 
 
 def _read_local(path: str, where: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:

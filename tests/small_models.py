@@ -68,12 +68,6 @@ class NnxBatchNormMLP(nnx.Module):
     return self.out(nnx.relu(self.norm(self.hidden(x), use_running_average=not train)))
 
 
-def mlp_with_policy(model_config, *, num_classes: int, dtype, param_dtype) -> nn.Module:
-  """mlp, for a builder that takes the precision policy (models.get passes it)."""
-  return MLP(num_classes=num_classes, dropout=model_config.dropout, dtype=dtype,
-             param_dtype=param_dtype)
-
-
 class NnxListMLP(nnx.Module):
   """An NNX MLP whose hidden layers are a list (NNX's state keys them 0 and 1, ints, which a
   checkpoint or a weights file names '0' and '1'), with BatchNorm: the export tests' NNX model."""
@@ -89,3 +83,9 @@ class NnxListMLP(nnx.Module):
     for layer in self.layers:
       x = nnx.relu(layer(x))
     return self.out(self.norm(x, use_running_average=not train))
+
+
+def mlp_with_policy(model_config, *, num_classes: int, dtype, param_dtype) -> nn.Module:
+  """mlp, for a builder that takes the precision policy (models.get passes it)."""
+  return MLP(num_classes=num_classes, dropout=model_config.dropout, dtype=dtype,
+             param_dtype=param_dtype)

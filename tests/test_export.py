@@ -142,6 +142,7 @@ def test_an_lm_file_holds_the_runs_weights_and_rebuilds_it_alone(lm_run, lm_file
   np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
   meta = weights.read_file(lm_file)[1]
+  assert weights.read_metadata(lm_file) == meta  # the header alone
   assert meta["version"] == jaxdl.__version__ and meta["step"] == 4 and meta["which"] == "latest"
   assert meta["config"] == json.loads(json.dumps(run.config.to_dict()))
   assert meta["model_info"] == run.model_info and meta["stacked"] == {"params.blocks": 2}
@@ -320,11 +321,13 @@ def test_what_cannot_be_exported_is_one_line(bn_run, tmp_path):
   with pytest.raises(UserError, match=r"^.*nothing.safetensors: not found$"):
     jaxdl.load(str(tmp_path / "nothing.safetensors"))
   (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
-  with pytest.raises(UserError, match=r"^.*junk.safetensors: not a safetensors file \("):
-    weights.read_file(str(tmp_path / "junk.safetensors"))
+  for read in (weights.read_file, weights.read_metadata):
+    with pytest.raises(UserError, match=r"^.*junk.safetensors: not a safetensors file \("):
+      read(str(tmp_path / "junk.safetensors"))
   safetensors.numpy.save_file({"w": np.ones(2, np.float32)}, str(tmp_path / "foreign.safetensors"))
   variables, meta = weights.read_file(str(tmp_path / "foreign.safetensors"))
   assert set(variables) == {"w"} and meta["config"] is None and meta["files"] == {}
+  assert weights.read_metadata(str(tmp_path / "foreign.safetensors")) == meta
   with pytest.raises(UserError, match=r"foreign.safetensors: no jaxdl config and model_info in "
                                       r"its metadata \(not written by python -m jaxdl.export\)"):
     jaxdl.load(str(tmp_path / "foreign.safetensors"))
@@ -366,16 +369,19 @@ def test_a_gs_workdir_exports_to_a_local_and_a_gs_file(bn_run, gcs, tmp_path):
     variables, meta = weights.read_file(path)
     assert_same_params(variables, weights.read_file(local)[0])
     assert meta["files"] == weights.read_file(local)[1]["files"]
+    assert weights.read_metadata(path) == meta
   paths = _digits(tmp_path)
   assert (jaxdl.load("gs://jaxdl-export/out.safetensors").predict(paths)
           == jaxdl.load(workdir).predict(paths))
 
 
 # Each of 2 processes runs `python -m jaxdl.export` as a user's job would (runpy: the module as
-# __main__), then gathers an array sharded over both processes (export._host), which no
-# checkpoint read gives today (runs.read_variables restores arrays whole on every process).
+# __main__); then, in the job that started, two exports that fail (on both processes before the
+# checkpoint is read; on process 0 alone as it writes) and a gather of an array sharded over
+# both processes (export._host), which no checkpoint read gives today (runs.read_variables
+# restores arrays whole on every process).
 _PROCESS = """
-import runpy, sys
+import os, runpy, sys
 import numpy as np
 sys.argv = ["jaxdl.export", *sys.argv[1:]]
 try:
@@ -385,7 +391,20 @@ except SystemExit as e:
 import jax
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, PartitionSpec
-from jaxdl import export
+from jaxdl import export, weights
+from jaxdl.errors import UserError
+flags = dict(arg[2:].split("=", 1) for arg in sys.argv[1:])
+directory = os.path.dirname(flags["out"])
+def full_disk(path, *args):
+  raise OSError(28, "No space left on device", path)
+for out, fails in ((f"{directory}/missing/x.safetensors", False),
+                   (f"{directory}/failed.safetensors", True)):
+  if fails and jax.process_index() == 0:
+    weights.write_file = full_disk
+  try:
+    export.export(flags["workdir"], out)
+  except (UserError, OSError) as e:
+    print(type(e).__name__, e, flush=True)
 mesh = Mesh(np.array(jax.devices()), ("p",))
 local = np.full((1, 3), jax.process_index(), np.float32)
 sharded = multihost_utils.host_local_array_to_global_array(local, mesh, PartitionSpec("p"))
@@ -398,7 +417,8 @@ print("gathered", export._host(sharded).tolist(), flush=True)
 def test_two_processes_export_one_file_written_by_process_0(bn_run, tmp_path):
   """A 2-process job on 127.0.0.1 (one CPU device each, gloo): both read the checkpoint,
   process 0 writes the file, process 1 waits and writes nothing; the file is the one a lone
-  process writes."""
+  process writes. A failure on process 0 is one line on process 1 too (no process waits
+  forever)."""
   _, workdir = bn_run
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
@@ -418,9 +438,15 @@ def test_two_processes_export_one_file_written_by_process_0(bn_run, tmp_path):
     for p in procs:
       if p.poll() is None:
         p.kill()
-  for p, (stdout, stderr) in zip(procs, outputs):
+  job = tmp_path / "job"
+  missing = f"UserError --out={job}/missing/x.safetensors: the directory {job}/missing does not exist"
+  full = f"{job}/failed.safetensors: No space left on device"
+  for i, (p, (stdout, stderr)) in enumerate(zip(procs, outputs)):
     assert p.returncode == 0, stderr[-3000:]
-    assert stdout.splitlines()[-1] == "gathered [[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]", stdout
+    assert stdout.splitlines()[-3:] == [
+        missing, f"OSError [Errno 28] No space left on device: '{full.split(':')[0]}'"
+        if i == 0 else f"UserError cannot write {full}",
+        "gathered [[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]"], stdout
   wrote = [[line for line in stdout.splitlines() if line.startswith("wrote")]
            for stdout, _ in outputs]  # (gloo prints a line of its own)
   assert wrote[0][0].startswith(f"wrote {out}: 7 arrays, ") and wrote[1] == [], wrote
