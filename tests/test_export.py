@@ -116,6 +116,7 @@ def _digits(directory, n=3):
   return paths
 
 
+@pytest.mark.slow
 def test_an_lm_file_holds_the_runs_weights_and_rebuilds_it_alone(lm_run, lm_file, tmp_path):
   config, workdir = lm_run
   arrays = safetensors.numpy.load_file(lm_file)
@@ -148,6 +149,7 @@ def test_an_lm_file_holds_the_runs_weights_and_rebuilds_it_alone(lm_run, lm_file
   assert meta["model_info"] == run.model_info and meta["stacked"] == {"params.blocks": 2}
 
 
+@pytest.mark.slow
 def test_the_readme_example_runs(lm_run, lm_file, tmp_path, monkeypatch, capsys):
   """The README's block after the line naming this test, where tiny_lm.safetensors is the LM's."""
   with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
@@ -164,6 +166,7 @@ def test_the_readme_example_runs(lm_run, lm_file, tmp_path, monkeypatch, capsys)
   assert scope["run"].step == run.step
 
 
+@pytest.mark.slow
 def test_an_lm_file_loads_in_pytorch(lm_run, lm_file):
   torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install torch)")
   import safetensors.torch  # pylint: disable=g-import-not-at-top
@@ -173,6 +176,7 @@ def test_an_lm_file_loads_in_pytorch(lm_run, lm_file):
     np.testing.assert_array_equal(tensors[name].numpy(), np.asarray(x), err_msg=name)
 
 
+@pytest.mark.slow
 def test_unstack_writes_one_tensor_per_layer_and_load_stacks_them_again(lm_run, lm_file,
                                                                          tmp_path):
   config, workdir = lm_run
@@ -200,7 +204,8 @@ def test_unstack_writes_one_tensor_per_layer_and_load_stacks_them_again(lm_run, 
     weights.read_file(broken)
 
 
-def test_dtype_casts_floating_arrays_only(lm_run, tmp_path):
+@pytest.mark.slow
+def test_a_bfloat16_file_holds_bfloat16_arrays_and_loads(lm_run, tmp_path):
   config, workdir = lm_run
   out = str(tmp_path / "bf16.safetensors")
   export.export(workdir, out, dtype="bfloat16")
@@ -209,6 +214,9 @@ def test_dtype_casts_floating_arrays_only(lm_run, tmp_path):
   run = jaxdl.load(out)
   assert run.apply(_tokens(config)).shape == (2, config.model.block_size, run.model_info[
       "vocab_size"])
+
+
+def test_cast_leaves_integer_arrays_as_they_are():
   flat = {"w": np.ones((2, 2), np.float32), "n": np.arange(3, dtype=np.int32)}
   cast = export.cast(flat, "float16")
   assert cast["w"].dtype == np.float16 and cast["n"].dtype == np.int32
@@ -244,6 +252,7 @@ def test_a_failed_write_leaves_no_file_and_the_old_one_whole(tmp_path, monkeypat
   assert path.read_bytes() == before and os.listdir(tmp_path) == ["w.safetensors"]
 
 
+@pytest.mark.slow
 def test_a_batchnorm_file_predicts_as_its_workdir(bn_run, tmp_path):
   _, workdir = bn_run
   out = str(tmp_path / "bn.safetensors")
@@ -266,6 +275,7 @@ def test_a_batchnorm_file_predicts_as_its_workdir(bn_run, tmp_path):
     jaxdl.load(out, "best")
 
 
+@pytest.mark.slow
 def test_an_nnx_file_comes_back_with_its_list_and_batch_stats(nnx_run, tmp_path):
   _, workdir = nnx_run
   out = str(tmp_path / "nnx.safetensors")
@@ -280,6 +290,7 @@ def test_an_nnx_file_comes_back_with_its_list_and_batch_stats(nnx_run, tmp_path)
   assert from_file.predict(paths) == run.predict(paths)
 
 
+@pytest.mark.slow
 def test_a_text_classifier_file_predicts_with_its_vocabulary(text_run, tmp_path):
   _, workdir = text_run
   out = str(tmp_path / "text.safetensors")
@@ -290,16 +301,17 @@ def test_a_text_classifier_file_predicts_with_its_vocabulary(text_run, tmp_path)
   assert from_file.predict(sentences) == run.predict(sentences)
 
 
-def test_what_cannot_be_exported_is_one_line(bn_run, tmp_path):
-  _, workdir = bn_run
+def test_what_cannot_be_exported_is_one_line(tmp_path):
+  """A run without checkpoints (--out and --dtype are checked before any checkpoint is read)."""
   out = str(tmp_path / "x.safetensors")
   empty = tmp_path / "empty"
   empty.mkdir()
   (empty / "config.json").write_text(json.dumps({"task": "image_classification",
                                                  "model": {"name": "small_models:bn_mlp"}}))
   (empty / "model_info.json").write_text('{"num_classes": 10}')
+  workdir = str(empty)
   with pytest.raises(UserError, match=r"^no checkpoint in .*empty/checkpoints; train first"):
-    export.export(str(empty), out)
+    export.export(workdir, out)
   (tmp_path / "a_file").write_text("")
   for bad, why in ((str(tmp_path / "no_dir" / "x.safetensors"), "the directory .*no_dir does "
                     "not exist"),
