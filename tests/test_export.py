@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 
-import jax
 import numpy as np
 from PIL import Image
 import pytest
