@@ -13,6 +13,9 @@ saves as model_info.json; for a run made before that file, the task's optional
 model_info(config, workdir) reads it from the task's own files), and one checkpoint's variables:
 the params' moving average where the run kept one (as its evaluations used), and the model
 state (BatchNorm's statistics). A reader: nothing is written, and no lease is taken.
+
+  run = jaxdl.load("mnist.safetensors")   # a weights file of python -m jaxdl.export: the same
+                                         # Run, rebuilt from the file alone (its metadata)
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import dataclasses
 import functools
 import json
 import os
+import tempfile
 from types import ModuleType
 from typing import Any
 
@@ -32,7 +36,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxdl import checkpoint, digests, files, keepbest, models, resume, tasks
+from jaxdl import checkpoint, digests, files, keepbest, models, resume, tasks, weights
 from jaxdl.errors import UserError, first_line
 
 MODEL_INFO = "model_info.json"  # WORKDIR/model_info.json: models.get's kwargs from the data
@@ -41,13 +45,14 @@ MODEL_INFO = "model_info.json"  # WORKDIR/model_info.json: models.get's kwargs f
 @dataclasses.dataclass
 class Run:
   """What a trained run holds, for a Python user (see the module docstring)."""
-  workdir: str
+  workdir: str                       # the run's directory, or the weights file read
   config: ml_collections.ConfigDict  # config.json, as the run resolved it
   task: ModuleType                   # the task module (jaxdl/tasks/, or the user's)
   model: nn.Module                   # the linen Module (an NNX model wrapped by nnx.bridge)
   variables: dict[str, Any]          # {'params': EMA params, else params, **model state}
   step: int                          # the checkpoint's step
   model_info: dict[str, Any]         # what the model was built with beyond its config
+  files: dict[str, str] | None = None  # a weights file's task files; None: in the workdir
 
   def apply(self, inputs, *, train: bool = False, rng=None):
     """The model's outputs on `inputs` (models.apply, compiled; the new model state of
@@ -68,9 +73,15 @@ class Run:
     if not hasattr(self.task, "predictor"):
       raise UserError(f"--workdir={self.workdir}: the run's task {self.config.task!r} has no "
                       f"predictor (run.apply gives the model's outputs)")
-    return self.task.predictor(self.config, self.workdir,
-                               lambda **info: models.get(self.config.model, **info),
-                               self.variables)
+    build = lambda **info: models.get(self.config.model, **info)
+    if self.files is None:
+      return self.task.predictor(self.config, self.workdir, build, self.variables)
+    # From a weights file: a predictor reads the task's files (vocab.json) from a directory
+    # when it is built, so they are written to a private one for that moment.
+    with tempfile.TemporaryDirectory(prefix="jaxdl-files-") as directory:
+      for name, text in self.files.items():
+        files.write_text(os.path.join(directory, name), text)
+      return self.task.predictor(self.config, directory, build, self.variables)
 
   def nnx_model(self) -> nnx.Module:
     """An NNX model (model.name naming an nnx.Module) as the NNX module itself, its params and
@@ -85,7 +96,10 @@ class Run:
 
 def load(workdir: str, which: str | int = "latest") -> Run:
   """The run in `workdir` at one checkpoint: 'latest' (the newest intact one, passing over a
-  damaged one as a resume does), 'best' (checkpoint.keep_best's), or a step number."""
+  damaged one as a resume does), 'best' (checkpoint.keep_best's), or a step number. A path
+  ending in .safetensors is a weights file (python -m jaxdl.export's), its one checkpoint."""
+  if os.fspath(workdir).endswith(weights.SUFFIX):
+    return load_file(os.fspath(workdir), which)
   which = _which(which)
   config, task = tasks.of_run(workdir)
   _add_keys(config, task)
@@ -95,6 +109,30 @@ def load(workdir: str, which: str | int = "latest") -> Run:
     which = best_step(workdir, config)
   step, variables = read_variables(workdir, which)
   return Run(workdir, config, task, model, _nnx_keyed(model, variables), step, info)
+
+
+def load_file(path: str, which: str | int = "latest") -> Run:
+  """The run that python -m jaxdl.export wrote to `path` (local or gs://), rebuilt from the
+  file alone: its config, model_info and task files are in its metadata."""
+  if which != "latest":
+    raise UserError(f"which={which!r}: {path} holds the weights of one checkpoint, the one "
+                    f"jaxdl.export chose; which= chooses among a workdir's checkpoints")
+  variables, meta = weights.read_file(path)
+  saved = meta["config"]
+  if not isinstance(saved, dict) or not isinstance(saved.get("task"), str) or not isinstance(
+      meta["model_info"], dict):
+    raise UserError(f"{path}: no jaxdl config and model_info in its metadata (not written by "
+                    f"python -m jaxdl.export): read its arrays with jaxdl.weights.read_file")
+  for name, text in meta["files"].items():  # Run.predict writes them into a directory
+    if name in ("", ".", "..") or os.path.basename(name) != name or not isinstance(text, str):
+      raise UserError(f"{path}: its metadata's task file {name!r} is not a file name and text")
+  config = ml_collections.ConfigDict(saved)
+  task = tasks.get(config.task)
+  _add_keys(config, task)
+  info = _hashable(meta["model_info"])
+  model = models.get(config.model, **info)
+  variables = jax.device_put(_nnx_keyed(model, variables), jax.local_devices()[0])
+  return Run(path, config, task, model, variables, meta["step"], info, files=meta["files"])
 
 
 def _add_keys(config, task: ModuleType) -> None:
@@ -126,13 +164,16 @@ def model_info(config, task: ModuleType, workdir: str) -> dict[str, Any]:
   file) the task's model_info(config, workdir), which reads the task's files (vocab.json)."""
   path = os.path.join(workdir, MODEL_INFO)
   if files.exists(path):
-    saved = files.read_json(path)
-    # A tuple comes back from JSON as a list; a linen module's fields must be hashable.
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}
+    return _hashable(files.read_json(path))
   if not hasattr(task, "model_info"):
     raise UserError(f"{path}: not found (runs before jaxdl wrote it), and the run's task "
                     f"{config.task!r} has no model_info(config, workdir) to rebuild its model")
   return task.model_info(config, workdir)
+
+
+def _hashable(saved: dict[str, Any]) -> dict[str, Any]:
+  # A tuple comes back from JSON as a list; a linen module's fields must be hashable.
+  return {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}
 
 
 def saved_model_info(model_info: dict[str, Any]) -> dict[str, Any] | None:

@@ -94,7 +94,7 @@ os.environ["PYTHONWARNINGS"] = ",".join([
 HEAVY_MODULES = ("test_multihost.py", "test_custom.py", "test_old_workdirs.py", "test_train.py",
                  "test_transformer.py", "test_faults.py", "test_gcs_workdir.py",
                  "test_parallel.py", "test_main.py", "test_text_train.py", "test_lease.py",
-                 "test_lm.py", "test_runs.py",
+                 "test_lm.py", "test_runs.py", "test_export.py",
                  "test_text_models.py", "test_sample.py", "test_sweep.py", "test_steps.py",
                  "test_models.py")
 

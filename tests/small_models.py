@@ -68,6 +68,23 @@ class NnxBatchNormMLP(nnx.Module):
     return self.out(nnx.relu(self.norm(self.hidden(x), use_running_average=not train)))
 
 
+class NnxListMLP(nnx.Module):
+  """An NNX MLP whose hidden layers are a list (NNX's state keys them 0 and 1, ints, which a
+  checkpoint or a weights file names '0' and '1'), with BatchNorm: the export tests' NNX model."""
+
+  def __init__(self, model_config, *, num_classes: int, rngs: nnx.Rngs):
+    del model_config
+    self.layers = nnx.List([nnx.Linear(28 * 28, 16, rngs=rngs), nnx.Linear(16, 16, rngs=rngs)])
+    self.norm = nnx.BatchNorm(16, momentum=0.5, rngs=rngs)
+    self.out = nnx.Linear(16, num_classes, rngs=rngs)
+
+  def __call__(self, x, *, train: bool):
+    x = x.reshape(x.shape[0], -1).astype(jnp.float32) / 255.0
+    for layer in self.layers:
+      x = nnx.relu(layer(x))
+    return self.out(self.norm(x, use_running_average=not train))
+
+
 def mlp_with_policy(model_config, *, num_classes: int, dtype, param_dtype) -> nn.Module:
   """mlp, for a builder that takes the precision policy (models.get passes it)."""
   return MLP(num_classes=num_classes, dropout=model_config.dropout, dtype=dtype,

@@ -40,6 +40,7 @@ MODELS = ("cnn",)                # built-in model families (others: model.name='
 # Model-block keys the task reads itself (the data's labels are checked against it).
 MODEL_KEYS = ("num_classes",)
 FORMATS = classifier.FORMATS     # the console text of accuracy and throughput
+FILES = (imagefolder.CLASSES_FILE,)  # the files it writes beside the checkpoints (jaxdl.export)
 FALLBACKS = ("download", "synthetic", "sample")  # data.source names after files and tfds
 # Resume declarations (jaxdl/resume.py): keys that may change on resume, and keys added since
 # older workdirs were made, each with the value that reproduces them. A data key that several

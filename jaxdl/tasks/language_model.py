@@ -40,6 +40,7 @@ TRAIN_METRICS = ()
 PLOT_METRICS = ("loss", "perplexity")
 LOG_SCALE = ("perplexity",)  # plotted on a log axis, as the loss is
 FORMATS = {"tokens_per_s": "{:,.0f} tok/s"}
+FILES = (VOCAB_FILE,)  # the files it writes beside the checkpoints (jaxdl.export)
 MODELS = ("transformer",)
 MODEL_KEYS = ("block_size",)  # model-block keys the task reads itself (windows are cut to it)
 FALLBACKS = ("pydoc",)

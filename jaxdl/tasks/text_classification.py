@@ -40,6 +40,7 @@ TRAIN_METRICS = ("accuracy",)
 PLOT_METRICS = ("loss", "accuracy")
 MODELS = ("text_lstm", "text_cnn", "text_transformer")
 FORMATS = classifier.FORMATS
+FILES = (VOCAB_FILE,)  # the files it writes beside the checkpoints (jaxdl.export)
 FALLBACKS = ()
 # Resume declarations (jaxdl/resume.py): keys that may change on resume, and keys added since
 # older workdirs were made, each with the value that reproduces them. A data key that several
