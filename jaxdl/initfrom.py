@@ -33,9 +33,6 @@ import numpy as np
 from jaxdl import files, runs, weights
 from jaxdl.errors import UserError
 
-WEIGHTS_FILE = ".safetensors"  # a SOURCE ending so is an exported weights file
-
-
 @dataclasses.dataclass
 class Source:
   """The weights that load, and what the run record says of them."""
@@ -63,7 +60,7 @@ def parse(spec: str) -> tuple[str, str | int | None]:
   """(path, which): a weights file's which is None; a workdir's 'latest', 'best' or a step.
   Only a ':' followed by 'best', 'latest' or digits picks the checkpoint, so gs://b/run and a
   Windows-free local path pass through whole."""
-  if spec.endswith(WEIGHTS_FILE):
+  if spec.endswith(weights.SUFFIX):
     return spec, None
   head, sep, tail = spec.rpartition(":")
   if sep and head and (tail in ("best", "latest") or tail.isdigit()):
@@ -108,7 +105,7 @@ def _read(spec: str) -> tuple[int | None, dict[str, np.ndarray]]:
 def _check_workdir(path: str) -> None:
   if not files.Path(path).is_dir():
     raise UserError(f"{path}: no such workdir (SOURCE is a workdir, WORKDIR:best, "
-                    f"WORKDIR:STEP or an exported FILE{WEIGHTS_FILE})")
+                    f"WORKDIR:STEP or an exported FILE{weights.SUFFIX})")
 
 
 def _numpy(variables) -> dict[str, np.ndarray]:

@@ -134,3 +134,21 @@ def test_init_from_best_loads_the_best_checkpoint(source, tmp_path):
   train.train_and_evaluate(_config(init_from=f"{workdir}:best", num_train_steps=1), new)
   with open(os.path.join(new, "run.json")) as f:
     assert json.load(f)["segments"][0]["init_from"]["step"] == best
+
+
+def test_init_from_an_exported_file_loads_what_the_workdir_would(source, tmp_path):
+  """The source exported (jaxdl.export) and given as FILE.safetensors: the same arrays load as
+  from its workdir (the same hash in run.json), and the file's step is named."""
+  from jaxdl import export  # pylint: disable=g-import-not-at-top
+  _, workdir = source
+  path = str(tmp_path / "source.safetensors")
+  export.export(workdir, path)
+  hashes = []
+  for name, spec in (("from_file", path), ("from_workdir", workdir)):
+    new = str(tmp_path / name)
+    train.train_and_evaluate(_config(init_from=spec, num_train_steps=1), new)
+    with open(os.path.join(new, "run.json")) as f:
+      record = json.load(f)["segments"][0]["init_from"]
+    assert record["step"] == 24 and record["loaded"] == 7
+    hashes.append(record["sha256"])
+  assert hashes[0] == hashes[1]
