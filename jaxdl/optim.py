@@ -258,7 +258,7 @@ def make(opt_cfg, num_train_steps: int) -> optax.GradientTransformation:
   kwargs, decay = _keywords(opt_cfg, factory, label)
   tx = factory(learning_rate=schedule(opt_cfg, num_train_steps), **kwargs)
   if not isinstance(tx, optax.GradientTransformation):
-    raise UserError(f"{_where(opt_cfg)}: returned a {type(tx).__name__}, not an "
+    raise UserError(f"{_where(opt_cfg)}: returned {type(tx).__name__} {tx!r:.60}, not an "
                     f"optax.GradientTransformation")
   if decay == "coupled" and opt_cfg.weight_decay:  # L2, as torch.optim.SGD(weight_decay=...)
     tx = optax.chain(optax.add_decayed_weights(opt_cfg.weight_decay, decay_mask(opt_cfg)), tx)
