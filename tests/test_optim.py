@@ -11,7 +11,8 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import REPO, load_config, read_events, tiny_mnist_config, write_mnist_dir
+from conftest import (REPO, load_config, load_config_file, read_events, tiny_mnist_config,
+                      write_mnist_dir)
 from jaxdl import optim, resume, tasks, train
 from jaxdl.errors import UserError
 
@@ -335,6 +336,17 @@ def test_a_decay_without_a_mask_needs_decay_mask_all():
                           "no mask: set opt.decay_mask='all' (or opt.weight_decay=0)")
   optim.check(_opt(name="novograd", weight_decay=0.1, decay_mask="all"))
   optim.check(_opt(name="novograd", weight_decay=0.0, decay_mask="no_bias_norm"))
+
+
+@pytest.mark.parametrize("config_file, mask", [
+    ("configs/mnist.py", "all"), ("configs/mnist.py:seed", "all"),
+    ("configs/text_classifier.py", "all"), ("configs/tiny_lm.py", "matrices"),
+    ("configs/tiny_lm.py:gpt2_small", "matrices"), ("experiments/custom/denoise_mnist.py", "all"),
+    ("experiments/custom/diabetes.py", "all"), ("experiments/custom/resnet_mnist.py", "all")])
+def test_the_shipped_presets_keep_the_mask_they_were_measured_with(config_file, mask):
+  """no_bias_norm became the default after they were measured: each names its own."""
+  path, _, preset = config_file.partition(":")
+  assert load_config_file(f"{REPO}/{path}", preset or None).opt.decay_mask == mask
 
 
 # ---- training, the lr readout and resuming ----
