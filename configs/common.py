@@ -40,17 +40,27 @@ def get_config() -> ml_collections.ConfigDict:
                               # (jax.profiler; README "Profiling"); '' = no trace
 
   c.opt = ml_collections.ConfigDict()
-  c.opt.name = "adamw"        # sgd | adam | adamw (optax names)
+  c.opt.name = "adamw"        # any optax optimizer by its name (sgd, adam, adamw, lion, lamb,
+                              # adafactor, contrib.muon ...), or PACKAGE.MODULE:ATTR, a factory
+                              # of yours called as optax's: ATTR(learning_rate=schedule, **kw)
+  c.opt.kwargs = ml_collections.ConfigDict()  # the optimizer's other keywords, replaced whole:
+                              # --config.opt.kwargs="{'b2': 0.98}"; others take optax's defaults
   c.opt.lr = 1e-3             # peak learning rate
-  c.opt.schedule = "cosine"   # constant | cosine (linear warmup, cosine decay)
-  c.opt.warmup_steps = 200    # steps of linear warmup from 0 (cosine schedule only)
-  c.opt.end_lr_factor = 0.0   # final lr = lr * end_lr_factor (cosine schedule only)
-  c.opt.momentum = 0.0        # sgd momentum; 0 = plain SGD
+  c.opt.schedule = "cosine"   # constant | cosine | linear | wsd (warmup-stable-decay) | rsqrt
+                              # (lr * sqrt(warmup_steps / step)); jaxdl/optim.py's schedule()
+  c.opt.warmup_steps = 200    # steps of linear warmup from 0 (every schedule but constant)
+  c.opt.end_lr_factor = 0.0   # final lr = lr * end_lr_factor (cosine, linear and wsd)
+  c.opt.cooldown_fraction = 0.2  # wsd: the last fraction of the run's steps decays the lr
+  c.opt.cooldown_shape = "linear"  # wsd's decay: linear | cosine | 1-sqrt (lr falls as the
+                              # square root of the cooldown's elapsed fraction)
+  c.opt.momentum = 0.0        # sgd momentum; 0 = plain SGD (other optimizers: opt.kwargs)
   c.opt.nesterov = False      # sgd: Nesterov momentum
-  c.opt.b1 = 0.9              # adam/adamw first-moment decay
+  c.opt.b1 = 0.9              # adam/adamw first-moment decay (other optimizers: opt.kwargs)
   c.opt.b2 = 0.999            # adam/adamw second-moment decay
-  c.opt.weight_decay = 1e-4   # adamw: decoupled decay; sgd: L2 added to the gradient
-  c.opt.decay_mask = "all"    # params decayed: all | matrices (>= 2 dims: not biases/norms)
+  c.opt.weight_decay = 1e-4   # the optimizer's own decay (adamw, lion, lamb: decoupled); one
+                              # without (sgd, rmsprop...): L2 added to the gradient; adam: none
+  c.opt.decay_mask = "no_bias_norm"  # params decayed: all | matrices (>= 2 dims) | no_bias_norm
+                              # (matrices, and none named bias or scale: biases, norms)
   c.opt.grad_clip_norm = 0.0  # clip gradients to this global norm; 0 = off
 
   c.train = ml_collections.ConfigDict()

@@ -54,6 +54,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
                               # is evaluated once, at the end; 0 = none (evals on test)
 
   c.opt.lr = 2e-3
+  c.opt.decay_mask = "all"   # as measured (README): the default before no_bias_norm
 
   c.loss = ml_collections.ConfigDict()
   c.loss.label_smoothing = 0.0  # cross-entropy label smoothing

@@ -76,6 +76,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.opt.momentum = 0.9
   c.opt.weight_decay = 3e-6
   c.opt.grad_clip_norm = 1.0
+  c.opt.decay_mask = "all"   # as measured (README): the default before no_bias_norm
 
   c.loss = ml_collections.ConfigDict()
   c.loss.label_smoothing = 0.0  # cross-entropy label smoothing

@@ -51,7 +51,11 @@ HARMLESS = ("num_train_steps", "num_epochs", "min_train_steps", "log_every", "ev
 # has it with this value resumes.
 ADDED = {"train.ema_decay": 0.0, "parallel.cpu_devices": 0, "train.ema_warmup": False,
          "train.grad_accum_steps": 1, "checkpoint.keep_best": "", "checkpoint.best_mode": "min",
-         "early_stopping.patience": 0, "init_from": "", "init_from_keys": ""}
+         "early_stopping.patience": 0, "init_from": "", "init_from_keys": "",
+         # Read by the wsd schedule only, which no run before them used: any value does what
+         # those runs did, and the defaults make resuming say nothing. (opt.kwargs, an empty
+         # dict, needs no entry: it is no difference from a config.json without it.)
+         "opt.cooldown_fraction": 0.2, "opt.cooldown_shape": "linear"}
 
 
 class Keys(NamedTuple):

@@ -12,6 +12,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+import optax
 
 
 class MLP(nn.Module):
@@ -96,3 +97,27 @@ def bn_mlp_wide_head(model_config, *, num_classes: int) -> nn.Module:
   a bn_mlp run's (init_from with init_from_keys)."""
   del model_config
   return BatchNormMLP(num_classes=num_classes + 1)
+
+
+class SmallCNN(nn.Module):
+  """An MNIST-shaped CNN the size of a test: a 3x3 convolution of 8 channels, a 4x4 max-pool
+  and a dense layer (tests/test_optim.py trains it with other optimizers)."""
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x_BxHxWxC, *, train: bool):
+    del train  # no dropout
+    x = nn.relu(nn.Conv(8, (3, 3))(x_BxHxWxC.astype(jnp.float32) / 255.0))
+    x = nn.max_pool(x, (4, 4), strides=(4, 4))
+    return nn.Dense(self.num_classes)(x.reshape(x.shape[0], -1))
+
+
+def small_cnn(model_config, *, num_classes: int) -> nn.Module:
+  del model_config  # no keys of its own
+  return SmallCNN(num_classes=num_classes)
+
+
+def nesterov_sgd(learning_rate, momentum: float = 0.9):
+  """A user's optimizer, named as `opt.name=small_models:nesterov_sgd` and called as jaxdl
+  calls optax's own factories (learning_rate = the schedule, opt.kwargs' keywords)."""
+  return optax.sgd(learning_rate, momentum=momentum, nesterov=True)

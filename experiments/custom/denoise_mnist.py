@@ -16,6 +16,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.task = "experiments.custom.denoise"  # a user's task module, by its import path
   c.num_epochs = 5
   c.opt.lr = 2e-3
+  c.opt.decay_mask = "all"   # as measured (README): the default before no_bias_norm
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "experiments.custom.denoise:ConvAutoencoder"

@@ -26,6 +26,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.keep_checkpoints = 1      # the newest; the best is kept beside it
   c.opt.lr = 1e-3
   c.opt.warmup_steps = 100
+  c.opt.decay_mask = "all"   # as measured (README): the default before no_bias_norm
 
   c.checkpoint.keep_best = "val_rmse"  # the eval split's name, then summarise()'s key
   c.checkpoint.best_mode = "min"
