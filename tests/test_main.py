@@ -93,7 +93,7 @@ def test_overrides_apply_and_presets_differ():
 @pytest.mark.parametrize("key, value, needle", [
     ("eval_batch_size", 0, "eval_batch_size"),
     ("log_every", -1, "log_every"),
-    ("opt.name", "lion", "opt.name"),
+    ("opt.name", "lion2", "opt.name"),  # lion is an optax optimizer, and valid
     ("opt.schedule", "step", "opt.schedule"),
     ("model.dropout", 1.0, "model.dropout"),
     ("model.init", "he", "model.init"),

@@ -95,7 +95,7 @@ def test_the_first_bad_key_is_named_in_a_fixed_order(tmp_path):
 
 @pytest.mark.parametrize("name, key, value, message", [
     ("tiny_lm", "opt.decay_mask", "biases", "config.opt.decay_mask='biases': must be one of all, "
-                                            "matrices"),
+                                            "matrices, no_bias_norm"),
     ("text_classifier", "opt.warmup_steps", -1, "config.opt.warmup_steps=-1: must be finite and "
                                                 ">= 0"),
     ("text_classifier", "opt.grad_clip_norm", float("nan"), "config.opt.grad_clip_norm=nan: must "
