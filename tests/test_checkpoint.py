@@ -1,12 +1,9 @@
 """Orbax round trip of the train state and the loop's JSON state."""
 
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import pytest
 
 from jaxdl import checkpoint, steps
 from jaxdl.models.cnn import CNN

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import assert_same_params, read_events, tiny_mnist_config
+from conftest import read_events, tiny_mnist_config
 from jaxdl import models, runs, steps, tasks, train, weights
 from jaxdl.errors import UserError
 

@@ -5,7 +5,7 @@ import os
 import jax
 import pytest
 
-from conftest import (DEFAULT_XLA_LEVEL, REPO, SMALL_MODEL, declared_fields, flat_keys,
+from conftest import (DEFAULT_XLA_LEVEL, SMALL_MODEL, declared_fields, flat_keys,
                       load_config, run_main)
 from jaxdl import runs, tasks, validate
 from jaxdl.errors import UserError

@@ -22,7 +22,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, REPO)
 
 import jax  # pylint: disable=g-import-not-at-top
-import numpy as np
 
 from jaxdl import checkpoint, models, optim, parallel, runner as runners, steps, tasks
 
