@@ -23,6 +23,9 @@ Optional:
   FORMATS        {key: format} of a logged number's console text, e.g. {'accuracy': 'acc
                  {:.2%}'} (default: 'key {:.4g}', and '{:,.0f} UNIT/s' for the throughput)
   LOG_SCALE      the metrics that jaxdl.plot draws on a log axis, as it does the loss
+  FILES          the names of the files load() returns in Dataset.files (('vocab.json',)):
+                 jaxdl.export puts them in the weights file's metadata, so that the file
+                 alone rebuilds the run (a vocabulary, class names)
   MODEL_KEYS     keys of config.model that the task reads itself (('num_classes',)): a user's
                  model need not read them, and the run does not warn that they do nothing
   RESUME_HARMLESS  a tuple of the task's dotted config keys that may change when a run
