@@ -27,11 +27,11 @@ import os
 import re
 from typing import Any
 
-import ml_collections
 import numpy as np
 
 from jaxdl import files, runs, weights
 from jaxdl.errors import UserError
+
 
 @dataclasses.dataclass
 class Source:
@@ -58,8 +58,8 @@ class Source:
 
 def parse(spec: str) -> tuple[str, str | int | None]:
   """(path, which): a weights file's which is None; a workdir's 'latest', 'best' or a step.
-  Only a ':' followed by 'best', 'latest' or digits picks the checkpoint, so gs://b/run and a
-  Windows-free local path pass through whole."""
+  Only a ':' followed by 'best', 'latest' or digits picks the checkpoint: gs://bucket/run is a
+  workdir whole."""
   if spec.endswith(weights.SUFFIX):
     return spec, None
   head, sep, tail = spec.rpartition(":")
@@ -94,8 +94,7 @@ def _read(spec: str) -> tuple[int | None, dict[str, np.ndarray]]:
       return meta.get("step"), _numpy(variables)
     _check_workdir(path)
     if which == "best":
-      saved = files.read_json(os.path.join(path, "config.json"))
-      which = runs.best_step(path, ml_collections.ConfigDict(saved))
+      which = runs.best_step(path, runs.run_config(path)[0])
     step, variables = runs.read_variables(path, which)
   except UserError as e:
     raise _error(spec, str(e)) from None

@@ -101,8 +101,7 @@ def load(workdir: str, which: str | int = "latest") -> Run:
   if os.fspath(workdir).endswith(weights.SUFFIX):
     return load_file(os.fspath(workdir), which)
   which = _which(which)
-  config, task = tasks.of_run(workdir)
-  _add_keys(config, task)
+  config, task = run_config(workdir)
   info = model_info(config, task, workdir)
   model = models.get(config.model, **info)
   if which == "best":
@@ -133,6 +132,14 @@ def load_file(path: str, which: str | int = "latest") -> Run:
   model = models.get(config.model, **info)
   variables = jax.device_put(_nnx_keyed(model, variables), jax.local_devices()[0])
   return Run(path, config, task, model, variables, meta["step"], info, files=meta["files"])
+
+
+def run_config(workdir: str) -> tuple[ml_collections.ConfigDict, ModuleType]:
+  """(config, task module) of the run in `workdir`: its config.json, with the keys added since
+  it was made at the values that do what it did (as a resume adopts them)."""
+  config, task = tasks.of_run(workdir)
+  _add_keys(config, task)
+  return config, task
 
 
 def _add_keys(config, task: ModuleType) -> None:
