@@ -96,9 +96,9 @@ def tokenizer(config, workdir: str | None, text: str | None = None) -> CharVocab
     return _read_vocab(config, files.read_text(path), path)
   if text is None:
     raise UserError(f"--workdir={workdir}: no {VOCAB_FILE}")
-  source = initfrom.task_file(config, VOCAB_FILE)
-  if source is not None:
-    return _read_vocab(config, source, f"config.init_from={config.init_from!r}'s {VOCAB_FILE}")
+  initial = initfrom.task_file(config, VOCAB_FILE)
+  if initial is not None:
+    return _read_vocab(config, initial, f"config.init_from={config.init_from!r}'s {VOCAB_FILE}")
   return CharVocab.build(config.data.vocab, text)
 
 
