@@ -75,6 +75,20 @@ def _unknown_key(argv: list[str], error: BaseException) -> str:
 
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's parser, with each failure turned into one line naming the flag, key or file."""
+  rest = parse_config_flags(argv)
+  if not _WORKDIR.value:
+    errors.fail("--workdir is required, e.g. --workdir=runs/mnist")
+  return rest
+
+
+def config() -> ml_collections.ConfigDict:
+  """The --config flag's locked ConfigDict, overrides applied (after parse_config_flags)."""
+  return _CONFIG.value
+
+
+def parse_config_flags(argv: list[str]) -> list[str]:
+  """parse_flags but for --workdir: the --config flag and its overrides, for every tool that
+  reads a config (jaxdl.main, jaxdl.prepare)."""
   config_file = _config_file(argv)
   if config_file and not os.path.isfile(config_file.split(":")[0]):
     errors.fail(f"--config={config_file}: no such config file")
@@ -93,8 +107,6 @@ def parse_flags(argv: list[str]) -> list[str]:
     errors.fail(f"--config={config_file}: get_config() returned a "
                 f"{type(_CONFIG.value).__name__}, not an ml_collections.ConfigDict (see "
                 f"configs/mnist.py)")
-  if not _WORKDIR.value:
-    errors.fail("--workdir is required, e.g. --workdir=runs/mnist")
   if not any(a.startswith(("--verbosity", "-v")) for a in argv[1:]):
     # jaxdl prints its own progress; library INFO chatter (Orbax, XLA) only with --verbosity=0.
     logging.set_verbosity(logging.WARNING)

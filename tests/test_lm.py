@@ -137,11 +137,11 @@ def test_train_windows_position_check_and_too_short_text():
 
 def test_eval_windows_are_fixed_and_non_overlapping():
   ids = np.arange(100, dtype=np.int32)
-  w = eval_windows(ids, 16)
+  w = {k: np.asarray(v) for k, v in eval_windows(ids, 16).items()}  # rows read when asked
   assert w["inputs"].shape == (6, 16)  # (100 - 1) // 16 windows; the tail is left out
   np.testing.assert_array_equal(w["inputs"][:, 0], np.arange(6) * 16)
   np.testing.assert_array_equal(w["targets"], w["inputs"] + 1)
-  sub = eval_windows(ids, 16, max_windows=3)
+  sub = {k: np.asarray(v) for k, v in eval_windows(ids, 16, max_windows=3).items()}
   np.testing.assert_array_equal(sub["inputs"][:, 0], [0, 32, 80])  # evenly spaced, ends kept
   np.testing.assert_array_equal(eval_windows(ids, 16, max_windows=3)["inputs"],
                                 sub["inputs"])  # the same windows every time

@@ -28,7 +28,7 @@ from absl import logging
 import jax
 
 from jaxdl import files, initfrom, losses, models
-from jaxdl.data import corpus, offline, sources, tfds
+from jaxdl.data import corpus, offline, sources, tfds, tokens
 from jaxdl.data.dataset import Dataset
 from jaxdl.data.vocab import CHAR_KINDS, VOCAB_FILE, CharVocab
 from jaxdl.data.windows import TrainWindows, eval_windows
@@ -116,7 +116,11 @@ def model_info(config, workdir: str) -> dict:
 
 
 def load(config, workdir: str | None) -> Dataset:
-  """Random train windows, fixed 'val' windows, the vocabulary."""
+  """Random train windows, fixed 'val' windows, the vocabulary; from the text, or from a
+  directory that jaxdl.prepare wrote (token ids read by offset: data/tokens.py)."""
+  path = os.path.expanduser(config.data.path)
+  if path and tokens.is_prepared(path):
+    return _load_prepared(config, workdir, path)
   text, source = load_text(config.data)
   train_text, val_text = split_text(text, config.data.val_fraction)
   vocab = tokenizer(config, workdir, text)
@@ -131,6 +135,39 @@ def load(config, workdir: str | None) -> Dataset:
       train=train, evals={"val": val}, eval_split="val", final_splits=("val",), source=source,
       describe=(f"train {len(train_ids):,} {unit} | val {len(val_ids):,} {unit}, evaluated as "
                 f"{len(val['inputs']):,} windows of {block} | vocabulary {vocab.size} {unit}"),
+      model_info={"vocab_size": vocab.size}, files={VOCAB_FILE: vocab.to_json()})
+
+
+def _load_prepared(config, workdir: str | None, path: str) -> Dataset:
+  """load() of a prepared corpus: its ids stay on disk (np.memmap), its vocabulary is the one
+  it was encoded with (a resume's vocab.json or init_from's must be the same)."""
+  meta, vocab, ids = tokens.read(path, config.data.vocab)
+  if meta["val_fraction"] != config.data.val_fraction:
+    raise UserError(f"config.data.val_fraction={config.data.val_fraction} but {path} was "
+                    f"prepared with {meta['val_fraction']} (its split is on disk); prepare it "
+                    f"again with --config.data.val_fraction={config.data.val_fraction}")
+  saved = os.path.join(workdir, VOCAB_FILE) if workdir is not None else None
+  if saved is not None and files.exists(saved):
+    wanted, whose = _read_vocab(config, files.read_text(saved), saved), "the run's"
+  else:
+    initial = initfrom.task_file(config, VOCAB_FILE)
+    wanted = None if initial is None else _read_vocab(config, initial, config.init_from)
+    whose = f"config.init_from={config.init_from!r}'s"
+  if wanted is not None and wanted.to_json() != vocab.to_json():
+    raise UserError(f"{path} was prepared with another vocabulary than {whose} vocab.json "
+                    f"({vocab.size} against {wanted.size} {vocab.kind}); prepare it with the "
+                    f"same --config.init_from, or use a new --workdir")
+  block = config.model.block_size
+  train = TrainWindows(ids["train"], block, config.batch_size, config.seed, jax.process_index(),
+                       jax.process_count(), sha256=meta["splits"]["train"]["sha256"])
+  val = eval_windows(ids["val"], block, config.data.eval_windows)
+  unit = "chars" if vocab.kind == "chars" else "bytes"
+  return Dataset(
+      train=train, evals={"val": val}, eval_split="val", final_splits=("val",),
+      source=f"prepared token ids in {path} (of {meta['source']})",
+      describe=(f"train {len(ids['train']):,} {unit} | val {len(ids['val']):,} {unit}, "
+                f"evaluated as {len(val['inputs']):,} windows of {block} | vocabulary "
+                f"{vocab.size} {unit} | read from disk by offset"),
       model_info={"vocab_size": vocab.size}, files={VOCAB_FILE: vocab.to_json()})
 
 

@@ -1,0 +1,162 @@
+"""A language model's corpus prepared as token ids on disk, read by offset (np.memmap).
+
+`python -m jaxdl.prepare` writes DIR/train.bin and DIR/val.bin, each one flat array of token ids
+(uint16 when the vocabulary fits, else uint32: nanoGPT's train.bin), and DIR/jaxdl-tokens.json
+with the vocabulary and, per split, its file, dtype, token count and sha256. The ids are what
+the in-memory path encodes from the same text (language_model.split_text's cut, then the
+vocabulary), so a run on the directory trains on the same windows, bit for bit.
+
+The writer streams: two passes over the text in chunks (the first counts the characters and
+builds the vocabulary, the second encodes and writes), so a corpus larger than memory converts.
+It writes into DIR.tmp-<pid> and renames that to DIR at the end, the JSON last inside it: a
+killed prepare leaves no directory that looks complete.
+
+The reader maps the files (np.memmap: pages are read when a window touches them, so memory
+stays flat in the corpus size) after checking each file's size and sha256 against the JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from typing import Iterator
+
+import numpy as np
+
+from jaxdl.data.sources import read_utf8
+from jaxdl.data.vocab import CharVocab
+from jaxdl.errors import UserError, first_line
+
+TOKENS_FILE = "jaxdl-tokens.json"
+FORMAT = "jaxdl-tokens-v1"
+SPLITS = ("train", "val")
+CHUNK_CHARS = 1 << 24  # characters per read: 16M, ~64 MB of codepoints while encoding
+
+
+def is_prepared(path: str) -> bool:
+  """A directory that jaxdl.prepare wrote for a language model."""
+  return os.path.isdir(path) and os.path.isfile(os.path.join(path, TOKENS_FILE))
+
+
+def _corpus_files(path: str) -> list[str]:
+  """The text files of data.path in corpus.read_text's order: the file, or a directory's
+  files sorted (hidden ones left out)."""
+  if os.path.isfile(path):
+    return [path]
+  found = []
+  for root, dirs, names in os.walk(path):
+    dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    found += [os.path.join(root, n) for n in names if not n.startswith(".")]
+  if not found:
+    raise UserError(f"data.path={path!r}: the directory has no files")
+  return sorted(found)
+
+
+def _chunks(paths: list[str]) -> Iterator[str]:
+  """The corpus's text, CHUNK_CHARS characters at a time, file after file."""
+  for path in paths:
+    try:
+      # newline='': no newline translation, as sources.read_utf8 decodes the bytes as they are
+      with open(path, encoding="utf-8", newline="") as f:
+        while chunk := f.read(CHUNK_CHARS):
+          yield chunk
+    except (OSError, UnicodeDecodeError):
+      read_utf8(path)  # raises the one-line error that names the file (and the byte)
+      raise
+
+
+def _dtype(vocab_size: int) -> np.dtype:
+  return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
+
+
+def _sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    while block := f.read(1 << 24):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def prepare(path: str, out: str, kind: str, val_fraction: float,
+            vocab: CharVocab | None = None) -> dict:
+  """Writes the corpus at `path` (a file or a directory of files) to the directory `out`;
+  returns the JSON it wrote. `vocab`: the one to encode with (init_from's), else one is built."""
+  if os.path.exists(out):
+    raise UserError(f"--out={out}: already exists (prepare writes a new directory)")
+  paths = _corpus_files(path)
+  chars, count = set(), 0
+  for chunk in _chunks(paths):  # pass 1: the length (for the split's cut) and the characters
+    count += len(chunk)
+    if kind == "chars" and vocab is None:
+      chars.update(chunk)
+  if count == 0:
+    raise UserError(f"data.path={path!r}: no text (empty)")
+  vocab = vocab or CharVocab(kind, "".join(sorted(chars)))
+  cut = int(count * (1 - val_fraction))  # language_model.split_text's
+  dtype = _dtype(vocab.size)
+  partial = f"{out.rstrip(os.sep)}.tmp-{os.getpid()}"
+  shutil.rmtree(partial, ignore_errors=True)
+  os.makedirs(partial)
+  try:
+    counts = dict.fromkeys(SPLITS, 0)
+    with open(os.path.join(partial, "train.bin"), "wb") as train, \
+         open(os.path.join(partial, "val.bin"), "wb") as val:
+      done = 0
+      for chunk in _chunks(paths):  # pass 2: encode and write, the cut between the files
+        head = chunk[:max(cut - done, 0)]
+        for split, text, f in (("train", head, train), ("val", chunk[len(head):], val)):
+          if text:
+            ids = vocab.encode(text, f"the text of data.path={path!r}").astype(dtype)
+            f.write(ids.tobytes())
+            counts[split] += len(ids)
+        done += len(chunk)
+    meta = {"format": FORMAT, "source": os.path.abspath(path), "vocab": json.loads(
+        vocab.to_json()), "val_fraction": val_fraction, "characters": count, "splits": {
+            split: {"file": f"{split}.bin", "dtype": dtype.name, "tokens": counts[split],
+                    "sha256": _sha256(os.path.join(partial, f"{split}.bin"))}
+            for split in SPLITS}}
+    with open(os.path.join(partial, TOKENS_FILE), "w") as f:  # last: the directory is whole
+      json.dump(meta, f, indent=1)
+    os.rename(partial, out)
+  except BaseException:
+    shutil.rmtree(partial, ignore_errors=True)
+    raise
+  return meta
+
+
+def read(directory: str, kind: str, verify: bool = True) -> tuple[dict, CharVocab, dict]:
+  """(the JSON, its vocabulary, {split: np.memmap of its ids}) of a prepared directory; each
+  file's size, and with `verify` its sha256, checked against the JSON: a UserError naming the
+  file otherwise."""
+  meta_path = os.path.join(directory, TOKENS_FILE)
+  try:
+    with open(meta_path) as f:
+      meta = json.load(f)
+    if meta.get("format") != FORMAT:
+      raise ValueError(f"format {meta.get('format')!r}, not {FORMAT!r}")
+    vocab = CharVocab(meta["vocab"]["kind"], meta["vocab"]["chars"])
+    splits = {split: meta["splits"][split] for split in SPLITS}
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise UserError(f"{meta_path}: not a prepared corpus of jaxdl.prepare ({first_line(e)})"
+                    ) from None
+  if vocab.kind != kind:
+    raise UserError(f"config.data.vocab={kind!r} but {directory} was prepared with "
+                    f"{vocab.kind!r}; prepare it again with --config.data.vocab={kind}")
+  arrays = {}
+  for split, entry in splits.items():
+    path = os.path.join(directory, entry["file"])
+    dtype = np.dtype(entry["dtype"])
+    if not os.path.isfile(path):
+      raise UserError(f"{path}: missing ({TOKENS_FILE} lists it)")
+    size = os.path.getsize(path)
+    if size != entry["tokens"] * dtype.itemsize:
+      raise UserError(f"{path}: {size:,} bytes, but {TOKENS_FILE} says {entry['tokens']:,} "
+                      f"{dtype.name} tokens ({entry['tokens'] * dtype.itemsize:,} bytes): "
+                      f"truncated or changed; prepare it again")
+    if verify and _sha256(path) != entry["sha256"]:
+      raise UserError(f"{path}: its sha256 differs from the one in {TOKENS_FILE}: changed "
+                      f"since jaxdl.prepare wrote it; prepare it again")
+    arrays[split] = np.memmap(path, dtype, mode="r") if entry["tokens"] else np.zeros(0, dtype)
+  return meta, vocab, arrays
