@@ -38,9 +38,11 @@ def test_prepared_ids_are_the_in_memory_ones(tmp_path, monkeypatch, kind):
   train_text, val_text = language_model.split_text(TEXT, 0.1)
   want = CharVocab.build(kind, TEXT)
   assert vocab.to_json() == want.to_json()
-  np.testing.assert_array_equal(ids["train"], want.encode(train_text))
-  np.testing.assert_array_equal(ids["val"], want.encode(val_text))
-  assert ids["train"].dtype == np.uint16 and isinstance(ids["train"], np.memmap)
+  np.testing.assert_array_equal(np.asarray(ids["train"]), want.encode(train_text))
+  np.testing.assert_array_equal(np.asarray(ids["val"]), want.encode(val_text))
+  assert ids["train"].dtype == np.uint16 and isinstance(ids["train"], tokens.TokenFile)
+  np.testing.assert_array_equal(ids["train"].windows(np.array([5, 0]), 3),
+                                want.encode(train_text[5:8] + train_text[:3]).reshape(2, 3))
   assert meta["characters"] == len(TEXT) and "\r" in vocab.chars or kind == "bytes"
 
 

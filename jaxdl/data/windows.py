@@ -7,7 +7,7 @@ non-overlapping windows at offsets 0, L, 2L, ... of the validation text (L = blo
 last partial window is left out), or `eval_windows` of them evenly spaced; each window predicts
 its L next tokens, with the context available since the window start.
 
-The token ids may be a np.memmap of a prepared corpus (data/tokens.py): training windows and
+The token ids may be a prepared corpus's file (data/tokens.TokenFile): training windows and
 evaluation rows are read from it by offset when a batch asks for them, so memory stays flat in
 the corpus's size; batches are int32 either way.
 """
@@ -21,6 +21,13 @@ import numpy as np
 from jaxdl.errors import UserError
 
 Batch = dict[str, np.ndarray]
+
+
+def windows(ids, starts: np.ndarray, length: int) -> np.ndarray:
+  """[len(starts), length] int32: `length` ids from each start, of an array or a TokenFile."""
+  if hasattr(ids, "windows"):  # data/tokens.TokenFile: read from disk by offset
+    return ids.windows(starts, length)
+  return ids[starts[:, None] + np.arange(length)[None, :]].astype(np.int32)
 
 
 class TrainWindows:
@@ -54,9 +61,8 @@ class TrainWindows:
     """This process's rows of global batch `step`: inputs, targets (shifted by one), mask."""
     starts_B = np.random.default_rng([self.seed, step]).integers(
         0, self.size, self.batch_size)[self._local]
-    idx_BxL1 = starts_B[:, None] + np.arange(self.block_size + 1)[None, :]
-    windows = self.ids[idx_BxL1].astype(np.int32)  # a prepared corpus's are uint16 / uint32
-    return {"inputs": windows[:, :-1], "targets": windows[:, 1:],
+    windows_BxL1 = windows(self.ids, starts_B, self.block_size + 1)
+    return {"inputs": windows_BxL1[:, :-1], "targets": windows_BxL1[:, 1:],
             "mask": np.ones(len(starts_B), np.float32)}
 
 
@@ -81,8 +87,9 @@ class WindowRows:
     return rows if dtype is None else rows.astype(dtype)
 
   def __getitem__(self, index) -> np.ndarray:
-    idx = self.starts[index][..., None] + self.shift + np.arange(self.length)
-    return self.ids[idx].astype(np.int32)
+    starts = self.starts[index]
+    rows = windows(self.ids, np.atleast_1d(starts) + self.shift, self.length)
+    return rows if np.ndim(starts) else rows[0]
 
 
 def eval_windows(ids: np.ndarray, block_size: int, max_windows: int = 0) -> dict[str, WindowRows]:
