@@ -11,10 +11,11 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, read_events, tiny_lm_config
+from conftest import REPO, interrupt_at, read_events, tiny_lm_config
 from jaxdl import train
 from jaxdl.data import tokens
 from jaxdl.data.vocab import CharVocab
+from jaxdl.data.windows import TrainWindows
 from jaxdl.errors import UserError
 from jaxdl.tasks import language_model
 
@@ -46,14 +47,18 @@ def test_prepared_ids_are_the_in_memory_ones(tmp_path, monkeypatch, kind):
   assert meta["characters"] == len(TEXT) and "\r" in vocab.chars or kind == "bytes"
 
 
-def test_a_run_on_the_prepared_corpus_logs_what_the_text_run_logs(trained_tiny_lm, tmp_path):
+def test_a_run_on_the_prepared_corpus_logs_what_the_text_run_logs(trained_tiny_lm, tmp_path,
+                                                                   monkeypatch):
+  """Interrupted at step 19 and resumed, too: the events of the uninterrupted text run."""
   config, workdir, _ = trained_tiny_lm
   prepared = str(tmp_path / "prepared")
   tokens.prepare(config.data.path, prepared, config.data.vocab, config.data.val_fraction)
   config = config.copy_and_resolve_references()
   config.data.path = prepared
-  train.train_and_evaluate(config, str(tmp_path / "run"))
-  assert read_events(str(tmp_path / "run")) == read_events(workdir)
+  run = str(tmp_path / "run")
+  interrupt_at(config, run, monkeypatch, at_step=19, where=(TrainWindows, "batch"))
+  train.train_and_evaluate(config, run)
+  assert read_events(run) == read_events(workdir)
 
 
 def test_a_failed_prepare_leaves_no_directory(tmp_path, monkeypatch):
