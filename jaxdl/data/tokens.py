@@ -1,4 +1,4 @@
-"""A language model's corpus prepared as token ids on disk, read by offset (np.memmap).
+"""A language model's corpus prepared as token ids on disk, read by offset.
 
 `python -m jaxdl.prepare` writes DIR/train.bin and DIR/val.bin, each one flat array of token ids
 (uint16 when the vocabulary fits, else uint32: nanoGPT's train.bin), and DIR/jaxdl-tokens.json
