@@ -6,6 +6,7 @@ IDX: magic = 0, 0, dtype code, ndim; then ndim big-endian uint32 dims; then the 
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import zlib
 
@@ -29,7 +30,8 @@ def read_idx(path: str) -> np.ndarray:
   """Reads one IDX file (raw or .gz, local or gs://) into a uint8 array, checking the header
   against the size."""
   try:
-    with files.open_binary(path) as f:
+    # gs://: the object in one GET, not a ranged request per read of the gzip stream.
+    with io.BytesIO(files.read_bytes(path)) if files.is_url(path) else open(path, "rb") as f:
       raw = gzip.GzipFile(fileobj=f).read() if path.endswith(".gz") else f.read()
   except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
     raise UserError(f"{path}: cannot read IDX file ({e})") from None
