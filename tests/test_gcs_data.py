@@ -68,7 +68,7 @@ def data(tmp_path_factory):
   (root / "plays" / "act1.txt").write_text(open(play).read()[:3000])
   (root / "plays" / "act2" / "scene1.txt").write_text(open(play).read()[3000:])
   (root / "plays" / ".hidden.txt").write_text("never read")
-  for split, n in (("train", 3), ("test", 2)):
+  for split, n in (("train", 10), ("test", 3)):
     for name, value in (("cat", 40), ("dog", 200)):
       os.makedirs(root / "pets" / split / name)
       for i in range(n):
@@ -119,6 +119,10 @@ def test_every_reader_reads_gs_as_it_reads_the_local_copy(data, tmp_path):
   for name in ("play", "plays"):
     assert corpus.read_text(data[name][1]) == corpus.read_text(data[name][0])
   assert "never read" not in corpus.read_text(data["plays"][1])
+  assert corpus.read_text(data["plays"][1] + "/") == corpus.read_text(data["plays"][0])
+  cfg = load_config("tiny_lm").data
+  cfg.path = data["plays"][1] + "/"
+  sources.check(cfg, ("pydoc",))
   assert imagefolder.is_image_folder(data["pets"][1])
   _same(imagefolder.load_image_folder(data["pets"][1], 4),
         imagefolder.load_image_folder(data["pets"][0], 4))
@@ -171,6 +175,7 @@ def _runs_match(config, local, url, tmp_path):
   """The run on the gs:// copy logs the local run's events."""
   config.data.path = local
   want = _events_of(config, str(tmp_path / "local"))
+  assert [e["step"] for e in want if e["event"] == "eval"] == [10, 20], want
   config.data.path = url
   assert _events_of(config, str(tmp_path / "gs")) == want
 
@@ -180,6 +185,14 @@ def test_an_mnist_run_on_gs_idx_files_logs_the_local_runs_events(data, tmp_path)
   config = tiny_mnist_config()
   config.data.source = "auto"
   _runs_match(config, *data["mnist"], tmp_path)
+
+
+@pytest.mark.slow
+def test_an_image_folder_run_on_gs_logs_the_local_runs_events(data, tmp_path):
+  config = tiny_mnist_config()
+  config.data.source, config.data.image_size, config.model.num_classes = "auto", 8, 2
+  config.batch_size, config.eval_batch_size = 8, 8
+  _runs_match(config, *data["pets"], tmp_path)
 
 
 @pytest.mark.slow
