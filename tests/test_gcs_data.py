@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import os
+import pathlib
 
 import fsspec
 import numpy as np
@@ -38,12 +39,12 @@ def _upload(local: str, url: str) -> str:
   fs = gcsfs.GCSFileSystem()
   key = url.split("://", 1)[1]
   if os.path.isfile(local):
-    fs.pipe_file(key, open(local, "rb").read())
+    fs.pipe_file(key, pathlib.Path(local).read_bytes())
     return url
   for root, _, names in os.walk(local):
     for name in names:
       path = os.path.join(root, name)
-      fs.pipe_file(f"{key}/{os.path.relpath(path, local)}", open(path, "rb").read())
+      fs.pipe_file(f"{key}/{os.path.relpath(path, local)}", pathlib.Path(path).read_bytes())
   return url
 
 
