@@ -168,3 +168,81 @@ class ObjectFiles:
 
   def directory_check(self, path: str) -> None:
     del path
+
+
+# data.path's readers (jaxdl/data): a local path goes through os exactly as it always did (its
+# errors are the ones users and tests know); a URL through the fsspec filesystem under epath,
+# whose calls say file or directory in one listing.
+
+
+def is_dir(path: str) -> bool:
+  """A local directory, or a gs:// prefix with objects under it."""
+  if not is_url(path):
+    return os.path.isdir(path)
+  fs, key = object_store(path)
+  return fs.isdir(key)
+
+
+def is_file(path: str) -> bool:
+  if not is_url(path):
+    return os.path.isfile(path)
+  fs, key = object_store(path)
+  return fs.isfile(key)
+
+
+def list_dir(path: str) -> list[tuple[str, str]]:
+  """(name, 'dir' | 'file' | 'other') of a directory's entries, unsorted; OSError if it cannot
+  be listed. 'other': a broken link, a socket (local only)."""
+  if not is_url(path):
+    kinds = ((n, os.path.join(path, n)) for n in os.listdir(path))
+    return [(n, "dir" if os.path.isdir(p) else "file" if os.path.isfile(p) else "other")
+            for n, p in kinds]
+  fs, key = object_store(path)
+  key = key.rstrip("/")
+  # A console-made 'folder' is an empty object named 'key/': it lists as an entry of its own.
+  return [(entry["name"].rstrip("/").rsplit("/", 1)[-1],
+           "dir" if entry["type"] == "directory" else "file")
+          for entry in fs.ls(key, detail=True) if entry["name"].rstrip("/") != key]
+
+
+def files_under(path: str) -> list[str]:
+  """Every file under a directory, sorted, hidden files and folders (a leading '.') left out."""
+  if not is_url(path):
+    found = []
+    for root, dirs, names in os.walk(path):
+      dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+      found += [os.path.join(root, n) for n in names if not n.startswith(".")]
+    return sorted(found)
+  fs, key = object_store(path)
+  scheme, key = path.split("://", 1)[0], key.rstrip("/")
+  found = []
+  for name in fs.find(key):
+    parts = name[len(key) + 1:].split("/")
+    if name.startswith(key + "/") and not any(p.startswith(".") for p in parts):
+      found.append(f"{scheme}://{name}")
+  return sorted(found)
+
+
+def open_binary(path: str):
+  """A local or gs:// file opened for reading bytes (a gs:// one reads in blocks, seekable)."""
+  if not is_url(path):
+    return open(path, "rb")
+  fs, key = object_store(path)
+  return fs.open(key, "rb")
+
+
+def read_bytes(path: str) -> bytes:
+  """A local or gs:// file's bytes (a gs:// object in one GET)."""
+  if not is_url(path):
+    with open(path, "rb") as f:
+      return f.read()
+  fs, key = object_store(path)
+  return fs.cat_file(key)
+
+
+def size(path: str) -> int:
+  """A file's size in bytes."""
+  if not is_url(path):
+    return os.path.getsize(path)
+  fs, key = object_store(path)
+  return fs.size(key)

@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import os
-
+from jaxdl import files
 from jaxdl.data.sources import read_utf8
 from jaxdl.errors import UserError
 
 
 def read_text(path: str) -> str:
-  """A UTF-8 file's text, or a directory's files' texts joined in sorted order."""
-  if os.path.isfile(path):
+  """A UTF-8 file's text, or a directory's files' texts joined in sorted order (hidden ones left
+  out); local or gs://."""
+  if files.is_file(path):
     text = read_utf8(path)
-  elif os.path.isdir(path):
-    files = []
-    for root, dirs, names in os.walk(path):
-      dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-      files += [os.path.join(root, n) for n in names if not n.startswith(".")]
-    if not files:
+  elif files.is_dir(path):
+    paths = files.files_under(path)
+    if not paths:
       raise UserError(f"data.path={path!r}: the directory has no files")
-    text = "".join(read_utf8(f) for f in sorted(files))
+    text = "".join(read_utf8(f) for f in paths)
   else:
     raise UserError(f"data.path={path!r} does not exist")
   if not text:

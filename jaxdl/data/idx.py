@@ -6,11 +6,13 @@ IDX: magic = 0, 0, dtype code, ndim; then ndim big-endian uint32 dims; then the 
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import zlib
 
 import numpy as np
 
+from jaxdl import files
 from jaxdl.errors import UserError
 
 Splits = dict[str, dict[str, np.ndarray]]
@@ -25,11 +27,12 @@ _IDX_STEMS = {
 _IDX_UBYTE = 0x08  # the only element type the MNIST family uses.
 
 def read_idx(path: str) -> np.ndarray:
-  """Reads one IDX file (raw or .gz) into a uint8 array, checking the header against the size."""
+  """Reads one IDX file (raw or .gz, local or gs://) into a uint8 array, checking the header
+  against the size."""
   try:
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-      raw = f.read()
+    # gs://: the object in one GET, not a ranged request per read of the gzip stream.
+    with io.BytesIO(files.read_bytes(path)) if files.is_url(path) else open(path, "rb") as f:
+      raw = gzip.GzipFile(fileobj=f).read() if path.endswith(".gz") else f.read()
   except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
     raise UserError(f"{path}: cannot read IDX file ({e})") from None
   if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
@@ -61,14 +64,14 @@ def write_idx(path: str, array: np.ndarray) -> None:
 def _find_idx(directory: str, stems: list[str]) -> str:
   for stem in stems:
     for name in (stem, stem + ".gz"):
-      if os.path.isfile(os.path.join(directory, name)):
+      if files.is_file(os.path.join(directory, name)):
         return os.path.join(directory, name)
   raise UserError(f"{directory}: no {stems[0]}[.gz] file (expected the four MNIST-format IDX files)")
 
 
 def load_idx_dir(directory: str) -> Splits:
   """Loads the four MNIST-format IDX files of a directory; images get a trailing channel axis."""
-  if not os.path.isdir(directory):
+  if not files.is_dir(directory):
     raise UserError(f"data.path={directory!r} is not a directory")
   splits: Splits = {}
   for split in ("train", "test"):

@@ -13,6 +13,7 @@ C = 3 otherwise (a dataset mixing both is converted to RGB throughout; alpha is 
 from __future__ import annotations
 
 import collections
+import io
 import json
 import os
 import unicodedata
@@ -22,6 +23,7 @@ from absl import logging
 import numpy as np
 from PIL import Image
 
+from jaxdl import files as jfiles  # `files` is load_image_folder's list of images
 from jaxdl.errors import UserError, first_line
 
 Splits = dict[str, dict[str, np.ndarray]]
@@ -37,17 +39,16 @@ def is_image_folder(directory: str) -> bool:
   """True when directory/train is a directory (the layout's sign).
 
   IDX directories (MNIST's four files) have files only, so the two never look alike."""
-  return os.path.isdir(os.path.join(directory, "train"))
+  return jfiles.is_dir(os.path.join(directory, "train"))
 
 
 def _listing(directory: str, folders: bool) -> list[str]:
-  """Sorted names of directory's non-hidden subfolders (folders=True) or files."""
+  """Sorted names of directory's non-hidden subfolders (folders=True) or files (local or gs://)."""
   try:
-    names = os.listdir(directory)
+    entries = jfiles.list_dir(directory)
   except OSError as e:
     raise UserError(f"{directory}: cannot list folder ({e.strerror or first_line(e)})") from None
-  test = os.path.isdir if folders else os.path.isfile
-  found = [n for n in names if test(os.path.join(directory, n))]
+  found = [n for n, kind in entries if kind == ("dir" if folders else "file")]
   hidden = sorted(n for n in found if n.startswith("."))
   if hidden and folders:  # .ipynb_checkpoints and the like: never a class, but said, not silent
     logging.warning("%s: skipping hidden folder(s) %s: not classes", directory, _some(hidden))
@@ -63,7 +64,7 @@ def _split_dirs(directory: str) -> dict[str, str]:
   """{split: its folder} for the splits present; two synonyms of one split are ambiguous."""
   found = {}
   for split, names in SPLIT_DIRS.items():
-    present = [n for n in names if os.path.isdir(os.path.join(directory, n))]
+    present = [n for n in names if jfiles.is_dir(os.path.join(directory, n))]
     if len(present) > 1:
       raise UserError(f"{directory}: both {present[0]}/ and {present[1]}/ folders; keep one "
                       f"as the {split} split")
@@ -100,10 +101,16 @@ def _image_files(class_dir: str) -> list[str]:
   return [os.path.join(class_dir, n) for n in names]
 
 
+def _open(path: str) -> Image.Image:
+  """Image.open of a local file, or of a gs:// object's bytes (fetched whole: an image is small,
+  and PIL's many small reads and seeks would each be a request)."""
+  return Image.open(io.BytesIO(jfiles.read_bytes(path)) if jfiles.is_url(path) else path)
+
+
 def _header(path: str) -> tuple[str, tuple[int, int]]:
   """(mode, (width, height)) of an image file; Image.open reads the header, not the pixels."""
   try:
-    with Image.open(path) as image:
+    with _open(path) as image:
       return image.mode, image.size
   except _PIL_ERRORS as e:
     raise UserError(f"{path}: cannot read image ({first_line(e)})") from None
@@ -121,7 +128,7 @@ def read_image(path: str, channels: int, size_hw: tuple[int, int] | None = None)
   """One file as uint8[H,W,channels], resized (bilinear) to size_hw = (H, W) when given and
   different. Also what jaxdl.predict reads an image with."""
   try:
-    with Image.open(path) as image:
+    with _open(path) as image:
       image.load()  # decodes now, so a truncated file fails here with its own name
       if image.mode in _GRAY_MODES:
         image = _to_8bit_gray(image)
@@ -143,7 +150,7 @@ def load_image_folder(directory: str, image_size: int = 0) -> tuple[Splits, list
   (bilinear); image_size == 0 keeps the files' sizes, which must then all be equal. C is 1 when
   every file of every split is grayscale, else 3: a dataset mixing both becomes RGB throughout.
   """
-  if not os.path.isdir(directory):
+  if not jfiles.is_dir(directory):
     raise UserError(f"data.path={directory!r} is not a directory")
   if image_size < 0:
     raise UserError(f"data.image_size={image_size} must be >= 0 (0 keeps the files' sizes)")

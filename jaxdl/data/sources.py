@@ -18,6 +18,7 @@ import glob
 import os
 from typing import Any, Callable, Generic, TypeVar
 
+from jaxdl import files
 from jaxdl.errors import UserError, require
 
 T = TypeVar("T")
@@ -74,26 +75,32 @@ def load(data_cfg: Any, *, read_path: Callable[[str], tuple[T, str]],
 
 def check(data_cfg: Any, fallbacks: tuple[str, ...], path_kind: str = "any") -> None:
   """data.source is one the task has; data.path and data.tfds_dir exist. path_kind: 'dir'
-  (a directory), or 'any' (a file or a directory)."""
+  (a directory), or 'any' (a file or a directory). data.path may be gs:// (files.py reads it);
+  data.tfds_dir is local (tfds_prepared globs it with the glob module)."""
   valid = names(fallbacks)
   require(data_cfg.source in valid, "data.source", data_cfg.source,
           f"must be one of {', '.join(valid)}")
   for key in ("path", "tfds_dir"):
     if data_cfg.get(key):
       path = os.path.expanduser(data_cfg[key])
-      require(os.path.exists(path), f"data.{key}", data_cfg[key], "does not exist")
-      require(os.path.isdir(path) or (key != "tfds_dir" and path_kind != "dir"), f"data.{key}",
+      if files.is_url(path):
+        require(key == "path", f"data.{key}", data_cfg[key],
+                "must be a local directory (gs:// is read for data.path only)")
+        require(files.exists(path), f"data.{key}", data_cfg[key], "does not exist")
+      else:
+        require(os.path.exists(path), f"data.{key}", data_cfg[key], "does not exist")
+      require(files.is_dir(path) or (key != "tfds_dir" and path_kind != "dir"), f"data.{key}",
               data_cfg[key], "is not a directory")
 
 
 def read_utf8(path: str, encoding: str = "utf-8") -> str:
-  """A file's text; unreadable or non-UTF-8 bytes are a one-line error naming the file.
-  `encoding='utf-8-sig'` drops a byte-order mark."""
+  """A file's text (local or gs://); unreadable or non-UTF-8 bytes are a one-line error naming
+  the file. `encoding='utf-8-sig'` drops a byte-order mark."""
   try:
-    with open(path, "rb") as f:
-      raw = f.read()
-  except OSError as e:
-    raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
+    raw = files.read_bytes(path)
+  except OSError as e:  # gcsfs's FileNotFoundError has no strerror, only the object's name
+    reason = e.strerror or ("does not exist" if isinstance(e, FileNotFoundError) else e)
+    raise UserError(f"{path}: cannot read ({reason})") from None
   try:
     return raw.decode(encoding)
   except UnicodeDecodeError as e:

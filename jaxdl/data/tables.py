@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxdl import files
 from jaxdl.data.sources import read_utf8
 from jaxdl.errors import UserError, first_line
 
@@ -144,7 +145,7 @@ def read_file(path: str) -> TextSplit:
 
 def _find_split_file(directory: str, split: str) -> str | None:
   found = [os.path.join(directory, stem + ext) for stem in SPLIT_FILES[split]
-           for ext in EXTENSIONS if os.path.isfile(os.path.join(directory, stem + ext))]
+           for ext in EXTENSIONS if files.is_file(os.path.join(directory, stem + ext))]
   if len(found) > 1:
     raise UserError(f"data.path={directory!r}: several {split} files ({', '.join(found)}); "
                     f"keep one")
@@ -153,7 +154,7 @@ def _find_split_file(directory: str, split: str) -> str | None:
 
 def load_dir(directory: str) -> dict[str, TextSplit]:
   """train (required), dev and test (optional) from a directory of split files."""
-  if not os.path.isdir(directory):
+  if not files.is_dir(directory):  # local or gs://
     raise UserError(f"data.path={directory!r} is not a directory")
   splits = {}
   for split in SPLIT_FILES:

@@ -16,11 +16,15 @@ offset (TokenFile: one os.pread per window). Not a np.memmap: its pages stay map
 window touches them, and the kernel maps the cached pages around each one too, so a run's
 resident memory grew with the corpus (measured: +0.56 GB of peak RSS for +0.4 GB of text in
 200 steps of the :nanogpt_cpu preset; experiments/data/README.md).
+
+The directory may be on gs:// (read through files.py; a window is one ranged GET, a batch's
+sent together); prepare writes a local one, to be copied there.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -28,6 +32,7 @@ from typing import Iterator
 
 import numpy as np
 
+from jaxdl import files
 from jaxdl.data.sources import read_utf8
 from jaxdl.data.vocab import CharVocab
 from jaxdl.errors import UserError, first_line
@@ -54,19 +59,35 @@ class TokenFile:
 
   def windows(self, starts: np.ndarray, length: int) -> np.ndarray:
     """[len(starts), length] int32: the ids from each start on."""
-    if self._fd is None:
-      self._fd = os.open(self.path, os.O_RDONLY)
-    item = self.dtype.itemsize
-    out = np.empty((len(starts), length), np.int32)
-    for row, start in enumerate(np.asarray(starts, np.int64)):
+    starts = np.asarray(starts, np.int64)
+    for start in starts:
       if not 0 <= start <= self.size - length:
         raise IndexError(f"{self.path}: window {start}..{start + length} outside 0..{self.size}")
-      data = os.pread(self._fd, length * item, int(start) * item)
+    item = self.dtype.itemsize
+    if files.is_url(self.path):
+      blobs = self._ranges(starts * item, length * item)
+    else:
+      if self._fd is None:
+        self._fd = os.open(self.path, os.O_RDONLY)
+      blobs = (os.pread(self._fd, length * item, int(start) * item) for start in starts)
+    out = np.empty((len(starts), length), np.int32)
+    for row, (start, data) in enumerate(zip(starts, blobs)):
       if len(data) != length * item:
         raise UserError(f"{self.path}: ends before token {start + length:,} (it was "
                         f"{self.size:,} tokens when the run started): changed while training")
       out[row] = np.frombuffer(data, self.dtype)
     return out
+
+  def _ranges(self, offsets: np.ndarray, nbytes: int) -> list[bytes]:
+    """The bytes at each offset of a gs:// file: ranged GETs, sent together (fsspec's
+    cat_ranges; on_error='raise', as its default puts an error in the list in place of bytes)."""
+    fs, key = files.object_store(self.path)
+    offsets = [int(o) for o in offsets]
+    try:
+      return fs.cat_ranges([key] * len(offsets), offsets, [o + nbytes for o in offsets],
+                           on_error="raise")
+    except OSError as e:
+      raise UserError(f"{self.path}: cannot read ({first_line(e)})") from None
 
   def __array__(self, dtype=None, copy=None):  # the whole file, for tests and small corpora
     del copy
@@ -79,22 +100,19 @@ class TokenFile:
 
 
 def is_prepared(path: str) -> bool:
-  """A directory that jaxdl.prepare wrote for a language model."""
-  return os.path.isdir(path) and os.path.isfile(os.path.join(path, TOKENS_FILE))
+  """A directory (local or gs://) that jaxdl.prepare wrote for a language model."""
+  return files.is_dir(path) and files.is_file(os.path.join(path, TOKENS_FILE))
 
 
 def _corpus_files(path: str) -> list[str]:
   """The text files of data.path in corpus.read_text's order: the file, or a directory's
-  files sorted (hidden ones left out)."""
-  if os.path.isfile(path):
+  files sorted (hidden ones left out); local or gs://."""
+  if files.is_file(path):
     return [path]
-  found = []
-  for root, dirs, names in os.walk(path):
-    dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-    found += [os.path.join(root, n) for n in names if not n.startswith(".")]
+  found = files.files_under(path)
   if not found:
     raise UserError(f"data.path={path!r}: the directory has no files")
-  return sorted(found)
+  return found
 
 
 def _chunks(paths: list[str]) -> Iterator[str]:
@@ -102,7 +120,7 @@ def _chunks(paths: list[str]) -> Iterator[str]:
   for path in paths:
     try:
       # newline='': no newline translation, as sources.read_utf8 decodes the bytes as they are
-      with open(path, encoding="utf-8", newline="") as f:
+      with io.TextIOWrapper(files.open_binary(path), encoding="utf-8", newline="") as f:
         while chunk := f.read(CHUNK_CHARS):
           yield chunk
     except (OSError, UnicodeDecodeError):
@@ -116,7 +134,7 @@ def _dtype(vocab_size: int) -> np.dtype:
 
 def _sha256(path: str) -> str:
   digest = hashlib.sha256()
-  with open(path, "rb") as f:
+  with files.open_binary(path) as f:
     while block := f.read(1 << 24):
       digest.update(block)
   return digest.hexdigest()
@@ -126,6 +144,9 @@ def prepare(path: str, out: str, kind: str, val_fraction: float,
             vocab: CharVocab | None = None) -> dict:
   """Writes the corpus at `path` (a file or a directory of files) to the directory `out`;
   returns the JSON it wrote. `vocab`: the one to encode with (init_from's), else one is built."""
+  if files.is_url(out):
+    raise UserError(f"--out={out}: prepare writes a local directory; copy it to gs:// after "
+                    f"(data.path reads it there)")
   if os.path.exists(out):
     raise UserError(f"--out={out}: already exists (prepare writes a new directory)")
   paths = _corpus_files(path)
@@ -156,7 +177,7 @@ def prepare(path: str, out: str, kind: str, val_fraction: float,
             f.write(ids.tobytes())
             counts[split] += len(ids)
         done += len(chunk)
-    meta = {"format": FORMAT, "source": os.path.abspath(path), "vocab": json.loads(
+    meta = {"format": FORMAT, "source": files.absolute(path), "vocab": json.loads(
         vocab.to_json()), "val_fraction": val_fraction, "characters": count, "splits": {
             split: {"file": f"{split}.bin", "dtype": dtype.name, "tokens": counts[split],
                     "sha256": _sha256(os.path.join(partial, f"{split}.bin"))}
@@ -176,7 +197,7 @@ def read(directory: str, kind: str, verify: bool = True) -> tuple[dict, CharVoca
   file otherwise."""
   meta_path = os.path.join(directory, TOKENS_FILE)
   try:
-    with open(meta_path) as f:
+    with files.open_binary(meta_path) as f:
       meta = json.load(f)
     if meta.get("format") != FORMAT:
       raise ValueError(f"format {meta.get('format')!r}, not {FORMAT!r}")
@@ -192,9 +213,9 @@ def read(directory: str, kind: str, verify: bool = True) -> tuple[dict, CharVoca
   for split, entry in splits.items():
     path = os.path.join(directory, entry["file"])
     dtype = np.dtype(entry["dtype"])
-    if not os.path.isfile(path):
+    if not files.is_file(path):
       raise UserError(f"{path}: missing ({TOKENS_FILE} lists it)")
-    size = os.path.getsize(path)
+    size = files.size(path)
     if size != entry["tokens"] * dtype.itemsize:
       raise UserError(f"{path}: {size:,} bytes, but {TOKENS_FILE} says {entry['tokens']:,} "
                       f"{dtype.name} tokens ({entry['tokens'] * dtype.itemsize:,} bytes): "
