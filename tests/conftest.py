@@ -96,7 +96,8 @@ HEAVY_MODULES = ("test_multihost.py", "test_custom.py", "test_old_workdirs.py", 
                  "test_parallel.py", "test_main.py", "test_text_train.py", "test_lease.py",
                  "test_lm.py", "test_runs.py", "test_export.py",
                  "test_text_models.py", "test_sample.py", "test_sweep.py", "test_initfrom.py",
-                 "test_tokens.py", "test_optim.py", "test_steps.py", "test_models.py")
+                 "test_tokens.py", "test_gcs_data.py",
+                 "test_optim.py", "test_steps.py", "test_models.py")
 
 
 def pytest_collection_modifyitems(items):
