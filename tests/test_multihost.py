@@ -318,3 +318,30 @@ def test_too_few_processes_give_up_after_the_initialization_timeout(tmp_path):
       "missing or still starting, or a host was given another --coordinator_address or "
       "--num_processes"), result.stderr[-2000:]
   assert not os.path.exists(workdir)
+
+
+@pytest.mark.slow
+def test_a_prepared_lm_corpus_in_two_processes(tmp_path, capsys):
+  """A language model trained from a prepared corpus (data/tokens.py) by a 2-process job logs
+  what one 4-device process logs, and the job's checkpoint resumes in this one process, on one
+  device (its data position, with the corpus's sha256, is the same)."""
+  from conftest import write_play  # pylint: disable=g-import-not-at-top
+  from jaxdl.data import tokens  # pylint: disable=g-import-not-at-top
+  write_play(str(tmp_path / "play.txt"))
+  prepared = str(tmp_path / "tokens")
+  tokens.prepare(str(tmp_path / "play.txt"), prepared, "chars", 0.1)
+  args = ["--config=configs/tiny_lm.py", f"--config.data.path={prepared}",
+          "--config.model.num_layers=1", "--config.model.width=32", "--config.model.num_heads=2",
+          "--config.model.block_size=16", "--config.model.dropout=0.0", "--config.batch_size=8",
+          "--config.eval_batch_size=16", "--config.data.eval_windows=32",
+          "--config.num_train_steps=12", "--config.log_every=4", "--config.eval_every=6",
+          "--config.checkpoint_every=6", "--config.opt.schedule=constant"]
+  job, single = str(tmp_path / "job"), str(tmp_path / "single")
+  _beside_one_process(args, job, single)
+  assert_close_events(read_events(job), read_events(single), rtol=1e-6)
+  workdir = str(tmp_path / "resumed")
+  shutil.copytree(job, workdir)
+  shutil.rmtree(os.path.join(workdir, "checkpoints", "12"))
+  train.train_and_evaluate(set_keys(load_config("tiny_lm"), flag_values(args)), workdir)
+  assert "resumed from the checkpoint at step 6" in capsys.readouterr().out
+  assert_close_events(read_events(workdir), read_events(single), rtol=1e-5)

@@ -148,3 +148,23 @@ def test_prepare_on_the_command_line(tmp_path):
   other = subprocess.run([*cmd[:3], f"--config={REPO}/configs/mnist.py", f"--out={out}2"],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
   assert other.returncode == 1 and "writes language-model corpora only so far" in other.stderr
+
+
+def test_each_process_reads_only_its_rows_of_a_global_batch(prepared):
+  """Windows read by 2 processes (process_index 0 and 1 of 2) are the halves of what one
+  process reads, and each process reads only its half: one pread per window of its own."""
+  _, _, ids = tokens.read(prepared, "chars")
+  reads = []
+
+  class Counting(tokens.TokenFile):
+    def windows(self, starts, length):
+      reads.append(len(starts))
+      return super().windows(starts, length)
+
+  counting = Counting(ids["train"].path, ids["train"].dtype, len(ids["train"]))
+  whole = TrainWindows(counting, 16, 8, seed=3).batch(5)
+  halves = [TrainWindows(counting, 16, 8, seed=3, process_index=i, process_count=2).batch(5)
+            for i in range(2)]
+  assert reads == [8, 4, 4]
+  for key in ("inputs", "targets"):
+    np.testing.assert_array_equal(np.concatenate([h[key] for h in halves]), whole[key])
