@@ -91,15 +91,28 @@ def tokenizer(config, workdir: str | None, text: str | None = None) -> CharVocab
   """WORKDIR/vocab.json if a run already wrote one (checked against data.vocab), else a new one
   built from `text` (None: the workdir must have one, as jaxdl.sample needs); a fresh run with
   config.init_from takes its source's, whose ids the loaded embeddings are rows of."""
-  path = os.path.join(workdir, VOCAB_FILE) if workdir is not None else None
-  if path is not None and files.exists(path):
-    return _read_vocab(config, files.read_text(path), path)
+  saved = _saved_vocab(config, workdir)
+  if saved is not None:
+    return saved
   if text is None:
     raise UserError(f"--workdir={workdir}: no {VOCAB_FILE}")
+  return _initial_vocab(config) or CharVocab.build(config.data.vocab, text)
+
+
+def _saved_vocab(config, workdir: str | None) -> CharVocab | None:
+  """WORKDIR/vocab.json, the vocabulary of the run's checkpoints, if there is one."""
+  path = os.path.join(workdir, VOCAB_FILE) if workdir is not None else None
+  if path is None or not files.exists(path):
+    return None
+  return _read_vocab(config, files.read_text(path), path)
+
+
+def _initial_vocab(config) -> CharVocab | None:
+  """config.init_from's vocab.json (its source's), if it has one."""
   initial = initfrom.task_file(config, VOCAB_FILE)
-  if initial is not None:
-    return _read_vocab(config, initial, f"config.init_from={config.init_from!r}'s {VOCAB_FILE}")
-  return CharVocab.build(config.data.vocab, text)
+  if initial is None:
+    return None
+  return _read_vocab(config, initial, f"config.init_from={config.init_from!r}'s {VOCAB_FILE}")
 
 
 def _read_vocab(config, text: str, where: str) -> CharVocab:
@@ -125,49 +138,44 @@ def load(config, workdir: str | None) -> Dataset:
   train_text, val_text = split_text(text, config.data.val_fraction)
   vocab = tokenizer(config, workdir, text)
   what = f"the text ({source})"
-  train_ids, val_ids = vocab.encode(train_text, what), vocab.encode(val_text, what)
-  block = config.model.block_size
-  train = TrainWindows(train_ids, block, config.batch_size, config.seed, jax.process_index(),
-                       jax.process_count())
-  val = eval_windows(val_ids, block, config.data.eval_windows)
-  unit = "chars" if vocab.kind == "chars" else "bytes"
-  return Dataset(
-      train=train, evals={"val": val}, eval_split="val", final_splits=("val",), source=source,
-      describe=(f"train {len(train_ids):,} {unit} | val {len(val_ids):,} {unit}, evaluated as "
-                f"{len(val['inputs']):,} windows of {block} | vocabulary {vocab.size} {unit}"),
-      model_info={"vocab_size": vocab.size}, files={VOCAB_FILE: vocab.to_json()})
+  return _dataset(config, vocab, vocab.encode(train_text, what), vocab.encode(val_text, what),
+                  source)
 
 
 def _load_prepared(config, workdir: str | None, path: str) -> Dataset:
-  """load() of a prepared corpus: its ids stay on disk (np.memmap), its vocabulary is the one
-  it was encoded with (a resume's vocab.json or init_from's must be the same)."""
+  """load() of a prepared corpus: its ids stay on disk (read by offset), its vocabulary is the
+  one it was encoded with (a resume's vocab.json or init_from's must be the same)."""
   meta, vocab, ids = tokens.read(path, config.data.vocab)
   if meta["val_fraction"] != config.data.val_fraction:
     raise UserError(f"config.data.val_fraction={config.data.val_fraction} but {path} was "
                     f"prepared with {meta['val_fraction']} (its split is on disk); prepare it "
                     f"again with --config.data.val_fraction={config.data.val_fraction}")
-  saved = os.path.join(workdir, VOCAB_FILE) if workdir is not None else None
-  if saved is not None and files.exists(saved):
-    wanted, whose = _read_vocab(config, files.read_text(saved), saved), "the run's"
-  else:
-    initial = initfrom.task_file(config, VOCAB_FILE)
-    wanted = None if initial is None else _read_vocab(config, initial, config.init_from)
-    whose = f"config.init_from={config.init_from!r}'s"
+  wanted, whose = _saved_vocab(config, workdir), "the run's"
+  if wanted is None:
+    wanted, whose = _initial_vocab(config), f"config.init_from={config.init_from!r}'s"
   if wanted is not None and wanted.to_json() != vocab.to_json():
     raise UserError(f"{path} was prepared with another vocabulary than {whose} vocab.json "
                     f"({vocab.size} against {wanted.size} {vocab.kind}); prepare it with the "
                     f"same --config.init_from, or use a new --workdir")
+  return _dataset(config, vocab, ids["train"], ids["val"],
+                  f"prepared token ids in {path} (of {meta['source']})",
+                  sha256=meta["splits"]["train"]["sha256"], note=" | read from disk by offset")
+
+
+def _dataset(config, vocab: CharVocab, train_ids, val_ids, source: str, sha256: str = "",
+             note: str = "") -> Dataset:
+  """Random train windows and fixed 'val' windows of the ids (arrays, or a prepared corpus's
+  tokens.TokenFile), the vocabulary beside the checkpoints."""
   block = config.model.block_size
-  train = TrainWindows(ids["train"], block, config.batch_size, config.seed, jax.process_index(),
-                       jax.process_count(), sha256=meta["splits"]["train"]["sha256"])
-  val = eval_windows(ids["val"], block, config.data.eval_windows)
+  train = TrainWindows(train_ids, block, config.batch_size, config.seed, jax.process_index(),
+                       jax.process_count(), sha256=sha256)
+  val = eval_windows(val_ids, block, config.data.eval_windows)
   unit = "chars" if vocab.kind == "chars" else "bytes"
   return Dataset(
-      train=train, evals={"val": val}, eval_split="val", final_splits=("val",),
-      source=f"prepared token ids in {path} (of {meta['source']})",
-      describe=(f"train {len(ids['train']):,} {unit} | val {len(ids['val']):,} {unit}, "
-                f"evaluated as {len(val['inputs']):,} windows of {block} | vocabulary "
-                f"{vocab.size} {unit} | read from disk by offset"),
+      train=train, evals={"val": val}, eval_split="val", final_splits=("val",), source=source,
+      describe=(f"train {len(train_ids):,} {unit} | val {len(val_ids):,} {unit}, evaluated as "
+                f"{len(val['inputs']):,} windows of {block} | vocabulary {vocab.size} {unit}"
+                f"{note}"),
       model_info={"vocab_size": vocab.size}, files={VOCAB_FILE: vocab.to_json()})
 
 
