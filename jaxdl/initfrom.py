@@ -21,6 +21,7 @@ encoder's embeddings are rows of its vocabulary's ids, so the new run encodes wi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -83,28 +84,38 @@ def _error(spec: str, text: str) -> UserError:
   return UserError(f"config.init_from={spec!r}: {text}")
 
 
+@contextlib.contextmanager
+def _reading(spec: str):
+  """Every UserError of reading SOURCE as one line that names config.init_from."""
+  try:
+    yield
+  except UserError as e:
+    raise _error(spec, str(e)) from None
+
+
+def _located(spec: str) -> tuple[str, str | int | None]:
+  """parse(spec), once the weights file or the workdir is there."""
+  path, which = parse(spec)
+  with _reading(spec):
+    if which is None and not files.exists(path):
+      raise UserError(f"{path}: no such weights file")
+    if which is not None and not files.Path(path).is_dir():
+      raise UserError(f"{path}: no such workdir (SOURCE is a workdir, WORKDIR:best, "
+                      f"WORKDIR:STEP or an exported FILE{weights.SUFFIX})")
+  return path, which
+
+
 def _read(spec: str) -> tuple[int | None, dict[str, np.ndarray]]:
   """(step, {name: array}) of SOURCE."""
-  path, which = parse(spec)
-  try:
+  path, which = _located(spec)
+  with _reading(spec):
     if which is None:
-      if not files.exists(path):
-        raise UserError(f"{path}: no such weights file")
       variables, meta = weights.read_file(path)
       return meta.get("step"), _numpy(variables)
-    _check_workdir(path)
     if which == "best":
       which = runs.best_step(path, runs.run_config(path)[0])
     step, variables = runs.read_variables(path, which)
-  except UserError as e:
-    raise _error(spec, str(e)) from None
   return step, _numpy(variables)
-
-
-def _check_workdir(path: str) -> None:
-  if not files.Path(path).is_dir():
-    raise UserError(f"{path}: no such workdir (SOURCE is a workdir, WORKDIR:best, "
-                    f"WORKDIR:STEP or an exported FILE{weights.SUFFIX})")
 
 
 def _numpy(variables) -> dict[str, np.ndarray]:
@@ -118,15 +129,10 @@ def task_file(config, name: str) -> str | None:
   spec = config.get("init_from")
   if not spec:
     return None
-  path, which = parse(spec)
-  try:
-    if which is None:
-      if not files.exists(path):
-        raise UserError(f"{path}: no such weights file")
+  path, which = _located(spec)
+  if which is None:
+    with _reading(spec):
       return weights.read_metadata(path).get("files", {}).get(name)
-    _check_workdir(path)
-  except UserError as e:
-    raise _error(spec, str(e)) from None
   file = os.path.join(path, name)
   return files.read_text(file) if files.exists(file) else None
 
