@@ -33,6 +33,7 @@ from typing import Iterator
 import numpy as np
 
 from jaxdl import files
+from jaxdl.data import corpus
 from jaxdl.data.sources import read_utf8
 from jaxdl.data.vocab import CharVocab
 from jaxdl.errors import UserError, first_line
@@ -104,17 +105,6 @@ def is_prepared(path: str) -> bool:
   return files.is_dir(path) and files.is_file(os.path.join(path, TOKENS_FILE))
 
 
-def _corpus_files(path: str) -> list[str]:
-  """The text files of data.path in corpus.read_text's order: the file, or a directory's
-  files sorted (hidden ones left out); local or gs://."""
-  if files.is_file(path):
-    return [path]
-  found = files.files_under(path)
-  if not found:
-    raise UserError(f"data.path={path!r}: the directory has no files")
-  return found
-
-
 def _chunks(paths: list[str]) -> Iterator[str]:
   """The corpus's text, CHUNK_CHARS characters at a time, file after file."""
   for path in paths:
@@ -149,7 +139,7 @@ def prepare(path: str, out: str, kind: str, val_fraction: float,
                     f"(data.path reads it there)")
   if os.path.exists(out):
     raise UserError(f"--out={out}: already exists (prepare writes a new directory)")
-  paths = _corpus_files(path)
+  paths = corpus.text_files(path)
   seen, count = np.zeros(0x110000, bool), 0  # every Unicode codepoint
   for chunk in _chunks(paths):  # pass 1: the length (for the split's cut) and the characters
     count += len(chunk)
