@@ -52,6 +52,14 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.data.validation_size = 0.1  # 'val' carved out of train by a fixed seed (a fraction, or a
                               # count >= 1): evals during training use it, and the test split
                               # is evaluated once, at the end; 0 = none (evals on test)
+  c.data.streaming = "auto"   # auto | on | off: a record directory (python -m jaxdl.prepare)
+                              # is read from disk as training goes (auto, on) or loaded whole
+                              # (off); other sources are loaded whole ('on' refuses them), and
+                              # under auto a data.path over memory_budget_gb is refused
+  c.data.memory_budget_gb = 8.0  # auto: the largest data.path loaded whole into memory
+  c.data.workers = 0          # streaming: Grain worker processes reading ahead; 0 = a thread
+                              # of this process (enough on 2 cores: experiments/data/README.md)
+  c.data.prefetch = 4         # streaming: blocks of 8 steps read ahead (per worker)
 
   c.opt.lr = 2e-3
   c.opt.decay_mask = "all"   # as measured (README): the default before no_bias_norm

@@ -3,9 +3,14 @@
 Reads what the config's data block reads and writes it to DIR in a form that trains from disk:
 `--config.data.path=DIR` then trains on it, with the same numbers as from the original data.
 
-Built so far: a language model's text corpus (data.path, a UTF-8 file or a directory of them)
-as flat arrays of token ids read by offset (jaxdl/data/tokens.py). The record format of the
-other tasks (ArrayRecord shards read through Grain) is not built yet: their configs are one line.
+  - a language model's text corpus (data.path, a UTF-8 file or a directory of them): flat arrays
+    of token ids, read by offset (jaxdl/data/tokens.py);
+  - a task with `record_splits(config)` (image classification: IDX files, image folders, a TFDS
+    copy, a download, the offline sample): each split as ArrayRecord shards, streamed through
+    Grain when trained on (jaxdl/data/records.py, jaxdl/data/stream.py).
+The writers stream, so a source larger than memory converts, and write into DIR.tmp-<pid>,
+renamed to DIR at the end: a killed prepare leaves no DIR. Other tasks (the text classifier's
+tables) are one line: not built yet.
 """
 
 from __future__ import annotations
@@ -33,10 +38,20 @@ def prepare(config, out: str) -> str:
   from jaxdl import initfrom, tasks  # pylint: disable=g-import-not-at-top  (after the flags)
   from jaxdl.data import tokens  # pylint: disable=g-import-not-at-top
   from jaxdl.data.vocab import VOCAB_FILE, CharVocab  # pylint: disable=g-import-not-at-top
+  from jaxdl.data import prepared, records  # pylint: disable=g-import-not-at-top
   task = tasks.get(config.task)
   if config.task != "language_model":
-    raise UserError(f"config.task={config.task!r}: jaxdl.prepare writes language-model corpora "
-                    f"only so far (the record format of other tasks is not built yet)")
+    if not hasattr(task, "record_splits"):
+      raise UserError(f"config.task={config.task!r}: jaxdl.prepare writes records of image data "
+                      f"and language-model corpora so far (this task's are not built yet)")
+    task.check(config)
+    prepared.check_out(out)
+    splits, info, source = task.record_splits(config)
+    meta = records.write(out, config.task, source, splits, info)
+    counts = ", ".join(f"{split} {entry['count']:,}" for split, entry in meta["splits"].items())
+    shards = sum(len(entry["shards"]) for entry in meta["splits"].values())
+    return (f"wrote {out}: {counts} examples in {shards} shards, from {source}; train on it "
+            f"with --config.data.path={out}")
   task.check(config)
   path = os.path.expanduser(config.data.path)
   if not path:

@@ -256,6 +256,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, restart: bool,
     runrecord.begin(workdir, resolved, start_step, num_steps,
                     init_from=source.record() if source and not start_step else None)
     on_error.enter_context(_recorded_on_error(workdir, lambda: step))
+    if hasattr(dataset.train, "close"):  # a streaming iterator's reader thread or workers
+      on_error.enter_context(contextlib.closing(dataset.train))
     writer.print(_start_line(config, dataset, state, num_steps))
     for note in runner.notes:  # where the runner does otherwise than the config asked
       writer.print(note)

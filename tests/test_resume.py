@@ -311,7 +311,9 @@ def test_a_user_models_harmless_key_may_change_on_resume(tmp_path, monkeypatch):
       "model.chunk": (64, 128)}
   config.model.width = 16
   with pytest.raises(UserError, match=r"config.json: model.width: 8 -> 16\. Use a new .*, "
-                                      r"data.download_dir, model.chunk may change on resume\)$"):
+                                      r"data.download_dir, data.streaming, data.memory_budget_gb, "
+                                      r"data.workers, data.prefetch, model.chunk may change on "
+                                      r"resume\)$"):
     resume.check_resume_config(workdir, saved, config.to_dict(), keys)
 
 

@@ -90,7 +90,7 @@ def prepared(tmp_path):
 @pytest.mark.parametrize("damage, message", [
     (lambda d: os.remove(f"{d}/val.bin"), r"val.bin: missing \(jaxdl-tokens.json lists it\)"),
     (lambda d: open(f"{d}/train.bin", "r+b").truncate(100),
-     r"train.bin: 100 bytes, but jaxdl-tokens.json says [\d,]+ uint16 tokens .*truncated"),
+     r"train.bin: 100 bytes, but jaxdl-tokens.json says [\d,]+: truncated"),
     (lambda d: open(f"{d}/train.bin", "r+b").write(b"\xff\xff"),
      r"train.bin: its sha256 differs from the one in jaxdl-tokens.json"),
     (lambda d: open(f"{d}/jaxdl-tokens.json", "w").write("{"),
@@ -145,9 +145,9 @@ def test_prepare_on_the_command_line(tmp_path):
   again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
   assert again.returncode == 1 and again.stderr == \
       f"jaxdl: error: --out={out}: already exists (prepare writes a new directory)\n"
-  other = subprocess.run([*cmd[:3], f"--config={REPO}/configs/mnist.py", f"--out={out}2"],
-                         cwd=REPO, capture_output=True, text=True, timeout=120)
-  assert other.returncode == 1 and "writes language-model corpora only so far" in other.stderr
+  other = subprocess.run([*cmd[:3], f"--config={REPO}/configs/text_classifier.py",
+                          f"--out={out}2"], cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert other.returncode == 1 and "(this task's are not built yet)" in other.stderr
 
 
 def test_each_process_reads_only_its_rows_of_a_global_batch(prepared):

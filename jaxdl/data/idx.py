@@ -9,6 +9,7 @@ import gzip
 import io
 import os
 import zlib
+from typing import Any
 
 import numpy as np
 
@@ -89,3 +90,59 @@ def load_idx_dir(directory: str) -> Splits:
     splits[split] = {"image": images[..., None], "label": labels.astype(np.int32)}
   return splits
 
+
+
+def _stream(path: str):
+  """An open binary stream of an IDX file's bytes (gunzipped for .gz)."""
+  raw = io.BytesIO(files.read_bytes(path)) if files.is_url(path) else open(path, "rb")
+  return gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw
+
+
+def _header(f, path: str) -> tuple[int, ...]:
+  """An IDX stream's dims, read from its header (the same checks as read_idx)."""
+  head = f.read(4)
+  if len(head) < 4 or head[0] != 0 or head[1] != 0:
+    raise UserError(f"{path}: not an IDX file (bad magic number {head.hex() or 'empty'})")
+  if head[2] != _IDX_UBYTE:
+    raise UserError(f"{path}: IDX element type 0x{head[2]:02x} is not unsigned byte (0x08)")
+  dims = f.read(4 * head[3])
+  if head[3] == 0 or len(dims) < 4 * head[3]:
+    raise UserError(f"{path}: truncated IDX header")
+  return tuple(int.from_bytes(dims[4 * i:4 * i + 4], "big") for i in range(head[3]))
+
+
+def idx_dir_chunks(directory: str, chunk: int = 8192) -> dict[str, Any]:
+  """load_idx_dir's splits as iterators of `chunk` rows at a time, read as they are asked for
+  (jaxdl.prepare's streaming writer): a file larger than memory converts."""
+  if not files.is_dir(directory):
+    raise UserError(f"data.path={directory!r} is not a directory")
+  paths = {split: (_find_idx(directory, _IDX_STEMS[(split, "image")]),
+                   _find_idx(directory, _IDX_STEMS[(split, "label")])) for split in ("train", "test")}
+
+  def rows(image_path: str, label_path: str):
+    try:
+      with _stream(image_path) as images, _stream(label_path) as labels:
+        shape, count = _header(images, image_path), _header(labels, label_path)
+        if len(shape) != 3 or len(count) != 1:
+          raise UserError(f"{image_path}: expected images [N,H,W] and labels [N], got {shape} "
+                          f"and {count}")
+        if shape[0] != count[0]:
+          raise UserError(f"{image_path} has {shape[0]} images but {label_path} has "
+                          f"{count[0]} labels")
+        if shape[0] == 0:
+          raise UserError(f"{image_path}: no examples")
+        size = shape[1] * shape[2]
+        for start in range(0, shape[0], chunk):
+          n = min(chunk, shape[0] - start)
+          pixels, label = images.read(n * size), labels.read(n)
+          if len(pixels) != n * size or len(label) != n:
+            raise UserError(f"{image_path}: header says {shape[0]} examples, the files end "
+                            f"before example {start + n} (truncated or corrupt)")
+          yield {"image": np.frombuffer(pixels, np.uint8).reshape(n, *shape[1:], 1),
+                 "label": np.frombuffer(label, np.uint8).astype(np.int32)}
+        if images.read(1) or labels.read(1):
+          raise UserError(f"{image_path}: more bytes than its header's {shape} (corrupt)")
+    except (OSError, EOFError, zlib.error) as e:
+      raise UserError(f"{image_path}: cannot read IDX file ({e})") from None
+
+  return {split: rows(*pair) for split, pair in paths.items()}

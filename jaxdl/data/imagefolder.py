@@ -16,6 +16,7 @@ import collections
 import io
 import json
 import os
+from typing import Iterator
 import unicodedata
 
 from absl import logging
@@ -23,7 +24,7 @@ from absl import logging
 import numpy as np
 from PIL import Image
 
-from jaxdl import files as jfiles  # `files` is load_image_folder's list of images
+from jaxdl import files as jfiles  # `files` is image_folder_chunks' list of images
 from jaxdl.errors import UserError, first_line
 
 Splits = dict[str, dict[str, np.ndarray]]
@@ -150,6 +151,15 @@ def load_image_folder(directory: str, image_size: int = 0) -> tuple[Splits, list
   (bilinear); image_size == 0 keeps the files' sizes, which must then all be equal. C is 1 when
   every file of every split is grayscale, else 3: a dataset mixing both becomes RGB throughout.
   """
+  chunks, class_names = image_folder_chunks(directory, image_size, chunk=None)
+  return {split: next(rows) for split, rows in chunks.items()}, class_names
+
+
+def image_folder_chunks(directory: str, image_size: int = 0, chunk: int | None = 1024
+                        ) -> tuple[dict[str, Iterator[dict[str, np.ndarray]]], list[str]]:
+  """load_image_folder's splits as iterators of `chunk` rows at a time (None: one chunk of
+  all), decoded as they are asked for (jaxdl.prepare's streaming writer); the folders' checks
+  all run before this returns."""
   if not jfiles.is_dir(directory):
     raise UserError(f"data.path={directory!r} is not a directory")
   if image_size < 0:
@@ -192,19 +202,21 @@ def load_image_folder(directory: str, image_size: int = 0) -> tuple[Splits, list
                           f"{width}x{height}; set data.image_size to resize them all")
   height, width = (image_size, image_size) if image_size else (height, width)
 
-  # Pass 2: decode straight into one preallocated array per split (no second copy to stack).
-  splits: Splits = {}
-  for split, items in files.items():
-    images_NxHxWxC = np.empty((len(items), height, width, channels), np.uint8)
-    for i, (path, _) in enumerate(items):
-      pixels_HxWxC = read_image(path, channels, (height, width) if image_size else None)
-      if pixels_HxWxC.shape != images_NxHxWxC.shape[1:]:  # a header that lied about its size
-        raise UserError(f"{path}: cannot read image (decoded to {pixels_HxWxC.shape[1]}x"
-                        f"{pixels_HxWxC.shape[0]} pixels, header says {width}x{height})")
-      images_NxHxWxC[i] = pixels_HxWxC
-    splits[split] = {"image": images_NxHxWxC,
-                     "label": np.asarray([label for _, label in items], np.int32)}
-  return splits, class_names
+  # Pass 2: decode straight into one preallocated array per chunk (no second copy to stack).
+  def decoded(items):
+    size = chunk or max(len(items), 1)
+    for start in range(0, len(items), size):
+      part = items[start:start + size]
+      images_NxHxWxC = np.empty((len(part), height, width, channels), np.uint8)
+      for i, (path, _) in enumerate(part):
+        pixels_HxWxC = read_image(path, channels, (height, width) if image_size else None)
+        if pixels_HxWxC.shape != images_NxHxWxC.shape[1:]:  # a header that lied about its size
+          raise UserError(f"{path}: cannot read image (decoded to {pixels_HxWxC.shape[1]}x"
+                          f"{pixels_HxWxC.shape[0]} pixels, header says {width}x{height})")
+        images_NxHxWxC[i] = pixels_HxWxC
+      yield {"image": images_NxHxWxC, "label": np.asarray([label for _, label in part], np.int32)}
+
+  return {split: decoded(items) for split, items in files.items()}, class_names
 
 
 def classes_json(class_names: list[str], image_shape: tuple[int, ...] = ()) -> str:

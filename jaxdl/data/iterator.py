@@ -37,8 +37,11 @@ class TrainBatches:
   """Epoch-shuffled global batches of `batch_size`, addressed by step."""
 
   def __init__(self, arrays: dict[str, np.ndarray], batch_size: int, seed: int,
-               process_index: int = 0, process_count: int = 1):
+               process_index: int = 0, process_count: int = 1, identity: dict | None = None):
     self.arrays = arrays
+    # What else the rows depend on, saved in the position: a record directory's hash
+    # (data/stream.py), so a resume on other records is refused rather than shifted.
+    self.identity = identity or {}
     self.size = len(next(iter(arrays.values())))
     if batch_size > self.size:
       raise UserError(f"batch_size={batch_size} is larger than the training split "
@@ -52,7 +55,8 @@ class TrainBatches:
   def position(self, step: int) -> dict[str, int]:
     """Where step `step` reads: saved with every checkpoint so a resume can be checked."""
     return {"epoch": step // self.steps_per_epoch, "batch_in_epoch": step % self.steps_per_epoch,
-            "steps_per_epoch": self.steps_per_epoch, "batch_size": self.batch_size}
+            "steps_per_epoch": self.steps_per_epoch, "batch_size": self.batch_size,
+            **self.identity}
 
   def check_position(self, step: int, saved: dict[str, int]) -> None:
     if saved != self.position(step):
@@ -75,10 +79,14 @@ class TrainBatches:
     idx = np.pad(idx, (0, self.batch_size - len(idx)))  # padding repeats example 0, masked out
     return idx, valid
 
+  def local_indices(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """This process's rows of global batch `step` and their float32 mask."""
+    idx, valid = self.indices(step)
+    return idx[self._local], valid[self._local].astype(np.float32)
+
   def batch(self, step: int) -> Batch:
     """This process's part of global batch `step` (padded and masked at an epoch's end)."""
-    idx, valid = self.indices(step)
-    return take(self.arrays, idx[self._local], valid[self._local].astype(np.float32))
+    return take(self.arrays, *self.local_indices(step))
 
   def rows(self) -> dict[str, np.ndarray]:
     """The arrays every batch is rows of (batch(step) = take(rows, indices(step))), which fused
@@ -94,8 +102,9 @@ class LengthGroupedBatches(TrainBatches):
   function of the step). Lengths count the non-zero (non-padding) tokens.
   """
 
-  def __init__(self, arrays, batch_size, seed, sort_pool, process_index=0, process_count=1):
-    super().__init__(arrays, batch_size, seed, process_index, process_count)
+  def __init__(self, arrays, batch_size, seed, sort_pool, process_index=0, process_count=1,
+               identity=None):
+    super().__init__(arrays, batch_size, seed, process_index, process_count, identity)
     self.sort_pool = sort_pool
     self.lengths = (arrays["tokens"] != 0).sum(1)
 

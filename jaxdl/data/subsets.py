@@ -59,7 +59,10 @@ def carve_train(n: int, validation_size: float, train_size: float
 
 
 def _take_rows(split: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
-  """A split of equal-length arrays ({'image': [N, ...], 'label': [N]}) at `rows`."""
+  """A split of equal-length arrays ({'image': [N, ...], 'label': [N]}) at `rows`; a split on
+  disk (data/records.RecordRows) is a view of those rows, still on disk."""
+  if hasattr(split, "take"):
+    return split.take(rows)
   return {key: array[rows] for key, array in split.items()}
 
 

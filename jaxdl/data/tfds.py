@@ -23,19 +23,31 @@ def _decode(value) -> str:
 
 def read_images(name: str, data_dir: str | None) -> dict[str, dict[str, np.ndarray]]:
   """The 'train' and 'test' splits of an image dataset: uint8 [N,H,W,C] images, int32 labels."""
-  splits = {}
+  return {split: next(rows) for split, rows in image_chunks(name, data_dir, None).items()}
+
+
+def image_chunks(name: str, data_dir: str | None, chunk: int | None = 4096) -> dict:
+  """read_images' splits as iterators of `chunk` examples at a time (None: one chunk of all),
+  decoded as they are asked for (jaxdl.prepare's streaming writer)."""
+  sources = {}
   for split in ("train", "test"):
     try:
-      source = _source(name, split, data_dir)
-      examples = [source[i] for i in range(len(source))]
+      sources[split] = _source(name, split, data_dir)
     except Exception as e:  # pylint: disable=broad-except  (TFDS raises many types)
       raise UserError(f"TFDS dataset {name!r} split {split!r}: {first_line(e)}") from None
-    images = np.stack([np.asarray(ex["image"], np.uint8) for ex in examples])
-    labels = np.asarray([ex["label"] for ex in examples], np.int32)
-    if images.ndim == 3:
-      images = images[..., None]
-    splits[split] = {"image": images, "label": labels}
-  return splits
+
+  def rows(split, source):
+    size = chunk or max(len(source), 1)
+    for start in range(0, len(source), size):
+      try:
+        examples = [source[i] for i in range(start, min(start + size, len(source)))]
+      except Exception as e:  # pylint: disable=broad-except  (TFDS raises many types)
+        raise UserError(f"TFDS dataset {name!r} split {split!r}: {first_line(e)}") from None
+      images = np.stack([np.asarray(ex["image"], np.uint8) for ex in examples])
+      yield {"image": images[..., None] if images.ndim == 3 else images,
+             "label": np.asarray([ex["label"] for ex in examples], np.int32)}
+
+  return {split: rows(split, source) for split, source in sources.items()}
 
 
 def read_text_splits(name: str, data_dir: str | None

@@ -23,17 +23,15 @@ sent together); prepare writes a local one, to be copied there.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
-import shutil
 from typing import Iterator
 
 import numpy as np
 
 from jaxdl import files
-from jaxdl.data import corpus
+from jaxdl.data import corpus, prepared
 from jaxdl.data.sources import read_utf8
 from jaxdl.data.vocab import CharVocab
 from jaxdl.errors import UserError, first_line
@@ -122,23 +120,11 @@ def _dtype(vocab_size: int) -> np.dtype:
   return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
 
 
-def _sha256(path: str) -> str:
-  digest = hashlib.sha256()
-  with files.open_binary(path) as f:
-    while block := f.read(1 << 24):
-      digest.update(block)
-  return digest.hexdigest()
-
-
 def prepare(path: str, out: str, kind: str, val_fraction: float,
             vocab: CharVocab | None = None) -> dict:
   """Writes the corpus at `path` (a file or a directory of files) to the directory `out`;
   returns the JSON it wrote. `vocab`: the one to encode with (init_from's), else one is built."""
-  if files.is_url(out):
-    raise UserError(f"--out={out}: prepare writes a local directory; copy it to gs:// after "
-                    f"(data.path reads it there)")
-  if os.path.exists(out):
-    raise UserError(f"--out={out}: already exists (prepare writes a new directory)")
+  prepared.check_out(out)
   paths = corpus.text_files(path)
   seen, count = np.zeros(0x110000, bool), 0  # every Unicode codepoint
   for chunk in _chunks(paths):  # pass 1: the length (for the split's cut) and the characters
@@ -151,10 +137,7 @@ def prepare(path: str, out: str, kind: str, val_fraction: float,
   vocab = vocab or CharVocab(kind, "".join(map(chr, np.flatnonzero(seen))))
   cut = int(count * (1 - val_fraction))  # language_model.split_text's
   dtype = _dtype(vocab.size)
-  partial = f"{out.rstrip(os.sep)}.tmp-{os.getpid()}"
-  shutil.rmtree(partial, ignore_errors=True)
-  os.makedirs(partial)
-  try:
+  with prepared.new_directory(out) as partial:
     counts = dict.fromkeys(SPLITS, 0)
     with open(os.path.join(partial, "train.bin"), "wb") as train, \
          open(os.path.join(partial, "val.bin"), "wb") as val:
@@ -170,14 +153,9 @@ def prepare(path: str, out: str, kind: str, val_fraction: float,
     meta = {"format": FORMAT, "source": files.absolute(path), "vocab": json.loads(
         vocab.to_json()), "val_fraction": val_fraction, "characters": count, "splits": {
             split: {"file": f"{split}.bin", "dtype": dtype.name, "tokens": counts[split],
-                    "sha256": _sha256(os.path.join(partial, f"{split}.bin"))}
+                    "sha256": prepared.sha256(os.path.join(partial, f"{split}.bin"))}
             for split in SPLITS}}
-    with open(os.path.join(partial, TOKENS_FILE), "w") as f:  # last: the directory is whole
-      json.dump(meta, f, indent=1)
-    os.rename(partial, out)
-  except BaseException:
-    shutil.rmtree(partial, ignore_errors=True)
-    raise
+    prepared.write_json(partial, TOKENS_FILE, meta)
   return meta
 
 
@@ -185,17 +163,13 @@ def read(directory: str, kind: str, verify: bool = True) -> tuple[dict, CharVoca
   """(the JSON, its vocabulary, {split: TokenFile of its ids}) of a prepared directory; each
   file's size, and with `verify` its sha256, checked against the JSON: a UserError naming the
   file otherwise."""
-  meta_path = os.path.join(directory, TOKENS_FILE)
+  meta = prepared.read_json(directory, TOKENS_FILE, FORMAT, "a prepared corpus")
   try:
-    with files.open_binary(meta_path) as f:
-      meta = json.load(f)
-    if meta.get("format") != FORMAT:
-      raise ValueError(f"format {meta.get('format')!r}, not {FORMAT!r}")
     vocab = CharVocab(meta["vocab"]["kind"], meta["vocab"]["chars"])
     splits = {split: meta["splits"][split] for split in SPLITS}
-  except (OSError, ValueError, KeyError, TypeError) as e:
-    raise UserError(f"{meta_path}: not a prepared corpus of jaxdl.prepare ({first_line(e)})"
-                    ) from None
+  except (ValueError, KeyError, TypeError) as e:
+    raise UserError(f"{os.path.join(directory, TOKENS_FILE)}: not a prepared corpus of "
+                    f"jaxdl.prepare ({first_line(e)})") from None
   if vocab.kind != kind:
     raise UserError(f"config.data.vocab={kind!r} but {directory} was prepared with "
                     f"{vocab.kind!r}; prepare it again with --config.data.vocab={kind}")
@@ -203,15 +177,7 @@ def read(directory: str, kind: str, verify: bool = True) -> tuple[dict, CharVoca
   for split, entry in splits.items():
     path = os.path.join(directory, entry["file"])
     dtype = np.dtype(entry["dtype"])
-    if not files.is_file(path):
-      raise UserError(f"{path}: missing ({TOKENS_FILE} lists it)")
-    size = files.size(path)
-    if size != entry["tokens"] * dtype.itemsize:
-      raise UserError(f"{path}: {size:,} bytes, but {TOKENS_FILE} says {entry['tokens']:,} "
-                      f"{dtype.name} tokens ({entry['tokens'] * dtype.itemsize:,} bytes): "
-                      f"truncated or changed; prepare it again")
-    if verify and _sha256(path) != entry["sha256"]:
-      raise UserError(f"{path}: its sha256 differs from the one in {TOKENS_FILE}: changed "
-                      f"since jaxdl.prepare wrote it; prepare it again")
+    prepared.check_file(path, entry["tokens"] * dtype.itemsize,
+                        entry["sha256"] if verify else None, TOKENS_FILE)
     arrays[split] = TokenFile(path, dtype, entry["tokens"])
   return meta, vocab, arrays

