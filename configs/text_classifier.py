@@ -70,6 +70,13 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
                               # many characters ("dizzying" → "dizzy"); 0 = unseen words are OOV
   c.data.bucket = 8           # train batches are cut to a multiple of this; 0 = always max_len
   c.data.sort_pool = 50       # batches per pool sorted by length (similar lengths batch together)
+  c.data.streaming = "auto"   # auto | on | off: a record directory (python -m jaxdl.prepare)
+                              # is read from disk as training goes (auto, on) or loaded whole
+                              # (off); other sources are loaded whole ('on' refuses them), and
+                              # under auto a data.path over memory_budget_gb is refused
+  c.data.memory_budget_gb = 8.0  # auto: the largest data.path loaded whole into memory
+  c.data.workers = 0          # streaming: Grain worker processes reading ahead; 0 = a thread
+  c.data.prefetch = 4         # streaming: blocks of 8 steps read ahead (per worker)
 
   c.opt.name = "sgd"          # SGD beat AdamW here (README)
   c.opt.lr = 0.1

@@ -5,12 +5,13 @@ Reads what the config's data block reads and writes it to DIR in a form that tra
 
   - a language model's text corpus (data.path, a UTF-8 file or a directory of them): flat arrays
     of token ids, read by offset (jaxdl/data/tokens.py);
-  - a task with `record_splits(config)` (image classification: IDX files, image folders, a TFDS
-    copy, a download, the offline sample): each split as ArrayRecord shards, streamed through
-    Grain when trained on (jaxdl/data/records.py, jaxdl/data/stream.py).
-The writers stream, so a source larger than memory converts, and write into DIR.tmp-<pid>,
-renamed to DIR at the end: a killed prepare leaves no DIR. Other tasks (the text classifier's
-tables) are one line: not built yet.
+  - a task with `record_splits(config)`: each split as ArrayRecord shards, streamed through
+    Grain when trained on (jaxdl/data/records.py, jaxdl/data/stream.py). Image classification
+    (IDX files, image folders, a TFDS copy, a download, the offline sample) reads its source a
+    chunk at a time; text classification (tables, a TFDS copy) encodes its texts as a run does,
+    holding them in memory while it does, and writes the rows a chunk at a time.
+The writers write into DIR.tmp-<pid>, renamed to DIR at the end: a killed prepare leaves no
+DIR. A task without record_splits is one line.
 """
 
 from __future__ import annotations
@@ -42,8 +43,9 @@ def prepare(config, out: str) -> str:
   task = tasks.get(config.task)
   if config.task != "language_model":
     if not hasattr(task, "record_splits"):
-      raise UserError(f"config.task={config.task!r}: jaxdl.prepare writes records of image data "
-                      f"and language-model corpora so far (this task's are not built yet)")
+      raise UserError(f"config.task={config.task!r} has no record_splits(config): jaxdl.prepare "
+                      f"writes the data of tasks that have one (the image and text classifiers) "
+                      f"and language-model corpora")
     task.check(config)
     prepared.check_out(out)
     splits, info, source = task.record_splits(config)

@@ -345,3 +345,29 @@ def test_a_prepared_lm_corpus_in_two_processes(tmp_path, capsys):
   train.train_and_evaluate(set_keys(load_config("tiny_lm"), flag_values(args)), workdir)
   assert "resumed from the checkpoint at step 6" in capsys.readouterr().out
   assert_close_events(read_events(workdir), read_events(single), rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_records_streamed_in_two_processes(tmp_path, capsys):
+  """Image records (data/records.py) streamed through Grain by a 2-process job: it logs what one
+  4-device process logs, and its checkpoint resumes in this one process, on one device (the
+  data position, with the records' hash, is the same). That each process reads only its own
+  rows is tests/test_records.py's (the read counts of process 0 and 1 of 2)."""
+  from conftest import tiny_mnist_config, write_mnist_dir  # pylint: disable=g-import-not-at-top
+  from jaxdl import prepare  # pylint: disable=g-import-not-at-top
+  write_mnist_dir(str(tmp_path / "idx"), n_train=96, n_test=20, learnable=True)
+  config = tiny_mnist_config()
+  config.data.source, config.data.path = "files", str(tmp_path / "idx")
+  prepare.prepare(config, str(tmp_path / "records"))
+  args = [*ARGS[:2], "--config.data.source=files", f"--config.data.path={tmp_path / 'records'}",
+          "--config.data.validation_size=0", *ARGS[4:], "--config.num_train_steps=12",
+          "--config.data.streaming=on"]
+  job, single = str(tmp_path / "job"), str(tmp_path / "single")
+  _beside_one_process(args, job, single)
+  assert_close_events(read_events(job), read_events(single), rtol=1e-6)
+  workdir = str(tmp_path / "resumed")
+  shutil.copytree(job, workdir)
+  shutil.rmtree(os.path.join(workdir, "checkpoints", "12"))
+  train.train_and_evaluate(set_keys(load_config("mnist"), flag_values(args)), workdir)
+  assert "resumed from the checkpoint at step 8" in capsys.readouterr().out
+  assert_close_events(read_events(workdir), read_events(single), rtol=1e-5)

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, read_events, tiny_mnist_config, write_mnist_dir
+from conftest import (REPO, assert_same_params, read_events, tiny_mnist_config,
+                      write_mnist_dir)
 from jaxdl import prepare, train
 from jaxdl.data import imagefolder, records, stream
 from jaxdl.data.iterator import TrainBatches
@@ -254,3 +255,88 @@ def test_a_worker_that_dies_stops_the_run_in_one_line(mnist, tmp_path):
   assert done.returncode == 1, done.stdout + done.stderr[-3000:]
   assert done.stdout.startswith("data: reading batch ") and "worker processes" in done.stdout
   assert done.stdout.count("\n") == 1, done.stdout
+
+
+@pytest.mark.slow
+def test_a_streaming_run_killed_at_random_moments_resumes_bitwise(mnist, tmp_path):
+  """tests/test_faults.py's chaos run (a SIGKILL mid-save, a SIGTERM, a SIGINT, at seeded random
+  moments, each followed by the same command) on records streamed through Grain: the result
+  equals the in-memory run on the IDX files, bit for bit. (7 interruptions on MNIST's 10k
+  records: experiments/data/README.md.)"""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  from conftest import SMALL_MODEL, SUBPROCESS_CACHE  # pylint: disable=g-import-not-at-top
+  from jaxdl import runs  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(
+      "kill_and_resume", os.path.join(REPO, "experiments", "mnist", "kill_and_resume.py"))
+  kr = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(kr)
+  idx_dir, _, rec = mnist
+  workdir = str(tmp_path / "killed")
+  cmd = [sys.executable, "-m", "jaxdl.main", f"--workdir={workdir}", "--config=configs/mnist.py",
+         f"--config.model.name={SMALL_MODEL}", "--config.data.source=files",
+         f"--config.data.path={rec}", "--config.data.streaming=on", "--config.batch_size=16",
+         "--config.eval_batch_size=50", "--config.num_train_steps=48", "--config.log_every=3",
+         "--config.eval_every=12", "--config.checkpoint_every=4", "--config.opt.warmup_steps=4",
+         "--config.data.validation_size=0"]
+  record = kr.interrupt_until_done(cmd, workdir, seed=1, kills=1, log=print,
+                                   env={"JAXDL_XLA_CACHE": SUBPROCESS_CACHE})
+  assert sum(line.startswith("kill") for line in record) >= 1, record
+  c = _config(idx_dir)
+  c.num_train_steps, c.log_every, c.eval_every, c.eval_batch_size = 48, 3, 12, 50
+  c.checkpoint_every = 4
+  reference = str(tmp_path / "reference")
+  train.train_and_evaluate(c, reference)
+  assert read_events(workdir) == read_events(reference)
+  assert_same_params(runs.read_variables(workdir)[1], runs.read_variables(reference)[1])
+
+
+# ---------------------------------------------------------------------------------------------
+# The text classifier's records: tables encoded as a run encodes them.
+
+
+@pytest.fixture(scope="module")
+def text(tmp_path_factory):
+  """(tables dir, a tiny text config on it with bucketing and a carved val split, its records)."""
+  sys.path.insert(0, os.path.join(REPO, "tests"))
+  from test_text_train import _tiny_config, _sentences  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp("text")
+  for split, n, seed in (("train", 200, 0), ("dev", 40, 1)):
+    (root / f"{split}.tsv").write_text(
+        "sentence\tlabel\n" + "".join(f"{s}\t{y}\n" for s, y in _sentences(n, seed)))
+  c = _tiny_config(str(root))
+  c.data.bucket, c.data.validation_size, c.data.sort_pool = 4, 30, 2
+  prepare.prepare(c, str(root / "rec"))
+  return str(root), c, str(root / "rec")
+
+
+def test_a_streamed_text_run_logs_what_the_tables_run_logs(text, tmp_path, capsys):
+  """Length-grouped, bucketed batches (data.iterator.CutBatches) over records streamed through
+  Grain, and loaded whole: the same metrics.jsonl as the run on the TSV files, and the same
+  start-up description of the data."""
+  _, c, rec = text
+  train.train_and_evaluate(c, str(tmp_path / "tables"))
+  tables_out = capsys.readouterr().out
+  for mode in ("on", "off"):
+    r = c.copy_and_resolve_references()
+    r.data.path, r.data.streaming = rec, mode
+    train.train_and_evaluate(r, str(tmp_path / mode))
+    assert read_events(str(tmp_path / mode)) == read_events(str(tmp_path / "tables")), mode
+  out = capsys.readouterr().out
+  describe = tables_out.split(" | ", 1)[1].split(" | model:")[0]
+  assert describe in out and f"data: records in {rec}" in out
+  with open(tmp_path / "tables" / "vocab.json") as f, open(tmp_path / "on" / "vocab.json") as g:
+    assert f.read() == g.read()
+
+
+def test_text_records_refuse_a_config_they_were_not_prepared_with(text, tmp_path):
+  _, c, rec = text
+  for key, value in (("max_len", 8), ("validation_size", 0.0), ("min_count", 2)):
+    r = c.copy_and_resolve_references()
+    r.data.path, r.data[key] = rec, value
+    with pytest.raises(UserError, match=rf"config.data.{key}={value!r} but .*rec was prepared "
+                       rf"with .*; prepare it again with --config.data.{key}={value!r}"):
+      train.train_and_evaluate(r, str(tmp_path / "w"))
+  with pytest.raises(UserError, match=r"jaxdl-records.json: prepared for "
+                     r"config.task='text_classification', not 'image_classification'"):
+    train.train_and_evaluate(_config(rec), str(tmp_path / "w"))
+  assert not os.path.exists(tmp_path / "w")

@@ -145,9 +145,9 @@ def test_prepare_on_the_command_line(tmp_path):
   again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
   assert again.returncode == 1 and again.stderr == \
       f"jaxdl: error: --out={out}: already exists (prepare writes a new directory)\n"
-  other = subprocess.run([*cmd[:3], f"--config={REPO}/configs/text_classifier.py",
+  other = subprocess.run([*cmd[:3], f"--config={REPO}/experiments/custom/diabetes.py",
                           f"--out={out}2"], cwd=REPO, capture_output=True, text=True, timeout=120)
-  assert other.returncode == 1 and "(this task's are not built yet)" in other.stderr
+  assert other.returncode == 1 and "has no record_splits(config)" in other.stderr
 
 
 def test_each_process_reads_only_its_rows_of_a_global_batch(prepared):

@@ -7,6 +7,10 @@
   subsets.py   rows carved out of train by a fixed seed: a validation split, a smaller train set
   iterator.py  deterministic, resumable batches over in-memory arrays; evaluation batches
   windows.py   a language model's windows
+  records.py, tokens.py, prepared.py
+               what python -m jaxdl.prepare writes: any split as ArrayRecord shards; a language
+               model's corpus as token ids; what the two share
+  stream.py    record splits streamed through Grain: the same batches as iterator.py's
   augment.py   on-device augmentation
   dataset.py   `Dataset`, what a task's load() hands the loop
 

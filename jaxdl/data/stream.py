@@ -44,10 +44,11 @@ BLOCK_STEPS = 8
 class _Block:
   """Block j: the batches of steps start + j*k .. start + (j+1)*k - 1, their records read in
   one call. What Grain's thread or worker runs: its own copy of the order (a TrainBatches
-  keeps its epoch permutation as it goes), pickled without open files."""
+  keeps its epoch permutation as it goes) and of the readers, pickled without open files."""
 
   def __init__(self, order: TrainBatches, start: int, k: int):
     self.order, self.start, self.k = copy.copy(order), start, k
+    self.order.arrays = order.arrays.fresh()  # its own open files, apart from evaluation's
 
   def __call__(self, j: int) -> list[Batch]:
     first = self.start + j * self.k
@@ -73,6 +74,14 @@ class StreamingBatches:
 
   def position(self, step: int) -> dict:
     return self.order.position(step)
+
+  def indices(self, step: int):
+    """The order's global rows of batch `step` (data.iterator.CutBatches reads them)."""
+    return self.order.indices(step)
+
+  @property
+  def lengths(self):  # a LengthGroupedBatches order's, for CutBatches
+    return self.order.lengths
 
   def check_position(self, step: int, saved: dict) -> None:
     self.order.check_position(step, saved)
@@ -113,6 +122,7 @@ class StreamingBatches:
       dataset = blocks.to_iter_dataset(grain.ReadOptions(num_threads=1,
                                                          prefetch_buffer_size=self.prefetch))
     self._iterator, self._next, self._ready = iter(dataset), step, []
+    self.order.forget()  # the pipeline's block reader keeps its own from here
 
   def close(self) -> None:
     """Stops the pipeline's thread or worker processes (their shared memory: grain#1031)."""
@@ -122,10 +132,6 @@ class StreamingBatches:
 
   def __getstate__(self):
     return {**self.__dict__, "_iterator": None, "_next": None, "_ready": []}
-
-  def __del__(self):
-    if getattr(self, "_iterator", None) is not None:
-      self.close()
 
 MODES = ("auto", "on", "off")
 
@@ -180,12 +186,10 @@ def in_memory(splits: dict, data_cfg) -> tuple[dict, dict]:
   return splits, identity
 
 
-def train_batches(train, data_cfg, batch_size: int, seed: int, process_index: int,
-                  process_count: int, identity: dict):
-  """The training iterator of a split: TrainBatches over arrays in memory, or StreamingBatches
-  over the same rows on disk."""
-  order = TrainBatches(train, batch_size, seed, process_index, process_count, identity)
-  if not isinstance(train, records.RecordRows):
+def streamed(order: TrainBatches, data_cfg):
+  """`order` itself over arrays in memory; StreamingBatches over it when its rows are on
+  disk (data/records.RecordRows)."""
+  if not isinstance(order.arrays, records.RecordRows):
     return order
   _, _, workers, prefetch = settings(data_cfg)
   return StreamingBatches(order, workers, prefetch)

@@ -30,6 +30,7 @@ from jaxdl import files
 from jaxdl.data import download, idx, imagefolder, offline, records, sources, stream, subsets, tfds
 from jaxdl.data.augment import random_shift
 from jaxdl.data.dataset import Dataset
+from jaxdl.data.iterator import TrainBatches
 from jaxdl.errors import UserError, require
 from jaxdl.tasks import classifier
 
@@ -157,8 +158,9 @@ def load(config, workdir: str | None) -> Dataset:
   # at the end. Data with a val split of its own (an ImageFolder val/) keeps it instead.
   splits, sizes = subsets.with_validation(splits, data_cfg)
   splits, identity = stream.in_memory(splits, data_cfg)  # records: on disk, or loaded ('off')
-  train = stream.train_batches(splits["train"], data_cfg, config.batch_size, config.seed,
-                               jax.process_index(), jax.process_count(), identity)
+  train = stream.streamed(TrainBatches(splits["train"], config.batch_size, config.seed,
+                                       jax.process_index(), jax.process_count(), identity),
+                          data_cfg)
   evals = {k: v for k, v in splits.items() if k != "train"}
   shape = tuple(int(d) for d in splits["train"]["image"].shape[1:])
   return Dataset(

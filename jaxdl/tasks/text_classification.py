@@ -5,6 +5,8 @@ Data (data.source='auto' takes the first that works; data/sources.py):
   1. data.path: a directory of train / dev (or validation) / optional test files, each .tsv
      (GLUE), .csv or .jsonl (data/tables.py);
   2. a prepared TFDS copy of data.name (glue/sst2, imdb_reviews, ...);
+  or a record directory that `python -m jaxdl.prepare` encoded from either (data/records.py),
+  streamed from disk (data/stream.py; data.streaming);
 otherwise the run stops with one line listing the ways to provide the data.
 
 A split whose labels are all missing or -1 (GLUE's and TFDS's unlabelled test sets) is kept
@@ -21,13 +23,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 
 import jax
 import numpy as np
 
 from jaxdl import files, initfrom
-from jaxdl.data import sources, subsets, tables, tfds
+from jaxdl.data import records, sources, stream, subsets, tables, tfds
 from jaxdl.data.dataset import Dataset
 from jaxdl.data.iterator import CutBatches, LengthGroupedBatches
 from jaxdl.data.vocab import VOCAB_FILE, WordVocab, build_vocab
@@ -47,6 +50,8 @@ FALLBACKS = ()
 # tasks read through the data floor (data.validation_size: data/subsets.py) is declared by each
 # task whose config has it: resume.py merges only the run's task and model rooms, as it cannot
 # know which floor helpers a task calls.
+# The same batches in memory or streamed, read ahead by a thread or workers (data/stream.py).
+RESUME_HARMLESS = ("data.streaming", "data.memory_budget_gb", "data.workers", "data.prefetch")
 RESUME_ADDED = {"data.validation_size": 0, "data.train_size": 0,  # no carving, all of train
                 "data.prefix_backoff": 0,  # unseen words are <oov>
                 "data.num_classes": 0,     # 1 + the largest train label
@@ -57,6 +62,7 @@ def check(config) -> None:
   """The text task's own keys (data.*, loss.*)."""
   data = config.data
   sources.check(data, FALLBACKS)
+  stream.check(data)
   subsets.check(data, "train_size")
   subsets.check(data, "validation_size")
   require(data.max_len > 0, "data.max_len", data.max_len, "must be > 0")
@@ -99,7 +105,41 @@ def _check_labels(split: str, labels: np.ndarray, num_classes: int) -> None:
 
 
 def load(config, workdir: str | None) -> Dataset:
-  """Splits, vocabulary (vocab.json in workdir if a previous run saved one), token arrays."""
+  """Splits, vocabulary (vocab.json in workdir if a previous run saved one), token arrays: from
+  the texts, or from records that jaxdl.prepare encoded (streamed, data.streaming)."""
+  data_cfg = config.data
+  path = os.path.expanduser(data_cfg.path) if data_cfg.source in ("auto", "files") else ""
+  if path and records.is_records(path):
+    arrays, vocab, describe, source = _from_records(config, workdir, path)
+  else:
+    stream.check_in_memory(data_cfg, path)
+    arrays, vocab, describe, source = _encode(config, workdir)
+  eval_split = next((s for s in ("val", "dev", "test") if s in arrays), None)
+  if eval_split is None:
+    raise UserError(f"{source} has no labelled dev or test split to evaluate on (set "
+                    f"data.validation_size to carve one out of train)")
+  final_splits = tuple(s for s in ("val", "dev", "test") if s in arrays)
+
+  arrays, identity = stream.in_memory(arrays, data_cfg)  # records: on disk, or loaded ('off')
+  lengths = None
+  if isinstance(arrays["train"], records.RecordRows):  # read once: the batches' length groups
+    lengths = np.concatenate([(block["tokens"] != 0).sum(1)
+                              for _, block in arrays["train"].blocks()])
+  train = stream.streamed(LengthGroupedBatches(
+      arrays["train"], config.batch_size, config.seed, data_cfg.sort_pool, jax.process_index(),
+      jax.process_count(), identity, lengths), data_cfg)
+  if data_cfg.bucket:
+    train = CutBatches(train, data_cfg.bucket)
+  return Dataset(train=train, evals={k: v for k, v in arrays.items() if k != "train"},
+                 eval_split=eval_split, final_splits=final_splits, source=source,
+                 describe=describe,
+                 model_info=_model_info(vocab, config),
+                 files={VOCAB_FILE: vocab.to_json()})
+
+
+def _encode(config, workdir: str | None):
+  """(arrays {split: {'tokens', 'label'}}, vocabulary, the start-up line's data text, source)
+  of the texts the config reads, labelled splits only, 'val' carved when asked."""
   data_cfg = config.data
   (splits, label_names), source = sources.load(
       data_cfg, read_path=lambda path: ((tables.load_dir(path), []), f"text files in {path}"),
@@ -138,16 +178,6 @@ def load(config, workdir: str | None) -> Dataset:
   for split, s in labelled.items():
     tokens, counts[split] = vocab.encode(s.texts, data_cfg.max_len)
     arrays[split] = {"tokens": tokens, "label": s.labels}
-  eval_split = next((s for s in ("val", "dev", "test") if s in arrays), None)
-  if eval_split is None:
-    raise UserError(f"{source} has no labelled dev or test split to evaluate on (set "
-                    f"data.validation_size to carve one out of train)")
-  final_splits = tuple(s for s in ("val", "dev", "test") if s in arrays)
-
-  train = LengthGroupedBatches(arrays["train"], config.batch_size, config.seed,
-                               data_cfg.sort_pool, jax.process_index(), jax.process_count())
-  if data_cfg.bucket:
-    train = CutBatches(train, data_cfg.bucket)
   sizes = " | ".join(
       [carved] + [f"{split} {len(splits[split].texts):,}" +
                   ("" if split in arrays else " (unlabelled: not evaluated)")
@@ -162,11 +192,61 @@ def load(config, workdir: str | None) -> Dataset:
               f"{data_cfg.max_len} truncated {cut} | unseen tokens {share('unseen')}"
               + (f" ({share('backed_off')} given a known prefix of >= {vocab.prefix_backoff} "
                  f"chars)" if vocab.prefix_backoff else ""))
-  return Dataset(train=train, evals={k: v for k, v in arrays.items() if k != "train"},
-                 eval_split=eval_split, final_splits=final_splits, source=source,
-                 describe=describe,
-                 model_info=_model_info(vocab, config),
-                 files={VOCAB_FILE: vocab.to_json()})
+  return arrays, vocab, describe, source
+
+
+# What a record directory's examples hold, and the data keys that fixed them when prepared
+# (the splits carved, the vocabulary, the width): a run with others is refused in one line.
+RECORD_FEATURES = {"tokens": {"dtype": "int32", "rank": 1}, "label": {"dtype": "int32", "rank": 0}}
+PREPARED_KEYS = {"max_len": 64, "min_count": 1, "max_vocab": 0, "prefix_backoff": 0,
+                 "num_classes": 0, "validation_size": 0.0, "train_size": 0.0}
+
+
+def _prepared_keys(data_cfg) -> dict:
+  return {key: data_cfg[key] if key in data_cfg else default
+          for key, default in PREPARED_KEYS.items()}
+
+
+def record_splits(config) -> tuple[dict, dict, str]:
+  """What jaxdl.prepare writes of this task's data: ({split: iterator of row chunks}, the JSON's
+  'info', where it came from). The texts are encoded as a run encodes them (the vocabulary of
+  the carved training split, or init_from's); they are held in memory while they are (the
+  encoded rows are written a chunk at a time)."""
+  arrays, vocab, describe, source = _encode(config, None)
+  info = {"vocab": json.loads(vocab.to_json()), "describe": describe, "source": source,
+          "data": _prepared_keys(config.data)}
+  def chunks(rows):  # a function: a generator expression would read `rows` late, the last's
+    for start in range(0, len(rows["label"]), 8192):
+      yield {k: v[start:start + 8192] for k, v in rows.items()}
+
+  return {split: chunks(rows) for split, rows in arrays.items()}, info, source
+
+
+def _from_records(config, workdir: str | None, path: str):
+  """_encode's (arrays, vocabulary, text, source) of a record directory: its splits as
+  RecordRows (on disk), its vocabulary, checked against the config, a resume's vocab.json and
+  init_from's."""
+  meta = records.read_meta(path)
+  records.check_features(meta, path, "text_classification", RECORD_FEATURES)
+  info = meta["info"]
+  for key, value in _prepared_keys(config.data).items():
+    if info["data"].get(key) != value:
+      raise UserError(f"config.data.{key}={value!r} but {path} was prepared with "
+                      f"{info['data'].get(key)!r}; prepare it again with "
+                      f"--config.data.{key}={value!r}")
+  where = os.path.join(path, records.RECORDS_FILE)
+  vocab = WordVocab.from_json(json.dumps(info["vocab"]), where)
+  saved = read_vocab(workdir)
+  if saved is not None and saved != vocab:
+    raise UserError(f"{os.path.join(workdir, VOCAB_FILE)}: the run's vocabulary is not the one "
+                    f"{path} was prepared with; train on the data the run started with")
+  initial = initfrom.task_file(config, VOCAB_FILE) if workdir is None else None
+  if initial is not None and WordVocab.from_json(initial, "").words != vocab.words:
+    raise UserError(f"config.init_from={config.init_from!r}: its vocabulary is not the one "
+                    f"{path} was prepared with; prepare it again with this init_from")
+  arrays = {split: records.RecordRows(records.Records(path, split, meta))
+            for split in meta["splits"]}
+  return arrays, vocab, info["describe"], f"records in {path}"
 
 
 def objective(config, model):
