@@ -17,6 +17,7 @@ from conftest import (REPO, assert_same_params, read_events, tiny_mnist_config,
                       write_mnist_dir)
 from jaxdl import prepare, train
 from jaxdl.data import imagefolder, records, stream
+from jaxdl.data import tfds as tfds_module
 from jaxdl.data.iterator import TrainBatches
 from jaxdl.errors import UserError
 
@@ -182,9 +183,9 @@ def test_a_record_damaged_after_the_start_is_one_line(mnist, tmp_path):
 
 def test_streaming_keys_are_checked_in_one_line(mnist, tmp_path):
   idx_dir, _, rec = mnist
-  with pytest.raises(UserError, match=r"config.data.streaming='on' streams a record directory, "
-                     r"and data.path='.*idx' is none: write it as records with python -m "
-                     r"jaxdl.prepare"):
+  with pytest.raises(UserError, match=r"config.data.streaming='on' streams a record directory "
+                     r"or a prepared TFDS copy, and data.path='.*idx' is neither: write it as "
+                     r"records with python -m jaxdl.prepare"):
     train.train_and_evaluate(_config(idx_dir, streaming="on"), str(tmp_path / "w"))
   with pytest.raises(UserError, match=r"data.path='.*idx' holds 0.0 GB, more than "
                      r"config.data.memory_budget_gb=1e-06"):
@@ -340,3 +341,24 @@ def test_text_records_refuse_a_config_they_were_not_prepared_with(text, tmp_path
                      r"config.task='text_classification', not 'image_classification'"):
     train.train_and_evaluate(_config(rec), str(tmp_path / "w"))
   assert not os.path.exists(tmp_path / "w")
+
+
+def test_a_prepared_tfds_copy_streams_without_loading(tmp_path, monkeypatch):
+  """A TFDS copy (its ArrayRecord files random-access: tfds.data_source) read by row as it
+  streams, as records are: the same metrics as the copy loaded whole, and its rows read only
+  when a batch asks for them."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from jaxdl.data import sources  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(sources, "tfds_prepared", lambda name, data_dir: True)  # the mock's copy
+  c = tiny_mnist_config()
+  c.data.source, c.num_train_steps = "tfds", 8
+  with tfds.testing.mock_data(num_examples=64):
+    train.train_and_evaluate(c, str(tmp_path / "on"))
+    c.data.streaming = "off"
+    train.train_and_evaluate(c, str(tmp_path / "off"))
+    split = tfds_module.ImageSplit("mnist", "train", None)
+    rows = records.RecordRows(split)
+    assert rows["image"].shape == (64, 28, 28, 1) and split.reads == 0
+    np.testing.assert_array_equal(rows["label"][np.array([3, 1])],
+                                  [split.read([3])["label"][0], split.read([1])["label"][0]])
+  assert read_events(str(tmp_path / "on")) == read_events(str(tmp_path / "off"))

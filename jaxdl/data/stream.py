@@ -152,17 +152,19 @@ def check(data_cfg) -> None:
   require(prefetch >= 1, "data.prefetch", prefetch, "must be >= 1")
 
 
+PREPARE = ("write it as records with python -m jaxdl.prepare --config=... "
+           "--config.data.path=... --out=DIR, then train with --config.data.path=DIR")
+
+
 def check_in_memory(data_cfg, path: str) -> None:
-  """Before a source that is not a record directory is loaded whole: data.streaming='on' cannot
-  stream it, and under 'auto' a data.path larger than data.memory_budget_gb is refused rather
+  """Before a data.path that is not a record directory is loaded whole: data.streaming='on'
+  cannot stream it, and under 'auto' one larger than data.memory_budget_gb is refused rather
   than swapped or killed; each says how to prepare it as records."""
   mode, budget, *_ = settings(data_cfg)
-  prepare = (f"write it as records with python -m jaxdl.prepare --config=... "
-             f"--config.data.path={path or '...'} --out=DIR, then train with "
-             f"--config.data.path=DIR")
+  prepare = PREPARE.replace("--config.data.path=...", f"--config.data.path={path}")
   if mode == "on":
-    raise UserError(f"config.data.streaming='on' streams a record directory, and "
-                    f"{'data.path=' + repr(path) if path else 'this source'} is none: {prepare}")
+    raise UserError(f"config.data.streaming='on' streams a record directory or a prepared TFDS "
+                    f"copy, and data.path={path!r} is neither: {prepare}")
   if mode == "auto" and path and not files.is_url(path):
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, names in os.walk(path)
                for f in names) if os.path.isdir(path) else os.path.getsize(path)
@@ -170,6 +172,13 @@ def check_in_memory(data_cfg, path: str) -> None:
       raise UserError(f"data.path={path!r} holds {size / 1e9:.1f} GB, more than "
                       f"config.data.memory_budget_gb={budget:g}, and is loaded whole unless it "
                       f"is records: {prepare} (or raise the budget)")
+
+
+def check_streamed(splits: dict, data_cfg, source: str) -> None:
+  """data.streaming='on' and data that came whole (a download, a sample): one line."""
+  if settings(data_cfg)[0] == "on" and not isinstance(splits["train"], records.RecordRows):
+    raise UserError(f"config.data.streaming='on' streams a record directory or a prepared TFDS "
+                    f"copy, and the data came from {source}: {PREPARE}")
 
 
 def in_memory(splits: dict, data_cfg) -> tuple[dict, dict]:

@@ -1,7 +1,10 @@
 """Prepared TFDS copies read with tfds.data_source (ArrayRecord files; no TensorFlow needed):
-image splits, labelled-text splits, and the text of a corpus."""
+image splits (loaded whole, or read by row as they stream: ImageSplit), labelled-text splits,
+and the text of a corpus."""
 
 from __future__ import annotations
+
+import hashlib
 
 import numpy as np
 
@@ -85,3 +88,48 @@ def read_corpus(name: str, data_dir: str | None) -> str:
       raise UserError(f"TFDS dataset {name!r} split {split!r}: {first_line(e)}") from None
     parts += [_decode(t) for t in texts]
   return "".join(parts)
+
+
+class ImageSplit:
+  """One split of a prepared TFDS image dataset, read by row index without loading it: what
+  data/records.RecordRows reads (len(), `layout`, read(indices), `sha256`, `info`), so a
+  TFDS copy streams as a record directory does (data/stream.py). Each example is decoded by
+  TFDS when read."""
+
+  def __init__(self, name: str, split: str, data_dir: str | None):
+    self.name, self.split = name, split
+    try:
+      self._source = _source(name, split, data_dir)
+      first = self._source[0]
+      info = self._source.dataset_info
+    except Exception as e:  # pylint: disable=broad-except  (TFDS raises many types)
+      raise UserError(f"TFDS dataset {name!r} split {split!r}: {first_line(e)}") from None
+    image = np.asarray(first["image"], np.uint8)
+    shape = image.shape + (1,) * (image.ndim == 2)
+    self.layout = [("image", np.dtype(np.uint8), shape, int(np.prod(shape))),
+                   ("label", np.dtype(np.int32), (), 4)]
+    # What a resume checks: the same dataset, version and split size.
+    self.sha256 = hashlib.sha256(f"{name} {info.version} {split} {len(self._source)}".encode()
+                                 ).hexdigest()
+    self.info = {"labels": int(getattr(info.features["label"], "num_classes", 0) or 0)}
+    self._reads = [0]
+
+  @property
+  def reads(self) -> int:
+    return self._reads[0]
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def read(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    try:
+      examples = [self._source[int(i)] for i in np.asarray(indices).reshape(-1)]
+    except Exception as e:  # pylint: disable=broad-except  (TFDS raises many types)
+      raise UserError(f"TFDS dataset {self.name!r} split {self.split!r}: cannot read "
+                      f"({first_line(e)})") from None
+    self._reads[0] += len(examples)
+    shape = self.layout[0][2]
+    images = np.empty((len(examples), *shape), np.uint8)
+    for row, ex in enumerate(examples):
+      images[row] = np.asarray(ex["image"], np.uint8).reshape(shape)
+    return {"image": images, "label": np.asarray([ex["label"] for ex in examples], np.int32)}

@@ -101,6 +101,15 @@ def _read_path(path: str, image_size: int):
   return (idx.load_idx_dir(path), None), f"IDX files in {path}"
 
 
+def _read_tfds(name: str, data_dir: str | None, streaming: str):
+  """A prepared TFDS copy's train and test splits: read by row as they stream (its ArrayRecord
+  files are random-access), or loaded whole under data.streaming='off'."""
+  if streaming == "off":
+    return tfds.read_images(name, data_dir)
+  return {split: records.RecordRows(tfds.ImageSplit(name, split, data_dir))
+          for split in ("train", "test")}
+
+
 def _downloadable(name: str) -> bool:
   """A canonical download of `name` is known and its host answers (within 3 s)."""
   rows = download.url_checksums(name)
@@ -136,12 +145,13 @@ def load(config, workdir: str | None) -> Dataset:
   del workdir  # nothing of an image run's data is read back from the workdir
   data_cfg = config.data
   path = os.path.expanduser(data_cfg.path) if data_cfg.source in ("auto", "files") else ""
-  if not (path and records.is_records(path)):  # loaded whole: data.streaming's checks
+  if path and not records.is_records(path):  # loaded whole: data.streaming's checks
     stream.check_in_memory(data_cfg, path)
   (splits, classes), source = sources.load(
       data_cfg, read_path=lambda path: _read_path(path, data_cfg.image_size),
-      read_tfds=lambda n, d: (tfds.read_images(n, d), None),
+      read_tfds=lambda n, d: (_read_tfds(n, d, stream.settings(data_cfg)[0]), None),
       fallbacks=_fallbacks(data_cfg), ways=_ways(data_cfg.name))
+  stream.check_streamed(splits, data_cfg, source)
   num_classes = config.model.num_classes
   if classes is not None and len(classes) != num_classes:
     raise UserError(f"{data_cfg.path} has {len(classes)} class folders but "

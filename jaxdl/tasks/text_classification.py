@@ -112,8 +112,10 @@ def load(config, workdir: str | None) -> Dataset:
   if path and records.is_records(path):
     arrays, vocab, describe, source = _from_records(config, workdir, path)
   else:
-    stream.check_in_memory(data_cfg, path)
+    if path:
+      stream.check_in_memory(data_cfg, path)
     arrays, vocab, describe, source = _encode(config, workdir)
+    stream.check_streamed(arrays, data_cfg, source)  # (a TFDS copy's texts are encoded whole)
   eval_split = next((s for s in ("val", "dev", "test") if s in arrays), None)
   if eval_split is None:
     raise UserError(f"{source} has no labelled dev or test split to evaluate on (set "
