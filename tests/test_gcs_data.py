@@ -16,8 +16,8 @@ import pytest
 import gcs_server
 from conftest import (load_config, read_events, short_schedule, tiny_lm_config, tiny_mnist_config,
                       write_mnist_dir)
-from jaxdl import train
-from jaxdl.data import corpus, idx, imagefolder, sources, tables, tokens
+from jaxdl import prepare, train
+from jaxdl.data import corpus, idx, imagefolder, records, sources, tables, tokens
 from jaxdl.errors import UserError
 
 BUCKET = "jaxdl-data-test"
@@ -76,6 +76,9 @@ def data(tmp_path_factory):
         pixels = np.full((6, 6), value + 5 * i, np.uint8)
         Image.fromarray(pixels).save(root / "pets" / split / name / f"{i}.png")
   tokens.prepare(play, str(root / "prepared"), "chars", 0.1)
+  mnist = tiny_mnist_config()
+  mnist.data.source, mnist.data.path = "files", str(root / "mnist")
+  prepare.prepare(mnist, str(root / "records"))
   # The emulator is one thread whose socket's backlog is 5: more connections at once than that
   # (a batch's windows, by cat_ranges) wait out a SYN retry, 1 s. Real GCS takes them all.
   conf = fsspec.config.conf
@@ -86,7 +89,7 @@ def data(tmp_path_factory):
     out = {name: (str(root / local), _upload(str(root / local), f"gs://{BUCKET}/{name}"))
            for name, local in (("mnist", "mnist"), ("mnist_raw", "mnist_raw"), ("sst", "sst"),
                                ("play", "play.txt"), ("plays", "plays"), ("pets", "pets"),
-                               ("prepared", "prepared"))}
+                               ("prepared", "prepared"), ("records", "records"))}
     yield out
     _clear_gcsfs()
   if saved is None:
@@ -211,3 +214,29 @@ def test_a_text_run_on_gs_tables_logs_the_local_runs_events(data, tmp_path):
 @pytest.mark.parametrize("name", ["plays", "prepared"])
 def test_an_lm_run_on_gs_text_or_prepared_ids_logs_the_local_runs_events(data, tmp_path, name):
   _runs_match(tiny_lm_config(data["play"][0]), *data[name], tmp_path)
+
+
+def test_a_run_on_gs_records_logs_the_local_runs_events(data, tmp_path, monkeypatch):
+  """Record shards on gs:// are read from checked local copies (data/records.py's cache, named
+  by sha256): the run streams them as it streams the local directory. A shard changed on the
+  server (its size kept) is one line naming it, and leaves no copy behind."""
+  monkeypatch.setenv("JAXDL_CACHE", str(tmp_path / "cache"))
+  config = tiny_mnist_config()
+  config.data.source = "files"
+  _runs_match(config, *data["records"], tmp_path)
+  copies = os.listdir(tmp_path / "cache" / "records")
+  assert len(copies) == 2 and all(c.endswith(".array_record") for c in copies)  # train, test
+  local, url = data["records"]
+  shard = os.path.join(local, "test-00000.array_record")
+  damaged = bytearray(pathlib.Path(shard).read_bytes())
+  damaged[-100] ^= 0xFF
+  changed = f"gs://{BUCKET}/records-changed"
+  _upload(local, changed)
+  fsspec.filesystem("gs").pipe_file(f"{changed[5:]}/test-00000.array_record", bytes(damaged))
+  monkeypatch.setenv("JAXDL_CACHE", str(tmp_path / "cache2"))
+  config.data.path = changed
+  with pytest.raises(UserError, match=r"records-changed/test-00000.array_record: its sha256 "
+                     r"differs from the one in jaxdl-records.json"):
+    train.train_and_evaluate(config, str(tmp_path / "w"))
+  left = os.listdir(records.cache_dir())  # the train shard's copy, none of the test shard's
+  assert len(left) == 1 and ".tmp-" not in left[0] and not os.path.exists(tmp_path / "w")

@@ -18,7 +18,9 @@ holds more than one chunk and one record's bytes, so a source larger than memory
 
 The reader (Records) checks every shard's size and sha256 against the JSON when it opens the
 split, opens the shards lazily in each process (a pickled Records, as a data-loading worker gets
-it, holds no open file), and reads rows by their global index, shard by shard.
+it, holds no open file), and reads rows by their global index, shard by shard. A directory on
+gs:// is read the same way from local copies of its shards (ArrayRecord's reader opens local
+files): each is copied once per host into cache_dir(), named by its sha256, checked as it comes.
 """
 
 from __future__ import annotations
@@ -140,6 +142,40 @@ def read_meta(directory: str) -> dict:
   return meta
 
 
+def cache_dir() -> str:
+  """Where gs:// shards are copied to be read: $JAXDL_CACHE (default ~/.cache/jaxdl)/records,
+  each file named by its sha256 (shared by every run and process of this host)."""
+  return os.path.join(os.path.expanduser(os.environ.get("JAXDL_CACHE", "~/.cache/jaxdl")),
+                      "records")
+
+
+def _staged(url: str, shard: dict) -> str:
+  """The local copy of a gs:// shard: copied once (in 16 MB blocks, its sha256 checked as it
+  comes, into a temporary file renamed when whole), then reused while its size is the JSON's."""
+  local = os.path.join(cache_dir(), f"{shard['sha256']}.array_record")
+  if os.path.exists(local) and os.path.getsize(local) == shard["bytes"]:
+    return local
+  prepared.check_file(url, shard["bytes"], None, RECORDS_FILE)
+  os.makedirs(cache_dir(), exist_ok=True)
+  partial, digest = f"{local}.tmp-{os.getpid()}", hashlib.sha256()
+  try:
+    with files.open_binary(url) as f, open(partial, "wb") as out:
+      while block := f.read(1 << 24):
+        digest.update(block)
+        out.write(block)
+    if digest.hexdigest() != shard["sha256"]:
+      raise UserError(f"{url}: its sha256 differs from the one in {RECORDS_FILE}: changed since "
+                      f"jaxdl.prepare wrote it; prepare the data again")
+    os.replace(partial, local)
+  except OSError as e:
+    raise UserError(f"{url}: cannot copy it to {cache_dir()} to read it ({first_line(e)})"
+                    ) from None
+  finally:
+    if os.path.exists(partial):
+      os.remove(partial)
+  return local
+
+
 def check_features(meta: dict, directory: str, task: str, expected: dict) -> None:
   """The records were prepared for `task`, with its features ({name: {'dtype', 'rank'}}): a
   UserError naming the JSON otherwise (a directory prepared by another config)."""
@@ -163,18 +199,18 @@ class Records:
     if split not in meta["splits"]:
       raise UserError(f"{directory}: no {split!r} split (it has "
                       f"{', '.join(meta['splits'])}); prepare the data again")
-    if files.is_url(directory):
-      raise UserError(f"data.path={directory}: record shards are read from a local disk so "
-                      f"far (ArrayRecord's reader opens local files); copy them there")
     self.directory, self.split = directory, split
     self.info = meta.get("info", {})  # the task's: class names, label count
     self.layout = _layout(meta["features"])
     self.record_bytes = sum(n for *_, n in self.layout)
     shards = meta["splits"][split]["shards"]
     self.paths = [os.path.join(directory, s["file"]) for s in shards]
-    for path, shard in zip(self.paths, shards):
-      prepared.check_file(path, shard["bytes"], shard["sha256"] if verify else None,
-                          RECORDS_FILE)
+    for i, (path, shard) in enumerate(zip(self.paths, shards)):
+      if files.is_url(path):  # ArrayRecord's reader opens local files: a checked local copy
+        self.paths[i] = _staged(path, shard)
+      else:
+        prepared.check_file(path, shard["bytes"], shard["sha256"] if verify else None,
+                            RECORDS_FILE)
     self.starts = np.cumsum([0] + [s["count"] for s in shards])
     # What a resume checks: the same rows in the same order (each shard's hash, in order).
     self.sha256 = hashlib.sha256("".join(s["sha256"] for s in shards).encode()).hexdigest()
