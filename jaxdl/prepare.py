@@ -37,9 +37,8 @@ def parse_flags(argv: list[str]) -> list[str]:
 def prepare(config, out: str) -> str:
   """Writes config's data to `out`; returns the line that says what was written."""
   from jaxdl import initfrom, tasks  # pylint: disable=g-import-not-at-top  (after the flags)
-  from jaxdl.data import tokens  # pylint: disable=g-import-not-at-top
+  from jaxdl.data import prepared, records, tokens  # pylint: disable=g-import-not-at-top
   from jaxdl.data.vocab import VOCAB_FILE, CharVocab  # pylint: disable=g-import-not-at-top
-  from jaxdl.data import prepared, records  # pylint: disable=g-import-not-at-top
   task = tasks.get(config.task)
   if config.task != "language_model":
     if not hasattr(task, "record_splits"):

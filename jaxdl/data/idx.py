@@ -117,7 +117,8 @@ def idx_dir_chunks(directory: str, chunk: int = 8192) -> dict[str, Any]:
   if not files.is_dir(directory):
     raise UserError(f"data.path={directory!r} is not a directory")
   paths = {split: (_find_idx(directory, _IDX_STEMS[(split, "image")]),
-                   _find_idx(directory, _IDX_STEMS[(split, "label")])) for split in ("train", "test")}
+                   _find_idx(directory, _IDX_STEMS[(split, "label")]))
+           for split in ("train", "test")}
 
   def rows(image_path: str, label_path: str):
     try:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -116,16 +117,11 @@ def write(out: str, task: str, source: str, splits: Mapping[str, Iterable[Mappin
       if first is None:
         raise UserError(f"prepare: the {split} split has no examples")
       features = features or features_of(first)
-      entries[split] = write_split(partial, split, features, _chain(first, chunks))
+      entries[split] = write_split(partial, split, features, itertools.chain([first], chunks))
     meta = {"format": FORMAT, "task": task, "source": source, "features": features,
             "splits": entries, "info": info}
     prepared.write_json(partial, RECORDS_FILE, meta)
   return meta
-
-
-def _chain(first, rest):
-  yield first
-  yield from rest
 
 
 def read_meta(directory: str) -> dict:
@@ -134,8 +130,8 @@ def read_meta(directory: str) -> dict:
   try:
     _layout(meta["features"])
     for entry in meta["splits"].values():
-      for shard in entry["shards"]:
-        shard["file"], int(shard["count"]), int(shard["bytes"]), shard["sha256"]  # pylint: disable=expression-not-assigned
+      for shard in entry["shards"]:  # each key there, the counts numbers
+        _ = (shard["file"], int(shard["count"]), int(shard["bytes"]), shard["sha256"])
   except (KeyError, TypeError, ValueError) as e:
     raise UserError(f"{os.path.join(directory, RECORDS_FILE)}: not a record directory of "
                     f"jaxdl.prepare ({first_line(e)})") from None
@@ -191,11 +187,11 @@ def check_features(meta: dict, directory: str, task: str, expected: dict) -> Non
 class Records:
   """One split's shards read by global row index: len(), read(indices) -> {feature: array}.
 
-  Every shard's size and (with `verify`) sha256 are checked against the JSON here, once per
-  process; the shards are opened on their first read. `reads` counts the records this
+  Every shard's size and sha256 are checked against the JSON here, once per process; the
+  shards are opened on their first read. `reads` counts the records this
   process has read (the tests' evidence that a process reads only its own rows)."""
 
-  def __init__(self, directory: str, split: str, meta: dict, verify: bool = True):
+  def __init__(self, directory: str, split: str, meta: dict):
     if split not in meta["splits"]:
       raise UserError(f"{directory}: no {split!r} split (it has "
                       f"{', '.join(meta['splits'])}); prepare the data again")
@@ -209,8 +205,7 @@ class Records:
       if files.is_url(path):  # ArrayRecord's reader opens local files: a checked local copy
         self.paths[i] = _staged(path, shard)
       else:
-        prepared.check_file(path, shard["bytes"], shard["sha256"] if verify else None,
-                            RECORDS_FILE)
+        prepared.check_file(path, shard["bytes"], shard["sha256"], RECORDS_FILE)
     self.starts = np.cumsum([0] + [s["count"] for s in shards])
     # What a resume checks: the same rows in the same order (each shard's hash, in order).
     self.sha256 = hashlib.sha256("".join(s["sha256"] for s in shards).encode()).hexdigest()

@@ -8,17 +8,18 @@ same batches, bit for bit, on any number of processes.
 Grain reads ahead. The pipeline is a pure MapDataset over blocks of BLOCK_STEPS steps, each
 element this process's batches of those steps (their records read in one call), iterated with
 `data.prefetch` blocks in flight: on a thread of this process (data.workers=0), or in
-`data.workers` worker processes (mp_prefetch). The data position
-is jaxdl's own (the step, in every checkpoint): Grain's iterator state, per process and per
-worker, is never saved, so a checkpoint restores on another process count.
+`data.workers` worker processes (mp_prefetch). The data position is jaxdl's own (the step, in
+every checkpoint): Grain's iterator state, per process and per worker, is never saved, so a
+checkpoint restores on another process count.
 
 batch(step) takes the next element when `step` follows the last one asked for, and restarts the
 pipeline at `step` otherwise; a lone out-of-order request (the runner's sample batch, the first
 step of a run) is read in place, so that worker processes start once.
 
-On a 2-core machine the reads need no workers: a record decodes with one np.frombuffer, and the
-threads keep ahead of the seed CNN's step (experiments/data/README.md). Workers start in 10-16 s
-(each imports jax), and pay off for host-side work heavier than that.
+On a 2-core machine the reads need no workers: a record decodes with one np.frombuffer, one
+reader thread keeps ahead of the seed CNN's step, and more threads or workers only take the
+step's cores (experiments/data/README.md). Workers start in seconds (each imports jax), and pay
+off for host-side work heavier than that.
 """
 
 from __future__ import annotations
