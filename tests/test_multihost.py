@@ -1,6 +1,7 @@
 """Multi-process jobs for real: two `python -m jaxdl.main` processes on 127.0.0.1 with 2 CPU
 devices each (gloo collectives) form one 4-device job. Each test kills what it started."""
 
+import json
 import os
 import re
 import shutil
@@ -371,3 +372,61 @@ def test_records_streamed_in_two_processes(tmp_path, capsys):
   train.train_and_evaluate(set_keys(load_config("mnist"), flag_values(args)), workdir)
   assert "resumed from the checkpoint at step 8" in capsys.readouterr().out
   assert_close_events(read_events(workdir), read_events(single), rtol=1e-5)
+
+
+# A process of a job that counts what it reads: `python -m jaxdl.main` (runpy) with the records'
+# read wrapped to note the size and rows of every read of the training split, written as JSON to
+# $JAXDL_TEST_READS when the run ends.
+_COUNTING = """
+import json, os, runpy, sys
+from jaxdl.data import records
+reads, read = [], records.Records.read
+def counting(self, indices):
+  if self.split == "train":
+    reads.append([int(i) for i in indices])
+  return read(self, indices)
+records.Records.read = counting
+sys.argv = ["jaxdl.main", *sys.argv[1:]]
+try:
+  runpy.run_module("jaxdl.main", run_name="__main__", alter_sys=True)
+finally:
+  with open(os.environ["JAXDL_TEST_READS"], "w") as f:
+    json.dump(reads, f)
+"""
+
+
+@pytest.mark.slow
+def test_each_process_of_a_streaming_job_reads_only_its_own_rows(tmp_path):
+  """Two real processes stream records: every read of the training split is this process's 8
+  rows of one global batch of 16 (the runner's sample batch), or of each of a block of 8 steps
+  (64); what the two read of step 0 is that global batch, split in its halves."""
+  from conftest import tiny_mnist_config, write_mnist_dir  # pylint: disable=g-import-not-at-top
+  from jaxdl import prepare  # pylint: disable=g-import-not-at-top
+  from jaxdl.data import records  # pylint: disable=g-import-not-at-top
+  from jaxdl.data.iterator import TrainBatches  # pylint: disable=g-import-not-at-top
+  write_mnist_dir(str(tmp_path / "idx"), n_train=96, n_test=20)
+  config = tiny_mnist_config()
+  config.data.source, config.data.path = "files", str(tmp_path / "idx")
+  rec = str(tmp_path / "records")
+  prepare.prepare(config, rec)
+  script = tmp_path / "counting.py"
+  script.write_text(_COUNTING)
+  port = _free_port()
+  procs = []
+  for i in range(2):
+    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "2", "JAXDL_XLA_CACHE": "",
+           "JAXDL_TEST_READS": str(tmp_path / f"reads-{i}.json")}
+    procs.append(subprocess.Popen(
+        [sys.executable, str(script), *ARGS[:2], "--config.data.source=files",
+         f"--config.data.path={rec}", "--config.data.validation_size=0", *ARGS[4:],
+         "--config.num_train_steps=12",
+         f"--workdir={tmp_path / 'job'}", *_job(port, 2, i)],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+  outputs = _finish(procs)
+  assert all(p.returncode == 0 for p in procs), _report(procs, outputs)
+  reads = [json.loads((tmp_path / f"reads-{i}.json").read_text()) for i in range(2)]
+  for process in reads:
+    assert process and {len(r) for r in process} <= {8, 64}, [len(r) for r in process]
+  step0 = TrainBatches(records.RecordRows(records.Records(rec, "train", records.read_meta(rec))),
+                       16, 0).indices(0)[0]
+  assert reads[0][0] + reads[1][0] == step0.tolist()
