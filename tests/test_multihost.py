@@ -348,32 +348,6 @@ def test_a_prepared_lm_corpus_in_two_processes(tmp_path, capsys):
   assert_close_events(read_events(workdir), read_events(single), rtol=1e-5)
 
 
-@pytest.mark.slow
-def test_records_streamed_in_two_processes(tmp_path, capsys):
-  """Image records (data/records.py) streamed through Grain by a 2-process job: it logs what one
-  4-device process logs, and its checkpoint resumes in this one process, on one device (the
-  data position, with the records' hash, is the same). That each process reads only its own
-  rows is tests/test_records.py's (the read counts of process 0 and 1 of 2)."""
-  from conftest import tiny_mnist_config, write_mnist_dir  # pylint: disable=g-import-not-at-top
-  from jaxdl import prepare  # pylint: disable=g-import-not-at-top
-  write_mnist_dir(str(tmp_path / "idx"), n_train=96, n_test=20, learnable=True)
-  config = tiny_mnist_config()
-  config.data.source, config.data.path = "files", str(tmp_path / "idx")
-  prepare.prepare(config, str(tmp_path / "records"))
-  args = [*ARGS[:2], "--config.data.source=files", f"--config.data.path={tmp_path / 'records'}",
-          "--config.data.validation_size=0", *ARGS[4:], "--config.num_train_steps=12",
-          "--config.data.streaming=on"]
-  job, single = str(tmp_path / "job"), str(tmp_path / "single")
-  _beside_one_process(args, job, single)
-  assert_close_events(read_events(job), read_events(single), rtol=1e-6)
-  workdir = str(tmp_path / "resumed")
-  shutil.copytree(job, workdir)
-  shutil.rmtree(os.path.join(workdir, "checkpoints", "12"))
-  train.train_and_evaluate(set_keys(load_config("mnist"), flag_values(args)), workdir)
-  assert "resumed from the checkpoint at step 8" in capsys.readouterr().out
-  assert_close_events(read_events(workdir), read_events(single), rtol=1e-5)
-
-
 # A process of a job that counts what it reads: `python -m jaxdl.main` (runpy) with the records'
 # read wrapped to note the size and rows of every read of the training split, written as JSON to
 # $JAXDL_TEST_READS when the run ends.
@@ -396,37 +370,48 @@ finally:
 
 
 @pytest.mark.slow
-def test_each_process_of_a_streaming_job_reads_only_its_own_rows(tmp_path):
-  """Two real processes stream records: every read of the training split is this process's 8
-  rows of one global batch of 16 (the runner's sample batch), or of each of a block of 8 steps
-  (64); what the two read of step 0 is that global batch, split in its halves."""
+def test_records_streamed_in_two_processes(tmp_path, capsys):
+  """Image records (data/records.py) streamed through Grain by a 2-process job, beside one
+  4-device process: the job logs what the one process logs, and its checkpoint resumes in this
+  one process, on one device (the data position, with the records' hash, is the same). Each
+  process reads only its own rows: every read of the training split is its 8 rows of a global
+  batch of 16 (the runner's sample batch), or of each step of a block of 8 (64), never 16 or
+  128; what the two read of step 0 is that global batch, in its halves."""
   from conftest import tiny_mnist_config, write_mnist_dir  # pylint: disable=g-import-not-at-top
   from jaxdl import prepare  # pylint: disable=g-import-not-at-top
   from jaxdl.data import records  # pylint: disable=g-import-not-at-top
   from jaxdl.data.iterator import TrainBatches  # pylint: disable=g-import-not-at-top
-  write_mnist_dir(str(tmp_path / "idx"), n_train=96, n_test=20)
+  write_mnist_dir(str(tmp_path / "idx"), n_train=96, n_test=20, learnable=True)
   config = tiny_mnist_config()
   config.data.source, config.data.path = "files", str(tmp_path / "idx")
   rec = str(tmp_path / "records")
   prepare.prepare(config, rec)
+  args = [*ARGS[:2], "--config.data.source=files", f"--config.data.path={rec}",
+          "--config.data.validation_size=0", *ARGS[4:], "--config.num_train_steps=12",
+          "--config.data.streaming=on"]
+  job, single = str(tmp_path / "job"), str(tmp_path / "single")
   script = tmp_path / "counting.py"
   script.write_text(_COUNTING)
   port = _free_port()
-  procs = []
-  for i in range(2):
-    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "2", "JAXDL_XLA_CACHE": "",
-           "JAXDL_TEST_READS": str(tmp_path / f"reads-{i}.json")}
-    procs.append(subprocess.Popen(
-        [sys.executable, str(script), *ARGS[:2], "--config.data.source=files",
-         f"--config.data.path={rec}", "--config.data.validation_size=0", *ARGS[4:],
-         "--config.num_train_steps=12",
-         f"--workdir={tmp_path / 'job'}", *_job(port, 2, i)],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+  procs = [subprocess.Popen(
+      [sys.executable, str(script), *args, f"--workdir={job}", *_job(port, 2, i)], cwd=REPO,
+      env={**os.environ, "JAX_NUM_CPU_DEVICES": "2", "JAXDL_TEST_READS":
+           str(tmp_path / f"reads-{i}.json"), "JAXDL_XLA_CACHE": os.path.join(
+               SUBPROCESS_CACHE, f"process-{i}") if SUBPROCESS_CACHE else ""},
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  procs.append(_start(*args, f"--workdir={single}", devices=4))
   outputs = _finish(procs)
   assert all(p.returncode == 0 for p in procs), _report(procs, outputs)
+  assert_close_events(read_events(job), read_events(single), rtol=1e-6)
   reads = [json.loads((tmp_path / f"reads-{i}.json").read_text()) for i in range(2)]
   for process in reads:
     assert process and {len(r) for r in process} <= {8, 64}, [len(r) for r in process]
   step0 = TrainBatches(records.RecordRows(records.Records(rec, "train", records.read_meta(rec))),
                        16, 0).indices(0)[0]
   assert reads[0][0] + reads[1][0] == step0.tolist()
+  workdir = str(tmp_path / "resumed")
+  shutil.copytree(job, workdir)
+  shutil.rmtree(os.path.join(workdir, "checkpoints", "12"))
+  train.train_and_evaluate(set_keys(load_config("mnist"), flag_values(args)), workdir)
+  assert "resumed from the checkpoint at step 8" in capsys.readouterr().out
+  assert_close_events(read_events(workdir), read_events(single), rtol=1e-5)
