@@ -223,6 +223,11 @@ class Records:
   def __getstate__(self):
     return {**self.__dict__, "_readers": {}}
 
+  def close(self) -> None:
+    """Drops its open readers (reopened on the next read): each holds its shard's chunk index,
+    12 bytes a record, which a thread reading through a copy holds too."""
+    self._readers = {}
+
   def __copy__(self) -> "Records":
     """The same split with readers of its own: a thread reads through its own copy, as an
     ArrayRecordReader is not to be read from two threads at once."""
@@ -306,6 +311,10 @@ class RecordRows(Mapping):
 
   def _global(self, rows: np.ndarray) -> np.ndarray:
     return rows if self.index is None else self.index[rows]
+
+  def close(self) -> None:
+    """Drops what its source holds open (a Records' readers), if anything."""
+    getattr(self.records, "close", lambda: None)()
 
   def fresh(self) -> "RecordRows":
     """These rows through readers of their own (data/stream.py's reading thread)."""
