@@ -34,27 +34,32 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _start(*args, devices, cache=SUBPROCESS_CACHE):
-  """`python -m jaxdl.main ARGS` on `devices` CPU devices, with the test session's persistent
-  compilation cache (restarted processes skip XLA's compile time), never the user's."""
-  env = {**os.environ, "JAX_NUM_CPU_DEVICES": str(devices), "JAXDL_XLA_CACHE": cache}
-  return subprocess.Popen([sys.executable, "-m", "jaxdl.main", *args], cwd=REPO, env=env,
+def _start(*args, devices, cache=SUBPROCESS_CACHE, program=("-m", "jaxdl.main"), env=None):
+  """`python -m jaxdl.main ARGS` (or `python PROGRAM ARGS`) on `devices` CPU devices, with the
+  test session's persistent compilation cache (restarted processes skip XLA's compile time),
+  never the user's; `env` added to this process's."""
+  env = {**os.environ, "JAX_NUM_CPU_DEVICES": str(devices), "JAXDL_XLA_CACHE": cache,
+         **(env or {})}
+  return subprocess.Popen([sys.executable, *program, *args], cwd=REPO, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _start_job(args, processes=2, devices=2):
+def _start_job(args, processes=2, devices=2, **start):
   """The processes of one job, each with a compilation cache of its own: two processes writing
-  the same entries of one cache at once is a race this test suite does not need."""
+  the same entries of one cache at once is a race this test suite does not need. `start`:
+  _start's program and env."""
   port = _free_port()
   return [_start(*args, *_job(port, processes, i), devices=devices,
-                 cache=os.path.join(SUBPROCESS_CACHE, f"process-{i}") if SUBPROCESS_CACHE else "")
+                 cache=os.path.join(SUBPROCESS_CACHE, f"process-{i}") if SUBPROCESS_CACHE else "",
+                 **start)
           for i in range(processes)]
 
 
-def _beside_one_process(args, job, single):
+def _beside_one_process(args, job, single, **start):
   """Runs a 2-process job (2 devices each) into `job` and, at the same time, one process with
-  4 devices into `single`; each process's (stdout, stderr), once all have exited 0."""
-  procs = _start_job([*args, f"--workdir={job}"])
+  4 devices into `single`; each process's (stdout, stderr), once all have exited 0. `start`:
+  the job's program and env (_start's)."""
+  procs = _start_job([*args, f"--workdir={job}"], **start)
   procs.append(_start(*args, f"--workdir={single}", devices=4))
   outputs = _finish(procs)
   assert all(p.returncode == 0 for p in procs), _report(procs, outputs)
@@ -340,17 +345,22 @@ def test_a_prepared_lm_corpus_in_two_processes(tmp_path, capsys):
   job, single = str(tmp_path / "job"), str(tmp_path / "single")
   _beside_one_process(args, job, single)
   assert_close_events(read_events(job), read_events(single), rtol=1e-6)
-  workdir = str(tmp_path / "resumed")
+  _resume_in_one_process(job, single, "tiny_lm", args, 6, str(tmp_path / "resumed"), capsys)
+
+
+def _resume_in_one_process(job, single, config, args, step, workdir, capsys):
+  """The job's workdir copied to `workdir` without its last checkpoint (12), resumed in this
+  process on one device from checkpoint `step`: it ends logging what `single` logged."""
   shutil.copytree(job, workdir)
   shutil.rmtree(os.path.join(workdir, "checkpoints", "12"))
-  train.train_and_evaluate(set_keys(load_config("tiny_lm"), flag_values(args)), workdir)
-  assert "resumed from the checkpoint at step 6" in capsys.readouterr().out
+  train.train_and_evaluate(set_keys(load_config(config), flag_values(args)), workdir)
+  assert f"resumed from the checkpoint at step {step}" in capsys.readouterr().out
   assert_close_events(read_events(workdir), read_events(single), rtol=1e-5)
 
 
 # A process of a job that counts what it reads: `python -m jaxdl.main` (runpy) with the records'
 # read wrapped to note the size and rows of every read of the training split, written as JSON to
-# $JAXDL_TEST_READS when the run ends.
+# $JAXDL_TEST_READS-<process_id>.json when the run ends.
 _COUNTING = """
 import json, os, runpy, sys
 from jaxdl.data import records
@@ -361,10 +371,11 @@ def counting(self, indices):
   return read(self, indices)
 records.Records.read = counting
 sys.argv = ["jaxdl.main", *sys.argv[1:]]
+process = next(a.split("=", 1)[1] for a in sys.argv if a.startswith("--process_id="))
 try:
   runpy.run_module("jaxdl.main", run_name="__main__", alter_sys=True)
 finally:
-  with open(os.environ["JAXDL_TEST_READS"], "w") as f:
+  with open(f"{os.environ['JAXDL_TEST_READS']}-{process}.json", "w") as f:
     json.dump(reads, f)
 """
 
@@ -392,16 +403,8 @@ def test_records_streamed_in_two_processes(tmp_path, capsys):
   job, single = str(tmp_path / "job"), str(tmp_path / "single")
   script = tmp_path / "counting.py"
   script.write_text(_COUNTING)
-  port = _free_port()
-  procs = [subprocess.Popen(
-      [sys.executable, str(script), *args, f"--workdir={job}", *_job(port, 2, i)], cwd=REPO,
-      env={**os.environ, "JAX_NUM_CPU_DEVICES": "2", "JAXDL_TEST_READS":
-           str(tmp_path / f"reads-{i}.json"), "JAXDL_XLA_CACHE": os.path.join(
-               SUBPROCESS_CACHE, f"process-{i}") if SUBPROCESS_CACHE else ""},
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
-  procs.append(_start(*args, f"--workdir={single}", devices=4))
-  outputs = _finish(procs)
-  assert all(p.returncode == 0 for p in procs), _report(procs, outputs)
+  _beside_one_process(args, job, single, program=(str(script),),
+                      env={"JAXDL_TEST_READS": str(tmp_path / "reads")})
   assert_close_events(read_events(job), read_events(single), rtol=1e-6)
   reads = [json.loads((tmp_path / f"reads-{i}.json").read_text()) for i in range(2)]
   for process in reads:
@@ -409,9 +412,4 @@ def test_records_streamed_in_two_processes(tmp_path, capsys):
   step0 = TrainBatches(records.RecordRows(records.Records(rec, "train", records.read_meta(rec))),
                        16, 0).indices(0)[0]
   assert reads[0][0] + reads[1][0] == step0.tolist()
-  workdir = str(tmp_path / "resumed")
-  shutil.copytree(job, workdir)
-  shutil.rmtree(os.path.join(workdir, "checkpoints", "12"))
-  train.train_and_evaluate(set_keys(load_config("mnist"), flag_values(args)), workdir)
-  assert "resumed from the checkpoint at step 8" in capsys.readouterr().out
-  assert_close_events(read_events(workdir), read_events(single), rtol=1e-5)
+  _resume_in_one_process(job, single, "mnist", args, 8, str(tmp_path / "resumed"), capsys)

@@ -221,19 +221,14 @@ class Records:
     return int(self.starts[-1])
 
   def __getstate__(self):
+    """No open readers: in a pickle (a worker's copy) or a copy.copy (a reading thread's, as an
+    ArrayRecordReader is not to be read from two threads at once)."""
     return {**self.__dict__, "_readers": {}}
 
   def close(self) -> None:
     """Drops its open readers (reopened on the next read): each holds its shard's chunk index,
     12 bytes a record, which a thread reading through a copy holds too."""
     self._readers = {}
-
-  def __copy__(self) -> "Records":
-    """The same split with readers of its own: a thread reads through its own copy, as an
-    ArrayRecordReader is not to be read from two threads at once."""
-    other = object.__new__(Records)
-    other.__dict__.update({**self.__dict__, "_readers": {}})
-    return other
 
   def _reader(self, shard: int):
     if shard not in self._readers:
@@ -257,10 +252,9 @@ class Records:
     for shard in np.unique(shard_of):
       where = np.flatnonzero(shard_of == shard)
       local = (indices[where] - self.starts[shard]).tolist()
+      reader = self._reader(int(shard))
       try:
-        got = self._reader(int(shard)).read(local)
-      except UserError:
-        raise
+        got = reader.read(local)
       except Exception as e:  # pylint: disable=broad-except  (riegeli's status errors)
         raise UserError(f"{self.paths[shard]}: cannot read records ({first_line(e)}); prepare "
                         f"the data again") from None
@@ -318,8 +312,8 @@ class RecordRows(Mapping):
 
   def fresh(self) -> "RecordRows":
     """These rows through readers of their own (data/stream.py's reading thread)."""
-    other = copy.copy(self)
-    other.records, other._last = copy.copy(self.records), None
+    other = copy.copy(self)  # without _last (__getstate__)
+    other.records = copy.copy(self.records)
     return other
 
   def take(self, rows: np.ndarray) -> "RecordRows":

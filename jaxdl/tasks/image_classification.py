@@ -96,9 +96,14 @@ def _read_path(path: str, image_size: int):
   if imagefolder.is_image_folder(path):
     splits, classes = imagefolder.load_image_folder(path, image_size)
     return (splits, classes), f"image folders in {path}"
+  _check_idx_size(path, image_size)
+  return (idx.load_idx_dir(path), None), f"IDX files in {path}"
+
+
+def _check_idx_size(path: str, image_size: int) -> None:
+  """data.image_size resizes ImageFolder images; IDX files keep theirs (both loaders)."""
   require(not image_size, "data.image_size", image_size,
           f"resizes ImageFolder images only; {path} holds IDX files (set it to 0)")
-  return (idx.load_idx_dir(path), None), f"IDX files in {path}"
 
 
 def _read_tfds(name: str, data_dir: str | None, streaming: str):
@@ -212,8 +217,7 @@ def record_splits(config) -> tuple[dict, dict, str]:
       raise UserError(f"config.data.path={path!r} holds records already")
     if imagefolder.is_image_folder(path):
       return imagefolder.image_folder_chunks(path, data_cfg.image_size), f"image folders in {path}"
-    require(not data_cfg.image_size, "data.image_size", data_cfg.image_size,
-            f"resizes ImageFolder images only; {path} holds IDX files (set it to 0)")
+    _check_idx_size(path, data_cfg.image_size)
     return (idx.idx_dir_chunks(path), None), f"IDX files in {path}"
 
   (chunks, classes), source = sources.load(
