@@ -55,20 +55,6 @@ def bn_mlp(model_config, *, num_classes: int) -> nn.Module:
   return BatchNormMLP(num_classes=num_classes)
 
 
-class NnxBatchNormMLP(nnx.Module):
-  """BatchNormMLP in Flax NNX (nnx.BatchNorm's BatchStat through the bridge)."""
-
-  def __init__(self, model_config, *, num_classes: int, rngs: nnx.Rngs):
-    del model_config
-    self.hidden = nnx.Linear(28 * 28, 32, use_bias=False, rngs=rngs)  # see BatchNormMLP
-    self.norm = nnx.BatchNorm(32, momentum=0.9, rngs=rngs)
-    self.out = nnx.Linear(32, num_classes, rngs=rngs)
-
-  def __call__(self, x, *, train: bool):
-    x = x.reshape(x.shape[0], -1).astype(jnp.float32) / 255.0
-    return self.out(nnx.relu(self.norm(self.hidden(x), use_running_average=not train)))
-
-
 class NnxListMLP(nnx.Module):
   """An NNX MLP whose hidden layers are a list (NNX's state keys them 0 and 1, ints, which a
   checkpoint or a weights file names '0' and '1'), with BatchNorm: the export tests' NNX model."""

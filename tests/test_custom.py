@@ -22,7 +22,8 @@ import pytest
 from conftest import (REPO, SUBPROCESS_CACHE, assert_same_params, flag_values, interrupt_at,
                       load_config, load_config_file, read_events, run_main, set_keys,
                       write_mnist_dir)
-from jaxdl import predict, runs, tasks, train
+import jaxdl
+from jaxdl import models, predict, runs, tasks, train
 from jaxdl.data import idx
 from jaxdl.errors import UserError
 
@@ -445,6 +446,25 @@ def test_the_shipped_custom_examples_run(tmp_path, monkeypatch, config):
   assert np.isfinite(final["test_loss"])
   if config == "diabetes":
     assert final["best_step"] in (3, 6) and np.isfinite(final["test_r2"])
+  # jaxdl.load of a user's task and model: the checkpoint's variables, whose outputs give the
+  # run's own final test figures (diabetes: its RMSE from the table's test rows).
+  workdir = str(tmp_path / "w")
+  run = jaxdl.load(workdir)
+  assert run.step == 6
+  assert_same_params(run.variables, runs.read_variables(workdir)[1])
+  if config == "diabetes":
+    regression = _regression(monkeypatch)
+    test = regression.splits(c.data)[0]["test"]
+    pred = run.apply(test["features"])
+    m = regression.summarise(regression.sums_of(pred, test["target"], np.ones_like(pred)))
+    assert m["count"] == final["test_count"]
+    np.testing.assert_allclose(m["rmse"], final["test_rmse"], rtol=1e-5)
+  else:
+    x = np.random.default_rng(0).random((2, 28, 28, 1), np.float32)
+    np.testing.assert_allclose(run.apply(x), models.apply(run.model, run.variables, x,
+                                                          train=False)[0], rtol=1e-5, atol=1e-6)
+  with pytest.raises(UserError, match=r"has no predictor \(run.apply gives the model's"):
+    run.predict(["anything"])
 
 
 def _regression(monkeypatch):
@@ -547,6 +567,19 @@ def test_a_batchnorm_example_killed_mid_run_resumes_bitwise(tmp_path, monkeypatc
   means = [v for path, v in jax.tree_util.tree_leaves_with_path(want["batch_stats"])
            if "mean" in jax.tree_util.keystr(path)]
   assert means and all(np.any(m != 0) for m in means)  # updated by training (init: zeros)
-  digit = idx.read_idx(f"{tmp_path}/digits/t10k-images-idx3-ubyte.gz")[0]
-  Image.fromarray(digit).save(tmp_path / "digit.png")
-  _predicts_a_digit(predict.predictor(whole)([str(tmp_path / "digit.png")]), "digit.png")
+  # jaxdl.load gives the checkpoint's variables, and its predictions (the tool's, which is
+  # run.predict) are the model's own softmax on the picture's pixels.
+  digits = idx.read_idx(f"{tmp_path}/digits/t10k-images-idx3-ubyte.gz")[:3]
+  paths = [str(tmp_path / f"digit{i}.png") for i in range(len(digits))]
+  for path, digit in zip(paths, digits):
+    Image.fromarray(digit).save(path)
+  run = jaxdl.load(whole)
+  assert run.step == 12  # its variables are the checkpoint's (NNX's list indices as ints)
+  assert_same_params(jax.tree.leaves(run.variables), jax.tree.leaves(want))
+  predicted = predict.predictor(whole)(paths)
+  probs = jax.nn.softmax(models.apply(run.model, run.variables, digits[..., None], train=False)[0])
+  assert [label for label, _ in predicted] == [str(c) for c in probs.argmax(-1)]
+  np.testing.assert_allclose([p for _, p in predicted], probs.max(-1), rtol=1e-5)
+  if name == "cnn_nnx_mnist":  # the user's NNX class itself, with the run's weights
+    np.testing.assert_allclose(run.nnx_model()(digits[..., None], train=False),
+                               run.apply(digits[..., None]), rtol=1e-5, atol=1e-5)

@@ -126,14 +126,20 @@ def test_init_from_errors_are_one_line_and_write_nothing(source, tmp_path, keys,
 
 
 def test_init_from_best_loads_the_best_checkpoint(source, tmp_path):
-  """WORKDIR:best is the keep_best checkpoint (not the newest here)."""
+  """WORKDIR:best is the keep_best checkpoint (not the newest here); WORKDIR:STEP a step's."""
   _, workdir = source
   best = runs.best_step(workdir, _config(**{"checkpoint.keep_best": "test_loss"}))
   assert best != 24
   new = str(tmp_path / "new")
   train.train_and_evaluate(_config(init_from=f"{workdir}:best", num_train_steps=1), new)
   with open(os.path.join(new, "run.json")) as f:
-    assert json.load(f)["segments"][0]["init_from"]["step"] == best
+    record = json.load(f)["segments"][0]["init_from"]
+  assert record["step"] == best
+  # WORKDIR:STEP names a step: that step's checkpoint, the same weights as :best here.
+  at_step = str(tmp_path / "at_step")
+  train.train_and_evaluate(_config(init_from=f"{workdir}:{best}", num_train_steps=1), at_step)
+  with open(os.path.join(at_step, "run.json")) as f:
+    assert json.load(f)["segments"][0]["init_from"]["sha256"] == record["sha256"]
 
 
 def test_init_from_an_exported_file_loads_what_the_workdir_would(source, tmp_path):
@@ -152,3 +158,11 @@ def test_init_from_an_exported_file_loads_what_the_workdir_would(source, tmp_pat
     assert record["step"] == 24 and record["loaded"] == 7
     hashes.append(record["sha256"])
   assert hashes[0] == hashes[1]
+  # Exported as bfloat16, the same weights are another dtype: each is named, nothing written.
+  export.export(workdir, str(tmp_path / "bf16.safetensors"), dtype="bfloat16")
+  with pytest.raises(UserError, match=r"7 weights do not fit this model: batch_stats.BatchNorm_0"
+                                      r".mean: \(32,\) bfloat16 in the source, \(32,\) float32 "
+                                      r"here; ") as raised:
+    train.train_and_evaluate(_config(init_from=str(tmp_path / "bf16.safetensors")),
+                             str(tmp_path / "bf16"))
+  assert "\n" not in str(raised.value) and not os.path.exists(tmp_path / "bf16")
