@@ -9,7 +9,7 @@ Reads what the config's data block reads and writes it to DIR in a form that tra
     Grain when trained on (jaxdl/data/records.py, jaxdl/data/stream.py). Image classification
     (IDX files, image folders, a TFDS copy, a download, the offline sample) reads its source a
     chunk at a time; text classification (tables, a TFDS copy) encodes its texts as a run does,
-    holding them in memory while it does, and writes the rows a chunk at a time.
+    reading them a chunk at a time as it encodes them (data/tables.TextRows).
 The writers write into DIR.tmp-<pid>, renamed to DIR at the end: a killed prepare leaves no
 DIR. A task without record_splits is one line.
 """

@@ -50,11 +50,15 @@ def test_idx_files_round_trip_through_records(mnist):
   assert meta["features"] == {"image": {"dtype": "uint8", "shape": [28, 28, 1]},
                               "label": {"dtype": "int32", "shape": []}}
   assert [s["count"] for s in meta["splits"]["train"]["shards"]] == [40, 40, 20]
+  assert meta["examples_per_record"] == 5  # 4096 // 788 bytes: test's 23 end in a record of 3
   assert meta["info"] == {"classes": None, "labels": 10}
   for split, (images, labels) in arrays.items():
     rows = records.RecordRows(records.Records(rec, split, meta)).load()
     np.testing.assert_array_equal(rows["image"][..., 0], images)
     np.testing.assert_array_equal(rows["label"], labels)
+    picked = np.random.default_rng(0).permutation(len(labels))[:17]  # any order, any record
+    got = records.Records(rec, split, meta).read(np.concatenate([picked, picked[:2]]))
+    np.testing.assert_array_equal(got["image"][..., 0], images[np.r_[picked, picked[:2]]])
   assert not any(name.startswith("rec.tmp") for name in os.listdir(os.path.dirname(rec)))
 
 
@@ -327,6 +331,34 @@ def test_a_streamed_text_run_logs_what_the_tables_run_logs(text, tmp_path, capsy
   assert describe in out and f"data: records in {rec}" in out
   with open(tmp_path / "tables" / "vocab.json") as f, open(tmp_path / "on" / "vocab.json") as g:
     assert f.read() == g.read()
+
+
+def test_a_tfds_text_copy_streams_encoded_as_read_and_prepares_as_streamed(text, tmp_path,
+                                                                            monkeypatch):
+  """A TFDS text copy (tfds.data_source) trains streamed, its rows read and encoded when a batch
+  asks for them (tfds.TextTokens), with the metrics of the copy encoded whole; jaxdl.prepare
+  reads it a chunk at a time, and a run on those records logs the same again."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets.text.glue  # pylint: disable=g-import-not-at-top,unused-import
+  from jaxdl.data import sources, vocab  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(sources, "tfds_prepared", lambda name, data_dir: True)  # the mock's copy
+  _, c, _ = text
+  c = c.copy_and_resolve_references()
+  c.data.path, c.data.source, c.data.name, c.num_train_steps = "", "tfds", "glue/sst2", 12
+  with tfds.testing.mock_data(num_examples=64):
+    for mode in ("on", "off"):
+      c.data.streaming = mode
+      train.train_and_evaluate(c, str(tmp_path / mode))
+    prepare.prepare(c, str(tmp_path / "rec"))
+    words = vocab.WordVocab.from_json((tmp_path / "on" / "vocab.json").read_text(), "")
+    split = tfds_module.TextTokens("glue/sst2", "train", None, words, c.data.max_len)
+    rows = records.RecordRows(split)
+    assert rows["tokens"].shape == (64, c.data.max_len) and split.reads == 0
+    assert rows["tokens"][np.array([5])].shape == (1, c.data.max_len) and split.reads == 1
+  assert read_events(str(tmp_path / "on")) == read_events(str(tmp_path / "off"))
+  c.data.source, c.data.path, c.data.streaming = "auto", str(tmp_path / "rec"), "auto"
+  train.train_and_evaluate(c, str(tmp_path / "records"))
+  assert read_events(str(tmp_path / "records")) == read_events(str(tmp_path / "off"))
 
 
 def test_text_records_refuse_a_config_they_were_not_prepared_with(text, tmp_path):

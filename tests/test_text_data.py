@@ -19,24 +19,24 @@ def _write(path, content, mode="w"):
 def test_tsv_reads_glue_format_including_sst2_carriage_returns(tmp_path):
   # SST-2's real train.tsv has a bare '\r' before every tab; it must not split the row.
   path = _write(tmp_path / "train.tsv", "sentence\tlabel\na fine film \r\t1\nbad\r\t0\n\n")
-  split = tables.read_tsv(path)
+  split = tables.read_file(path)
   assert split.texts == ["a fine film", "bad"] and split.labels.tolist() == [1, 0]
 
 
 def test_csv_and_jsonl_read_text_or_sentence(tmp_path):
   csv_path = _write(tmp_path / "a.csv", 'label,text\n2,"hello, world"\n0,"a ""quoted"" one"\n')
-  split = tables.read_csv(csv_path)
+  split = tables.read_file(csv_path)
   assert split.texts == ["hello, world", 'a "quoted" one'] and split.labels.tolist() == [2, 0]
   jsonl_path = _write(tmp_path / "a.jsonl",
                       '{"sentence": "x y", "label": 1}\n\n{"sentence": "z", "label": "0"}\n')
-  split = tables.read_jsonl(jsonl_path)
+  split = tables.read_file(jsonl_path)
   assert split.texts == ["x y", "z"] and split.labels.tolist() == [1, 0]
 
 
 def test_a_split_without_labels_is_unlabelled(tmp_path):
-  split = tables.read_tsv(_write(tmp_path / "test.tsv", "index\tsentence\n0\tok\n1\tfine\n"))
+  split = tables.read_file(_write(tmp_path / "test.tsv", "index\tsentence\n0\tok\n1\tfine\n"))
   assert split.texts == ["ok", "fine"] and split.labels is None
-  assert tables.read_jsonl(_write(tmp_path / "t.jsonl", '{"text": "a"}\n')).labels is None
+  assert tables.read_file(_write(tmp_path / "t.jsonl", '{"text": "a"}\n')).labels is None
 
 
 @pytest.mark.parametrize("name,content,message", [

@@ -3,6 +3,7 @@
 `python -m jaxdl.prepare` writes DIR/<split>-NNNNN.array_record and DIR/jaxdl-records.json:
 
   {"format": "jaxdl-records-v1", "task": "image_classification", "source": "IDX files in ...",
+   "examples_per_record": 5,
    "features": {"image": {"dtype": "uint8", "shape": [28, 28, 1]},
                 "label": {"dtype": "int32", "shape": []}},
    "splits": {"train": {"count": 60000, "shards": [{"file": "train-00000.array_record",
@@ -10,11 +11,17 @@
               ...},
    "info": {...}}   # the task's own: class names, vocabulary
 
-A record is one example: its features' bytes in the JSON's order (C order, little-endian), so a
-batch of records decodes with one np.frombuffer. Shards hold up to SHARD_BYTES of records,
-written with group_size:1 (one record per chunk: random access reads only its own, and Grain
-logs an error for any other). The writer streams: it takes a split in chunks of rows and never
-holds more than one chunk and one record's bytes, so a source larger than memory converts.
+An example is its features' bytes in the JSON's order (C order, little-endian), so a batch
+decodes with one np.frombuffer. A record holds `examples_per_record` examples one after the
+other (the shard's last record may hold fewer): as many as fill PACKED_BYTES, at least one.
+Shards hold up to SHARD_BYTES of examples, written with group_size:1 (one record per chunk:
+random access reads only its own, and Grain logs an error for any other). Why pack: an
+ArrayRecord reader holds an index entry of 12-15 bytes per chunk of every shard it opens, which
+for MNIST's 788-byte digits, one a record, was the largest part of a streamed run's memory that
+grew with the data (45 MB for 3.8M digits); 5 a record cut it fivefold, for 3.6 ms instead of
+2.9 ms per 512 random digits read (experiments/data/README.md). The writer streams: it takes a
+split in chunks of rows and never holds more than one chunk and one record's bytes, so a source
+larger than memory converts. A JSON without `examples_per_record` has one a record.
 
 The reader (Records) checks every shard's size and sha256 against the JSON when it opens the
 split, opens the shards lazily in each process (a pickled Records, as a data-loading worker gets
@@ -29,7 +36,7 @@ import copy
 import hashlib
 import itertools
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -41,6 +48,7 @@ from jaxdl.errors import UserError, first_line
 RECORDS_FILE = "jaxdl-records.json"
 FORMAT = "jaxdl-records-v1"
 SHARD_BYTES = 1 << 28  # 256 MB of records per shard: ~12 shards for 3 GB, opened lazily
+PACKED_BYTES = 4096    # the examples a record holds fill up to this many bytes (at least one)
 WRITE_OPTIONS = "group_size:1"  # ArrayRecord's default compression (brotli), one record a chunk
 
 
@@ -64,16 +72,28 @@ def _layout(features: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, np.dty
   return out
 
 
+def examples_per_record(features: dict) -> int:
+  """How many examples of these features a record holds (PACKED_BYTES' worth, at least one)."""
+  return max(1, PACKED_BYTES // max(sum(n for *_, n in _layout(features)), 1))
+
+
 def write_split(directory: str, split: str, features: dict, chunks: Iterable[Mapping]) -> dict:
-  """Writes a split's rows (chunks of {feature: [n, ...] array}) as shards in `directory`;
-  returns its JSON entry ({count, shards}). Every chunk must have `features`' dtypes and shapes."""
+  """Writes a split's rows (chunks of {feature: [n, ...] array}) as shards in `directory`,
+  examples_per_record(features) to a record; returns its JSON entry ({count, shards}). Every
+  chunk must have `features`' dtypes and shapes."""
   from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
   layout = _layout(features)
-  record_bytes = sum(n for *_, n in layout)
-  per_shard = max(1, SHARD_BYTES // max(record_bytes, 1))
-  shards, writer, in_shard = [], None, 0
+  example_bytes, k = sum(n for *_, n in layout), examples_per_record(features)
+  per_shard = max(1, SHARD_BYTES // max(example_bytes, 1) // k) * k  # whole records
+  shards, writer, in_shard, pending = [], None, 0, []
+
+  def flush():  # the examples waiting for their record, as one
+    if pending:
+      writer.write(b"".join(pending))
+      pending.clear()
 
   def close():
+    flush()
     writer.close()
     path = os.path.join(directory, shards[-1]["file"])
     shards[-1].update(bytes=os.path.getsize(path), sha256=prepared.sha256(path))
@@ -96,7 +116,9 @@ def write_split(directory: str, split: str, features: dict, chunks: Iterable[Map
         writer = array_record_module.ArrayRecordWriter(
             os.path.join(directory, shards[-1]["file"]), WRITE_OPTIONS)
         in_shard = 0
-      writer.write(row.tobytes())
+      pending.append(row.tobytes())
+      if len(pending) == k:
+        flush()
       in_shard += 1
       shards[-1]["count"] += 1
   if writer is None:
@@ -106,9 +128,10 @@ def write_split(directory: str, split: str, features: dict, chunks: Iterable[Map
 
 
 def write(out: str, task: str, source: str, splits: Mapping[str, Iterable[Mapping]],
-          info: dict) -> dict:
+          info: dict | Callable[[], dict]) -> dict:
   """Writes every split (an iterable of row chunks each) to the new directory `out`, and the
-  JSON last; returns the JSON. The features are the first chunk's."""
+  JSON last; returns the JSON. The features are the first chunk's. `info` may be a function,
+  called once every split is written (a text task's counts come from encoding them)."""
   with prepared.new_directory(out) as partial:
     features, entries = None, {}
     for split, chunks in splits.items():
@@ -118,8 +141,9 @@ def write(out: str, task: str, source: str, splits: Mapping[str, Iterable[Mappin
         raise UserError(f"prepare: the {split} split has no examples")
       features = features or features_of(first)
       entries[split] = write_split(partial, split, features, itertools.chain([first], chunks))
-    meta = {"format": FORMAT, "task": task, "source": source, "features": features,
-            "splits": entries, "info": info}
+    meta = {"format": FORMAT, "task": task, "source": source,
+            "examples_per_record": examples_per_record(features), "features": features,
+            "splits": entries, "info": info() if callable(info) else info}
     prepared.write_json(partial, RECORDS_FILE, meta)
   return meta
 
@@ -198,7 +222,8 @@ class Records:
     self.directory, self.split = directory, split
     self.info = meta.get("info", {})  # the task's: class names, label count
     self.layout = _layout(meta["features"])
-    self.record_bytes = sum(n for *_, n in self.layout)
+    self.example_bytes = sum(n for *_, n in self.layout)
+    self.per_record = int(meta.get("examples_per_record", 1))
     shards = meta["splits"][split]["shards"]
     self.paths = [os.path.join(directory, s["file"]) for s in shards]
     for i, (path, shard) in enumerate(zip(self.paths, shards)):
@@ -214,7 +239,7 @@ class Records:
 
   @property
   def reads(self) -> int:
-    """Records read by this process (by it and its copies)."""
+    """Examples read by this process (by it and its copies)."""
     return self._reads[0]
 
   def __len__(self) -> int:
@@ -247,25 +272,29 @@ class Records:
     if len(indices) and (indices.min() < 0 or indices.max() >= len(self)):
       raise IndexError(f"{self.directory} {self.split}: rows {indices.min()}..{indices.max()} "
                        f"outside 0..{len(self) - 1}")
+    k, size = self.per_record, self.example_bytes
     shard_of = np.searchsorted(self.starts, indices, side="right") - 1
     blobs: list[bytes] = [b""] * len(indices)
     for shard in np.unique(shard_of):
       where = np.flatnonzero(shard_of == shard)
-      local = (indices[where] - self.starts[shard]).tolist()
+      local = indices[where] - self.starts[shard]
+      wanted, slot = np.unique(local // k, return_inverse=True)  # each record read once
+      count = int(self.starts[shard + 1] - self.starts[shard])
       reader = self._reader(int(shard))
       try:
-        got = reader.read(local)
+        got = reader.read(wanted.tolist())
       except Exception as e:  # pylint: disable=broad-except  (riegeli's status errors)
         raise UserError(f"{self.paths[shard]}: cannot read records ({first_line(e)}); prepare "
                         f"the data again") from None
-      for i, blob in zip(where, got):
-        if len(blob) != self.record_bytes:
-          raise UserError(f"{self.paths[shard]}: record {indices[i] - self.starts[shard]} has "
-                          f"{len(blob)} bytes, {self.record_bytes} expected (truncated or "
-                          f"damaged); prepare the data again")
-        blobs[i] = blob
+      for record, blob in zip(wanted.tolist(), got):
+        expected = min(k, count - record * k) * size
+        if len(blob) != expected:
+          raise UserError(f"{self.paths[shard]}: record {record} has {len(blob)} bytes, "
+                          f"{expected} expected (truncated or damaged); prepare the data again")
+      for i, j, row in zip(where, slot.reshape(-1).tolist(), (local % k).tolist()):
+        blobs[i] = got[j][row * size:(row + 1) * size]
     self._reads[0] += len(indices)
-    raw = np.frombuffer(b"".join(blobs), np.uint8).reshape(len(indices), self.record_bytes)
+    raw = np.frombuffer(b"".join(blobs), np.uint8).reshape(len(indices), size)
     out, offset = {}, 0
     for key, dtype, shape, nbytes in self.layout:
       column = raw[:, offset:offset + nbytes].copy().view(dtype).reshape(len(indices), *shape)

@@ -93,14 +93,19 @@ def check(data_cfg: Any, fallbacks: tuple[str, ...], path_kind: str = "any") -> 
               data_cfg[key], "is not a directory")
 
 
+def read_error(e: OSError) -> str:
+  """Why a file could not be read (gcsfs's FileNotFoundError has no strerror, only the object's
+  name)."""
+  return e.strerror or ("does not exist" if isinstance(e, FileNotFoundError) else str(e))
+
+
 def read_utf8(path: str, encoding: str = "utf-8") -> str:
   """A file's text (local or gs://); unreadable or non-UTF-8 bytes are a one-line error naming
   the file. `encoding='utf-8-sig'` drops a byte-order mark."""
   try:
     raw = files.read_bytes(path)
-  except OSError as e:  # gcsfs's FileNotFoundError has no strerror, only the object's name
-    reason = e.strerror or ("does not exist" if isinstance(e, FileNotFoundError) else e)
-    raise UserError(f"{path}: cannot read ({reason})") from None
+  except OSError as e:
+    raise UserError(f"{path}: cannot read ({read_error(e)})") from None
   try:
     return raw.decode(encoding)
   except UnicodeDecodeError as e:

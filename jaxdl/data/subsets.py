@@ -41,15 +41,29 @@ def carve(n: int, amount: float, key: str, salt: int = 0) -> tuple[np.ndarray, n
   """(carved, rest): sorted row indices, `count(amount)` of them carved at random by the fixed
   seed (`salt` tells two carvings of one split apart), the rest in their file order."""
   rows = count(amount, n, key)
-  order = np.random.default_rng([CARVE_SEED, salt]).permutation(n)
+  order = permutation(n, [CARVE_SEED, salt])
   return np.sort(order[:rows]), np.sort(order[rows:])
+
+
+def permutation(n: int, seed) -> np.ndarray:
+  """np.random.default_rng(seed).permutation(n)'s order (it shuffles an arange), as int32
+  below 2**31 rows: half the memory, and no int64 transient, for the millions of rows of a
+  streamed split (3.8M: 15 MB, not 30)."""
+  order = arange(n)
+  np.random.default_rng(seed).shuffle(order)
+  return order
+
+
+def arange(n: int) -> np.ndarray:
+  """Row indices 0..n-1, int32 below 2**31 rows."""
+  return np.arange(n, dtype=np.int32 if n < 2**31 else np.int64)
 
 
 def carve_train(n: int, validation_size: float, train_size: float
                 ) -> tuple[np.ndarray, np.ndarray | None]:
   """(training rows, validation rows or None) of an n-row training split: validation_size rows
   are carved first, then train_size of the rest are kept (0 = all of them)."""
-  train, val = np.arange(n), None
+  train, val = arange(n), None
   if validation_size:
     val, train = carve(n, validation_size, "validation_size", salt=0)
   if train_size:

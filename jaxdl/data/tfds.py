@@ -4,11 +4,13 @@ and the text of a corpus."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
+from typing import Iterator
 
 import numpy as np
 
-from jaxdl.data.tables import TEXT_COLUMNS, TextSplit
+from jaxdl.data.tables import CHUNK, TEXT_COLUMNS, TextRows
 from jaxdl.errors import UserError, first_line
 
 # The split names a text classifier uses → TFDS's split names.
@@ -53,9 +55,9 @@ def image_chunks(name: str, data_dir: str | None, chunk: int | None = 4096) -> d
   return {split: rows(split, source) for split, source in sources.items()}
 
 
-def read_text_splits(name: str, data_dir: str | None
-                     ) -> tuple[dict[str, TextSplit], list[str]]:
-  """The train/validation/test splits a labelled-text dataset has; also its label names."""
+def text_rows(name: str, data_dir: str | None) -> tuple[dict[str, TextRows], list[str]]:
+  """The train/validation/test splits a labelled-text dataset has, as TextRows (their labels
+  read in one pass, their texts again when asked for, a chunk at a time); its label names."""
   splits, label_names = {}, []
   for split, tfds_split in TEXT_SPLITS.items():
     try:
@@ -70,11 +72,27 @@ def read_text_splits(name: str, data_dir: str | None
       raise UserError(f"TFDS dataset {name!r} has no 'sentence'/'text' and 'label' features "
                       f"(it has {', '.join(features)})")
     label_names = list(getattr(features["label"], "names", None) or [])
-    examples = [source[i] for i in range(len(source))]
-    texts = [_decode(ex[text_col]) for ex in examples]
-    labels = np.asarray([int(ex["label"]) for ex in examples], np.int32)
-    splits[split] = TextSplit(texts, labels)
+    read = functools.partial(_text_chunks, name, tfds_split, source, text_col)
+    labels = [np.asarray([int(ex["label"]) for ex in examples], np.int32)
+              for examples in _examples(name, tfds_split, source)]
+    splits[split] = TextRows(len(source), np.concatenate(labels) if labels else
+                             np.zeros(0, np.int32), read,
+                             tokens=functools.partial(TextTokens, name, tfds_split, data_dir))
   return splits, label_names
+
+
+def _examples(name: str, split: str, source) -> Iterator[list]:
+  """A TFDS split's examples, CHUNK at a time, in order."""
+  for start in range(0, len(source), CHUNK):
+    try:
+      yield [source[i] for i in range(start, min(start + CHUNK, len(source)))]
+    except Exception as e:  # pylint: disable=broad-except  (TFDS raises many types)
+      raise UserError(f"TFDS dataset {name!r} split {split!r}: {first_line(e)}") from None
+
+
+def _text_chunks(name: str, split: str, source, text_col: str) -> Iterator[list[str]]:
+  for examples in _examples(name, split, source):
+    yield [_decode(ex[text_col]) for ex in examples]
 
 
 def read_corpus(name: str, data_dir: str | None) -> str:
@@ -90,29 +108,27 @@ def read_corpus(name: str, data_dir: str | None) -> str:
   return "".join(parts)
 
 
-class ImageSplit:
-  """One split of a prepared TFDS image dataset, read by row index without loading it: what
-  data/records.RecordRows reads (len(), `layout`, read(indices), `sha256`, `info`), so a
-  TFDS copy streams as a record directory does (data/stream.py). Each example is decoded by
-  TFDS when read."""
+class _Rows:
+  """One split of a prepared TFDS copy, read by row index without loading it: what
+  data/records.RecordRows reads (len(), `layout`, read(indices), `sha256`, `info`), so a TFDS
+  copy streams as a record directory does (data/stream.py). Each example is decoded by TFDS
+  when read; a subclass makes the rows' arrays of the examples (`_arrays`)."""
 
   def __init__(self, name: str, split: str, data_dir: str | None):
     self.name, self.split = name, split
     try:
       self._source = _source(name, split, data_dir)
-      first = self._source[0]
-      info = self._source.dataset_info
+      self._first = self._source[0]
+      self._info = self._source.dataset_info
     except Exception as e:  # pylint: disable=broad-except  (TFDS raises many types)
       raise UserError(f"TFDS dataset {name!r} split {split!r}: {first_line(e)}") from None
-    image = np.asarray(first["image"], np.uint8)
-    shape = image.shape + (1,) * (image.ndim == 2)
-    self.layout = [("image", np.dtype(np.uint8), shape, int(np.prod(shape))),
-                   ("label", np.dtype(np.int32), (), 4)]
-    # What a resume checks: the same dataset, version and split size.
-    self.sha256 = hashlib.sha256(f"{name} {info.version} {split} {len(self._source)}".encode()
-                                 ).hexdigest()
-    self.info = {"labels": int(getattr(info.features["label"], "num_classes", 0) or 0)}
+    self.info = {}
     self._reads = [0]
+
+  def _identity(self, *more: str) -> str:
+    """What a resume checks: the same dataset, version and split size (and `more`)."""
+    text = " ".join([self.name, str(self._info.version), self.split, str(len(self)), *more])
+    return hashlib.sha256(text.encode()).hexdigest()
 
   @property
   def reads(self) -> int:
@@ -128,8 +144,46 @@ class ImageSplit:
       raise UserError(f"TFDS dataset {self.name!r} split {self.split!r}: cannot read "
                       f"({first_line(e)})") from None
     self._reads[0] += len(examples)
+    return self._arrays(examples)
+
+  def _arrays(self, examples: list) -> dict[str, np.ndarray]:
+    raise NotImplementedError
+
+
+class ImageSplit(_Rows):
+  """An image dataset's split: uint8 [H, W, C] images and int32 labels."""
+
+  def __init__(self, name: str, split: str, data_dir: str | None):
+    super().__init__(name, split, data_dir)
+    image = np.asarray(self._first["image"], np.uint8)
+    shape = image.shape + (1,) * (image.ndim == 2)
+    self.layout = [("image", np.dtype(np.uint8), shape, int(np.prod(shape))),
+                   ("label", np.dtype(np.int32), (), 4)]
+    self.sha256 = self._identity()
+    self.info = {"labels": int(getattr(self._info.features["label"], "num_classes", 0) or 0)}
+
+  def _arrays(self, examples: list) -> dict[str, np.ndarray]:
     shape = self.layout[0][2]
     images = np.empty((len(examples), *shape), np.uint8)
     for row, ex in enumerate(examples):
       images[row] = np.asarray(ex["image"], np.uint8).reshape(shape)
     return {"image": images, "label": np.asarray([ex["label"] for ex in examples], np.int32)}
+
+
+class TextTokens(_Rows):
+  """A labelled-text dataset's split, its texts encoded as they are read: int32 word ids
+  [max_len] by `vocab` (data/vocab.WordVocab) and int32 labels, as a text classifier's arrays
+  in memory hold them (the same ids: WordVocab.encode)."""
+
+  def __init__(self, name: str, split: str, data_dir: str | None, vocab, max_len: int):
+    super().__init__(name, split, data_dir)
+    self.text_col = next(c for c in TEXT_COLUMNS if c in self._info.features)
+    self.vocab, self.max_len = vocab, max_len
+    self.layout = [("tokens", np.dtype(np.int32), (max_len,), 4 * max_len),
+                   ("label", np.dtype(np.int32), (), 4)]
+    self.sha256 = self._identity(str(max_len), vocab.to_json())  # the ids depend on them too
+
+  def _arrays(self, examples: list) -> dict[str, np.ndarray]:
+    tokens, _ = self.vocab.encode([_decode(ex[self.text_col]) for ex in examples], self.max_len)
+    return {"tokens": tokens, "label": np.asarray([int(ex["label"]) for ex in examples],
+                                                  np.int32)}

@@ -25,6 +25,7 @@ import dataclasses
 import functools
 import json
 import os
+from typing import Callable
 
 import jax
 import numpy as np
@@ -109,13 +110,14 @@ def load(config, workdir: str | None) -> Dataset:
   the texts, or from records that jaxdl.prepare encoded (streamed, data.streaming)."""
   data_cfg = config.data
   path = os.path.expanduser(data_cfg.path) if data_cfg.source in ("auto", "files") else ""
+  lengths = None  # the training rows' (the batches' length groups): read at start when on disk
   if path and records.is_records(path):
     arrays, vocab, describe, source = _from_records(config, workdir, path)
   else:
     if path:
       stream.check_in_memory(data_cfg, path)
-    arrays, vocab, describe, source = _encode(config, workdir)
-    stream.check_streamed(arrays, data_cfg, source)  # (a TFDS copy's texts are encoded whole)
+    arrays, vocab, describe, source, lengths = _encode(config, workdir)
+    stream.check_streamed(arrays, data_cfg, source)
   eval_split = next((s for s in ("val", "dev", "test") if s in arrays), None)
   if eval_split is None:
     raise UserError(f"{source} has no labelled dev or test split to evaluate on (set "
@@ -123,8 +125,7 @@ def load(config, workdir: str | None) -> Dataset:
   final_splits = tuple(s for s in ("val", "dev", "test") if s in arrays)
 
   arrays, identity = stream.in_memory(arrays, data_cfg)  # records: on disk, or loaded ('off')
-  lengths = None
-  if isinstance(arrays["train"], records.RecordRows):  # read once: the batches' length groups
+  if isinstance(arrays["train"], records.RecordRows) and lengths is None:
     lengths = np.concatenate([(block["tokens"] != 0).sum(1)
                               for _, block in arrays["train"].blocks()])
   train = stream.streamed(LengthGroupedBatches(
@@ -140,12 +141,45 @@ def load(config, workdir: str | None) -> Dataset:
 
 
 def _encode(config, workdir: str | None):
-  """(arrays {split: {'tokens', 'label'}}, vocabulary, the start-up line's data text, source)
-  of the texts the config reads, labelled splits only, 'val' carved when asked."""
+  """(arrays {split: {'tokens', 'label'}}, vocabulary, the start-up line's data text, source,
+  the training rows' lengths or None) of the texts the config reads, labelled splits only,
+  'val' carved when asked. The texts are read as they are encoded, a chunk at a time
+  (data/tables.TextRows), and the arrays held; a TFDS copy streams unless data.streaming='off':
+  its splits are rows encoded when a batch reads them (tfds.TextTokens, as RecordRows), and
+  this pass keeps only the counts and the training rows' lengths."""
+  splits, vocab, encoded, describe, source = _encoder(config, workdir)
+  max_len = config.data.max_len
+  if stream.settings(config.data)[0] != "off" and all(s.tokens for s in splits.values()):
+    arrays, lengths = {}, None
+    for split, rows in splits.items():
+      lengths_of = [(chunk["tokens"] != 0).sum(1) for chunk in encoded(split)]
+      if split == "train":
+        lengths = np.concatenate(lengths_of)
+      on_disk = records.RecordRows(rows.tokens(vocab, max_len))
+      arrays[split] = on_disk if rows.rows is None else on_disk.take(rows.rows)
+    return arrays, vocab, describe(), source, lengths
+  arrays = {}
+  for split, rows in splits.items():
+    tokens = np.zeros((len(rows), max_len), np.int32)
+    start = 0
+    for chunk in encoded(split):
+      tokens[start:start + len(chunk["label"])] = chunk["tokens"]
+      start += len(chunk["label"])
+    arrays[split] = {"tokens": tokens, "label": rows.labels}
+  return arrays, vocab, describe(), source, None
+
+
+def _encoder(config, workdir: str | None):
+  """What _encode and record_splits share: (the labelled splits as TextRows, the vocabulary,
+  encoded(split) → the split's {'tokens', 'label'} chunks as it encodes them, describe() → the
+  start-up line's data text once every split is encoded (its truncation and unseen-token
+  counts), source). Three reads of the training texts: their labels and count, the
+  vocabulary's words (of the carved training rows), and the encoding."""
   data_cfg = config.data
   (splits, label_names), source = sources.load(
-      data_cfg, read_path=lambda path: ((tables.load_dir(path), []), f"text files in {path}"),
-      read_tfds=tfds.read_text_splits, ways=_ways(data_cfg.name))
+      data_cfg, read_path=lambda path: ((tables.load_dir(path, tables.stream_file), []),
+                                        f"text files in {path}"),
+      read_tfds=tfds.text_rows, ways=_ways(data_cfg.name))
   # Unlabelled splits (all labels missing or -1, like GLUE's test set) are not evaluated.
   labelled = {k: v for k, v in splits.items()
               if v.labels is not None and len(v.labels) and not (v.labels == -1).all()}
@@ -153,16 +187,21 @@ def _encode(config, workdir: str | None):
     raise UserError(f"the train split of {source} has no labels")
   # data.validation_size carves a 'val' split out of train (for data without a dev split), and
   # data.train_size keeps a subset of the rest; both by a fixed seed (data/subsets.py).
-  labelled, carved = subsets.with_validation(
-      labelled, data_cfg, size=lambda s: len(s.texts),
-      take=lambda s, rows: tables.TextSplit([s.texts[i] for i in rows], s.labels[rows]))
+  labelled, carved = subsets.with_validation(labelled, data_cfg, take=lambda s, rows: s.take(rows),
+                                             size=len)
+  sizes = " | ".join(  # the start-up line's; then the whole training split's labels are let go
+      [carved] + [f"{split} {len(splits[split]):,}" +
+                  ("" if split in labelled else " (unlabelled: not evaluated)")
+                  for split in splits if split not in ("train", "val")])
+  del splits
   vocab = read_vocab(workdir)  # resume: the exact vocabulary the checkpoints were made with
   if vocab is not None:
     vocab_note = f"vocab {len(vocab.words):,} (from {os.path.join(workdir, VOCAB_FILE)})"
   else:
     train = labelled["train"]
-    vocab = build_vocab(train.texts, train.labels, data_cfg.min_count, data_cfg.max_vocab,
-                        label_names, data_cfg.prefix_backoff, data_cfg.get("num_classes", 0))
+    vocab = build_vocab((text for chunk in train.texts() for text in chunk), train.labels,
+                        data_cfg.min_count, data_cfg.max_vocab, label_names,
+                        data_cfg.prefix_backoff, data_cfg.get("num_classes", 0))
     vocab_note = f"vocab {len(vocab.words):,} (words seen >= {data_cfg.min_count}x in train)"
     initial = initfrom.task_file(config, VOCAB_FILE)
     if initial is not None:  # init_from: the source's words, whose ids its embeddings are rows
@@ -176,25 +215,31 @@ def _encode(config, workdir: str | None):
   if vocab.num_classes < 2:
     raise UserError(f"the train split of {source} has only one class")
 
-  arrays, counts = {}, {}
-  for split, s in labelled.items():
-    tokens, counts[split] = vocab.encode(s.texts, data_cfg.max_len)
-    arrays[split] = {"tokens": tokens, "label": s.labels}
-  sizes = " | ".join(
-      [carved] + [f"{split} {len(splits[split].texts):,}" +
-                  ("" if split in arrays else " (unlabelled: not evaluated)")
-                  for split in splits if split not in ("train", "val")])
-  cut = ", ".join(f"{c['truncated']:,} {split}" for split, c in counts.items())
+  counts = {split: dict.fromkeys(("truncated", "tokens", "unseen", "backed_off"), 0)
+            for split in labelled}
 
-  def share(key):  # e.g. '4.7% dev, 4.9% test': counts[split][key] per token of the eval splits
-    return ", ".join(f"{100 * c[key] / max(c['tokens'], 1):.1f}% {split}"
-                     for split, c in counts.items() if split != "train")
+  def encoded(split):
+    rows, start = labelled[split], 0
+    for texts in rows.texts():
+      tokens, chunk_counts = vocab.encode(texts, data_cfg.max_len)
+      for key, n in chunk_counts.items():
+        counts[split][key] += n
+      yield {"tokens": tokens, "label": rows.labels[start:start + len(texts)]}
+      start += len(texts)
 
-  describe = (f"{sizes} | {vocab.num_classes} classes | {vocab_note} | max_len "
-              f"{data_cfg.max_len} truncated {cut} | unseen tokens {share('unseen')}"
-              + (f" ({share('backed_off')} given a known prefix of >= {vocab.prefix_backoff} "
-                 f"chars)" if vocab.prefix_backoff else ""))
-  return arrays, vocab, describe, source
+  def describe():
+    cut = ", ".join(f"{c['truncated']:,} {split}" for split, c in counts.items())
+
+    def share(key):  # e.g. '4.7% dev, 4.9% test': counts[split][key] per token of eval splits
+      return ", ".join(f"{100 * c[key] / max(c['tokens'], 1):.1f}% {split}"
+                       for split, c in counts.items() if split != "train")
+
+    return (f"{sizes} | {vocab.num_classes} classes | {vocab_note} | max_len "
+            f"{data_cfg.max_len} truncated {cut} | unseen tokens {share('unseen')}"
+            + (f" ({share('backed_off')} given a known prefix of >= {vocab.prefix_backoff} "
+               f"chars)" if vocab.prefix_backoff else ""))
+
+  return labelled, vocab, encoded, describe, source
 
 
 # What a record directory's examples hold, and the data keys that fixed them when prepared
@@ -209,19 +254,18 @@ def _prepared_keys(data_cfg) -> dict:
           for key, default in PREPARED_KEYS.items()}
 
 
-def record_splits(config) -> tuple[dict, dict, str]:
+def record_splits(config) -> tuple[dict, Callable[[], dict], str]:
   """What jaxdl.prepare writes of this task's data: ({split: iterator of row chunks}, the JSON's
-  'info', where it came from). The texts are encoded as a run encodes them (the vocabulary of
-  the carved training split, or init_from's); they are held in memory while they are (the
-  encoded rows are written a chunk at a time)."""
-  arrays, vocab, describe, source = _encode(config, None)
-  info = {"vocab": json.loads(vocab.to_json()), "describe": describe, "source": source,
-          "data": _prepared_keys(config.data)}
-  def chunks(rows):  # a function: a generator expression would read `rows` late, the last's
-    for start in range(0, len(rows["label"]), 8192):
-      yield {k: v[start:start + 8192] for k, v in rows.items()}
+  'info' once they are written, where it came from). The texts are encoded as a run encodes
+  them (the vocabulary of the carved training split, or init_from's), read as they are encoded:
+  a source larger than memory converts (4 bytes a row are held, the labels)."""
+  splits, vocab, encoded, describe, source = _encoder(config, None)
 
-  return {split: chunks(rows) for split, rows in arrays.items()}, info, source
+  def info():
+    return {"vocab": json.loads(vocab.to_json()), "describe": describe(), "source": source,
+            "data": _prepared_keys(config.data)}
+
+  return {split: encoded(split) for split in splits}, info, source
 
 
 def _from_records(config, workdir: str | None, path: str):
