@@ -37,6 +37,9 @@ def _env(port: int) -> dict[str, str]:
   return {
       "STORAGE_EMULATOR_HOST": url,     # gcsfs (under etils.epath): the JSON API's host
       "TENSORSTORE_GCS_HTTP_URL": url,  # TensorStore (under Orbax): the same endpoint
+      # google-cloud-cpp (under ArrayRecord's reader: tfds.data_source of a gs:// data_dir); it
+      # reads this once, when the process's first gs:// ArrayRecord file is opened
+      "CLOUD_STORAGE_EMULATOR_ENDPOINT": url,
       # gcsfs >= 2026 asks a gRPC control API for the bucket's layout first; the emulator has
       # none, and each ask waits 60 s before it falls back to the JSON API.
       "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",

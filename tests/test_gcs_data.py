@@ -16,8 +16,8 @@ import pytest
 import gcs_server
 from conftest import (load_config, read_events, short_schedule, tiny_lm_config, tiny_mnist_config,
                       write_mnist_dir)
-from jaxdl import prepare, train
-from jaxdl.data import corpus, idx, imagefolder, records, sources, tables, tokens
+from jaxdl import prepare, tasks, train
+from jaxdl.data import corpus, idx, imagefolder, records, sources, stream, tables, tokens
 from jaxdl.errors import UserError
 
 BUCKET = "jaxdl-data-test"
@@ -79,6 +79,7 @@ def data(tmp_path_factory):
   mnist = tiny_mnist_config()
   mnist.data.source, mnist.data.path = "files", str(root / "mnist")
   prepare.prepare(mnist, str(root / "records"))
+  _tfds_text_copy(str(root / "tfds"), root / "sst")
   # The emulator is one thread whose socket's backlog is 5: more connections at once than that
   # (a batch's windows, by cat_ranges) wait out a SYN retry, 1 s. Real GCS takes them all.
   conf = fsspec.config.conf
@@ -89,7 +90,8 @@ def data(tmp_path_factory):
     out = {name: (str(root / local), _upload(str(root / local), f"gs://{BUCKET}/{name}"))
            for name, local in (("mnist", "mnist"), ("mnist_raw", "mnist_raw"), ("sst", "sst"),
                                ("play", "play.txt"), ("plays", "plays"), ("pets", "pets"),
-                               ("prepared", "prepared"), ("records", "records"))}
+                               ("prepared", "prepared"), ("records", "records"),
+                               ("tfds", "tfds"))}
     yield out
     _clear_gcsfs()
   if saved is None:
@@ -158,8 +160,8 @@ def test_gs_errors_are_one_line_naming_the_path(data, tmp_path):
   cfg.path = data["play"][1]
   with pytest.raises(UserError, match="is not a directory$"):
     sources.check(cfg, ("download",), path_kind="dir")
-  cfg.path, cfg.tfds_dir = "", f"gs://{BUCKET}/tfds"
-  with pytest.raises(UserError, match="tfds_dir=.*must be a local directory"):
+  cfg.path, cfg.tfds_dir = "", f"{missing}/tfds"
+  with pytest.raises(UserError, match=f"^config.data.tfds_dir='{missing}/tfds': does not exist$"):
     sources.check(cfg, ("download",))
   with pytest.raises(UserError, match=f"^{missing}/a.txt: cannot read \\(does not exist\\)$"):
     sources.read_utf8(f"{missing}/a.txt")
@@ -167,6 +169,37 @@ def test_gs_errors_are_one_line_naming_the_path(data, tmp_path):
     idx.load_idx_dir(data["sst"][1])
   with pytest.raises(UserError, match="prepare writes a local directory"):
     tokens.prepare(data["play"][0], f"gs://{BUCKET}/out", "chars", 0.1)
+
+
+TFDS_TEXT = "jaxdl_gcs_text"  # the TFDS builder below: a labelled-text dataset
+
+
+def _tfds_text_copy(data_dir: str, tables_dir) -> None:
+  """A real TFDS copy (ArrayRecord files, dataset_info.json) of the sst tables' train and dev
+  rows, prepared by TFDS itself without TensorFlow, as `tfds build` would write it."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  def rows(split):
+    return [line.split("\t") for line in (tables_dir / f"{split}.tsv").read_text().split("\n")[1:]
+            if line]
+
+  class JaxdlGcsText(tfds.core.GeneratorBasedBuilder):  # registered as TFDS_TEXT
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
+          {"sentence": tfds.features.Text(), "label": tfds.features.ClassLabel(num_classes=2)}))
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples("train"),
+              "validation": self._generate_examples("dev")}
+
+    def _generate_examples(self, split):
+      for i, (sentence, label) in enumerate(rows(split)):
+        yield i, {"sentence": sentence, "label": int(label)}
+
+  with contextlib.redirect_stderr(io.StringIO()):  # its progress bars
+    JaxdlGcsText(data_dir=data_dir, file_format="array_record").download_and_prepare()
 
 
 def _events_of(config, workdir):
@@ -208,6 +241,28 @@ def test_a_text_run_on_gs_tables_logs_the_local_runs_events(data, tmp_path):
   c.batch_size, c.eval_batch_size = 16, 32
   short_schedule(c)
   _runs_match(c, *data["sst"], tmp_path)
+
+
+def test_a_text_run_on_a_gs_tfds_copy_logs_the_local_copys_events(data, tmp_path):
+  """data.tfds_dir on gs://: TFDS reads the copy's metadata through etils.epath and its
+  ArrayRecord files through ArrayRecord's GCS client; the run streams the copy (rows encoded as
+  a batch reads them) and logs what the run on the local copy logs."""
+  c = load_config("text_classifier")  # as the tables' test above
+  c.data.max_len, c.data.bucket, c.data.source, c.data.name = 16, 0, "tfds", TFDS_TEXT
+  c.model.name, c.model.embed_dim, c.model.hidden_dim = "text_cnn", 8, 8
+  c.model.kernel_sizes = (2, 3)
+  c.batch_size, c.eval_batch_size = 16, 32
+  short_schedule(c)
+  local, url = data["tfds"]
+  c.data.tfds_dir = local
+  want = _events_of(c, str(tmp_path / "local"))
+  assert [e["step"] for e in want if e["event"] == "eval"] == [10, 20], want
+  c.data.tfds_dir = url
+  assert _events_of(c, str(tmp_path / "gs")) == want
+  dataset = tasks.get(c.task).load(c, None)
+  assert dataset.source == f"TFDS {TFDS_TEXT} ({url})"
+  assert isinstance(dataset.train, stream.StreamingBatches)
+  dataset.train.close()
 
 
 @pytest.mark.slow

@@ -45,6 +45,9 @@ def tfds_prepared(name: str, data_dir: str | None) -> bool:
   supported for it) does not count. Names without a config (imdb_reviews) have one more dir.
   """
   root = os.path.expanduser(data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets")
+  if files.is_url(root):  # a bucket: listed through etils.epath (gcsfs)
+    return any(next(iter(files.Path(root).glob(f"{name}/{'*/' * depth}*.array_record*")), None)
+               for depth in (1, 2))
   return any(glob.glob(os.path.join(root, name, *["*"] * depth, "*.array_record*"))
              for depth in (1, 2))
 
@@ -75,8 +78,9 @@ def load(data_cfg: Any, *, read_path: Callable[[str], tuple[T, str]],
 
 def check(data_cfg: Any, fallbacks: tuple[str, ...], path_kind: str = "any") -> None:
   """data.source is one the task has; data.path and data.tfds_dir exist. path_kind: 'dir'
-  (a directory), or 'any' (a file or a directory). data.path may be gs:// (files.py reads it);
-  data.tfds_dir is local (tfds_prepared globs it with the glob module)."""
+  (a directory), or 'any' (a file or a directory). Either may be gs:// (files.py reads
+  data.path; TFDS reads data.tfds_dir, its ArrayRecord files through ArrayRecord's own GCS
+  client)."""
   valid = names(fallbacks)
   require(data_cfg.source in valid, "data.source", data_cfg.source,
           f"must be one of {', '.join(valid)}")
@@ -84,8 +88,6 @@ def check(data_cfg: Any, fallbacks: tuple[str, ...], path_kind: str = "any") -> 
     if data_cfg.get(key):
       path = os.path.expanduser(data_cfg[key])
       if files.is_url(path):
-        require(key == "path", f"data.{key}", data_cfg[key],
-                "must be a local directory (gs:// is read for data.path only)")
         require(files.exists(path), f"data.{key}", data_cfg[key], "does not exist")
       else:
         require(os.path.exists(path), f"data.{key}", data_cfg[key], "does not exist")
