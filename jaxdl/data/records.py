@@ -153,6 +153,8 @@ def read_meta(directory: str) -> dict:
   meta = prepared.read_json(directory, RECORDS_FILE, FORMAT, "a record directory")
   try:
     _layout(meta["features"])
+    if int(meta.get("examples_per_record", 1)) < 1:
+      raise ValueError(f"examples_per_record {meta['examples_per_record']!r} < 1")
     for entry in meta["splits"].values():
       for shard in entry["shards"]:  # each key there, the counts numbers
         _ = (shard["file"], int(shard["count"]), int(shard["bytes"]), shard["sha256"])

@@ -4,7 +4,9 @@
   .csv    a header with `text` or `sentence` and `label` (standard quoting)
   .jsonl  one object per line with "text" or "sentence", and "label"
 Every bad row is a UserError naming the file and line. A directory holds train / dev (or
-validation) / optional test files.
+validation) / optional test files. A file is read as a stream, CHUNK rows at a time
+(read_chunks), so one larger than memory is read in constant memory; TextRows is a split as
+the text classifier encodes it, its texts read again from the file each time they are needed.
 """
 
 from __future__ import annotations

@@ -215,11 +215,11 @@ def _encoder(config, workdir: str | None):
   if vocab.num_classes < 2:
     raise UserError(f"the train split of {source} has only one class")
 
-  counts = {split: dict.fromkeys(("truncated", "tokens", "unseen", "backed_off"), 0)
-            for split in labelled}
+  counts = {}  # per split, of its last encoding
 
   def encoded(split):
     rows, start = labelled[split], 0
+    counts[split] = dict.fromkeys(("truncated", "tokens", "unseen", "backed_off"), 0)
     for texts in rows.texts():
       tokens, chunk_counts = vocab.encode(texts, data_cfg.max_len)
       for key, n in chunk_counts.items():
