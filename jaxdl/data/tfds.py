@@ -42,12 +42,7 @@ def image_chunks(name: str, data_dir: str | None, chunk: int | None = 4096) -> d
       raise UserError(f"TFDS dataset {name!r} split {split!r}: {first_line(e)}") from None
 
   def rows(split, source):
-    size = chunk or max(len(source), 1)
-    for start in range(0, len(source), size):
-      try:
-        examples = [source[i] for i in range(start, min(start + size, len(source)))]
-      except Exception as e:  # pylint: disable=broad-except  (TFDS raises many types)
-        raise UserError(f"TFDS dataset {name!r} split {split!r}: {first_line(e)}") from None
+    for examples in _examples(name, split, source, chunk or max(len(source), 1)):
       images = np.stack([np.asarray(ex["image"], np.uint8) for ex in examples])
       yield {"image": images[..., None] if images.ndim == 3 else images,
              "label": np.asarray([ex["label"] for ex in examples], np.int32)}
@@ -81,11 +76,11 @@ def text_rows(name: str, data_dir: str | None) -> tuple[dict[str, TextRows], lis
   return splits, label_names
 
 
-def _examples(name: str, split: str, source) -> Iterator[list]:
-  """A TFDS split's examples, CHUNK at a time, in order."""
-  for start in range(0, len(source), CHUNK):
+def _examples(name: str, split: str, source, size: int = CHUNK) -> Iterator[list]:
+  """A TFDS split's examples, `size` at a time, in order."""
+  for start in range(0, len(source), size):
     try:
-      yield [source[i] for i in range(start, min(start + CHUNK, len(source)))]
+      yield [source[i] for i in range(start, min(start + size, len(source)))]
     except Exception as e:  # pylint: disable=broad-except  (TFDS raises many types)
       raise UserError(f"TFDS dataset {name!r} split {split!r}: {first_line(e)}") from None
 
