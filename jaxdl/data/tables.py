@@ -47,8 +47,9 @@ _BOM = b"\xef\xbb\xbf"
 class TextRows:
   """One split as a text classifier reads it: its row count and labels (int32 [count], or None
   where it has none), read once, and its texts, read again from the source at each `texts()`, a
-  chunk at a time: a split larger than memory is encoded in constant memory (4 bytes a row are
-  held, for the labels). `rows` (sorted) are the rows kept of the source's, None: all."""
+  chunk at a time: a split larger than memory is encoded without holding its texts (its labels
+  hold 4 bytes a row, `rows` 4 more). `rows` (sorted) are the rows kept of the source's, None:
+  all."""
   count: int
   labels: np.ndarray | None
   read: Callable[[], Iterator[list[str]]]  # every row's text in the source's order, in chunks

@@ -258,7 +258,8 @@ def record_splits(config) -> tuple[dict, Callable[[], dict], str]:
   """What jaxdl.prepare writes of this task's data: ({split: iterator of row chunks}, the JSON's
   'info' once they are written, where it came from). The texts are encoded as a run encodes
   them (the vocabulary of the carved training split, or init_from's), read as they are encoded:
-  a source larger than memory converts (4 bytes a row are held, the labels)."""
+  a source larger than memory converts (what is held grows with the rows, not their bytes:
+  the labels and the carved rows' indices, experiments/data/README.md)."""
   splits, vocab, encoded, describe, source = _encoder(config, None)
 
   def info():
