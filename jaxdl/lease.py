@@ -109,7 +109,13 @@ class _FileLease:
       try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
       except BlockingIOError:
-        holder = _parse(os.pread(fd, 65536, 0).decode("utf-8", "replace"))
+        # Locked but still empty: the holder writes itself right after its flock, so two runs
+        # started at once can meet in between (seen in CI); look again for up to a second.
+        for _ in range(20):
+          holder = _parse(os.pread(fd, 65536, 0).decode("utf-8", "replace"))
+          if holder:
+            break
+          time.sleep(0.05)
         os.close(fd)
         raise UserError(f"{os.path.dirname(self.path)} is in use by another run "
                         f"({_describe(holder)}); one run per workdir: wait for it to end, "

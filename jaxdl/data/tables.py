@@ -96,12 +96,15 @@ def _check_not_empty(path: str) -> None:
   """A file of nothing but whitespace (or a byte-order mark) is one line; read only up to the
   first byte of text."""
   with _opened(path) as f:
-    head = f.read(3)
-    block = head[3:] if head == _BOM else head
-    while not block.strip(_BLANK):
-      block = f.read(1 << 16)
-      if not block:
-        raise UserError(f"{path}: the file is empty")
+    try:
+      head = f.read(3)
+      block = head[3:] if head == _BOM else head
+      while not block.strip(_BLANK):
+        block = f.read(1 << 16)
+        if not block:
+          raise UserError(f"{path}: the file is empty")
+    except OSError as e:
+      raise UserError(f"{path}: cannot read ({read_error(e)})") from None
 
 
 def _opened(path: str):
