@@ -25,7 +25,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from lm_memory import REPO, measure  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lm_memory import REPO, last_rate, measure, prepare_once  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 MNIST = os.path.join(REPO, "..", "shared", "data", "mnist-10k")
 
@@ -82,10 +82,7 @@ def train(data: str, workdir: str, steps: int, mode: str) -> tuple[float, float,
       f"--workdir={workdir}", f"--config.data.path={data}", f"--config.num_train_steps={steps}",
       f"--config.data.streaming={mode}", "--config.data.memory_budget_gb=100",
       f"--config.log_every={steps // 4}"])
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    events = [json.loads(line) for line in f]
-  rate = [e["examples_per_s"] for e in events if e["event"] == "train"][-1]
-  return peak, rate, out.strip().splitlines()[-1]
+  return peak, last_rate(workdir, "examples_per_s"), out.strip().splitlines()[-1]
 
 
 def main():
@@ -105,13 +102,8 @@ def main():
     records = os.path.join(args.out, f"mnist-{size:g}GB-records")
     if not os.path.exists(records):
       make_set(idx_dir, size)
-      p_time, p_peak, _ = measure([sys.executable, "-m", "jaxdl.prepare",
-                                   "--config=configs/mnist.py:seed",
-                                   f"--config.data.path={idx_dir}", f"--out={records}"])
-      prep = f"{p_time:.0f} s, {p_peak:.2f} GB"
-      shutil.rmtree(idx_dir)  # the records hold it now
-    else:
-      prep = "(reused)"
+    prep = prepare_once("configs/mnist.py:seed", idx_dir, records)
+    shutil.rmtree(idx_dir, ignore_errors=True)  # the records hold it now
     with open(os.path.join(records, "jaxdl-records.json")) as f:
       n = json.load(f)["splits"]["train"]["count"]
     runs = os.path.join(args.out, "runs")

@@ -55,6 +55,23 @@ def measure(cmd: list[str]) -> tuple[float, float, str]:
   return time.time() - start, peak_kib * 1024 / 1e9, done.stdout
 
 
+def prepare_once(config: str, data: str, out: str) -> str:
+  """The table's prepare cell: 'T s, P GB' of `python -m jaxdl.prepare` writing `out` from
+  `data`, or '(reused)' where `out` was written by an earlier run of the script."""
+  if os.path.exists(out):
+    return "(reused)"
+  seconds, peak, _ = measure([sys.executable, "-m", "jaxdl.prepare", f"--config={config}",
+                              f"--config.data.path={data}", f"--out={out}"])
+  return f"{seconds:.0f} s, {peak:.2f} GB"
+
+
+def last_rate(workdir: str, key: str) -> float:
+  """`key` (tokens_per_s, examples_per_s) of the run's last train event that has it."""
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    events = [json.loads(line) for line in f]
+  return [e[key] for e in events if e["event"] == "train" and key in e][-1]
+
+
 def train(data: str, workdir: str, steps: int) -> tuple[float, float, float, str]:
   """(seconds, peak RSS GB, tokens/s of the last train event, final line) of a fresh run."""
   shutil.rmtree(workdir, ignore_errors=True)
@@ -62,10 +79,7 @@ def train(data: str, workdir: str, steps: int) -> tuple[float, float, float, str
       sys.executable, "-m", "jaxdl.main", "--config=configs/tiny_lm.py:nanogpt_cpu",
       f"--workdir={workdir}", f"--config.data.path={data}", f"--config.num_train_steps={steps}",
       f"--config.eval_every={steps // 2}", "--config.data.eval_windows=64"])
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    events = [json.loads(line) for line in f]
-  rate = [e["tokens_per_s"] for e in events if e["event"] == "train" and "tokens_per_s" in e][-1]
-  return seconds, peak, rate, out.strip().splitlines()[-1]
+  return seconds, peak, last_rate(workdir, "tokens_per_s"), out.strip().splitlines()[-1]
 
 
 def main():
@@ -85,13 +99,7 @@ def main():
     prepared = os.path.join(args.out, f"shakespeare-{size:g}GB-tokens")
     if not os.path.exists(text):
       make_corpus(text, size)
-    if not os.path.exists(prepared):
-      p_time, p_peak, _ = measure([sys.executable, "-m", "jaxdl.prepare",
-                                   "--config=configs/tiny_lm.py:nanogpt_cpu",
-                                   f"--config.data.path={text}", f"--out={prepared}"])
-      prep = f"{p_time:.0f} s, {p_peak:.2f} GB"
-    else:
-      prep = "(reused)"
+    prep = prepare_once("configs/tiny_lm.py:nanogpt_cpu", text, prepared)
     runs = os.path.join(args.out, "runs")
     _, peak, rate, _ = train(prepared, os.path.join(runs, f"prepared-{size:g}"), args.steps)
     row = f"| {os.path.getsize(text) / 1e9:.2f} GB | {prep} | {peak:.2f} GB, {rate:,.0f} |"
